@@ -1,0 +1,421 @@
+"""Loop nest -> LLVM IR for the host CPU.
+
+The kernel is ``void kernel(ptr b0, ..., ptr bN, <params>)``: one pointer per
+tensor (inputs, outputs, temporaries; all ``noalias``, as outputs and
+temporaries are fresh allocations and inputs are only read), then the scalar
+parameters (``double`` for floats, ``i64`` for ints). Strides are compiled in
+as byte constants, so any strided view is read in place. Loops are plain
+counted loops; LLVM's loop and SLP vectorizers do the rest at -O3, helped by
+``noalias`` and by ``reassoc contract`` on float arithmetic (reductions may be
+reassociated, as in every BLAS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..domain import Bound, TensorInfo
+from ..lang import types
+from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, Mod
+from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType()
+REG = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
+MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+FAST = ("reassoc", "contract")
+
+
+@dataclass(frozen=True)
+class BufferLayout:
+    """Where a tensor's elements live: byte strides per axis and the pointer's alignment."""
+
+    strides: tuple[int, ...]
+    align: int
+
+
+def contiguous(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides, acc = [], itemsize
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+class _FunctionBuilder:
+    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+                 name: str) -> None:
+        self.nest, self.bound, self.layouts = nest, bound, layouts
+        self.module = ir.Module(name=name)
+        params = list(bound.program.params)
+        self.param_types = {p: types.concrete(bound.param_types[p]) for p in params}
+        argtys = [PTR] * len(buffers) + [F64 if types.is_float(self.param_types[p]) else I64 for p in params]
+        fnty = ir.FunctionType(ir.VoidType(), argtys)
+        self.fn = ir.Function(self.module, fnty, name=name)
+        for k, arg in enumerate(self.fn.args):
+            if k < len(buffers):
+                arg.name = f"b_{buffers[k]}"
+                arg.add_attribute("noalias")
+            else:
+                arg.name = f"p_{params[k - len(buffers)]}"
+        self.ptr = {t: self.fn.args[k] for k, t in enumerate(buffers)}
+        self.params = {p: self.fn.args[len(buffers) + k] for k, p in enumerate(params)}
+        self.builder = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.vars: dict[str, ir.Value] = {}
+
+    # -- integer (index) expressions -------------------------------------------------------------
+    def iexpr(self, e: IExpr) -> ir.Value:
+        b = self.builder
+        if isinstance(e, IConst):
+            return ir.Constant(I64, e.value)
+        if isinstance(e, IVar):
+            return self.vars[e.name]
+        a = [self.iexpr(x) for x in e.args]
+        op = e.op
+        if op == "add":
+            return b.add(a[0], a[1], flags=["nsw"])
+        if op == "sub":
+            return b.sub(a[0], a[1], flags=["nsw"])
+        if op == "mul":
+            return b.mul(a[0], a[1], flags=["nsw"])
+        if op == "neg":
+            return b.sub(ir.Constant(I64, 0), a[0], flags=["nsw"])
+        if op == "floordiv":
+            return self.floordiv(a[0], a[1])
+        if op == "mod":
+            return b.sub(a[0], b.mul(self.floordiv(a[0], a[1]), a[1]))
+        if op == "rem":
+            return b.srem(a[0], a[1])
+        if op in ("min", "max"):
+            cmp = b.icmp_signed("<" if op == "min" else ">", a[0], a[1])
+            return b.select(cmp, a[0], a[1])
+        if op == "select":
+            return b.select(a[0], a[1], a[2])
+        if op in ("eq", "ne", "lt", "le", "gt", "ge"):
+            sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
+            return b.icmp_signed(sym, a[0], a[1])
+        if op == "and":
+            return b.and_(a[0], a[1])
+        if op == "or":
+            return b.or_(a[0], a[1])
+        raise AssertionError(op)
+
+    def floordiv(self, x: ir.Value, d: ir.Value) -> ir.Value:
+        """Floor division (Python's //) for a positive divisor."""
+        b = self.builder
+        if isinstance(d, ir.Constant) and isinstance(x, ir.Constant):
+            return ir.Constant(I64, x.constant // d.constant)
+        q = b.sdiv(x, d)
+        fix = b.and_(b.icmp_signed("!=", b.mul(q, d), x), b.icmp_signed("<", x, ir.Constant(I64, 0)))
+        return b.sub(q, b.zext(fix, I64))
+
+    def lin(self, lin: Lin, env: dict[str, ir.Value]) -> ir.Value:
+        b = self.builder
+        total: ir.Value = ir.Constant(I64, lin.const)
+        for atom, coef in lin.terms:
+            if isinstance(atom, str):
+                v = env[atom]
+            else:
+                num = self.lin(atom.num, env)
+                d = ir.Constant(I64, atom.den)
+                q = self.floordiv(num, d)
+                v = q if isinstance(atom, FloorDiv) else b.sub(num, b.mul(q, d))
+            term = v if coef == 1 else b.mul(v, ir.Constant(I64, coef), flags=["nsw"])
+            total = term if (isinstance(total, ir.Constant) and total.constant == 0) else \
+                b.add(total, term, flags=["nsw"])
+        return total
+
+    # -- memory ------------------------------------------------------------------------------------
+    def address(self, tensor: str, index: list[ir.Value]) -> ir.Value:
+        b = self.builder
+        off: ir.Value = ir.Constant(I64, 0)
+        for v, stride in zip(index, self.layouts[tensor].strides):
+            if stride == 0:
+                continue
+            term = b.mul(v, ir.Constant(I64, stride), flags=["nsw"])
+            off = term if (isinstance(off, ir.Constant) and off.constant == 0) else b.add(off, term, flags=["nsw"])
+        return b.gep(self.ptr[tensor], [off], source_etype=I8, inbounds=True)
+
+    def load(self, info: TensorInfo, index: list[ir.Value]) -> ir.Value:
+        b = self.builder
+        value = b.load(self.address(info.name, index), typ=MEM[info.dtype], align=self.layouts[info.name].align)
+        return b.trunc(value, I1) if info.dtype == "bool" else value
+
+    def store(self, info: TensorInfo, index: list[ir.Value], value: ir.Value) -> None:
+        if info.dtype == "bool":
+            value = self.builder.zext(value, I8)
+        self.builder.store(value, self.address(info.name, index), align=self.layouts[info.name].align)
+
+    def read(self, access: Access, env: dict[str, ir.Value]) -> ir.Value:
+        """A tensor read; padded axes read the pad value outside the real bounds."""
+        b = self.builder
+        info = self.bound.tensors[access.tensor]
+        idx = [self.lin(lin, env) for lin in access.index]
+        if not info.pad or not any(lo or hi for lo, hi in info.pad):
+            return self.load(info, idx)
+        valid: ir.Value = ir.Constant(I1, 1)
+        safe = []
+        for v, n, (lo, hi) in zip(idx, info.shape, info.pad):
+            if not (lo or hi):
+                safe.append(v)
+                continue
+            real = b.sub(v, ir.Constant(I64, lo))
+            inside = b.and_(b.icmp_signed(">=", real, ir.Constant(I64, 0)),
+                            b.icmp_signed("<", real, ir.Constant(I64, n)))
+            valid = b.and_(valid, inside)
+            clamped = b.select(b.icmp_signed("<", real, ir.Constant(I64, 0)), ir.Constant(I64, 0), real)
+            clamped = b.select(b.icmp_signed(">", clamped, ir.Constant(I64, n - 1)), ir.Constant(I64, n - 1), clamped)
+            safe.append(clamped)
+        value = self.load(info, safe)  # always in bounds (clamped), then masked
+        return b.select(valid, value, self.constant(info.pad_value, info.dtype))
+
+    # -- values ------------------------------------------------------------------------------------
+    def constant(self, value: float | int | bool, dtype: str) -> ir.Constant:
+        if dtype.startswith("float"):
+            return ir.Constant(REG[dtype], float(value))
+        if dtype == "bool":
+            return ir.Constant(I1, int(bool(value)))
+        return ir.Constant(REG[dtype], int(value))
+
+    def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
+        src, dst = types.concrete(src), types.concrete(dst)
+        if src == dst:
+            return v
+        b = self.builder
+        if dst == "bool":
+            if types.is_float(src):
+                return b.fcmp_unordered("!=", v, ir.Constant(REG[src], 0.0))
+            return b.icmp_signed("!=", v, ir.Constant(REG[src], 0))
+        if types.is_float(dst):
+            if types.is_float(src):
+                return b.fpext(v, REG[dst]) if dst == "float64" else b.fptrunc(v, REG[dst])
+            return b.uitofp(v, REG[dst]) if src == "bool" else b.sitofp(v, REG[dst])
+        if types.is_float(src):
+            return b.fptosi(v, REG[dst])
+        if src == "bool":
+            return b.zext(v, REG[dst])
+        return b.sext(v, REG[dst]) if REG[dst].width > REG[src].width else b.trunc(v, REG[dst])
+
+    def typeof(self, e: Expr) -> str:
+        tensor_types = {t: info.dtype for t, info in self.bound.tensors.items()}
+        return types.infer(e, tensor_types, self.bound.param_types)
+
+    def value(self, e: Expr, env: dict[str, ir.Value], want: str) -> ir.Value:
+        """Emit ``e`` and convert it to the concrete type ``want``."""
+        natural = self.typeof(e)
+        return self.cast(self.emit(e, env, natural), natural, want)
+
+    def intrinsic(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
+        ty = REG[dtype]
+        fn = self.module.declare_intrinsic(f"llvm.{name}", [ty], ir.FunctionType(ty, [ty] * len(args)))
+        return self.builder.call(fn, args)
+
+    def emit(self, e: Expr, env: dict[str, ir.Value], natural: str) -> ir.Value:
+        """Emit ``e`` in its natural type (weak types resolve to their concrete default)."""
+        b = self.builder
+        t = types.concrete(natural)
+        if isinstance(e, Const):
+            return self.constant(e.value, t)
+        if isinstance(e, Access):
+            return self.read(e, env)
+        if isinstance(e, Index):
+            return self.cast(self.lin(e.lin, env), "int64", t)
+        if isinstance(e, Param):
+            v = self.params[e.name]
+            return self.cast(v, "float64" if types.is_float(self.param_types[e.name]) else "int64", t)
+        assert isinstance(e, Call)
+        fn, args = e.fn, e.args
+        if fn in ("lt", "le", "gt", "ge", "eq", "ne"):
+            common = types.concrete(types.promote(self.typeof(args[0]), self.typeof(args[1])))
+            x, y = (self.value(a, env, common) for a in args)
+            sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[fn]
+            if types.is_float(common):
+                return b.fcmp_unordered(sym, x, y) if fn == "ne" else b.fcmp_ordered(sym, x, y)
+            if common == "bool":
+                return b.icmp_unsigned(sym, x, y)
+            return b.icmp_signed(sym, x, y)
+        if fn in ("and", "or"):
+            x, y = (self.value(a, env, "bool") for a in args)
+            return b.and_(x, y) if fn == "and" else b.or_(x, y)
+        if fn == "not":
+            return b.not_(self.value(args[0], env, "bool"))
+        if fn == "where":
+            c = self.value(args[0], env, "bool")
+            return b.select(c, self.value(args[1], env, t), self.value(args[2], env, t))
+        if fn in ("exp", "log", "sqrt", "sin", "cos", "tanh"):
+            return self.intrinsic(fn, t, [self.value(args[0], env, t)])
+        if fn == "sigmoid":
+            x = self.value(args[0], env, t)
+            one = ir.Constant(REG[t], 1.0)
+            ex = self.intrinsic("exp", t, [b.fneg(x)])
+            return b.fdiv(one, b.fadd(one, ex))
+        if fn in ("floor", "ceil"):
+            x = self.value(args[0], env, t)
+            return self.intrinsic(fn, t, [x]) if types.is_float(t) else x
+        if fn == "abs":
+            x = self.value(args[0], env, t)
+            if types.is_float(t):
+                return self.intrinsic("fabs", t, [x])
+            if t == "bool":
+                return x
+            return b.select(b.icmp_signed("<", x, ir.Constant(REG[t], 0)), b.neg(x), x)
+        if fn == "relu":
+            x = self.value(args[0], env, t)
+            zero = self.constant(0, t)
+            if types.is_float(t):
+                return b.select(b.fcmp_ordered(">", x, zero), x, zero)  # relu(nan) = 0 as in max(x, 0)
+            return b.select(b.icmp_signed(">", x, zero), x, zero)
+        if fn == "neg":
+            x = self.value(args[0], env, t)
+            return b.fneg(x) if types.is_float(t) else b.neg(x)
+        if fn in ("max", "min"):
+            x, y = (self.value(a, env, t) for a in args)
+            return self.minmax(fn, t, x, y)
+        if fn == "pow":
+            return self.power(args[0], args[1], env, t)
+        # arithmetic: both operands in the result type
+        if fn == "truediv":
+            x, y = (self.value(a, env, t) for a in args)
+            return b.fdiv(x, y, flags=FAST)
+        x, y = (self.value(a, env, t) for a in args)
+        if types.is_float(t):
+            if fn == "add":
+                return b.fadd(x, y, flags=FAST)
+            if fn == "sub":
+                return b.fsub(x, y, flags=FAST)
+            if fn == "mul":
+                return b.fmul(x, y, flags=FAST)
+            q = self.intrinsic("floor", t, [b.fdiv(x, y)])
+            if fn == "floordiv":
+                return q
+            return b.fsub(x, b.fmul(q, y))  # mod: sign of the divisor, as numpy's %
+        if t == "bool":
+            x, y = self.cast(x, "bool", "int64"), self.cast(y, "bool", "int64")
+            t = "int64"
+        if fn == "add":
+            return b.add(x, y)
+        if fn == "sub":
+            return b.sub(x, y)
+        if fn == "mul":
+            return b.mul(x, y)
+        q = b.sdiv(x, y)
+        fix = b.and_(b.icmp_signed("!=", b.srem(x, y), ir.Constant(REG[t], 0)),
+                     b.icmp_signed("!=", b.icmp_signed("<", x, ir.Constant(REG[t], 0)),
+                                   b.icmp_signed("<", y, ir.Constant(REG[t], 0))))
+        q = b.sub(q, b.zext(fix, REG[t]))
+        if fn == "floordiv":
+            return q
+        return b.sub(x, b.mul(q, y))
+
+    def minmax(self, fn: str, t: str, x: ir.Value, y: ir.Value) -> ir.Value:
+        b = self.builder
+        if types.is_float(t):
+            # numpy.maximum propagates NaN, as llvm.maximum does
+            return self.intrinsic("maximum" if fn == "max" else "minimum", t, [x, y])
+        if t == "bool":
+            return b.or_(x, y) if fn == "max" else b.and_(x, y)
+        return b.select(b.icmp_signed(">" if fn == "max" else "<", x, y), x, y)
+
+    def power(self, base: Expr, exponent: Expr, env: dict[str, ir.Value], t: str) -> ir.Value:
+        b = self.builder
+        if isinstance(exponent, Const) and not isinstance(exponent.value, bool) \
+                and float(exponent.value).is_integer() and 0 <= exponent.value <= 4:
+            x = self.value(base, env, t)
+            out = self.constant(1, t)
+            for _ in range(int(exponent.value)):
+                out = b.fmul(out, x, flags=FAST) if types.is_float(t) else b.mul(out, x)
+            return out
+        if isinstance(exponent, Const) and exponent.value == 0.5 and types.is_float(t):
+            return self.intrinsic("sqrt", t, [self.value(base, env, t)])
+        ft = t if types.is_float(t) else "float64"
+        x, y = self.value(base, env, ft), self.value(exponent, env, ft)
+        out = self.intrinsic("pow", ft, [x, y])
+        return self.cast(out, ft, t)
+
+    # -- statements and loops -----------------------------------------------------------------------
+    def compute(self, node: Compute) -> None:
+        bs = self.bound.statements[node.stmt]
+        st = bs.stmt
+        env = {name: self.iexpr(e) for name, e in node.env}
+        info = self.bound.tensors[st.target]
+        idx = [self.lin(lin, env) for lin in st.index]
+        value = self.value(st.expr, env, info.dtype)
+        if st.reduce is not None:
+            old = self.load(info, idx)
+            t = info.dtype
+            b = self.builder
+            if st.reduce in ("max", "min"):
+                value = self.minmax(st.reduce, t, old, value)
+            elif types.is_float(t):
+                value = b.fadd(old, value, flags=FAST) if st.reduce == "sum" else b.fmul(old, value, flags=FAST)
+            elif t == "bool":
+                value = b.or_(old, value) if st.reduce == "sum" else b.and_(old, value)
+            else:
+                value = b.add(old, value) if st.reduce == "sum" else b.mul(old, value)
+        self.store(info, idx, value)
+
+    def fill(self, node: Fill) -> None:
+        info = self.bound.tensors[node.tensor]
+        idx = [self.iexpr(e) for e in node.index]
+        self.store(info, idx, self.constant(node.value, info.dtype))
+
+    def loop(self, node: For) -> None:
+        b = self.builder
+        lo, hi = self.iexpr(node.lo), self.iexpr(node.hi)
+        pre = b.block
+        header = self.fn.append_basic_block(f"{node.var}.head")
+        body = self.fn.append_basic_block(f"{node.var}.body")
+        exit_ = self.fn.append_basic_block(f"{node.var}.exit")
+        b.branch(header)
+        b.position_at_end(header)
+        iv = b.phi(I64, name=node.var)
+        iv.add_incoming(lo, pre)
+        b.cbranch(b.icmp_signed("<", iv, hi), body, exit_)
+        b.position_at_end(body)
+        saved = self.vars.get(node.var)
+        self.vars[node.var] = iv
+        self.nodes(node.body)
+        nxt = b.add(iv, ir.Constant(I64, node.step), flags=["nsw"])
+        latch = b.block
+        b.branch(header)
+        iv.add_incoming(nxt, latch)
+        b.position_at_end(exit_)
+        if saved is not None:
+            self.vars[node.var] = saved
+
+    def guard(self, node: If) -> None:
+        b = self.builder
+        cond = self.iexpr(node.cond)
+        with b.if_else(cond) as (then, otherwise):
+            with then:
+                self.nodes(node.then)
+            with otherwise:
+                self.nodes(node.orelse)
+
+    def nodes(self, nodes: tuple[Node, ...]) -> None:
+        for n in nodes:
+            if isinstance(n, For):
+                self.loop(n)
+            elif isinstance(n, If):
+                self.guard(n)
+            elif isinstance(n, Compute):
+                self.compute(n)
+            elif isinstance(n, Fill):
+                self.fill(n)
+            else:
+                raise AssertionError(n)
+
+    def build(self) -> ir.Module:
+        self.nodes(self.nest.body)
+        self.builder.ret_void()
+        return self.module
+
+
+def generate(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+             name: str = "kernel") -> str:
+    """LLVM IR text of the kernel for ``nest``."""
+    return str(_FunctionBuilder(nest, bound, buffers, layouts, name).build())

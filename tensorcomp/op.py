@@ -1,0 +1,299 @@
+"""``tc.op``: an index-expression op, compiled per input signature and cached."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import textwrap
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import codegen
+from .codegen.llvm import ITEMSIZE, BufferLayout
+from .domain import Bound, bind
+from .errors import ArgumentError, DtypeError, UnknownNameError, op_label
+from .lang import parse
+from .runtime import Compiled, compile_kernel
+from .schedule import LoopNest, lower
+
+_DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
+_names = itertools.count()
+_KERNELS: dict[tuple, "Kernel"] = {}  # shared by equal ops, so re-creating an op does not recompile
+
+
+@dataclass
+class Kernel:
+    """Everything compiled for one input signature of an op."""
+
+    bound: Bound
+    nest: LoopNest
+    compiled: Compiled
+    outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    param_casts: tuple[type, ...]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape, dtype and (byte) strides of an array, without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    strides: tuple[int, ...]
+
+    @staticmethod
+    def of(x: Any) -> "ArraySpec":
+        if isinstance(x, ArraySpec):
+            return x
+        if isinstance(x, tuple) and all(isinstance(n, (int, np.integer)) for n in x):
+            dt = np.dtype("float32")
+            return ArraySpec(tuple(int(n) for n in x), dt, codegen.contiguous(tuple(x), dt.itemsize))
+        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+        return ArraySpec(a.shape, a.dtype, a.strides)
+
+
+def _param_kind(name: str, value: Any, label: str) -> str:
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    raise DtypeError(f"{label}: scalar parameter '{name}' must be a real number, got {type(value).__name__} "
+                     f"({value!r})")
+
+
+class Op:
+    """An op written as index expressions; call it with arrays to run it.
+
+    >>> matmul = Op("C[i, j] += A[i, k] * B[k, j]")
+    >>> matmul.inputs, matmul.outputs
+    (('A', 'B'), ('C',))
+
+    Shapes bind at call time: the first call with a new signature (shapes,
+    dtypes, strides, parameter kinds) infers ranges, builds the loop nest and
+    JIT-compiles it; later calls with that signature only dispatch.
+    """
+
+    def __init__(self, source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
+                 pad_value: dict[str, float] | None = None) -> None:
+        if not isinstance(source, str):
+            raise ArgumentError(f"tc.op expects the source text as a string, got {type(source).__name__}")
+        self.source = textwrap.dedent(source).strip("\n")
+        self.label = op_label(self.source)
+        self.program = parse(self.source)
+        self.inputs: tuple[str, ...] = self.program.inputs
+        self.outputs: tuple[str, ...] = self.program.outputs
+        self.params: tuple[str, ...] = self.program.params
+        self._ranges = self._check_ranges(ranges or {})
+        self._pad = self._check_pad(pad or {})
+        self._pad_value = self._check_pad_value(pad_value or {})
+        self._ident = (self.source, tuple(sorted(self._ranges.items())), tuple(sorted(self._pad.items())),
+                       tuple(sorted(self._pad_value.items())))
+        self._cache: dict[tuple, Kernel] = {}
+        self._n_in = len(self.inputs)
+
+    # -- options ------------------------------------------------------------------------------------
+    def _indices(self) -> list[str]:
+        return list(dict.fromkeys(n for st in self.program.statements for n in st.index_names()))
+
+    def _check_ranges(self, ranges: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        if not isinstance(ranges, dict):
+            raise ArgumentError(f"{self.label}: ranges must be a dict such as {{'i': 4, 'j': (1, 5)}}, "
+                                f"got {type(ranges).__name__}")
+        known = self._indices()
+        out = {}
+        for name, r in ranges.items():
+            if name not in known:
+                raise UnknownNameError(f"{self.label}: ranges names '{name}', which is not an index of the op; "
+                                       f"its indices are: {', '.join(known)}")
+            if isinstance(r, (int, np.integer)) and not isinstance(r, bool):
+                lo, hi = 0, int(r)
+            elif isinstance(r, (tuple, list)) and len(r) == 2 and all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in r):
+                lo, hi = int(r[0]), int(r[1])
+            else:
+                raise ArgumentError(f"{self.label}: range of index '{name}' must be an int n (0 <= {name} < n) or "
+                                    f"a pair (lo, hi) (lo <= {name} < hi), got {r!r}")
+            if hi <= lo:
+                raise ArgumentError(f"{self.label}: range of index '{name}' is empty: ({lo}, {hi})")
+            out[name] = (lo, hi)
+        return out
+
+    def _check_pad(self, pad: dict[str, Any]) -> dict[str, tuple[tuple[int, int], ...]]:
+        if not isinstance(pad, dict):
+            raise ArgumentError(f"{self.label}: pad must be a dict such as {{'I': (0, 1, 1, 0)}}")
+        out = {}
+        for name, widths in pad.items():
+            if name not in self.inputs:
+                raise UnknownNameError(f"{self.label}: pad names '{name}', which is not an input of the op; "
+                                       f"its inputs are: {', '.join(self.inputs)}")
+            rank = self.program.rank(name)
+            if isinstance(widths, (int, np.integer)):
+                widths = [widths] * rank
+            try:
+                axes = [(int(w), int(w)) if isinstance(w, (int, np.integer)) else (int(w[0]), int(w[1]))
+                        for w in widths]
+            except (TypeError, IndexError, ValueError):
+                raise ArgumentError(f"{self.label}: pad of {name} must be an int, one int per axis, or one "
+                                    f"(before, after) pair per axis, got {widths!r}") from None
+            if len(axes) != rank:
+                raise ArgumentError(f"{self.label}: pad of {name} gives {len(axes)} axes but {name} has rank {rank}")
+            if any(lo < 0 or hi < 0 for lo, hi in axes):
+                raise ArgumentError(f"{self.label}: pad of {name} must not be negative, got {widths!r}")
+            out[name] = tuple(axes)
+        return out
+
+    def _check_pad_value(self, values: dict[str, float]) -> dict[str, float]:
+        for name, v in values.items():
+            if name not in self._pad:
+                raise ArgumentError(f"{self.label}: pad_value names '{name}', which has no pad= entry")
+            if not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ArgumentError(f"{self.label}: pad_value of {name} must be a number, got {v!r}")
+        return {k: float(v) for k, v in values.items()}
+
+    # -- binding and compiling ----------------------------------------------------------------------
+    def _check_call(self, arrays: tuple, params: dict[str, Any]) -> dict[str, str]:
+        if len(arrays) != self._n_in:
+            names = ", ".join(self.inputs)
+            missing = self.inputs[len(arrays):]
+            extra = f"; missing: {', '.join(missing)}" if missing else ""
+            raise ArgumentError(f"{self.label}: takes {self._n_in} input tensor{'s' if self._n_in != 1 else ''} "
+                                f"({names}) but {len(arrays)} {'were' if len(arrays) != 1 else 'was'} given{extra}")
+        for name in params:
+            if name not in self.params:
+                known = ", ".join(self.params) if self.params else "none"
+                raise UnknownNameError(f"{self.label}: unexpected keyword argument '{name}'; the op's scalar "
+                                       f"parameters are: {known}")
+        kinds = {}
+        for name in self.params:
+            if name not in params:
+                raise ArgumentError(f"{self.label}: scalar parameter '{name}' was not given; pass it as a keyword, "
+                                    f"op(..., {name}=value)")
+            kinds[name] = _param_kind(name, params[name], self.label)
+        return kinds
+
+    def bind(self, *arrays: Any, **params: Any) -> Bound:
+        """Shapes, dtypes and isl domains for these inputs (arrays, ArraySpecs or shape tuples)."""
+        kinds = self._check_call(arrays, params)
+        specs = [ArraySpec.of(a) for a in arrays]
+        return self._bind(specs, kinds)
+
+    def _bind(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
+        inputs = {}
+        for name, spec in zip(self.inputs, specs):
+            dtype = _DTYPES.get(spec.dtype.num, str(spec.dtype)) if spec.dtype.num in _DTYPES else str(spec.dtype)
+            inputs[name] = (spec.shape, dtype)
+        return bind(self.program, self.source, inputs, kinds, self._ranges, self._pad, self._pad_value)
+
+    def _buffers(self) -> list[str]:
+        return list(self.inputs) + list(self.outputs) + list(self.program.temporaries)
+
+    def _layouts(self, bound: Bound, specs: list[ArraySpec]) -> dict[str, BufferLayout]:
+        layouts = {}
+        for name, spec in zip(self.inputs, specs):
+            layouts[name] = BufferLayout(tuple(spec.strides), ITEMSIZE[bound.tensors[name].dtype])
+        for name in self._buffers()[len(self.inputs):]:
+            info = bound.tensors[name]
+            layouts[name] = BufferLayout(codegen.contiguous(info.shape, ITEMSIZE[info.dtype]), ITEMSIZE[info.dtype])
+        return layouts
+
+    def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple) -> Kernel:
+        shared = _KERNELS.get((self._ident, key))
+        if shared is not None:
+            return shared
+        bound = self._bind(specs, kinds)
+        nest = lower(bound)
+        name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
+        ir_text = codegen.generate(nest, bound, self._buffers(), self._layouts(bound, specs), name)
+        argtypes = [ctypes.c_void_p] * len(self._buffers()) + [
+            ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
+        compiled = compile_kernel(ir_text, name, argtypes)
+        t = bound.tensors
+        kernel = Kernel(bound, nest, compiled,
+                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
+                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
+                        tuple(float if kinds[p] == "float" else int for p in self.params))
+        _KERNELS[(self._ident, key)] = kernel
+        return kernel
+
+    def _kernel(self, arrays: tuple, params: dict[str, Any]) -> tuple[Kernel, list[np.ndarray]]:
+        arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+        key = tuple((a.shape, a.strides, a.dtype.num) for a in arrs)
+        if params:
+            key += tuple((k, type(v)) for k, v in sorted(params.items()))
+        kernel = self._cache.get(key)
+        if kernel is None:
+            kinds = self._check_call(arrays, params)
+            kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key)
+            self._cache[key] = kernel
+        return kernel, arrs
+
+    # -- calling ------------------------------------------------------------------------------------
+    def __call__(self, *arrays: Any, **params: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        if len(arrays) != self._n_in:
+            self._check_call(arrays, params)
+        kernel, arrs = self._kernel(arrays, params)
+        outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
+        temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries]
+        ptrs = [a.__array_interface__["data"][0] for a in arrs]
+        ptrs += [a.__array_interface__["data"][0] for a in outs]
+        ptrs += [a.__array_interface__["data"][0] for a in temps]
+        if params:
+            ptrs += [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)]
+        kernel.compiled.fn(*ptrs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    # -- introspection ------------------------------------------------------------------------------
+    def ranges(self, *arrays: Any, **params: Any) -> list[dict[str, tuple[int, int]]]:
+        """Per statement, each index's inferred range ``(lo, hi)`` (lo <= index < hi)."""
+        bound = self.bind(*arrays, **params)
+        return [{n: (lo, hi) for n, lo, hi in bs.extents} for bs in bound.statements]
+
+    def domains(self, *arrays: Any, **params: Any) -> list[str]:
+        """Per statement, its iteration domain as an isl set (named by its indices)."""
+        bound = self.bind(*arrays, **params)
+        out = []
+        for bs in bound.statements:
+            text = str(bs.domain)
+            for k in reversed(range(len(bs.names))):
+                text = text.replace(f"d{k}", bs.names[k])
+            out.append(text)
+        return out
+
+    def shapes(self, *arrays: Any, **params: Any) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor (inputs, temporaries, outputs) for these inputs."""
+        bound = self.bind(*arrays, **params)
+        return {name: info.shape for name, info in bound.tensors.items()}
+
+    def loopnest(self, *arrays: Any, **params: Any) -> LoopNest:
+        """The loop nest the op runs for these inputs (print it for pseudo-code)."""
+        return lower(self.bind(*arrays, **params))
+
+    def code(self, *arrays: Any, target: str = "cpu", optimized: bool = False, **params: Any) -> str:
+        """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``)."""
+        if target != "cpu":
+            raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu")
+        kinds = self._check_call(arrays, params)
+        specs = [ArraySpec.of(a) for a in arrays]
+        bound = self._bind(specs, kinds)
+        text = codegen.generate(lower(bound), bound, self._buffers(), self._layouts(bound, specs))
+        if optimized:
+            from .runtime.jit import optimize
+            text = str(optimize(text))
+        return text
+
+    def __repr__(self) -> str:
+        return f"tc.op({self.source!r})"
+
+
+def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
+       pad_value: dict[str, float] | None = None) -> Op:
+    """Parse ``source`` into an :class:`Op` (names and syntax are checked now; shapes at call time).
+
+    ``ranges`` bounds indices explicitly: ``{"i": 4}`` means 0 <= i < 4 and
+    ``{"j": (1, 5)}`` means 1 <= j < 5. ``pad`` opts into zero padding: the op
+    sees the input as if ``numpy.pad(x, widths)`` had been applied, so reads
+    outside the real array give 0 (or ``pad_value[name]``).
+    """
+    return Op(source, ranges=ranges, pad=pad, pad_value=pad_value)

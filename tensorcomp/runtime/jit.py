@@ -1,0 +1,86 @@
+"""JIT-compile LLVM IR for the host CPU and hand back callable kernels.
+
+One MCJIT engine per process holds every kernel's module. Compilation runs
+LLVM's -O3 pipeline for the host CPU's name and features (AVX2/AVX-512 when
+present), so the loop vectorizer targets the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import llvmlite.binding as llvm
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _init() -> tuple[llvm.TargetMachine, llvm.ExecutionEngine]:
+    if "engine" not in _state:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                          features=llvm.get_host_cpu_features().flatten(),
+                                          opt=3, jit=True, codemodel="jitdefault")
+        backing = llvm.parse_assembly("")
+        _state["tm"] = tm
+        _state["engine"] = llvm.create_mcjit_compiler(backing, tm)
+        _state["compiled"] = 0
+    return _state["tm"], _state["engine"]  # type: ignore[return-value]
+
+
+def host_target() -> str:
+    """The CPU the kernels are compiled for, e.g. 'x86_64 znver4 +avx2,+avx512f,...'."""
+    llvm.initialize_native_target()
+    feats = sorted(k for k, v in llvm.get_host_cpu_features().items() if v and k.startswith(("avx", "fma", "sse")))
+    return f"{llvm.get_default_triple()} {llvm.get_host_cpu_name()} {','.join(feats)}"
+
+
+def optimize(ir_text: str) -> llvm.ModuleRef:
+    """Parse, verify and run the -O3 pipeline on a module."""
+    tm, _ = _init()
+    mod = llvm.parse_assembly(ir_text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+@dataclass
+class Compiled:
+    """A JIT-compiled kernel: its address and a ctypes callable."""
+
+    name: str
+    address: int
+    fn: Callable
+    ir: str
+    optimized_ir: str
+
+
+def compile_kernel(ir_text: str, name: str, argtypes: list) -> Compiled:
+    """Compile one kernel function ``name`` from LLVM IR text."""
+    with _lock:
+        _, engine = _init()
+        mod = optimize(ir_text)
+        optimized = str(mod)
+        engine.add_module(mod)
+        engine.finalize_object()
+        address = engine.get_function_address(name)
+        _state["compiled"] = int(_state["compiled"]) + 1  # type: ignore[arg-type]
+    fn = ctypes.CFUNCTYPE(None, *argtypes)(address)
+    return Compiled(name, address, fn, ir_text, optimized)
+
+
+def compile_count() -> int:
+    """How many kernels this process has compiled (to check that caching works)."""
+    return int(_state.get("compiled", 0))  # type: ignore[arg-type]

@@ -1,0 +1,164 @@
+"""The loop-nest IR: what a schedule produces and what code generators consume.
+
+Small frozen nodes: integer expressions over loop variables (``IVar``,
+``IConst``, ``IOp``), loops (``For``, with a ``kind`` for parallel / vector /
+unroll / GPU-binding tags), guards (``If``), and the two leaf operations:
+``Fill`` (initialise an element to the reduction's identity) and ``Compute``
+(one instance of a statement, its indices given as expressions of the loop
+variables). Statement bodies stay in the op IR and are substituted at codegen,
+so layouts, tiling and GPU mapping only ever rewrite the nest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from ..lang.ir import expr_str, Statement
+
+
+@dataclass(frozen=True, slots=True)
+class IVar:
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class IConst:
+    value: int
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+# ops: add sub mul neg floordiv (floor) mod (floor) rem (truncating) min max select eq ne lt le gt ge and or
+@dataclass(frozen=True, slots=True)
+class IOp:
+    op: str
+    args: tuple["IExpr", ...]
+
+    def __str__(self) -> str:
+        sym = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%", "rem": "rem", "eq": "==",
+               "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "and": "and", "or": "or"}
+        a = self.args
+        if self.op == "neg":
+            return f"-{_p(a[0])}"
+        if self.op in sym and len(a) == 2:
+            return f"{_p(a[0])} {sym[self.op]} {_p(a[1])}"
+        if self.op == "select":
+            return f"({a[1]} if {a[0]} else {a[2]})"
+        return f"{self.op}({', '.join(str(x) for x in a)})"
+
+
+IExpr = Union[IVar, IConst, IOp]
+
+
+def _p(e: IExpr) -> str:
+    return f"({e})" if isinstance(e, IOp) and e.op not in ("min", "max", "neg") else str(e)
+
+
+def iadd(a: IExpr, b: IExpr) -> IExpr:
+    """a + b with constants folded (x + 0 -> x)."""
+    if isinstance(a, IConst) and isinstance(b, IConst):
+        return IConst(a.value + b.value)
+    if isinstance(b, IConst) and b.value == 0:
+        return a
+    if isinstance(a, IConst) and a.value == 0:
+        return b
+    return IOp("add", (a, b))
+
+
+@dataclass(frozen=True, slots=True)
+class For:
+    """``for var in range(lo, hi, step)``; ``kind`` is serial, parallel, vector or unroll."""
+
+    var: str
+    lo: IExpr
+    hi: IExpr
+    step: int
+    body: tuple["Node", ...]
+    kind: str = "serial"
+
+
+@dataclass(frozen=True, slots=True)
+class If:
+    cond: IExpr
+    then: tuple["Node", ...]
+    orelse: tuple["Node", ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """``tensor[index] = value`` (the reduction identity, before a statement accumulates)."""
+
+    tensor: str
+    index: tuple[IExpr, ...]
+    value: float | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """One instance of statement ``stmt``; ``env`` gives each of its indices."""
+
+    stmt: int
+    env: tuple[tuple[str, IExpr], ...]
+
+
+Node = Union[For, If, Fill, Compute]
+
+
+@dataclass(frozen=True)
+class LoopNest:
+    """A kernel's loop nest plus the statements its ``Compute`` leaves refer to."""
+
+    body: tuple[Node, ...]
+    statements: tuple[Statement, ...]
+
+    def walk(self) -> Iterator[Node]:
+        def rec(nodes: tuple[Node, ...]) -> Iterator[Node]:
+            for n in nodes:
+                yield n
+                if isinstance(n, For):
+                    yield from rec(n.body)
+                elif isinstance(n, If):
+                    yield from rec(n.then)
+                    yield from rec(n.orelse)
+        return rec(self.body)
+
+    def __str__(self) -> str:
+        lines: list[str] = []
+
+        def emit(nodes: tuple[Node, ...], depth: int) -> None:
+            pad = "  " * depth
+            for n in nodes:
+                if isinstance(n, For):
+                    step = f", {n.step}" if n.step != 1 else ""
+                    tag = f"  # {n.kind}" if n.kind != "serial" else ""
+                    lines.append(f"{pad}for {n.var} in range({n.lo}, {n.hi}{step}):{tag}")
+                    emit(n.body, depth + 1)
+                elif isinstance(n, If):
+                    lines.append(f"{pad}if {n.cond}:")
+                    emit(n.then, depth + 1)
+                    if n.orelse:
+                        lines.append(f"{pad}else:")
+                        emit(n.orelse, depth + 1)
+                elif isinstance(n, Fill):
+                    idx = f"[{', '.join(str(i) for i in n.index)}]" if n.index else ""
+                    lines.append(f"{pad}{n.tensor}{idx} = {n.value}")
+                else:
+                    lines.append(pad + self.compute_text(n))
+        emit(self.body, 0)
+        return "\n".join(lines)
+
+    def compute_text(self, node: Compute) -> str:
+        """The statement with its indices replaced by the loop expressions."""
+        from .lower import substitute_statement
+        st = substitute_statement(self.statements[node.stmt], dict(node.env))
+        text = str(st)
+        if st.reduce in ("max", "min", "prod"):
+            target = text.split(" = ", 1)[0]
+            body = text.split(" = ", 1)[1][len(st.reduce) + 1:-1]
+            text = f"{target} = {st.reduce}({target}, {body})" if st.reduce != "prod" else f"{target} *= {body}"
+        return text

@@ -1,0 +1,246 @@
+"""Lower a bound op to a loop nest with isl's AST generator.
+
+Each statement ``k`` becomes an isl statement ``S{k}`` over its domain, and
+the tensor it writes gets an initialisation statement ``F{k}`` over the
+tensor's box when needed (reductions, and ``=`` statements that do not cover
+every element). The schedule maps every instance to a time vector
+``[2k (+1 for S), loop dims...]``, so statements run in source order and each
+statement's loops follow the order chosen for it. isl turns that into loops
+with exact bounds and strides (scatter, ``//`` and ``%`` included).
+"""
+
+from __future__ import annotations
+
+import islpy as isl
+
+from ..domain import Bound, BoundStatement, TensorInfo
+from ..lang.ir import Access, Call, Index, Lin, Statement
+from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+
+IDENTITY = {"sum": 0, "prod": 1, None: 0}
+
+
+def identity(reduce: str | None, dtype: str) -> float | int | bool:
+    """The value a written tensor starts from."""
+    import numpy as np
+    if reduce == "max":
+        return -np.inf if dtype.startswith("float") else (False if dtype == "bool" else int(np.iinfo(dtype).min))
+    if reduce == "min":
+        return np.inf if dtype.startswith("float") else (True if dtype == "bool" else int(np.iinfo(dtype).max))
+    value = IDENTITY[reduce]
+    return float(value) if dtype.startswith("float") else (bool(value) if dtype == "bool" else value)
+
+
+def default_order(bs: BoundStatement, tensors: dict[str, TensorInfo]) -> tuple[str, ...]:
+    """Loop order: written indices outside, reductions inside, and innermost the
+    index that walks the most tensors contiguously (last axis, unit coefficient)."""
+    st = bs.stmt
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    score = {n: 0 for n in bs.names}
+    # reads weigh more than the write: a contiguous read stream beats a contiguous accumulator
+    uses = [(st.target, st.index, 1)] + [(a.tensor, a.index, 2) for a in st.accesses()]
+    for _tensor, index, weight in uses:
+        if index:
+            for atom, coef in index[-1].terms:
+                if isinstance(atom, str) and abs(coef) == 1:
+                    score[atom] += weight
+    written = st.write_names()
+    candidates = [n for n in bs.names if extent[n] > 1 and score[n] > 0]
+    inner = max(candidates, key=lambda n: (score[n], n in written, bs.names.index(n))) if candidates else None
+    outer = [n for n in written if n != inner] + [n for n in bs.names if n not in written and n != inner]
+    return tuple(outer + ([inner] if inner else []))
+
+
+def needs_fill(bs: BoundStatement, info: TensorInfo) -> bool:
+    """Whether the written tensor must be initialised before the statement runs."""
+    if bs.stmt.reduce is not None:
+        return True
+    dim = {n: f"d{k}" for k, n in enumerate(bs.names)}
+    write = isl.Map(f"{{ [{', '.join(dim[n] for n in bs.names)}] -> "
+                    f"[{', '.join(lin.to_isl(dim) for lin in bs.stmt.index)}] }}").intersect_domain(bs.domain)
+    box = _box(info.shape)
+    return not write.range().is_equal(box)
+
+
+def _box(shape: tuple[int, ...]) -> isl.Set:
+    names = ", ".join(f"e{k}" for k in range(len(shape)))
+    cons = " and ".join(f"0 <= e{k} < {n}" for k, n in enumerate(shape))
+    return isl.Set(f"{{ [{names}] : {cons} }}" if cons else f"{{ [{names}] }}")
+
+
+def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> LoopNest:
+    """The default loop nest of ``bound`` (``orders`` overrides a statement's loop order)."""
+    orders = orders or {}
+    pieces: list[tuple[str, isl.Set, list[str], list[str]]] = []  # (isl name, domain, time dims, loop names)
+    fills: dict[str, tuple[str, tuple, object]] = {}
+    for k, bs in enumerate(bound.statements):
+        info = bound.tensors[bs.stmt.target]
+        if needs_fill(bs, info):
+            name = f"F{k}"
+            plain = [lin.plain_var for lin in bs.stmt.index]
+            loop_names = [p if p and plain.count(p) == 1 else f"a{j}" for j, p in enumerate(plain)]
+            dom = _box(info.shape).set_tuple_name(name)
+            pieces.append((name, dom, [f"e{j}" for j in range(len(info.shape))], loop_names))
+            fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
+        order = orders.get(k) or default_order(bs, bound.tensors)
+        name = f"S{k}"
+        pieces.append((name, bs.domain.set_tuple_name(name), [bs.dim(n) for n in order], list(order)))
+
+    width = max(len(p[2]) for p in pieces) + 1
+    domain = None
+    schedule = None
+    names_of: dict[str, list[str]] = {}
+    for slot, (name, dom, dims, loop_names) in enumerate(pieces):
+        in_dims = ", ".join(f"{'e' if name.startswith('F') else 'd'}{j}" for j in range(dom.dim(isl.dim_type.set)))
+        out = [str(slot)] + dims + ["0"] * (width - 1 - len(dims))
+        m = isl.UnionMap(f"{{ {name}[{in_dims}] -> [{', '.join(out)}] }}")
+        us = isl.UnionSet.from_set(dom)
+        domain = us if domain is None else domain.union(us)
+        schedule = m if schedule is None else schedule.union(m)
+        names_of[name] = loop_names
+    schedule = schedule.intersect_domain(domain)
+    build = isl.AstBuild.from_context(isl.Set("{ : }"))
+    ast = build.node_from_schedule_map(schedule)
+    conv = _Converter(bound, names_of, fills)
+    return LoopNest(conv.nodes(ast, {}), tuple(bs.stmt for bs in bound.statements))
+
+
+class _Converter:
+    """isl AST -> loop-nest IR, naming loops after the statement indices they run over."""
+
+    def __init__(self, bound: Bound, names_of: dict[str, list[str]], fills: dict) -> None:
+        self.bound = bound
+        self.names_of = names_of
+        self.fills = fills
+
+    def nodes(self, node: isl.AstNode, rename: dict[str, str]) -> tuple[Node, ...]:
+        t = node.get_type()
+        if t == isl.ast_node_type.block:
+            out: list[Node] = []
+            for child in node.block_get_children().get_list() if hasattr(node.block_get_children(), "get_list") \
+                    else _ast_list(node.block_get_children()):
+                out.extend(self.nodes(child, rename))
+            return tuple(out)
+        if t == isl.ast_node_type.for_:
+            it = node.for_get_iterator().get_id().get_name()
+            rename = dict(rename)
+            depth = int(it[1:]) if it.startswith("c") and it[1:].isdigit() else None
+            owner = self._owner(node)
+            if owner is not None and depth is not None and 1 <= depth <= len(self.names_of[owner]):
+                rename[it] = self.names_of[owner][depth - 1]
+            var = rename.get(it, it)
+            lo = self.expr(node.for_get_init(), rename)
+            cond = node.for_get_cond()
+            op = cond.op_get_type()
+            arg0 = self.expr(cond.op_get_arg(0), rename)
+            bound_e = self.expr(cond.op_get_arg(1), rename)
+            if arg0 != IVar(var) or op not in (isl.ast_expr_op_type.le, isl.ast_expr_op_type.lt):
+                raise AssertionError(f"unexpected isl loop condition {cond.to_C_str()}")
+            hi = IOp("add", (bound_e, IConst(1))) if op == isl.ast_expr_op_type.le else bound_e
+            if isinstance(bound_e, IConst) and op == isl.ast_expr_op_type.le:
+                hi = IConst(bound_e.value + 1)
+            step = node.for_get_inc().get_val().to_python()
+            return (For(var, lo, hi, step, self.nodes(node.for_get_body(), rename)),)
+        if t == isl.ast_node_type.if_:
+            cond = self.expr(node.if_get_cond(), rename)
+            then = self.nodes(node.if_get_then_node(), rename)
+            orelse = self.nodes(node.if_get_else_node(), rename) if node.if_has_else_node() else ()
+            return (If(cond, then, orelse),)
+        if t == isl.ast_node_type.user:
+            call = node.user_get_expr()
+            name = call.op_get_arg(0).get_id().get_name()
+            args = tuple(self.expr(call.op_get_arg(j + 1), rename) for j in range(call.op_get_n_arg() - 1))
+            if name.startswith("F"):
+                tensor, value = self.fills[name]
+                return (Fill(tensor, args, value),)
+            k = int(name[1:])
+            names = self.bound.statements[k].names
+            return (Compute(k, tuple(zip(names, args))),)
+        if t == isl.ast_node_type.mark:
+            return self.nodes(node.mark_get_node(), rename)
+        raise AssertionError(f"unexpected isl AST node {t}")
+
+    def _owner(self, node: isl.AstNode) -> str | None:
+        """The isl statement a loop subtree executes (each top-level nest has one)."""
+        found: list[str] = []
+
+        def visit(n: isl.AstNode) -> bool:
+            if n.get_type() == isl.ast_node_type.user:
+                found.append(n.user_get_expr().op_get_arg(0).get_id().get_name())
+            return True
+        node.foreach_descendant_top_down(visit)
+        return found[0] if found and all(f == found[0] for f in found) else None
+
+    def expr(self, e: isl.AstExpr, rename: dict[str, str]) -> IExpr:
+        t = e.get_type()
+        if t == isl.ast_expr_type.id:
+            name = e.get_id().get_name()
+            return IVar(rename.get(name, name))
+        if t == isl.ast_expr_type.int:
+            return IConst(e.get_val().to_python())
+        op = e.op_get_type()
+        args = tuple(self.expr(e.op_get_arg(j), rename) for j in range(e.op_get_n_arg()))
+        T = isl.ast_expr_op_type
+        table = {T.add: "add", T.sub: "sub", T.mul: "mul", T.minus: "neg", T.div: "floordiv",
+                 T.fdiv_q: "floordiv", T.pdiv_q: "floordiv", T.pdiv_r: "rem", T.zdiv_r: "rem",
+                 T.min: "min", T.max: "max", T.cond: "select", T.select: "select", T.eq: "eq",
+                 T.le: "le", T.lt: "lt", T.ge: "ge", T.gt: "gt", T.and_: "and", T.and_then: "and",
+                 T.or_: "or", T.or_else: "or"}
+        if op not in table:
+            raise AssertionError(f"unexpected isl expression {e.to_C_str()}")
+        name = table[op]
+        if name in ("min", "max") and len(args) > 2:
+            out = args[0]
+            for a in args[1:]:
+                out = IOp(name, (out, a))
+            return out
+        return IOp(name, args)
+
+
+def _ast_list(lst: isl.AstNodeList) -> list[isl.AstNode]:
+    return [lst.get_at(j) for j in range(lst.n_ast_node())]
+
+
+def to_lin(e: IExpr) -> Lin | None:
+    """An affine loop expression as a Lin (None if it is not affine)."""
+    if isinstance(e, IVar):
+        return Lin.var(e.name)
+    if isinstance(e, IConst):
+        return Lin.of(e.value)
+    args = [to_lin(a) for a in e.args]
+    if any(a is None for a in args):
+        return None
+    if e.op == "add":
+        return args[0] + args[1]
+    if e.op == "sub":
+        return args[0] - args[1]
+    if e.op == "neg":
+        return -args[0]
+    if e.op == "mul":
+        if args[0].is_const:
+            return args[1] * args[0].const
+        if args[1].is_const:
+            return args[0] * args[1].const
+    if e.op in ("floordiv", "mod") and args[1].is_const and args[1].const > 0:
+        return args[0].floordiv(args[1].const) if e.op == "floordiv" else args[0].mod(args[1].const)
+    return None
+
+
+def substitute_statement(st: Statement, env: dict[str, IExpr]) -> Statement:
+    """The statement with its indices replaced (for printing loop nests)."""
+    mapping = {}
+    for name, e in env.items():
+        lin = to_lin(e)
+        if lin is None:
+            return st
+        mapping[name] = lin
+
+    def sub(expr):
+        if isinstance(expr, Access):
+            return Access(expr.tensor, tuple(l.rename(mapping) for l in expr.index))
+        if isinstance(expr, Index):
+            return Index(expr.lin.rename(mapping))
+        if isinstance(expr, Call):
+            return Call(expr.fn, tuple(sub(a) for a in expr.args))
+        return expr
+    return Statement(st.target, tuple(l.rename(mapping) for l in st.index), st.reduce, sub(st.expr), st.line)
