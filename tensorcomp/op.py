@@ -16,6 +16,7 @@ from .domain import Bound, bind
 from .errors import ArgumentError, DtypeError, UnknownNameError, op_label
 from .lang import parse
 from .runtime import Compiled, compile_kernel
+from .runtime.jit import ARRAY_DATA_OFFSET
 from .schedule import LoopNest, lower
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
@@ -205,10 +206,10 @@ class Op:
         bound = self._bind(specs, kinds)
         nest = lower(bound)
         name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
-        ir_text = codegen.generate(nest, bound, self._buffers(), self._layouts(bound, specs), name)
-        argtypes = [ctypes.c_void_p] * len(self._buffers()) + [
-            ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
-        compiled = compile_kernel(ir_text, name, argtypes)
+        ir_text = codegen.generate(nest, bound, self._buffers(), self._layouts(bound, specs), name,
+                                   ARRAY_DATA_OFFSET)
+        param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
+        compiled = compile_kernel(ir_text, name, len(self._buffers()), param_types)
         t = bound.tensors
         kernel = Kernel(bound, nest, compiled,
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
@@ -217,31 +218,27 @@ class Op:
         _KERNELS[(self._ident, key)] = kernel
         return kernel
 
-    def _kernel(self, arrays: tuple, params: dict[str, Any]) -> tuple[Kernel, list[np.ndarray]]:
+    # -- calling ------------------------------------------------------------------------------------
+    def __call__(self, *arrays: Any, **params: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the op: arrays in ``self.inputs`` order, scalar parameters by keyword."""
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
-        key = tuple((a.shape, a.strides, a.dtype.num) for a in arrs)
+        key = tuple([(a.shape, a.strides, a.dtype.num) for a in arrs])
         if params:
-            key += tuple((k, type(v)) for k, v in sorted(params.items()))
+            key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)
         if kernel is None:
             kinds = self._check_call(arrays, params)
             kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key)
             self._cache[key] = kernel
-        return kernel, arrs
-
-    # -- calling ------------------------------------------------------------------------------------
-    def __call__(self, *arrays: Any, **params: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        if len(arrays) != self._n_in:
-            self._check_call(arrays, params)
-        kernel, arrs = self._kernel(arrays, params)
         outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
-        temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries]
-        ptrs = [a.__array_interface__["data"][0] for a in arrs]
-        ptrs += [a.__array_interface__["data"][0] for a in outs]
-        ptrs += [a.__array_interface__["data"][0] for a in temps]
-        if params:
-            ptrs += [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)]
-        kernel.compiled.fn(*ptrs)
+        temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries] if kernel.temporaries else []
+        scalars = [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)] if params else []
+        pyfn = kernel.compiled.pyfn
+        if pyfn is not None:
+            pyfn(*arrs, *outs, *temps, *scalars)
+        else:
+            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]
+            kernel.compiled.fn(*ptrs, *scalars)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # -- introspection ------------------------------------------------------------------------------

@@ -409,13 +409,36 @@ class _FunctionBuilder:
             else:
                 raise AssertionError(n)
 
-    def build(self) -> ir.Module:
+    def build(self, array_data_offset: int | None) -> ir.Module:
         self.nodes(self.nest.body)
         self.builder.ret_void()
+        if array_data_offset is not None:
+            self.python_entry(array_data_offset)
         return self.module
+
+    def python_entry(self, offset: int) -> None:
+        """``{name}_py(PyArrayObject*..., params...)``: reads each array's data pointer and calls the kernel.
+
+        Passing the array objects themselves (ctypes ``py_object``) skips the
+        costly ``__array_interface__`` lookups on every call; the pointer's
+        offset inside the array object is measured at import time.
+        """
+        nbuf = len(self.ptr)
+        argtys = [PTR] * nbuf + [a.type for a in self.fn.args[nbuf:]]
+        entry = ir.Function(self.module, ir.FunctionType(ir.VoidType(), argtys), name=f"{self.fn.name}_py")
+        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        args = []
+        for k, arg in enumerate(entry.args):
+            if k < nbuf:
+                field = b.gep(arg, [ir.Constant(I64, offset)], source_etype=I8, inbounds=True)
+                args.append(b.load(field, typ=PTR, align=8))
+            else:
+                args.append(arg)
+        b.call(self.fn, args)
+        b.ret_void()
 
 
 def generate(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
-             name: str = "kernel") -> str:
-    """LLVM IR text of the kernel for ``nest``."""
-    return str(_FunctionBuilder(nest, bound, buffers, layouts, name).build())
+             name: str = "kernel", array_data_offset: int | None = None) -> str:
+    """LLVM IR text of the kernel for ``nest`` (plus its Python entry when an offset is given)."""
+    return str(_FunctionBuilder(nest, bound, buffers, layouts, name).build(array_data_offset))

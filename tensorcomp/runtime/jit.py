@@ -56,29 +56,48 @@ def optimize(ir_text: str) -> llvm.ModuleRef:
     return mod
 
 
+def _array_data_offset() -> int | None:
+    """Byte offset of the data pointer inside a NumPy array object, checked on live arrays."""
+    import numpy as np
+    probes = [np.empty(n, dtype) for n, dtype in ((3, np.float32), (7, np.int64), (0, np.float64))]
+    for offset in range(8, 80, 8):
+        if all(ctypes.c_void_p.from_address(id(a) + offset).value == a.ctypes.data for a in probes):
+            return offset
+    return None
+
+
+ARRAY_DATA_OFFSET = _array_data_offset()
+
+
 @dataclass
 class Compiled:
-    """A JIT-compiled kernel: its address and a ctypes callable."""
+    """A JIT-compiled kernel.
+
+    ``fn`` takes data pointers (ints) and the scalar parameters; ``pyfn``, when
+    present, takes the NumPy arrays themselves (see ``ARRAY_DATA_OFFSET``).
+    Both release the GIL while the kernel runs.
+    """
 
     name: str
     address: int
     fn: Callable
-    ir: str
-    optimized_ir: str
+    pyfn: Callable | None
 
 
-def compile_kernel(ir_text: str, name: str, argtypes: list) -> Compiled:
-    """Compile one kernel function ``name`` from LLVM IR text."""
+def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list) -> Compiled:
+    """Compile kernel ``name`` (and its ``{name}_py`` entry, if the IR has one) from LLVM IR text."""
     with _lock:
         _, engine = _init()
         mod = optimize(ir_text)
-        optimized = str(mod)
         engine.add_module(mod)
         engine.finalize_object()
         address = engine.get_function_address(name)
+        py_address = engine.get_function_address(f"{name}_py")  # 0 when the IR has no Python entry
         _state["compiled"] = int(_state["compiled"]) + 1  # type: ignore[arg-type]
-    fn = ctypes.CFUNCTYPE(None, *argtypes)(address)
-    return Compiled(name, address, fn, ir_text, optimized)
+    fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + param_types))(address)
+    pyfn = ctypes.CFUNCTYPE(None, *([ctypes.py_object] * nbuffers + param_types))(py_address) \
+        if py_address else None
+    return Compiled(name, address, fn, pyfn)
 
 
 def compile_count() -> int:
