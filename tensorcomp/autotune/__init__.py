@@ -1,0 +1,5 @@
+"""Schedule search and the tuning database.
+
+Not implemented yet: ops run with the default schedule from
+``tensorcomp.schedule``.
+"""
