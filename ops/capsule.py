@@ -35,8 +35,8 @@ def capsule_votes(stride: int = 2) -> Op:
 
 @lru_cache(maxsize=None)
 def dense_votes() -> Op:
-    """Fully connected capsule votes (Sabour et al.): ``U[n, i, j, d] += W[i, j, d, k] * X[n, i, k]``."""
-    return Op("U[n, i, j, d] += W[i, j, d, k] * X[n, i, k]")
+    """Fully connected capsule votes (Sabour et al.): ``U[n, i, j, d] += X[n, i, k] * W[i, j, d, k]``."""
+    return Op("U[n, i, j, d] += X[n, i, k] * W[i, j, d, k]")
 
 
 @lru_cache(maxsize=None)

@@ -51,8 +51,8 @@ def conv(rank: int, stride=1, dilation=1, padding=0, groups: int = 1, channels_l
     p = per_axis(padding, rank, "padding")
     pad = None
     if any(p):
-        widths = (0, *p, 0) if channels_last else (0, 0, *p)
-        pad = {"I": widths}
+        spatial = tuple((n, n) for n in p)
+        pad = {"I": ((0, 0), *spatial, (0, 0)) if channels_last else ((0, 0), (0, 0), *spatial)}
     return Op(src, pad=pad)
 
 
@@ -82,6 +82,7 @@ def pool(kind: str, rank: int, window, stride=None, padding=0, channels_last: bo
         src = f"O[n, {join(out_idx)}] += X[n, {join(in_idx)}] / {count}"
     pad = pad_value = None
     if any(p):
-        pad = {"X": (0, *p, 0) if channels_last else (0, 0, *p)}
+        spatial = tuple((n, n) for n in p)
+        pad = {"X": ((0, 0), *spatial, (0, 0)) if channels_last else ((0, 0), (0, 0), *spatial)}
         pad_value = {"X": float("-inf")} if kind == "max" else None
     return Op(src, ranges=ranges, pad=pad, pad_value=pad_value)

@@ -130,16 +130,15 @@ class Op:
                 raise UnknownNameError(f"{self.label}: pad names '{name}', which is not an input of the op; "
                                        f"its inputs are: {', '.join(self.inputs)}")
             rank = self.program.rank(name)
-            if isinstance(widths, (int, np.integer)):
-                widths = [widths] * rank
-            try:
-                axes = [(int(w), int(w)) if isinstance(w, (int, np.integer)) else (int(w[0]), int(w[1]))
-                        for w in widths]
-            except (TypeError, IndexError, ValueError):
-                raise ArgumentError(f"{self.label}: pad of {name} must be an int, one int per axis, or one "
-                                    f"(before, after) pair per axis, got {widths!r}") from None
-            if len(axes) != rank:
-                raise ArgumentError(f"{self.label}: pad of {name} gives {len(axes)} axes but {name} has rank {rank}")
+            try:  # numpy.pad's pad_width forms: n, (before, after), or one pair per axis
+                arr = np.asarray(widths)
+                if arr.dtype.kind not in "iu":
+                    raise TypeError
+                axes = [(int(lo), int(hi)) for lo, hi in np.broadcast_to(arr, (rank, 2))]
+            except (TypeError, ValueError):
+                raise ArgumentError(f"{self.label}: pad of {name} must be given as numpy.pad's pad_width: an int, "
+                                    f"a (before, after) pair, or {rank} such pairs (one per axis), got "
+                                    f"{widths!r}") from None
             if any(lo < 0 or hi < 0 for lo, hi in axes):
                 raise ArgumentError(f"{self.label}: pad of {name} must not be negative, got {widths!r}")
             out[name] = tuple(axes)

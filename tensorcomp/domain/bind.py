@@ -138,13 +138,8 @@ class _Binder:
                               f"{extent} in {tensor} (axis {axis}, shape {real}) on line {st.line}")
                 seen.setdefault(name, (tensor, axis, real, extent))
 
-    def bind_statement(self, st: Statement) -> BoundStatement:
-        names = st.index_names()
-        dim = {n: f"d{k}" for k, n in enumerate(names)}
-        written = st.write_names()
-        target_shape = self.fixed.get(st.target)
-        self.check_extents(st, target_shape)
-
+    def _constraints(self, st: Statement, dim: dict[str, str], target_shape: tuple[int, ...] | None) -> list[str]:
+        """Every access in bounds, written indices >= 0, explicit ranges (isl syntax over ``dim``)."""
         constraints: list[str] = []
         for tensor, index in self.accesses_of(st):
             for axis, lin in enumerate(index):
@@ -152,15 +147,28 @@ class _Binder:
         for axis, lin in enumerate(st.index):
             bound = f" < {target_shape[axis]}" if target_shape is not None else ""
             constraints.append(f"0 <= {lin.to_isl(dim)}{bound}")
-        for name in names:
+        for name in dim:
             if name in self.ranges:
                 lo, hi = self.ranges[name]
                 constraints.append(f"{lo} <= {dim[name]} < {hi}")
+        return constraints
+
+    def bind_statement(self, st: Statement) -> BoundStatement:
+        names = st.index_names()
+        dim = {n: f"d{k}" for k, n in enumerate(names)}
+        written = st.write_names()
+        target_shape = self.fixed.get(st.target)
+        self.check_extents(st, target_shape)
+
+        constraints = self._constraints(st, dim, target_shape)
         P = _set(len(names), constraints)
 
-        boxes: dict[str, tuple[int, int]] = {}
-        reductions = [n for n in names if n not in written]
-        for name in reductions:
+        # Indices bounded directly: reduction indices, and written indices that index a read axis on
+        # their own. Each gets the bounding box of P's projection onto it.
+        plain_in_reads = {lin.plain_var for _, idx in self.accesses_of(st) for lin in idx} - {None}
+        direct = [n for n in names if n not in self.ranges and (n not in written or n in plain_in_reads)]
+        boxes: dict[str, tuple[int, int]] = dict((n, self.ranges[n]) for n in names if n in self.ranges)
+        for name in direct:
             lo, hi = _interval(P, names.index(name))
             if lo is None or hi is None:
                 self.fail(RangeError, f"index '{name}' on line {st.line} has no "
@@ -170,19 +178,23 @@ class _Binder:
                 self.fail(RangeError, f"index '{name}' on line {st.line} has an empty range; check the shapes "
                           "of the tensors it indexes")
             boxes[name] = (lo, hi)
-        rbox = [f"{boxes[n][0]} <= {dim[n]} < {boxes[n][1]}" for n in reductions]
 
-        free = [n for n in written if n not in self.ranges]
+        # The other written indices get the largest box for which every read is in bounds for every
+        # value of the directly bounded indices: good = complement(proj_free(Qbox \ P)).
+        free = [n for n in written if n not in boxes]
         if free:
-            nw = len(written)  # index_names() lists the written side first
-            if target_shape is None and reductions:
-                # w is good when no r in the reduction box puts (w, r) outside P
-                bad = _set(len(names), rbox).subtract(P).project_out(isl.dim_type.set, nw, len(names) - nw)
-                good = _set(nw, []).subtract(bad).intersect(P.project_out(isl.dim_type.set, nw, len(names) - nw))
+            order = free + [n for n in names if n not in free]
+            odim = {n: f"d{k}" for k, n in enumerate(order)}
+            nf, nq = len(free), len(order) - len(free)
+            P2 = _set(len(order), [c for c in self._constraints(st, odim, target_shape)])
+            qbox = [f"{boxes[n][0]} <= {odim[n]} < {boxes[n][1]}" for n in order[nf:]]
+            if target_shape is None and nq:
+                bad = _set(len(order), qbox).subtract(P2).project_out(isl.dim_type.set, nf, nq)
+                good = _set(nf, []).subtract(bad).intersect(P2.project_out(isl.dim_type.set, nf, nq))
             else:
-                good = P.project_out(isl.dim_type.set, nw, len(names) - nw)
-            for name in free:
-                lo, hi = _interval(good, names.index(name))
+                good = P2.project_out(isl.dim_type.set, nf, nq)
+            for k, name in enumerate(free):
+                lo, hi = _interval(good, k)
                 if hi is None:
                     only_written = all(name not in lin.names() for _, idx in self.accesses_of(st) for lin in idx)
                     why = ("it appears only on the written side" if only_written
