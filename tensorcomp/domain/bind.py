@@ -168,8 +168,16 @@ class _Binder:
         plain_in_reads = {lin.plain_var for _, idx in self.accesses_of(st) for lin in idx} - {None}
         direct = [n for n in names if n not in self.ranges and (n not in written or n in plain_in_reads)]
         boxes: dict[str, tuple[int, int]] = dict((n, self.ranges[n]) for n in names if n in self.ranges)
+        plain_extent: dict[str, int] = {}
+        for tensor, index in self.accesses_of(st):
+            for axis, lin in enumerate(index):
+                if lin.plain_var is not None:
+                    plain_extent.setdefault(lin.plain_var, self.tensors[tensor].logical_shape[axis])
         for name in direct:
-            lo, hi = _interval(P, names.index(name))
+            if name in plain_extent:  # the whole axis it indexes (extents were checked to agree)
+                lo, hi = 0, plain_extent[name]
+            else:
+                lo, hi = _interval(P, names.index(name))
             if lo is None or hi is None:
                 self.fail(RangeError, f"index '{name}' on line {st.line} has no "
                           f"{'lower' if lo is None else 'upper'} bound; it must index a tensor axis on its own "
@@ -195,15 +203,18 @@ class _Binder:
                 good = P2.project_out(isl.dim_type.set, nf, nq)
             for k, name in enumerate(free):
                 lo, hi = _interval(good, k)
+                if good.is_empty() or (lo is not None and hi is not None and hi <= lo):
+                    self.fail(RangeError, f"index '{name}' of {st.target} has an empty range on line {st.line}: "
+                              f"no value keeps every read in bounds; check the shapes ({self.shapes_text(st)})")
                 if hi is None:
                     only_written = all(name not in lin.names() for _, idx in self.accesses_of(st) for lin in idx)
                     why = ("it appears only on the written side" if only_written
                            else "no read bounds it")
                     self.fail(RangeError, f"index '{name}' of {st.target} has no upper bound on line {st.line}: "
                               f"{why}; bound it with ranges={{'{name}': n}}")
-                if lo is None or hi <= lo:
-                    self.fail(RangeError, f"index '{name}' of {st.target} has an empty range on line {st.line}: "
-                              f"no value keeps every read in bounds; check the shapes ({self.shapes_text(st)})")
+                if lo is None:
+                    self.fail(RangeError, f"index '{name}' of {st.target} has no lower bound on line {st.line}; "
+                              f"bound it with ranges={{'{name}': (lo, hi)}}")
                 boxes[name] = (lo, hi)
         for name in names:
             if name in self.ranges:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import textwrap
+import warnings
 
 from ..errors import ParseError, UnknownNameError, op_label
 from .ir import (
@@ -217,7 +218,9 @@ class _Parser:
     # -- whole program ---------------------------------------------------------------
     def program(self) -> Program:
         try:
-            tree = ast.parse(self.source, mode="exec")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Python's own warnings about odd literals; we report errors
+                tree = ast.parse(self.source, mode="exec")
         except SyntaxError as exc:
             line = exc.lineno or 1
             text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""

@@ -1,0 +1,35 @@
+"""Shared helpers for the benchmarks: best-of-N timing and a machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Callable
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5, inner: int = 1, warmup: int = 1) -> float:
+    """Best time of ``repeats`` runs (each the mean over ``inner`` calls), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from tensorcomp.runtime import host_target
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; LLVM target {host_target()}"
