@@ -182,8 +182,10 @@ class Op:
     def _bind(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
         inputs = {}
         for name, spec in zip(self.inputs, specs):
-            dtype = _DTYPES.get(spec.dtype.num, str(spec.dtype)) if spec.dtype.num in _DTYPES else str(spec.dtype)
-            inputs[name] = (spec.shape, dtype)
+            if not spec.dtype.isnative:
+                raise DtypeError(f"{self.label}: tensor {name} has non-native byte order ({spec.dtype.str}); "
+                                 f"convert it with .astype({spec.dtype.newbyteorder('=').name})")
+            inputs[name] = (spec.shape, _DTYPES.get(spec.dtype.num, str(spec.dtype)))
         return bind(self.program, self.source, inputs, kinds, self._ranges, self._pad, self._pad_value)
 
     def _buffers(self) -> list[str]:
@@ -221,7 +223,7 @@ class Op:
     def __call__(self, *arrays: Any, **params: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run the op: arrays in ``self.inputs`` order, scalar parameters by keyword."""
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
-        key = tuple([(a.shape, a.strides, a.dtype.num) for a in arrs])
+        key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         if params:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)

@@ -42,6 +42,11 @@ CASES = [
     ("O[i] = A[i]", (z(3, np.float16),), {}, tc.DtypeError,
      "op 'O[i] = A[i]': tensor A has dtype float16, which is not supported; supported dtypes are float32, "
      "float64, int32, int64 and bool (convert with .astype(numpy.float32))"),
+    ("O[i] = A[i] + 1", (np.arange(3, dtype=">f4"),), {}, tc.DtypeError,
+     "op 'O[i] = A[i] + 1': tensor A has non-native byte order (>f4); convert it with .astype(float32)"),
+    ("O[i] = A[i]", (np.array(["a", "b"]),), {}, tc.DtypeError,
+     "op 'O[i] = A[i]': tensor A has dtype <U1, which is not supported; supported dtypes are float32, float64, "
+     "int32, int64 and bool (convert with .astype(numpy.float32))"),
     ("O[i] += A[i + j]", (z(3),), {}, tc.RangeError,
      "op 'O[i] += A[i + j]': index 'j' on line 1 has no lower bound; it must index a tensor axis on its own or "
      "be bounded with ranges={'j': n}"),
