@@ -1,4 +1,9 @@
 """Gradients by transposing index expressions (installed as ``tensorcomp.autodiff``).
 
-Not implemented yet: ``tc.grad`` is tracked as its own piece of work.
+``grad(op, wrt)`` derives the gradient op: see :mod:`.transpose` for the rules.
 """
+
+from .rules import derivative
+from .transpose import DerivedOp, grad
+
+__all__ = ["DerivedOp", "derivative", "grad"]
