@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tensorcomp as tc
 from tensorcomp import ops
@@ -182,3 +184,47 @@ def test_bad_requests():
     with pytest.raises(tc.ShapeError) as info:
         g(np.ones(3), np.ones(4))
     assert str(info.value) == "op 'dA[i] += dO[i] * 2': gradient input dO has shape (4,) but O has shape (3,)"
+
+
+def test_strided_scatter_is_scheduled_as_a_gather():
+    """dI of a strided conv loops over dI's elements outermost (parallel, no atomics); results unchanged."""
+    from tensorcomp.schedule import For
+    conv = tc.op("O[n, y] += I[n, 2*y + k] * W[k]")
+    g = tc.grad(conv, "I")
+    assert g.source == "dI[n, k + 2*y] += dO[n, y] * W[k]"
+    I, W, dO = r(2, 9), r(3), r(2, 4)
+    nest = g.loopnest(I, W, dO)
+    compute_nest = nest.body[-1]
+    assert isinstance(compute_nest, For) and compute_nest.var == "n"
+    assert compute_nest.body[0].var == "di1"  # the written coordinate k + 2*y
+    ref = np.zeros((2, 9))
+    for y in range(4):
+        for k in range(3):
+            ref[:, 2 * y + k] += dO[:, y] * W[k]
+    np.testing.assert_allclose(g(I, W, dO), ref, rtol=1e-12)
+    # an injective scatter keeps its scatter order
+    split = tc.op("O[i // 2, i % 2] = A[i]")
+    assert split.loopnest(np.zeros(6)).body[-1].var == "i"
+
+
+@st.composite
+def einsum_ops(draw):
+    letters = "abcde"[:draw(st.integers(1, 5))]
+    extent = {c: draw(st.integers(1, 3)) for c in letters}
+    specs = ["".join(draw(st.lists(st.sampled_from(letters), min_size=1, max_size=4)))
+             for _ in range(draw(st.integers(1, 3)))]
+    used = sorted(set("".join(specs)))
+    out = "".join(draw(st.lists(st.sampled_from(used), unique=True, max_size=3)))
+    return specs, out, extent
+
+
+@settings(max_examples=25)
+@given(einsum_ops(), st.integers(0, 2 ** 16))
+def test_random_einsum_gradients(case, seed):
+    specs, out, extent = case
+    names = [f"T{k}" for k in range(len(specs))]
+    rhs = " * ".join(f"{n}[{', '.join(s)}]" for n, s in zip(names, specs))
+    target = f"O[{', '.join(out)}]" if out else "O"
+    op = tc.op(f"{target} += {rhs}")
+    local = np.random.default_rng(seed)
+    directional_check(op, [local.standard_normal([extent[c] for c in s]) for s in specs])

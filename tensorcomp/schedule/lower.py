@@ -51,6 +51,26 @@ def default_order(bs: BoundStatement, tensors: dict[str, TensorInfo]) -> tuple[s
     return tuple(outer + ([inner] if inner else []))
 
 
+def is_conflicting_scatter(bs: BoundStatement) -> bool:
+    """A reduction whose written indices are not plain indices and where several points write one element.
+
+    Such a statement (``dI[2*y + ky] += ...``, a transposed convolution) is
+    scheduled in gather form: isl's change of basis puts loops over the written
+    element's coordinates outermost and enumerates the points writing each
+    element inside (with exact strides), so distinct outer iterations write
+    distinct elements and the outer loops can run in parallel without atomics.
+    A scatter whose write map is injective (``O[i // 2, i % 2] = A[i]``) is
+    already conflict-free and keeps its cheaper, contiguous scatter order.
+    """
+    st = bs.stmt
+    if st.reduce is None or all(lin.plain_var is not None for lin in st.index):
+        return False
+    dim = {n: bs.dim(n) for n in bs.names}
+    write = isl.Map(f"{{ [{', '.join(dim[n] for n in bs.names)}] -> "
+                    f"[{', '.join(lin.to_isl(dim) for lin in st.index)}] }}").intersect_domain(bs.domain)
+    return not write.is_injective()
+
+
 def needs_fill(bs: BoundStatement, info: TensorInfo) -> bool:
     """Whether the written tensor must be initialised before the statement runs."""
     if bs.stmt.reduce is not None:
@@ -84,7 +104,17 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
         order = orders.get(k) or default_order(bs, bound.tensors)
         name = f"S{k}"
-        pieces.append((name, bs.domain.set_tuple_name(name), [bs.dim(n) for n in order], list(order)))
+        if is_conflicting_scatter(bs):
+            # gather form: loop over the written elements first, then over the points that write each
+            dim = {n: bs.dim(n) for n in bs.names}
+            outer = [lin.to_isl(dim) for lin in bs.stmt.index]
+            plain = [lin.plain_var for lin in bs.stmt.index]
+            loop_names = [p or f"{bs.stmt.target.lower()}{j}" for j, p in enumerate(plain)]
+            inner = [n for n in order if n not in plain]
+            pieces.append((name, bs.domain.set_tuple_name(name), outer + [bs.dim(n) for n in inner],
+                           loop_names + inner))
+        else:
+            pieces.append((name, bs.domain.set_tuple_name(name), [bs.dim(n) for n in order], list(order)))
 
     width = max(len(p[2]) for p in pieces) + 1
     domain = None
