@@ -17,7 +17,8 @@ from .errors import ArgumentError, DtypeError, UnknownNameError, op_label
 from .lang import parse
 from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
-from .schedule import LoopNest, lower
+from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
+from .schedule import For, LoopNest, lower
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _names = itertools.count()
@@ -31,6 +32,8 @@ class Kernel:
     bound: Bound
     nest: LoopNest
     compiled: Compiled
+    stages: tuple[tuple[Any, int, int, bool], ...]  # (entry, lo, hi, parallel) per top-level loop nest
+    threads: int  # > 1: run through the stages, parallel ones on this many threads
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
     param_casts: tuple[type, ...]
@@ -210,9 +213,13 @@ class Op:
         ir_text = codegen.generate(nest, bound, self._buffers(), self._layouts(bound, specs), name,
                                    ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
-        compiled = compile_kernel(ir_text, name, len(self._buffers()), param_types)
+        compiled = compile_kernel(ir_text, name, len(self._buffers()), param_types, len(nest.body))
+        stages = tuple((fn, node.lo.value, node.hi.value, True) if isinstance(node, For) and node.kind == "parallel"
+                       else (fn, 0, 1, False) for fn, node in zip(compiled.stages, nest.body))
+        points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in bound.statements)
+        threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(p for *_, p in stages) else 1
         t = bound.tensors
-        kernel = Kernel(bound, nest, compiled,
+        kernel = Kernel(bound, nest, compiled, stages, threads,
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
                         tuple(float if kinds[p] == "float" else int for p in self.params))
@@ -235,7 +242,10 @@ class Op:
         temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries] if kernel.temporaries else []
         scalars = [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)] if params else []
         pyfn = kernel.compiled.pyfn
-        if pyfn is not None:
+        if kernel.threads > 1:
+            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]
+            run_stages(kernel.stages, ptrs, scalars, kernel.threads)
+        elif pyfn is not None:
             pyfn(*arrs, *outs, *temps, *scalars)
         else:
             ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]

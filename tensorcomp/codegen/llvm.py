@@ -50,22 +50,36 @@ class _FunctionBuilder:
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
                  name: str) -> None:
         self.nest, self.bound, self.layouts = nest, bound, layouts
+        self.buffers, self.name = buffers, name
         self.module = ir.Module(name=name)
-        params = list(bound.program.params)
-        self.param_types = {p: types.concrete(bound.param_types[p]) for p in params}
-        argtys = [PTR] * len(buffers) + [F64 if types.is_float(self.param_types[p]) else I64 for p in params]
-        fnty = ir.FunctionType(ir.VoidType(), argtys)
-        self.fn = ir.Function(self.module, fnty, name=name)
-        for k, arg in enumerate(self.fn.args):
-            if k < len(buffers):
-                arg.name = f"b_{buffers[k]}"
-                arg.add_attribute("noalias")
-            else:
-                arg.name = f"p_{params[k - len(buffers)]}"
-        self.ptr = {t: self.fn.args[k] for k, t in enumerate(buffers)}
-        self.params = {p: self.fn.args[len(buffers) + k] for k, p in enumerate(params)}
-        self.builder = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.param_names = list(bound.program.params)
+        self.param_types = {p: types.concrete(bound.param_types[p]) for p in self.param_names}
         self.vars: dict[str, ir.Value] = {}
+        self.slice: tuple[ir.Value, ir.Value] | None = None
+        self.fn = self.function(name, ranged=False)
+
+    def function(self, name: str, ranged: bool) -> ir.Function:
+        """Start ``void name(ptr bufs..., [i64 lo, i64 hi,] params...)`` and point the builder at it."""
+        params = self.param_names
+        extra = [I64, I64] if ranged else []
+        argtys = [PTR] * len(self.buffers) + extra + \
+            [F64 if types.is_float(self.param_types[p]) else I64 for p in params]
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), argtys), name=name)
+        nb = len(self.buffers)
+        for k, arg in enumerate(fn.args):
+            if k < nb:
+                arg.name = f"b_{self.buffers[k]}"
+                arg.add_attribute("noalias")
+        if ranged:
+            fn.args[nb].name, fn.args[nb + 1].name = "slice_lo", "slice_hi"
+        for k, p in enumerate(params):
+            fn.args[nb + len(extra) + k].name = f"p_{p}"
+        self.ptr = {t: fn.args[k] for k, t in enumerate(self.buffers)}
+        self.params = {p: fn.args[nb + len(extra) + k] for k, p in enumerate(params)}
+        self.builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.slice = (fn.args[nb], fn.args[nb + 1]) if ranged else None
+        self.fn = fn
+        return fn
 
     # -- integer (index) expressions -------------------------------------------------------------
     def iexpr(self, e: IExpr) -> ir.Value:
@@ -366,6 +380,11 @@ class _FunctionBuilder:
     def loop(self, node: For) -> None:
         b = self.builder
         lo, hi = self.iexpr(node.lo), self.iexpr(node.hi)
+        if self.slice is not None:  # a stage entry runs only its slice [slice_lo, slice_hi) of this loop
+            s_lo, s_hi = self.slice
+            self.slice = None
+            lo = b.select(b.icmp_signed(">", s_lo, lo), s_lo, lo)
+            hi = b.select(b.icmp_signed("<", s_hi, hi), s_hi, hi)
         pre = b.block
         header = self.fn.append_basic_block(f"{node.var}.head")
         body = self.fn.append_basic_block(f"{node.var}.body")
@@ -412,6 +431,18 @@ class _FunctionBuilder:
     def build(self, array_data_offset: int | None) -> ir.Module:
         self.nodes(self.nest.body)
         self.builder.ret_void()
+        kernel = self.fn
+        for j, node in enumerate(self.nest.body):
+            # one entry per top-level loop nest: the runtime splits parallel ones across threads
+            self.function(f"{self.name}_stage{j}", ranged=True)
+            if isinstance(node, For) and node.kind == "parallel":
+                self.loop(node)
+            else:
+                self.slice = None
+                self.nodes((node,))
+            self.builder.ret_void()
+        self.fn = kernel
+        self.ptr = {t: kernel.args[k] for k, t in enumerate(self.buffers)}
         if array_data_offset is not None:
             self.python_entry(array_data_offset)
         return self.module

@@ -82,9 +82,10 @@ class Compiled:
     address: int
     fn: Callable
     pyfn: Callable | None
+    stages: list[Callable]  # stage j: (buffers..., lo, hi, params...) runs slice [lo, hi) of nest j
 
 
-def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list) -> Compiled:
+def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, nstages: int = 0) -> Compiled:
     """Compile kernel ``name`` (and its ``{name}_py`` entry, if the IR has one) from LLVM IR text."""
     with _lock:
         _, engine = _init()
@@ -93,11 +94,13 @@ def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list) ->
         engine.finalize_object()
         address = engine.get_function_address(name)
         py_address = engine.get_function_address(f"{name}_py")  # 0 when the IR has no Python entry
+        stage_addresses = [engine.get_function_address(f"{name}_stage{j}") for j in range(nstages)]
         _state["compiled"] = int(_state["compiled"]) + 1  # type: ignore[arg-type]
     fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + param_types))(address)
     pyfn = ctypes.CFUNCTYPE(None, *([ctypes.py_object] * nbuffers + param_types))(py_address) \
         if py_address else None
-    return Compiled(name, address, fn, pyfn)
+    staged = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + [ctypes.c_int64] * 2 + param_types))
+    return Compiled(name, address, fn, pyfn, [staged(a) for a in stage_addresses])
 
 
 def compile_count() -> int:

@@ -92,6 +92,7 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
     """The default loop nest of ``bound`` (``orders`` overrides a statement's loop order)."""
     orders = orders or {}
     pieces: list[tuple[str, isl.Set, list[str], list[str]]] = []  # (isl name, domain, time dims, loop names)
+    parallel_safe: dict[str, set[str]] = {}  # loops whose iterations write disjoint elements
     fills: dict[str, tuple[str, tuple, object]] = {}
     for k, bs in enumerate(bound.statements):
         info = bound.tensors[bs.stmt.target]
@@ -102,6 +103,7 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
             dom = _box(info.shape).set_tuple_name(name)
             pieces.append((name, dom, [f"e{j}" for j in range(len(info.shape))], loop_names))
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
+            parallel_safe[name] = set(loop_names)
         order = orders.get(k) or default_order(bs, bound.tensors)
         name = f"S{k}"
         if is_conflicting_scatter(bs):
@@ -113,7 +115,9 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
             inner = [n for n in order if n not in plain]
             pieces.append((name, bs.domain.set_tuple_name(name), outer + [bs.dim(n) for n in inner],
                            loop_names + inner))
+            parallel_safe[name] = set(loop_names)
         else:
+            parallel_safe[name] = {lin.plain_var for lin in bs.stmt.index} - {None}
             pieces.append((name, bs.domain.set_tuple_name(name), [bs.dim(n) for n in order], list(order)))
 
     width = max(len(p[2]) for p in pieces) + 1
@@ -132,7 +136,23 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
     build = isl.AstBuild.from_context(isl.Set("{ : }"))
     ast = build.node_from_schedule_map(schedule)
     conv = _Converter(bound, names_of, fills)
-    return LoopNest(conv.nodes(ast, {}), tuple(bs.stmt for bs in bound.statements))
+    body = tuple(_mark_parallel(node, conv, parallel_safe) for node in conv.nodes(ast, {}))
+    return LoopNest(body, tuple(bs.stmt for bs in bound.statements))
+
+
+def _mark_parallel(node: Node, conv: "_Converter", safe: dict[str, set[str]]) -> Node:
+    """Tag a top-level loop ``parallel`` when its iterations write disjoint elements of its target."""
+    if not isinstance(node, For) or not isinstance(node.lo, IConst) or not isinstance(node.hi, IConst):
+        return node
+    owners = set()
+    for leaf in LoopNest((node,), ()).walk():
+        if isinstance(leaf, Compute):
+            owners.add(f"S{leaf.stmt}")
+        elif isinstance(leaf, Fill):
+            owners.add(next(k for k, v in conv.fills.items() if v[0] == leaf.tensor))
+    if len(owners) == 1 and node.var in safe.get(owners.pop(), set()):
+        return For(node.var, node.lo, node.hi, node.step, node.body, "parallel")
+    return node
 
 
 class _Converter:
