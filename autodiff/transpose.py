@@ -207,7 +207,8 @@ class DerivedOp(Op):
     """An op derived from another (a gradient): ordinary source, bound to the base op's domains."""
 
     def __init__(self, base: Op, derived: list[Derived], inputs: tuple[str, ...], outputs: tuple[str, ...],
-                 extra_inputs: dict[str, str]) -> None:
+                 extra_inputs: dict[str, str], as_tuple: bool = False) -> None:
+        self.as_tuple = as_tuple  # wrt was a list: always return a tuple, even of one gradient
         statements = tuple(Statement(d.stmt.target, d.stmt.index, d.stmt.reduce, d.stmt.expr, line)
                            for line, d in enumerate(derived, start=1))
         self.derived = [Derived(s, d.domain, d.shape, d.grad_of) for s, d in zip(statements, derived)]
@@ -237,6 +238,10 @@ class DerivedOp(Op):
         self._ident = ("derived", self.source, base._ident)
         self._cache = {}
         self._n_in = len(inputs)
+
+    def __call__(self, *arrays, **params):
+        out = super().__call__(*arrays, **params)
+        return (out,) if self.as_tuple and not isinstance(out, tuple) else out
 
     def _bind(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
         nb = len(self.base.inputs)
@@ -319,7 +324,5 @@ def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:
     except KeyError as exc:
         raise ArgumentError(f"tc.grad: {op.label}: no derivative rule for '{exc.args[0]}'") from None
     inputs = tuple(op.inputs) + tuple(d_out.values())
-    result = DerivedOp(op, derived, inputs, tuple(outputs), {v: k for k, v in d_out.items()})
-    if isinstance(wrt, str):
-        result.single = True
-    return result
+    return DerivedOp(op, derived, inputs, tuple(outputs), {v: k for k, v in d_out.items()},
+                     as_tuple=not isinstance(wrt, str))

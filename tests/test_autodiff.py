@@ -228,3 +228,13 @@ def test_random_einsum_gradients(case, seed):
     op = tc.op(f"{target} += {rhs}")
     local = np.random.default_rng(seed)
     directional_check(op, [local.standard_normal([extent[c] for c in s]) for s in specs])
+
+
+def test_wrt_list_returns_a_tuple_even_of_one():
+    op = tc.op("O[i] = A[i] * B[i]")
+    a, b, d = r(3), r(3), r(3)
+    single = tc.grad(op, "A")(a, b, d)
+    listed = tc.grad(op, ["A"])(a, b, d)
+    assert isinstance(single, np.ndarray) and isinstance(listed, tuple) and len(listed) == 1
+    np.testing.assert_allclose(listed[0], single)
+    np.testing.assert_allclose(single, b * d)
