@@ -235,6 +235,7 @@ class DerivedOp(Op):
         self.label = op_label(self.source)
         self.inputs, self.outputs, self.params = inputs, outputs, base.params
         self._ranges, self._pad, self._pad_value = {}, {}, {}
+        self.schedule = ()
         self._ident = ("derived", self.source, base._ident)
         self._cache = {}
         self._n_in = len(inputs)

@@ -13,12 +13,13 @@ import numpy as np
 from . import codegen
 from .codegen.llvm import ITEMSIZE, BufferLayout
 from .domain import Bound, bind
-from .errors import ArgumentError, DtypeError, UnknownNameError, op_label
+from .errors import ArgumentError, DtypeError, ScheduleError, UnknownNameError, op_label
 from .lang import parse
 from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
 from .schedule import For, LoopNest, lower
+from .schedule.records import Fuse, Layout, Reorder, Split, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _names = itertools.count()
@@ -37,6 +38,8 @@ class Kernel:
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
     param_casts: tuple[type, ...]
+    relayout: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (input position, physical axis order)
+    out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,15 @@ class ArraySpec:
             return ArraySpec(tuple(int(n) for n in x), dt, codegen.contiguous(tuple(x), dt.itemsize))
         a = x if isinstance(x, np.ndarray) else np.asarray(x)
         return ArraySpec(a.shape, a.dtype, a.strides)
+
+
+def permuted_strides(shape: tuple[int, ...], perm: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Byte strides of a tensor of logical ``shape`` stored with its axes in physical order ``perm``."""
+    phys = codegen.contiguous(tuple(shape[a] for a in perm), itemsize)
+    out = [0] * len(shape)
+    for position, axis in enumerate(perm):
+        out[axis] = phys[position]
+    return tuple(out)
 
 
 def _param_kind(name: str, value: Any, label: str) -> str:
@@ -80,7 +92,7 @@ class Op:
     """
 
     def __init__(self, source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
-                 pad_value: dict[str, float] | None = None) -> None:
+                 pad_value: dict[str, float] | None = None, schedule: tuple = ()) -> None:
         if not isinstance(source, str):
             raise ArgumentError(f"tc.op expects the source text as a string, got {type(source).__name__}")
         self.source = textwrap.dedent(source).strip("\n")
@@ -92,8 +104,9 @@ class Op:
         self._ranges = self._check_ranges(ranges or {})
         self._pad = self._check_pad(pad or {})
         self._pad_value = self._check_pad_value(pad_value or {})
+        self.schedule = self._check_schedule(tuple(schedule))
         self._ident = (self.source, tuple(sorted(self._ranges.items())), tuple(sorted(self._pad.items())),
-                       tuple(sorted(self._pad_value.items())))
+                       tuple(sorted(self._pad_value.items())), to_json(self.schedule))
         self._cache: dict[tuple, Kernel] = {}
         self._n_in = len(self.inputs)
 
@@ -155,6 +168,32 @@ class Op:
                 raise ArgumentError(f"{self.label}: pad_value of {name} must be a number, got {v!r}")
         return {k: float(v) for k, v in values.items()}
 
+    def _check_schedule(self, schedule: tuple) -> tuple:
+        for r in schedule:
+            if not isinstance(r, (Split, Reorder, Fuse, Layout)):
+                raise ScheduleError(f"{self.label}: {r!r} is not a schedule record (Split, Reorder, Fuse, Layout)")
+            if isinstance(r, Layout):
+                names = [t for t, _ in self.program.ranks]
+                if r.tensor not in names:
+                    raise ScheduleError(f"{self.label}: Layout names tensor '{r.tensor}', which the op does not "
+                                        f"use; its tensors are: {', '.join(names)}")
+                rank = self.program.rank(r.tensor)
+                if sorted(r.perm) != list(range(rank)):
+                    raise ScheduleError(f"{self.label}: Layout of {r.tensor} must be a permutation of "
+                                        f"{tuple(range(rank))}, got {r.perm}")
+            elif not 0 <= r.stmt < len(self.program.statements):
+                raise ScheduleError(f"{self.label}: {type(r).__name__} names statement {r.stmt}; the op has "
+                                    f"{len(self.program.statements)} (numbered from 0)")
+        return schedule
+
+    def with_schedule(self, schedule) -> "Op":
+        """The same op run with another schedule (a tuple of records; see tensorcomp.schedule)."""
+        return Op(self.source, ranges=self._ranges or None, pad=self._pad or None,
+                  pad_value=self._pad_value or None, schedule=tuple(schedule))
+
+    def _layout_perms(self) -> dict[str, tuple[int, ...]]:
+        return {r.tensor: r.perm for r in self.schedule if isinstance(r, Layout)}
+
     # -- binding and compiling ----------------------------------------------------------------------
     def _check_call(self, arrays: tuple, params: dict[str, Any]) -> dict[str, str]:
         if len(arrays) != self._n_in:
@@ -191,16 +230,30 @@ class Op:
             inputs[name] = (spec.shape, _DTYPES.get(spec.dtype.num, str(spec.dtype)))
         return bind(self.program, self.source, inputs, kinds, self._ranges, self._pad, self._pad_value)
 
+    def _relayouts(self) -> tuple[tuple, tuple]:
+        perms = self._layout_perms()
+        ins = tuple((k, perms[n]) for k, n in enumerate(self.inputs) if n in perms)
+        outs = tuple(perms.get(n) for n in self.outputs)
+        if not ins and not any(p is not None for p in outs):
+            return (), ()
+        return ins, outs
+
     def _buffers(self) -> list[str]:
         return list(self.inputs) + list(self.outputs) + list(self.program.temporaries)
 
     def _layouts(self, bound: Bound, specs: list[ArraySpec]) -> dict[str, BufferLayout]:
+        """Byte strides of every buffer: as passed, or as a Layout record lays the tensor out."""
+        perms = self._layout_perms()
         layouts = {}
-        for name, spec in zip(self.inputs, specs):
-            layouts[name] = BufferLayout(tuple(spec.strides), ITEMSIZE[bound.tensors[name].dtype])
-        for name in self._buffers()[len(self.inputs):]:
+        for name in self._buffers():
             info = bound.tensors[name]
-            layouts[name] = BufferLayout(codegen.contiguous(info.shape, ITEMSIZE[info.dtype]), ITEMSIZE[info.dtype])
+            size = ITEMSIZE[info.dtype]
+            if name in perms:
+                layouts[name] = BufferLayout(permuted_strides(info.shape, perms[name], size), size)
+            elif name in self.inputs:
+                layouts[name] = BufferLayout(tuple(specs[self.inputs.index(name)].strides), size)
+            else:
+                layouts[name] = BufferLayout(codegen.contiguous(info.shape, size), size)
         return layouts
 
     def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple) -> Kernel:
@@ -208,10 +261,10 @@ class Op:
         if shared is not None:
             return shared
         bound = self._bind(specs, kinds)
-        nest = lower(bound)
+        layouts = self._layouts(bound, specs)
+        nest = lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
         name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
-        ir_text = codegen.generate(nest, bound, self._buffers(), self._layouts(bound, specs), name,
-                                   ARRAY_DATA_OFFSET)
+        ir_text = codegen.generate(nest, bound, self._buffers(), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
         compiled = compile_kernel(ir_text, name, len(self._buffers()), param_types, len(nest.body))
         stages = tuple((fn, node.lo.value, node.hi.value, True) if isinstance(node, For) and node.kind == "parallel"
@@ -222,7 +275,8 @@ class Op:
         kernel = Kernel(bound, nest, compiled, stages, threads,
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
-                        tuple(float if kinds[p] == "float" else int for p in self.params))
+                        tuple(float if kinds[p] == "float" else int for p in self.params),
+                        *self._relayouts())
         _KERNELS[(self._ident, key)] = kernel
         return kernel
 
@@ -238,7 +292,14 @@ class Op:
             kinds = self._check_call(arrays, params)
             kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key)
             self._cache[key] = kernel
-        outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
+        if kernel.relayout:
+            for pos, perm in kernel.relayout:  # copy into the scheduled layout; same logical array
+                arrs[pos] = np.ascontiguousarray(arrs[pos].transpose(perm)).transpose(np.argsort(perm))
+            outs = [np.empty(shape, dtype) if perm is None else
+                    np.empty(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
+                    for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms)]
+        else:
+            outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
         temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries] if kernel.temporaries else []
         scalars = [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)] if params else []
         pyfn = kernel.compiled.pyfn
@@ -276,7 +337,11 @@ class Op:
 
     def loopnest(self, *arrays: Any, **params: Any) -> LoopNest:
         """The loop nest the op runs for these inputs (print it for pseudo-code)."""
-        return lower(self.bind(*arrays, **params))
+        kinds = self._check_call(arrays, params)
+        specs = [ArraySpec.of(a) for a in arrays]
+        bound = self._bind(specs, kinds)
+        layouts = self._layouts(bound, specs)
+        return lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
 
     def code(self, *arrays: Any, target: str = "cpu", optimized: bool = False, **params: Any) -> str:
         """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``)."""
@@ -285,7 +350,9 @@ class Op:
         kinds = self._check_call(arrays, params)
         specs = [ArraySpec.of(a) for a in arrays]
         bound = self._bind(specs, kinds)
-        text = codegen.generate(lower(bound), bound, self._buffers(), self._layouts(bound, specs))
+        layouts = self._layouts(bound, specs)
+        nest = lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
+        text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:
             from .runtime.jit import optimize
             text = str(optimize(text))
@@ -296,7 +363,7 @@ class Op:
 
 
 def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
-       pad_value: dict[str, float] | None = None) -> Op:
+       pad_value: dict[str, float] | None = None, schedule: tuple = ()) -> Op:
     """Parse ``source`` into an :class:`Op` (names and syntax are checked now; shapes at call time).
 
     ``ranges`` bounds indices explicitly: ``{"i": 4}`` means 0 <= i < 4 and
@@ -304,4 +371,4 @@ def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | 
     sees the input as if ``numpy.pad(x, widths)`` had been applied, so reads
     outside the real array give 0 (or ``pad_value[name]``).
     """
-    return Op(source, ranges=ranges, pad=pad, pad_value=pad_value)
+    return Op(source, ranges=ranges, pad=pad, pad_value=pad_value, schedule=schedule)

@@ -20,6 +20,7 @@ from ..domain import Bound, TensorInfo
 from ..lang import types
 from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, Mod
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+from ..schedule.lower import to_lin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -56,6 +57,7 @@ class _FunctionBuilder:
         self.param_types = {p: types.concrete(bound.param_types[p]) for p in self.param_names}
         self.vars: dict[str, ir.Value] = {}
         self.slice: tuple[ir.Value, ir.Value] | None = None
+        self.loop_env: dict[str, Lin] | None = None  # the current statement's indices in loop variables
         self.fn = self.function(name, ranged=False)
 
     def function(self, name: str, ranged: bool) -> ir.Function:
@@ -155,19 +157,42 @@ class _FunctionBuilder:
         return b.gep(self.ptr[tensor], [off], source_etype=I8, inbounds=True)
 
     def load(self, info: TensorInfo, index: list[ir.Value]) -> ir.Value:
+        return self._load(info, self.address(info.name, index))
+
+    def load_at(self, info: TensorInfo, offset: ir.Value) -> ir.Value:
+        return self._load(info, self.builder.gep(self.ptr[info.name], [offset], source_etype=I8, inbounds=True))
+
+    def _load(self, info: TensorInfo, ptr: ir.Value) -> ir.Value:
         b = self.builder
-        value = b.load(self.address(info.name, index), typ=MEM[info.dtype], align=self.layouts[info.name].align)
+        value = b.load(ptr, typ=MEM[info.dtype], align=self.layouts[info.name].align)
         return b.trunc(value, I1) if info.dtype == "bool" else value
 
-    def store(self, info: TensorInfo, index: list[ir.Value], value: ir.Value) -> None:
+    def store(self, info: TensorInfo, index: list[ir.Value] | ir.Value, value: ir.Value) -> None:
+        """Store at index values, or at a byte offset (a single value)."""
         if info.dtype == "bool":
             value = self.builder.zext(value, I8)
-        self.builder.store(value, self.address(info.name, index), align=self.layouts[info.name].align)
+        ptr = self.builder.gep(self.ptr[info.name], [index], source_etype=I8, inbounds=True) \
+            if isinstance(index, ir.Value) else self.address(info.name, index)
+        self.builder.store(value, ptr, align=self.layouts[info.name].align)
+
+    def folded_offset(self, tensor: str, index: tuple[Lin, ...]) -> ir.Value | None:
+        """The byte offset as one quasi-affine expression of the loop variables, simplified
+        symbolically (None when the current statement's indices are not affine in them)."""
+        if self.loop_env is None:
+            return None
+        total = Lin()
+        for lin, stride in zip(index, self.layouts[tensor].strides):
+            total = total + lin.rename(self.loop_env) * stride
+        return self.lin(total.expand_mod(), self.vars)
 
     def read(self, access: Access, env: dict[str, ir.Value]) -> ir.Value:
         """A tensor read; padded axes read the pad value outside the real bounds."""
         b = self.builder
         info = self.bound.tensors[access.tensor]
+        if not info.pad or not any(lo or hi for lo, hi in info.pad):
+            off = self.folded_offset(access.tensor, access.index)
+            if off is not None:
+                return self.load_at(info, off)
         idx = [self.lin(lin, env) for lin in access.index]
         if not info.pad or not any(lo or hi for lo, hi in info.pad):
             return self.load(info, idx)
@@ -355,11 +380,15 @@ class _FunctionBuilder:
         bs = self.bound.statements[node.stmt]
         st = bs.stmt
         env = {name: self.iexpr(e) for name, e in node.env}
+        lins = {name: to_lin(e) for name, e in node.env}
+        self.loop_env = None if any(v is None for v in lins.values()) else lins
         info = self.bound.tensors[st.target]
-        idx = [self.lin(lin, env) for lin in st.index]
+        idx = self.folded_offset(st.target, st.index)
+        if idx is None:
+            idx = [self.lin(lin, env) for lin in st.index]
         value = self.value(st.expr, env, info.dtype)
         if st.reduce is not None:
-            old = self.load(info, idx)
+            old = self.load_at(info, idx) if isinstance(idx, ir.Value) else self.load(info, idx)
             t = info.dtype
             b = self.builder
             if st.reduce in ("max", "min"):
@@ -371,6 +400,7 @@ class _FunctionBuilder:
             else:
                 value = b.add(old, value) if st.reduce == "sum" else b.mul(old, value)
         self.store(info, idx, value)
+        self.loop_env = None
 
     def fill(self, node: Fill) -> None:
         info = self.bound.tensors[node.tensor]

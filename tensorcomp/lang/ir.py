@@ -138,6 +138,17 @@ class Lin:
                 out = out + atom.num.rename(mapping).mod(atom.den) * c
         return out
 
+    def expand_mod(self) -> "Lin":
+        """Rewrite ``c*(x % E)`` as ``c*x - c*E*(x // E)`` so matching floor divisions cancel:
+        ``16*(f // 4) + 4*(f % 4)`` becomes ``4*f`` (a fused loop walking contiguous memory)."""
+        out = Lin.of(self.const)
+        for atom, c in self.terms:
+            if isinstance(atom, Mod):
+                out = out + atom.num * c - atom.num.floordiv(atom.den) * (c * atom.den)
+            else:
+                out = out + Lin(((atom, c),), 0)
+        return out
+
     def evaluate(self, env: dict[str, int]) -> int:
         total = self.const
         for atom, c in self.terms:

@@ -1,6 +1,8 @@
 """Schedules: from isl domains to loop nests."""
 
 from .loopnest import Compute, Fill, For, IConst, If, IOp, IVar, LoopNest
-from .lower import default_order, lower
+from .lower import lower
+from .plan import default_order
+from .records import Fuse, Layout, Reorder, Split, from_json, to_json
 
-__all__ = ["Compute", "Fill", "For", "IConst", "If", "IOp", "IVar", "LoopNest", "default_order", "lower"]
+__all__ = ["Compute", "Fill", "For", "IConst", "If", "IOp", "IVar", "LoopNest", "default_order", "lower", "Fuse", "Layout", "Reorder", "Split", "from_json", "to_json"]

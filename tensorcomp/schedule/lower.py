@@ -31,26 +31,6 @@ def identity(reduce: str | None, dtype: str) -> float | int | bool:
     return float(value) if dtype.startswith("float") else (bool(value) if dtype == "bool" else value)
 
 
-def default_order(bs: BoundStatement, tensors: dict[str, TensorInfo]) -> tuple[str, ...]:
-    """Loop order: written indices outside, reductions inside, and innermost the
-    index that walks the most tensors contiguously (last axis, unit coefficient)."""
-    st = bs.stmt
-    extent = {n: hi - lo for n, lo, hi in bs.extents}
-    score = {n: 0 for n in bs.names}
-    # reads weigh more than the write: a contiguous read stream beats a contiguous accumulator
-    uses = [(st.target, st.index, 1)] + [(a.tensor, a.index, 2) for a in st.accesses()]
-    for _tensor, index, weight in uses:
-        if index:
-            for atom, coef in index[-1].terms:
-                if isinstance(atom, str) and abs(coef) == 1:
-                    score[atom] += weight
-    written = st.write_names()
-    candidates = [n for n in bs.names if extent[n] > 1 and score[n] > 0]
-    inner = max(candidates, key=lambda n: (score[n], n in written, bs.names.index(n))) if candidates else None
-    outer = [n for n in written if n != inner] + [n for n in bs.names if n not in written and n != inner]
-    return tuple(outer + ([inner] if inner else []))
-
-
 def is_conflicting_scatter(bs: BoundStatement) -> bool:
     """A reduction whose written indices are not plain indices and where several points write one element.
 
@@ -88,12 +68,20 @@ def _box(shape: tuple[int, ...]) -> isl.Set:
     return isl.Set(f"{{ [{names}] : {cons} }}" if cons else f"{{ [{names}] }}")
 
 
-def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> LoopNest:
-    """The default loop nest of ``bound`` (``orders`` overrides a statement's loop order)."""
-    orders = orders or {}
+def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]] | None = None) -> LoopNest:
+    """The loop nest of ``bound`` under ``schedule`` (records; the default heuristic fills in the rest).
+
+    ``strides`` gives each tensor's byte strides (its layout); C order when omitted.
+    """
+    from ..codegen.llvm import ITEMSIZE, contiguous
+    from .plan import plan
+    itemsize = {t: ITEMSIZE[info.dtype] for t, info in bound.tensors.items()}
+    if strides is None:
+        strides = {t: contiguous(info.logical_shape, itemsize[t]) for t, info in bound.tensors.items()}
     pieces: list[tuple[str, isl.Set, list[str], list[str]]] = []  # (isl name, domain, time dims, loop names)
     parallel_safe: dict[str, set[str]] = {}  # loops whose iterations write disjoint elements
     fills: dict[str, tuple[str, tuple, object]] = {}
+    records = list(schedule)
     for k, bs in enumerate(bound.statements):
         info = bound.tensors[bs.stmt.target]
         if needs_fill(bs, info):
@@ -104,21 +92,10 @@ def lower(bound: Bound, orders: dict[int, tuple[str, ...]] | None = None) -> Loo
             pieces.append((name, dom, [f"e{j}" for j in range(len(info.shape))], loop_names))
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
             parallel_safe[name] = set(loop_names)
-        order = orders.get(k) or default_order(bs, bound.tensors)
         name = f"S{k}"
-        if is_conflicting_scatter(bs):
-            # gather form: loop over the written elements first, then over the points that write each
-            dim = {n: bs.dim(n) for n in bs.names}
-            outer = [lin.to_isl(dim) for lin in bs.stmt.index]
-            plain = [lin.plain_var for lin in bs.stmt.index]
-            loop_names = [p or f"{bs.stmt.target.lower()}{j}" for j, p in enumerate(plain)]
-            inner = [n for n in order if n not in plain]
-            pieces.append((name, bs.domain.set_tuple_name(name), outer + [bs.dim(n) for n in inner],
-                           loop_names + inner))
-            parallel_safe[name] = set(loop_names)
-        else:
-            parallel_safe[name] = {lin.plain_var for lin in bs.stmt.index} - {None}
-            pieces.append((name, bs.domain.set_tuple_name(name), [bs.dim(n) for n in order], list(order)))
+        dims, safe = plan(k, bs, records, strides, itemsize, is_conflicting_scatter(bs))
+        pieces.append((name, bs.domain.set_tuple_name(name), [d.expr for d in dims], [d.name for d in dims]))
+        parallel_safe[name] = safe
 
     width = max(len(p[2]) for p in pieces) + 1
     domain = None
@@ -232,7 +209,7 @@ class _Converter:
         args = tuple(self.expr(e.op_get_arg(j), rename) for j in range(e.op_get_n_arg()))
         T = isl.ast_expr_op_type
         table = {T.add: "add", T.sub: "sub", T.mul: "mul", T.minus: "neg", T.div: "floordiv",
-                 T.fdiv_q: "floordiv", T.pdiv_q: "floordiv", T.pdiv_r: "rem", T.zdiv_r: "rem",
+                 T.fdiv_q: "floordiv", T.pdiv_q: "floordiv", T.pdiv_r: "mod", T.zdiv_r: "rem",
                  T.min: "min", T.max: "max", T.cond: "select", T.select: "select", T.eq: "eq",
                  T.le: "le", T.lt: "lt", T.ge: "ge", T.gt: "gt", T.and_: "and", T.and_then: "and",
                  T.or_: "or", T.or_else: "or"}

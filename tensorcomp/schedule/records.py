@@ -1,0 +1,82 @@
+"""Schedule records: small, frozen, serializable transformations of the default loop nest.
+
+A schedule is a tuple of records. Each states its algebra on the statement's
+indices; ``lower`` turns them into an isl schedule map (time dimensions as
+quasi-affine functions of the domain), so isl generates exact loops for any
+of them.
+
+* ``Split(stmt, index, factor)``: ``index == lo + factor*index_o + index_i``
+  with ``0 <= index_i < factor`` (loops ``index_o``, ``index_i``)::
+
+      for i in range(0, 10):        for i_o in range(0, 3):
+          S(i)               ->         for i_i in range(0, min(4, 10 - 4*i_o)):
+                                            S(4*i_o + i_i)
+
+* ``Reorder(stmt, order)``: the statement's loops, outermost first (every loop
+  name, after splits).
+* ``Fuse(stmt, outer, inner)``: two adjacent loops become one,
+  ``f == (outer - lo_o) * extent_inner + (inner - lo_i)`` (named
+  ``outer_inner``); used when both walk one contiguous run of memory.
+* ``Layout(tensor, perm)``: the tensor is stored with its axes in physical
+  order ``perm`` (outermost first), e.g. ``Layout("W", (0, 1, 2, 4, 3, 5))``
+  swaps axes 3 and 4 in memory. Inputs are copied into that layout per call;
+  outputs are allocated in it and returned as (strided) views.
+
+Within one statement every loop order is legal: a statement never reads what
+it writes (the language forbids it) and reductions are treated as
+associative, so the records above cannot break a dependence; statements keep
+their source order. Malformed records raise ScheduleError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Union
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    stmt: int
+    index: str
+    factor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reorder:
+    stmt: int
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fuse:
+    stmt: int
+    outer: str
+    inner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    tensor: str
+    perm: tuple[int, ...]
+
+
+Record = Union[Split, Reorder, Fuse, Layout]
+_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout)}
+
+
+def to_json(schedule: tuple[Record, ...]) -> str:
+    """A schedule as JSON (what the tuning database stores)."""
+    return json.dumps([{"kind": type(r).__name__, **asdict(r)} for r in schedule], sort_keys=True)
+
+
+def from_json(text: str) -> tuple[Record, ...]:
+    out = []
+    for item in json.loads(text):
+        item = dict(item)
+        cls = _KINDS[item.pop("kind")]
+        for key in ("order", "perm"):
+            if key in item:
+                item[key] = tuple(item[key])
+        out.append(cls(**item))
+    return tuple(out)
