@@ -292,7 +292,7 @@ class Op:
             kinds = self._check_call(arrays, params)
             kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key)
             self._cache[key] = kernel
-        if kernel.relayout:
+        if kernel.relayout or kernel.out_perms:
             for pos, perm in kernel.relayout:  # copy into the scheduled layout; same logical array
                 arrs[pos] = np.ascontiguousarray(arrs[pos].transpose(perm)).transpose(np.argsort(perm))
             outs = [np.empty(shape, dtype) if perm is None else

@@ -1,0 +1,101 @@
+"""Schedule records: every schedule computes what the default one does, and replays identically."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from tensorcomp.schedule import Fuse, Layout, Reorder, Split, from_json, to_json
+
+rng = np.random.default_rng(11)
+CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
+
+
+def caps_inputs():
+    return rng.standard_normal((2, 9, 9, 3, 2, 4)), rng.standard_normal((3, 3, 3, 5, 4, 3))
+
+
+SCHEDULES = [
+    (Layout("W", (0, 1, 2, 4, 3, 5)), Layout("O", (0, 1, 2, 4, 3, 5))),
+    (Reorder(0, ("n", "y", "x", "p", "ky", "kx", "ci", "q", "co", "r")), Fuse(0, "co", "r")),
+    (Split(0, "ci", 2), Split(0, "y", 3)),
+    (Split(0, "co", 2), Reorder(0, ("co_o", "n", "y", "x", "p", "ky", "kx", "ci", "q", "co_i", "r"))),
+    (Layout("I", (5, 4, 3, 2, 1, 0)), Reorder(0, ("r", "q", "p", "ci", "kx", "ky", "co", "x", "y", "n"))),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=[str(i) for i in range(len(SCHEDULES))])
+def test_scheduled_capsule_matches_default(schedule):
+    I, W = caps_inputs()
+    ref = tc.op(CAPS)(I, W)
+    got = tc.op(CAPS, schedule=schedule)(I, W)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_layout_changes_strides_not_values():
+    I, W = caps_inputs()
+    op = tc.op(CAPS, schedule=(Layout("O", (0, 1, 2, 4, 3, 5)),))
+    out = op(I, W)
+    assert out.shape == (2, 4, 4, 5, 2, 3)
+    assert out.strides[-1] == 8 and out.strides[3] == 3 * 8  # co and r adjacent in memory
+    np.testing.assert_allclose(out, tc.op(CAPS)(I, W), rtol=1e-10, atol=1e-10)
+
+
+def test_default_schedule_fuses_contiguous_inner_loops():
+    I, W = caps_inputs()
+    op = tc.op(CAPS, schedule=(Layout("W", (0, 1, 2, 4, 3, 5)), Layout("O", (0, 1, 2, 4, 3, 5))))
+    text = str(op.loopnest(I, W))
+    assert "for co_r in range(0, 15):" in text
+    assert "O[n, y, x, co_r // 3, p, co_r % 3] += I[n, ky + 2*y, kx + 2*x, ci, p, q] * W[ky, kx, ci, co_r // 3, q, co_r % 3]" \
+        in text
+
+
+def test_schedule_replays_to_the_same_loop_nest():
+    I, W = caps_inputs()
+    sched = SCHEDULES[3]
+    first = tc.op(CAPS, schedule=sched).loopnest(I, W)
+    again = tc.op(CAPS, schedule=from_json(to_json(sched))).loopnest(I, W)
+    assert first == again and str(first) == str(again)
+    assert json.loads(to_json(sched))[0] == {"kind": "Split", "stmt": 0, "index": "co", "factor": 2}
+
+
+def test_split_shows_its_algebra_in_the_loop_nest():
+    op = tc.op("O[i] = A[i] * 2", schedule=(Split(0, "i", 4),))
+    a = np.arange(10.0)
+    np.testing.assert_allclose(op(a), a * 2)
+    text = str(op.loopnest(a))
+    assert text == ("for i_o in range(0, 3):  # parallel\n"
+                    "  for i_i in range(0, min(3, (-4 * i_o) + 9) + 1):\n"
+                    "    O[i_i + 4*i_o] = A[i_i + 4*i_o] * 2")
+
+
+def test_multi_statement_schedule():
+    src = "M[n] = max(X[n, c])\nE[n, c] = exp(X[n, c] - M[n])\nS[n] += E[n, c]\nY[n, c] = E[n, c] / S[n]"
+    x = rng.standard_normal((6, 10))
+    sched = (Reorder(2, ("c", "n")), Split(1, "c", 3), Layout("E", (1, 0)))
+    np.testing.assert_allclose(tc.op(src, schedule=sched)(x), tc.op(src)(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("schedule,message", [
+    ((Reorder(0, ("i",)),), "Reorder: statement 0 has loops i, j, k; the order must list each exactly once, got i"),
+    ((Fuse(0, "i", "j"),), "Fuse: loops 'i' and 'j' of statement 0 must be adjacent (outer first); its loops are: "
+                            "i, k, j"),
+    ((Split(0, "z", 2),), "Split: statement 0 has no loop 'z'; its loops are: i, j, k"),
+])
+def test_malformed_records_are_refused_when_bound(schedule, message):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=schedule)
+    with pytest.raises(tc.ScheduleError) as info:
+        op(np.ones((2, 3)), np.ones((3, 4)))
+    assert str(info.value) == message
+
+
+def test_malformed_records_are_refused_at_construction():
+    with pytest.raises(tc.ScheduleError) as info:
+        tc.op("O[i] = A[i]", schedule=(Layout("A", (1, 0)),))
+    assert str(info.value) == "op 'O[i] = A[i]': Layout of A must be a permutation of (0,), got (1, 0)"
+    with pytest.raises(tc.ScheduleError) as info:
+        tc.op("O[i] = A[i]", schedule=(Reorder(3, ("i",)),))
+    assert str(info.value) == "op 'O[i] = A[i]': Reorder names statement 3; the op has 1 (numbered from 0)"
+    with pytest.raises(tc.ScheduleError, match="is not a schedule record"):
+        tc.op("O[i] = A[i]", schedule=("tile",))
