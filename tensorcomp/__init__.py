@@ -7,6 +7,12 @@ from . import runtime
 from .op import ArraySpec, Op, op
 
 
+def tune(op: Op, *inputs, budget_s=None, trials=None, progress=True, **params):
+    """Search schedules for ``op`` on these inputs and store the best (see tensorcomp.autotune.tune)."""
+    from .autotune import tune as _tune
+    return _tune(op, *inputs, budget_s=budget_s, trials=trials, progress=progress, **params)
+
+
 def grad(op: Op, wrt):  # noqa: F811 - re-exported from tensorcomp.autodiff
     """The gradient op of ``op`` with respect to input(s) ``wrt`` (see tensorcomp.autodiff.grad)."""
     from .autodiff import grad as _grad
@@ -16,5 +22,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "TensorcompError", "UnknownNameError", "grad", "op",
+    "TensorcompError", "UnknownNameError", "grad", "op", "tune",
 ]

@@ -122,6 +122,42 @@ def caps_demo() -> None:
           f"({flops / best / 1e9:.1f} GFLOP/s, default schedule)")
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from . import tune
+    from .op import Op
+    op = Op(args.source, ranges=dict(args.range) or None)
+    shapes, dtypes = dict(args.shape), dict(args.dtype)
+    rng = np.random.default_rng(0)
+    arrays = []
+    for name in op.inputs:
+        if name not in shapes:
+            print(f"error: {op.label}: no shape for input {name}; pass --shape {name}=DxD...", file=sys.stderr)
+            return 2
+        arrays.append(rng.standard_normal(shapes[name]).astype(dtypes.get(name, "float32")))
+    params = {p: 1.0 for p in op.params}
+    result = tune(op, *arrays, budget_s=args.budget, trials=args.trials, **params)
+    print(result.summary())
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .autotune import database
+    if args.action == "list":
+        rows = database.entries() if database.db_path().exists() else []
+        print(f"# {len(rows)} tuned entries in {database.db_path()}")
+        for r in rows:
+            op = r["op"].replace("\n", "; ")
+            print(f"{r['best_s'] * 1e3:10.3f} ms  {op}  {r['signature']}\n{'':15s}{r['schedule']}")
+    elif args.action == "clear":
+        n = database.clear() if database.db_path().exists() else 0
+        print(f"removed {n} entries from {database.db_path()}")
+    elif args.action == "export":
+        print(f"wrote {database.export(args.file)} entries to {args.file}")
+    else:
+        print(f"read {database.import_(args.file)} entries from {args.file}")
+    return 0
+
+
 def _time(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -141,9 +177,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="explicit range of an index")
     show.add_argument("--optimized", action="store_true", help="print the IR after LLVM's -O3 pipeline")
     show.set_defaults(run=cmd_show)
+    tune = sub.add_parser("tune", help="search schedules for an op on random inputs; store the best")
+    tune.add_argument("source")
+    tune.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME=DxD")
+    tune.add_argument("--dtype", action="append", type=_kv, default=[], metavar="NAME=DTYPE")
+    tune.add_argument("--range", action="append", type=_range_arg, default=[], metavar="INDEX=N|LO:HI")
+    tune.add_argument("--budget", type=float, default=60.0, help="seconds (default 60)")
+    tune.add_argument("--trials", type=int, default=None, help="at most this many candidate schedules")
+    tune.set_defaults(run=cmd_tune)
+    cache = sub.add_parser("cache", help="the tuning database: list, clear, export FILE, import FILE")
+    cache.add_argument("action", choices=["list", "clear", "export", "import"])
+    cache.add_argument("file", nargs="?", help="JSON file for export/import")
+    cache.set_defaults(run=cmd_cache)
     demo = sub.add_parser("demo", help="run ops on the bundled MNIST subset and time the capsule kernel")
     demo.set_defaults(run=cmd_demo)
     args = parser.parse_args(argv)
+    if args.command == "cache" and args.action in ("export", "import") and not args.file:
+        parser.error(f"cache {args.action} needs a FILE")
     try:
         return args.run(args)
     except TensorcompError as exc:

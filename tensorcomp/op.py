@@ -191,8 +191,27 @@ class Op:
         return Op(self.source, ranges=self._ranges or None, pad=self._pad or None,
                   pad_value=self._pad_value or None, schedule=tuple(schedule))
 
-    def _layout_perms(self) -> dict[str, tuple[int, ...]]:
-        return {r.tensor: r.perm for r in self.schedule if isinstance(r, Layout)}
+    def _layout_perms(self, schedule: tuple) -> dict[str, tuple[int, ...]]:
+        return {r.tensor: r.perm for r in schedule if isinstance(r, Layout)}
+
+    def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any]) -> tuple:
+        """The op's own schedule, else the tuned one stored for these inputs, else the default."""
+        if self.schedule or type(self) is not Op or getattr(self, "_no_database", False):
+            return self.schedule
+        from .autotune import stored_schedule
+        found = stored_schedule(self, list(specs), params)
+        if not found:
+            return ()
+        try:
+            return self._check_schedule(found)
+        except ScheduleError:
+            return ()
+
+    def _forget_kernels(self) -> None:
+        """Drop compiled kernels (after tuning, so the next call picks up the new schedule)."""
+        self._cache.clear()
+        for key in [k for k in _KERNELS if k[0] == self._ident]:
+            del _KERNELS[key]
 
     # -- binding and compiling ----------------------------------------------------------------------
     def _check_call(self, arrays: tuple, params: dict[str, Any]) -> dict[str, str]:
@@ -230,8 +249,8 @@ class Op:
             inputs[name] = (spec.shape, _DTYPES.get(spec.dtype.num, str(spec.dtype)))
         return bind(self.program, self.source, inputs, kinds, self._ranges, self._pad, self._pad_value)
 
-    def _relayouts(self) -> tuple[tuple, tuple]:
-        perms = self._layout_perms()
+    def _relayouts(self, schedule: tuple) -> tuple[tuple, tuple]:
+        perms = self._layout_perms(schedule)
         ins = tuple((k, perms[n]) for k, n in enumerate(self.inputs) if n in perms)
         outs = tuple(perms.get(n) for n in self.outputs)
         if not ins and not any(p is not None for p in outs):
@@ -241,9 +260,9 @@ class Op:
     def _buffers(self) -> list[str]:
         return list(self.inputs) + list(self.outputs) + list(self.program.temporaries)
 
-    def _layouts(self, bound: Bound, specs: list[ArraySpec]) -> dict[str, BufferLayout]:
+    def _layouts(self, bound: Bound, specs: list[ArraySpec], schedule: tuple = ()) -> dict[str, BufferLayout]:
         """Byte strides of every buffer: as passed, or as a Layout record lays the tensor out."""
-        perms = self._layout_perms()
+        perms = self._layout_perms(schedule)
         layouts = {}
         for name in self._buffers():
             info = bound.tensors[name]
@@ -256,13 +275,14 @@ class Op:
                 layouts[name] = BufferLayout(codegen.contiguous(info.shape, size), size)
         return layouts
 
-    def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple) -> Kernel:
+    def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple, params: dict[str, Any]) -> Kernel:
         shared = _KERNELS.get((self._ident, key))
         if shared is not None:
             return shared
         bound = self._bind(specs, kinds)
-        layouts = self._layouts(bound, specs)
-        nest = lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
+        schedule = self._effective_schedule(specs, params)
+        layouts = self._layouts(bound, specs, schedule)
+        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
         name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
         ir_text = codegen.generate(nest, bound, self._buffers(), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
@@ -276,7 +296,7 @@ class Op:
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
                         tuple(float if kinds[p] == "float" else int for p in self.params),
-                        *self._relayouts())
+                        *self._relayouts(schedule))
         _KERNELS[(self._ident, key)] = kernel
         return kernel
 
@@ -290,7 +310,7 @@ class Op:
         kernel = self._cache.get(key)
         if kernel is None:
             kinds = self._check_call(arrays, params)
-            kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key)
+            kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key, params)
             self._cache[key] = kernel
         if kernel.relayout or kernel.out_perms:
             for pos, perm in kernel.relayout:  # copy into the scheduled layout; same logical array
@@ -340,8 +360,9 @@ class Op:
         kinds = self._check_call(arrays, params)
         specs = [ArraySpec.of(a) for a in arrays]
         bound = self._bind(specs, kinds)
-        layouts = self._layouts(bound, specs)
-        return lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
+        schedule = self._effective_schedule(specs, params)
+        layouts = self._layouts(bound, specs, schedule)
+        return lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
 
     def code(self, *arrays: Any, target: str = "cpu", optimized: bool = False, **params: Any) -> str:
         """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``)."""
@@ -350,8 +371,9 @@ class Op:
         kinds = self._check_call(arrays, params)
         specs = [ArraySpec.of(a) for a in arrays]
         bound = self._bind(specs, kinds)
-        layouts = self._layouts(bound, specs)
-        nest = lower(bound, self.schedule, {t: lay.strides for t, lay in layouts.items()})
+        schedule = self._effective_schedule(specs, params)
+        layouts = self._layouts(bound, specs, schedule)
+        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
         text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:
             from .runtime.jit import optimize

@@ -1,5 +1,5 @@
-"""Schedule search and the tuning database.
+"""Schedule search (``tune``) and the tuning database."""
 
-Not implemented yet: ops run with the default schedule from
-``tensorcomp.schedule``.
-"""
+from .search import TuneResult, stored_schedule, tune
+
+__all__ = ["TuneResult", "stored_schedule", "tune"]

@@ -1,0 +1,138 @@
+"""The tuning database: sqlite under $TENSORCOMP_CACHE_DIR (default: the user's cache directory).
+
+One row per (canonical op, shapes, dtypes, strides, target, CPU, schema version): the best schedule
+(JSON records in canonical names), its time, and every measured trial. Several processes may tune
+at once (sqlite's locking, a busy timeout, and "keep the faster" on write); a file that sqlite
+cannot read is set aside with a warning and a new one is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TENSORCOMP_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tensorcomp"
+
+
+def db_path() -> Path:
+    return cache_dir() / "tuning.sqlite"
+
+
+def make_key(canonical: str, signature: tuple, target: str) -> str:
+    text = json.dumps([SCHEMA_VERSION, canonical, repr(signature), target])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _connect() -> sqlite3.Connection:
+    path = db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):
+        try:
+            con = sqlite3.connect(path, timeout=30)
+            con.execute("CREATE TABLE IF NOT EXISTS tuned (key TEXT PRIMARY KEY, op TEXT, signature TEXT, "
+                        "target TEXT, schedule TEXT, best_s REAL, trials TEXT, created REAL, schema INTEGER)")
+            con.execute("SELECT count(*) FROM tuned").fetchone()
+            return con
+        except sqlite3.DatabaseError as exc:
+            if attempt:
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            warnings.warn(f"tensorcomp: tuning database {path} is unreadable ({exc}); moved it to {aside} and "
+                          "started a new one", RuntimeWarning, stacklevel=3)
+            try:
+                os.replace(path, aside)
+            except OSError:
+                pass
+    raise AssertionError
+
+
+def lookup(key: str) -> tuple[str, float] | None:
+    """(schedule JSON, best seconds) stored for ``key``, if any."""
+    if not db_path().exists():
+        return None
+    try:
+        con = _connect()
+        try:
+            row = con.execute("SELECT schedule, best_s FROM tuned WHERE key = ? AND schema = ?",
+                              (key, SCHEMA_VERSION)).fetchone()
+        finally:
+            con.close()
+    except (sqlite3.Error, OSError):
+        return None
+    return (row[0], row[1]) if row else None
+
+
+def store(key: str, op: str, signature: tuple, target: str, schedule: str, best_s: float, trials: list) -> None:
+    """Insert, or replace when this result is faster than the stored one."""
+    con = _connect()
+    try:
+        with con:
+            row = con.execute("SELECT best_s FROM tuned WHERE key = ?", (key,)).fetchone()
+            if row is None or best_s < row[0]:
+                con.execute("INSERT OR REPLACE INTO tuned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (key, op, repr(signature), target, schedule, best_s, json.dumps(trials), time.time(),
+                             SCHEMA_VERSION))
+    finally:
+        con.close()
+
+
+def entries() -> list[dict]:
+    con = _connect()
+    try:
+        rows = con.execute("SELECT key, op, signature, target, schedule, best_s, created FROM tuned").fetchall()
+    finally:
+        con.close()
+    return [dict(zip(("key", "op", "signature", "target", "schedule", "best_s", "created"), r)) for r in rows]
+
+
+def clear() -> int:
+    con = _connect()
+    try:
+        with con:
+            n = con.execute("DELETE FROM tuned").rowcount
+    finally:
+        con.close()
+    return n
+
+
+def export(path: str) -> int:
+    """Write every entry (with its trials) to a JSON file; returns the count."""
+    con = _connect()
+    try:
+        rows = con.execute("SELECT key, op, signature, target, schedule, best_s, trials, created, schema "
+                           "FROM tuned").fetchall()
+    finally:
+        con.close()
+    cols = ("key", "op", "signature", "target", "schedule", "best_s", "trials", "created", "schema")
+    Path(path).write_text(json.dumps([dict(zip(cols, r)) for r in rows], indent=1))
+    return len(rows)
+
+
+def import_(path: str) -> int:
+    """Merge entries from a JSON export (a faster stored result wins); returns the count read."""
+    items = json.loads(Path(path).read_text())
+    con = _connect()
+    try:
+        with con:
+            for it in items:
+                row = con.execute("SELECT best_s FROM tuned WHERE key = ?", (it["key"],)).fetchone()
+                if row is None or it["best_s"] < row[0]:
+                    con.execute("INSERT OR REPLACE INTO tuned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                tuple(it[c] for c in ("key", "op", "signature", "target", "schedule", "best_s",
+                                                      "trials", "created", "schema")))
+    finally:
+        con.close()
+    return len(items)

@@ -1,0 +1,205 @@
+"""``tc.tune``: search schedules generated from the op itself, keep the fastest verified one.
+
+The space: for the statement doing the most work, every ordered group of one
+to three of its indices is a candidate innermost run; each tensor that the
+group indexes on plain axes gets a ``Layout`` that puts those axes last, in
+group order. The default schedule then orders that group innermost and fuses
+it into one contiguous, vectorizable loop. A cheap cost model ranks the
+candidates (contiguous run length, how many tensors it covers, how many bytes
+of input must be relaid out per call), so the likely winners are measured
+first; no per-op templates.
+
+Every candidate's output is compared with the default schedule's before its
+time counts; candidates that fail to compile or verify are skipped with the
+reason recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentError, TensorcompError
+from ..op import ArraySpec, Op
+from ..runtime import host_target
+from ..schedule.records import Layout, Record, to_json
+from . import canon, database
+
+
+@dataclass
+class TuneResult:
+    """What ``tc.tune`` found: the best schedule, its time, and every trial."""
+
+    schedule: tuple[Record, ...]
+    best_s: float
+    default_s: float
+    flops: float
+    tuning_s: float
+    trials: list[dict] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return self.default_s / self.best_s
+
+    def summary(self) -> str:
+        ok = [t for t in self.trials if "seconds" in t]
+        lines = [f"tried {len(self.trials)} schedules in {self.tuning_s:.1f} s ({len(ok)} verified and timed, "
+                 f"{len(self.trials) - len(ok)} skipped)",
+                 f"default {self.default_s * 1e3:.2f} ms -> best {self.best_s * 1e3:.2f} ms "
+                 f"({self.speedup:.1f}x; {self.flops / self.best_s / 1e9:.1f} GFLOP/s)",
+                 f"best schedule: {list(self.schedule) or 'the default'}"]
+        return "\n".join(lines)
+
+
+def signature(arrays: list[np.ndarray], params: dict[str, Any]) -> tuple:
+    return (tuple((a.shape, a.strides, a.dtype.str) for a in arrays),
+            tuple(sorted((k, type(v).__name__) for k, v in params.items())))
+
+
+def db_key(op: Op, arrays: list, params: dict[str, Any]) -> str:
+    return database.make_key(canon.canonical_source(op.program), signature(arrays, params), "cpu " + host_target())
+
+
+def stored_schedule(op: Op, arrays: list, params: dict[str, Any]) -> tuple[Record, ...] | None:
+    """The tuned schedule for these inputs from the database, in the op's own names."""
+    hit = database.lookup(db_key(op, arrays, params))
+    if hit is None:
+        return None
+    from ..schedule.records import from_json
+    back = {v: k for k, v in canon.names_map(op.program).items()}
+    return canon.rename_records(from_json(hit[0]), back)
+
+
+def _work(bs) -> int:
+    return int(np.prod([hi - lo for _, lo, hi in bs.extents]))
+
+
+def candidates(op: Op, bound, arrays: list[np.ndarray]) -> list[tuple[float, tuple[Record, ...]]]:
+    """Layout candidates for the heaviest statement, best cost-model score first."""
+    k = max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
+    bs = bound.statements[k]
+    st = bs.stmt
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    names = [n for n in bs.names if extent[n] > 1]
+    uses = [(st.target, st.index, 1)] + [(a.tensor, a.index, 2) for a in dict.fromkeys(st.accesses())]
+    sizes = {name: a.nbytes for name, a in zip(op.inputs, arrays)}
+    work = _work(bs)
+    scored: dict[str, tuple[float, tuple[Record, ...]]] = {}
+    groups = [(a,) for a in names] + list(itertools.permutations(names, 2)) + list(itertools.permutations(names, 3))
+    for group in groups:
+        run = int(np.prod([extent[g] for g in group]))
+        if len(group) > 1 and run > 512:
+            continue
+        layouts: dict[str, tuple[int, ...]] = {}
+        covered = 0
+        moved = 0
+        for tensor, index, weight in uses:
+            axes = [next((ax for ax, lin in enumerate(index) if lin.plain_var == g), None) for g in group]
+            if None in axes:
+                continue
+            covered += weight
+            perm = tuple([a for a in range(len(index)) if a not in axes] + axes)
+            if perm != tuple(range(len(index))):
+                layouts[tensor] = perm
+                moved += sizes.get(tensor, 0)
+        if not covered:
+            continue
+        score = min(run, 64) * covered - 4.0 * moved / max(work, 1)
+        schedule = tuple(Layout(t, p) for t, p in sorted(layouts.items()))
+        key = to_json(schedule)
+        if key not in scored or scored[key][0] < score:
+            scored[key] = (score, schedule)
+    return sorted(scored.values(), key=lambda s: -s[0])
+
+
+def _measure(fn, repeats: int, give_up_after: float) -> float:
+    fn()  # warm-up (and the first-call compile)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if best > give_up_after:  # far slower than the best so far: stop timing it
+            break
+    return best
+
+
+def _flops(bound) -> float:
+    return float(sum(_work(bs) for bs in bound.statements)) * 2
+
+
+def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None = None,
+         progress: bool = True, **params: Any) -> TuneResult:
+    """Search schedules for ``op`` on these inputs; store the best in the tuning database.
+
+    ``budget_s`` bounds the wall-clock time (default 60 s), ``trials`` the number of
+    candidates measured. Afterwards ``op(*inputs)`` — in this process or a new one —
+    runs the best schedule found.
+    """
+    if not isinstance(op, Op) or type(op) is not Op:
+        raise ArgumentError("tc.tune expects an op made by tc.op (derived gradient ops are not tuned yet)")
+    if op.schedule:
+        raise ArgumentError(f"{op.label}: tc.tune searches schedules itself; pass the op without schedule=")
+    budget = 60.0 if budget_s is None else float(budget_s)
+    t_start = time.perf_counter()
+    arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
+    kinds = op._check_call(tuple(arrays), params)
+    bound = op._bind([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
+    flops = _flops(bound)
+
+    default = Op(op.source, ranges=op._ranges or None, pad=op._pad or None, pad_value=op._pad_value or None)
+    default._no_database = True
+    ref = default(*arrays, **params)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    default_s = _measure(lambda: default(*arrays, **params), 3, float("inf"))
+    best_s, best = default_s, ()
+    log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
+    cands = [c for _, c in candidates(op, bound, arrays) if c]
+    if trials is not None:
+        cands = cands[:trials]
+    bar = _progress(len(cands), progress)
+    for cand in cands:
+        if time.perf_counter() - t_start > budget:
+            break
+        entry: dict[str, Any] = {"schedule": to_json(cand)}
+        try:
+            trial = default.with_schedule(cand)
+            trial._no_database = True
+            out = trial(*arrays, **params)
+            outs = out if isinstance(out, tuple) else (out,)
+            for got, want in zip(outs, refs):
+                tol = 1e-3 if want.dtype == np.float32 else 1e-9
+                scale = float(np.abs(want).max(initial=0.0)) or 1.0
+                if not np.allclose(got, want, rtol=tol, atol=tol * scale):
+                    raise ValueError("output differs from the default schedule's")
+            seconds = _measure(lambda: trial(*arrays, **params), 3, 2 * best_s)
+            entry["seconds"] = seconds
+            if seconds < best_s:
+                best_s, best = seconds, cand
+        except (TensorcompError, ValueError) as exc:
+            entry["skipped"] = str(exc)
+        log.append(entry)
+        if bar is not None:
+            bar.set_postfix_str(f"best {flops / best_s / 1e9:.1f} GFLOP/s")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    m = canon.names_map(op.program)
+    database.store(db_key(op, arrays, params), canon.canonical_source(op.program), signature(arrays, params),
+                   "cpu " + host_target(), to_json(canon.rename_records(best, m)), best_s, log)
+    op._forget_kernels()
+    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="tuning", unit="schedule", leave=False)

@@ -1,0 +1,111 @@
+"""The tuner and its database (small ops and few trials: correctness, not speed)."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from tensorcomp.autotune import database, stored_schedule
+from tensorcomp.autotune.canon import canonical_source
+from tensorcomp.cli import main
+
+rng = np.random.default_rng(5)
+CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def caps_inputs():
+    return (rng.standard_normal((2, 9, 9, 4, 2, 4)).astype(np.float32),
+            rng.standard_normal((3, 3, 4, 8, 4, 4)).astype(np.float32))
+
+
+def test_tune_verifies_stores_and_is_used_by_later_calls(cache):
+    I, W = caps_inputs()
+    op = tc.op(CAPS)
+    ref = op(I, W)
+    result = tc.tune(op, I, W, trials=4, progress=False)
+    assert len(result.trials) == 5 and all("seconds" in t or "skipped" in t for t in result.trials)
+    assert result.best_s <= result.default_s
+    assert "tried 5 schedules" in result.summary()
+    np.testing.assert_allclose(op(I, W), ref, rtol=1e-4, atol=1e-4)
+    # a renamed op is the same canonical op: it finds the stored schedule, in its own names
+    renamed = tc.op(CAPS.replace("W[", "K[").replace("ci", "c").replace("O[", "Out["))
+    assert canonical_source(renamed.program) == canonical_source(op.program)
+    found = stored_schedule(renamed, [I, W], {})
+    rename = {"W": "K", "O": "Out", "I": "I"}
+    assert found == tuple(type(r)(rename[r.tensor], r.perm) for r in result.schedule)
+    np.testing.assert_allclose(renamed(I, W), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_process_uses_the_database(cache):
+    I, W = caps_inputs()
+    op = tc.op(CAPS)
+    result = tc.tune(op, I, W, trials=6, progress=False)
+    code = (
+        "import numpy as np, tensorcomp as tc\n"
+        "from tensorcomp.autotune import stored_schedule\n"
+        f"rng = np.random.default_rng(0)\n"
+        f"I = rng.standard_normal({I.shape}).astype(np.float32)\n"
+        f"W = rng.standard_normal({W.shape}).astype(np.float32)\n"
+        f"op = tc.op({CAPS!r})\n"
+        "print(repr(stored_schedule(op, [I, W], {})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(cache)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == repr(result.schedule)
+
+
+def test_corrupt_database_is_set_aside(cache):
+    (cache / "tuning.sqlite").write_bytes(b"this is not a database" * 100)
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((8, 8)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="is unreadable"):
+        tc.tune(op, a, a, trials=1, progress=False)
+    assert list(cache.glob("tuning.sqlite.corrupt-*"))
+    assert len(database.entries()) == 1
+
+
+def test_slower_results_do_not_replace_faster_ones(cache):
+    database.store("k", "op", (), "cpu", "[]", 1.0, [])
+    database.store("k", "op", (), "cpu", '[{"kind": "Layout", "perm": [1, 0], "tensor": "T0"}]', 2.0, [])
+    assert database.lookup("k") == ("[]", 1.0)
+    database.store("k", "op", (), "cpu", "[]", 0.5, [])
+    assert database.lookup("k")[1] == 0.5
+
+
+def test_cache_cli(cache, capsys, tmp_path):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((8, 8)).astype(np.float32)
+    tc.tune(op, a, a, trials=1, progress=False)
+    assert main(["cache", "list"]) == 0
+    assert "T0[x0, x1] += T1[x0, x2] * T2[x2, x1]" in capsys.readouterr().out
+    assert main(["cache", "export", str(tmp_path / "db.json")]) == 0
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert main(["cache", "import", str(tmp_path / "db.json")]) == 0
+    assert len(database.entries()) == 1
+
+
+def test_tune_cli(cache, capsys):
+    assert main(["tune", "C[i, j] += A[i, k] * B[k, j]", "--shape", "A=16x8", "--shape", "B=8x16",
+                 "--trials", "2", "--budget", "20"]) == 0
+    assert "best schedule" in capsys.readouterr().out
+
+
+def test_tune_rejects_ops_with_schedules_and_derived_ops(cache):
+    from tensorcomp.schedule import Split
+    a = np.ones((4, 4))
+    with pytest.raises(tc.ArgumentError, match="pass the op without schedule="):
+        tc.tune(tc.op("O[i, j] = A[i, j]", schedule=(Split(0, "i", 2),)), a)
+    with pytest.raises(tc.ArgumentError, match="derived gradient ops are not tuned yet"):
+        tc.tune(tc.grad(tc.op("O[i, j] = A[i, j] * 2"), "A"), a, a)
