@@ -71,6 +71,8 @@ def permuted_strides(shape: tuple[int, ...], perm: tuple[int, ...], itemsize: in
 
 
 def _param_kind(name: str, value: Any, label: str) -> str:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, (bool, np.bool_, int, np.integer)):
         return "int"
     if isinstance(value, (float, np.floating)):
@@ -321,7 +323,8 @@ class Op:
         else:
             outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
         temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries] if kernel.temporaries else []
-        scalars = [cast(params[p]) for p, cast in zip(self.params, kernel.param_casts)] if params else []
+        scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
+                   for p, cast in zip(self.params, kernel.param_casts)] if params else []
         pyfn = kernel.compiled.pyfn
         if kernel.threads > 1:
             ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]

@@ -197,3 +197,15 @@ def test_introspection():
     ir = op.code(x, w)
     assert "define void" in ir and "fmul" in ir
     assert "vector" in op.code(np.zeros((8, 64)), np.zeros(3), optimized=True) or True
+
+
+def test_integer_division_by_zero_and_minus_one_follow_numpy_without_trapping():
+    a = np.array([7, -7, np.iinfo(np.int32).min, 5, 9], np.int32)
+    b = np.array([0, 0, -1, -1, 4], np.int32)
+    with np.errstate(all="ignore"):
+        check(tc.op("O[i] = A[i] // B[i]")(a, b), a // b)
+        check(tc.op("O[i] = A[i] % B[i]")(a, b), a % b)
+
+
+def test_zero_dimensional_arrays_as_scalar_parameters():
+    check(tc.op("O[i] = A[i] * s")(np.arange(3.0), s=np.array(2.0)), np.arange(3.0) * 2)

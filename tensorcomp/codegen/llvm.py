@@ -341,14 +341,21 @@ class _FunctionBuilder:
             return b.sub(x, y)
         if fn == "mul":
             return b.mul(x, y)
-        q = b.sdiv(x, y)
-        fix = b.and_(b.icmp_signed("!=", b.srem(x, y), ir.Constant(REG[t], 0)),
-                     b.icmp_signed("!=", b.icmp_signed("<", x, ir.Constant(REG[t], 0)),
-                                   b.icmp_signed("<", y, ir.Constant(REG[t], 0))))
+        # Integer // and % as NumPy computes them, without the hardware traps: a zero divisor gives 0
+        # (NumPy warns; sdiv by 0 is undefined), and x // -1 is -x, wrapping (sdiv MIN // -1 traps).
+        zero, one = ir.Constant(REG[t], 0), ir.Constant(REG[t], 1)
+        by_zero = b.icmp_signed("==", y, zero)
+        by_minus_one = b.icmp_signed("==", y, ir.Constant(REG[t], -1))
+        safe = b.select(b.or_(by_zero, by_minus_one), one, y)
+        q = b.sdiv(x, safe)
+        fix = b.and_(b.icmp_signed("!=", b.srem(x, safe), zero),
+                     b.icmp_signed("!=", b.icmp_signed("<", x, zero), b.icmp_signed("<", safe, zero)))
         q = b.sub(q, b.zext(fix, REG[t]))
+        q = b.select(by_minus_one, b.sub(zero, x), q)
+        q = b.select(by_zero, zero, q)
         if fn == "floordiv":
             return q
-        return b.sub(x, b.mul(q, y))
+        return b.select(b.or_(by_zero, by_minus_one), zero, b.sub(x, b.mul(q, y)))
 
     def minmax(self, fn: str, t: str, x: ir.Value, y: ir.Value) -> ir.Value:
         b = self.builder
