@@ -3,7 +3,7 @@
 from .errors import (
     ArgumentError, DtypeError, ParseError, RangeError, ScheduleError, ShapeError, TensorcompError, UnknownNameError,
 )
-from . import runtime
+from . import runtime, schedule
 from .op import ArraySpec, Op, op
 
 

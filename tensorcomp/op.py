@@ -368,15 +368,19 @@ class Op:
         return lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
 
     def code(self, *arrays: Any, target: str = "cpu", optimized: bool = False, **params: Any) -> str:
-        """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``)."""
-        if target != "cpu":
-            raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu")
+        """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``),
+        CUDA C for ``target='cuda'`` (on any machine; it needs a GPU only to run)."""
+        if target not in ("cpu", "cuda"):
+            raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         kinds = self._check_call(arrays, params)
         specs = [ArraySpec.of(a) for a in arrays]
         bound = self._bind(specs, kinds)
         schedule = self._effective_schedule(specs, params)
         layouts = self._layouts(bound, specs, schedule)
-        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
+        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
+        if target == "cuda":
+            from .codegen.cuda import generate_cuda
+            return generate_cuda(nest, bound, self._buffers(), layouts)
         text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:
             from .runtime.jit import optimize

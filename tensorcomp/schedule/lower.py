@@ -68,7 +68,8 @@ def _box(shape: tuple[int, ...]) -> isl.Set:
     return isl.Set(f"{{ [{names}] : {cons} }}" if cons else f"{{ [{names}] }}")
 
 
-def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]] | None = None) -> LoopNest:
+def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]] | None = None,
+          target: str = "cpu") -> LoopNest:
     """The loop nest of ``bound`` under ``schedule`` (records; the default heuristic fills in the rest).
 
     ``strides`` gives each tensor's byte strides (its layout); C order when omitted.
@@ -93,7 +94,7 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
             parallel_safe[name] = set(loop_names)
         name = f"S{k}"
-        dims, safe = plan(k, bs, records, strides, itemsize, is_conflicting_scatter(bs))
+        dims, safe = plan(k, bs, records, strides, itemsize, is_conflicting_scatter(bs), target)
         pieces.append((name, bs.domain.set_tuple_name(name), [d.expr for d in dims], [d.name for d in dims]))
         parallel_safe[name] = safe
 

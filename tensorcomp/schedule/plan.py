@@ -126,7 +126,7 @@ def _extend(bs: BoundStatement, group: list[str], extent: dict[str, int], stride
 
 
 def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, tuple[int, ...]],
-         itemsize: dict[str, int], gather: bool) -> tuple[list[Dim], set[str]]:
+         itemsize: dict[str, int], gather: bool, target: str = "cpu") -> tuple[list[Dim], set[str]]:
     """The statement's loops (outermost first) and the loop names safe to run in parallel."""
     dim = {n: f"d{j}" for j, n in enumerate(bs.names)}
     extents = {n: (lo, hi - lo) for n, lo, hi in bs.extents}
@@ -168,6 +168,11 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
         if sorted(order) != sorted(names):
             raise ScheduleError(f"Reorder: statement {k} has loops {', '.join(names)}; the order must list each "
                                 f"exactly once, got {', '.join(order)}")
+        dims = [next(d for d in dims if d.name == n) for n in order]
+    elif not any(isinstance(r, Split) for r in mine) and target == "cuda":
+        # GPU default: every written index outside (one thread per written element), reductions inside
+        written = bs.stmt.write_names()
+        order = tuple(written) + tuple(n for n in bs.names if n not in written)
         dims = [next(d for d in dims if d.name == n) for n in order]
     elif not any(isinstance(r, Split) for r in mine):
         order, group = default_order(bs, strides, itemsize)
