@@ -5,6 +5,7 @@ from .errors import (
 )
 from . import runtime, schedule
 from .op import ArraySpec, Op, op
+from .tensor import Tensor, no_grad
 
 
 def tune(op: Op, *inputs, budget_s=None, trials=None, progress=True, **params):
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "TensorcompError", "UnknownNameError", "grad", "op", "tune",
+    "TensorcompError", "UnknownNameError", "Tensor", "grad", "no_grad", "op", "tune",
 ]

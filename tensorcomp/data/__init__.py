@@ -13,3 +13,61 @@ def mnist_5k() -> dict[str, np.ndarray]:
     with resources.files(__package__).joinpath("mnist_5k.npz").open("rb") as f:
         with np.load(f) as z:
             return {k: z[k] for k in z.files}
+
+
+def _read_idx(path) -> np.ndarray:
+    import gzip
+    import os
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def mnist(root=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_images, train_labels, test_images, test_labels): images float32 (N, 1, 28, 28) in [0, 1],
+    labels int64. From the standard IDX files (gzipped or not) in ``root`` when given, else the
+    bundled 4,000/1,000 subset."""
+    if root is None:
+        d = mnist_5k()
+        tr, trl, te, tel = d["train_images"], d["train_labels"], d["test_images"], d["test_labels"]
+    else:
+        from pathlib import Path
+        base = Path(root)
+
+        def find(stem: str) -> Path:
+            for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+                if (base / name).exists():
+                    return base / name
+            raise FileNotFoundError(f"mnist: no {stem}[.gz] in {base}")
+        tr = _read_idx(find("train-images-idx3-ubyte"))
+        trl = _read_idx(find("train-labels-idx1-ubyte"))
+        te = _read_idx(find("t10k-images-idx3-ubyte"))
+        tel = _read_idx(find("t10k-labels-idx1-ubyte"))
+    def prep(x):
+        return (x.astype(np.float32) / 255.0).reshape(len(x), 1, 28, 28)
+    return prep(tr), trl.astype(np.int64), prep(te), tel.astype(np.int64)
+
+
+class DataLoader:
+    """Mini-batches of (x, y) arrays; shuffled with a seeded generator each epoch when ``shuffle``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
+        if batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.x[idx], self.y[idx]

@@ -1,0 +1,169 @@
+"""``tc.Tensor``: an array with a gradient tape built only from ``tc.op`` and ``tc.grad``.
+
+Every operation on tensors is an op (index expressions); applying it records a tape node. The
+backward pass walks the tape in reverse and runs the *derived* gradient op of each node
+(``tc.grad(op, wrt)``): no backward is written by hand anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import ArgumentError, ShapeError
+from .op import Op
+
+_grad_enabled = [True]
+_grad_ops: dict[tuple[int, tuple[str, ...]], Op] = {}
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Run ops without recording them on the tape (evaluation, optimizer updates)."""
+    _grad_enabled.append(False)
+    try:
+        yield
+    finally:
+        _grad_enabled.pop()
+
+
+@dataclass(eq=False)
+class _Node:
+    op: Op
+    inputs: tuple["Tensor", ...]
+    params: dict[str, Any]
+    outputs: list  # the op's output tensors (index = output position)
+
+
+class Tensor:
+    """An array (numpy for now) with ``requires_grad``, ``.grad`` and ``.backward()``."""
+
+    __array_priority__ = 100
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
+        arr = data.data if isinstance(data, Tensor) else data
+        self.data = np.asarray(arr, dtype=dtype)
+        self.requires_grad = bool(requires_grad)
+        self.grad: np.ndarray | None = None
+        self._node: _Node | None = None
+
+    # -- numpy interop -------------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def item(self) -> float:
+        return self.data.item()
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tc.Tensor({np.array2string(self.data, threshold=20)}{grad})"
+
+    def detach(self) -> "Tensor":
+        return Tensor(self.data)
+
+    # -- autodiff --------------------------------------------------------------------------------------
+    def backward(self, grad: np.ndarray | None = None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (self must be a scalar unless ``grad``)."""
+        if grad is None:
+            if self.data.size != 1:
+                raise ShapeError(f"backward() needs a scalar tensor or an explicit grad; this tensor has shape "
+                                 f"{self.shape}")
+            grad = np.ones_like(self.data)
+        grads: dict[int, np.ndarray] = {id(self): np.asarray(grad, dtype=self.dtype)}
+        nodes = _topological(self)
+        leaves = _leaves(self)
+        for node in reversed(nodes):
+            outs = [grads.get(id(o)) for o in node.outputs]
+            if all(g is None for g in outs):
+                continue
+            wrt = tuple(name for name, t in zip(node.op.inputs, node.inputs) if t.requires_grad)
+            if not wrt:
+                continue
+            key = (id(node.op), wrt)
+            gop = _grad_ops.get(key)
+            if gop is None:
+                from .autodiff import grad as derive
+                gop = _grad_ops[key] = derive(node.op, list(wrt))
+            d_outs = [g if g is not None else np.zeros_like(o.data) for g, o in zip(outs, node.outputs)]
+            results = gop(*[t.data for t in node.inputs], *d_outs, **node.params)
+            for name, g in zip(wrt, results):
+                t = node.inputs[node.op.inputs.index(name)]
+                grads[id(t)] = grads[id(t)] + g if id(t) in grads else g
+        for t in leaves:
+            g = grads.get(id(t))
+            if g is not None:
+                t.grad = g if t.grad is None else t.grad + g
+        for node in nodes:  # free the graph (as PyTorch does): no cycles left for the collector
+            for o in node.outputs:
+                o._node = None
+            node.inputs, node.outputs = (), []
+
+
+def _topological(root: Tensor) -> list[_Node]:
+    order: list[_Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[_Node, bool]] = [(root._node, False)] if root._node else []
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for t in node.inputs:
+            if t._node is not None and id(t._node) not in seen:
+                stack.append((t._node, False))
+    return order
+
+
+def _leaves(root: Tensor) -> list[Tensor]:
+    out, seen = [], set()
+    for node in _topological(root):
+        for t in node.inputs:
+            if t._node is None and t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+    return out
+
+
+def apply(op: Op, *inputs: Any, **params: Any) -> Tensor | tuple[Tensor, ...]:
+    """Run ``op`` on tensors (or arrays) and record it on the tape when a gradient is needed."""
+    if len(inputs) != len(op.inputs):
+        raise ArgumentError(f"{op.label}: takes {len(op.inputs)} input tensors ({', '.join(op.inputs)}) but "
+                            f"{len(inputs)} were given")
+    tensors = tuple(t if isinstance(t, Tensor) else Tensor(t) for t in inputs)
+    result = op(*[t.data for t in tensors], **params)
+    arrays = result if isinstance(result, tuple) else (result,)
+    needs = _grad_enabled[-1] and any(t.requires_grad for t in tensors)
+    outs = [Tensor(a, requires_grad=needs) for a in arrays]
+    if needs:
+        node = _Node(op, tensors, dict(params), outs)
+        for o in outs:
+            o._node = node
+    return outs[0] if len(outs) == 1 else tuple(outs)
