@@ -44,7 +44,7 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     opt = optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed)
-    step_times, losses, steps, compile_s = [], [], 0, 0.0
+    step_times, losses, hits, steps, compile_s = [], [], [], 0, 0.0
     bar = None
     if progress:
         try:
@@ -56,7 +56,8 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
         for xb, yb in loader:
             before = compile_count()
             t0 = time.perf_counter()
-            loss = loss_fn(model(Tensor(xb)), yb)
+            logits = model(Tensor(xb))
+            loss = loss_fn(logits, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -66,10 +67,11 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
             else:  # a new batch shape: this step JIT-compiled kernels
                 compile_s += elapsed
             losses.append(loss.item())
+            hits.append(float((logits.data.argmax(1) == yb).mean()))
             steps += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(hits[-20:]):.3f}")
             if max_steps is not None and steps >= max_steps:
                 break
         if max_steps is not None and steps >= max_steps:
