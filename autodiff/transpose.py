@@ -32,7 +32,7 @@ from tensorcomp.domain import Bound, BoundStatement, TensorInfo
 from tensorcomp.domain.bind import _set
 from tensorcomp.errors import ArgumentError, DtypeError, ShapeError, UnknownNameError, op_label
 from tensorcomp.lang import types
-from tensorcomp.lang.ir import Access, Call, Const, Expr, Index, Lin, Program, Statement, walk
+from tensorcomp.lang.ir import Access, Call, Const, Expr, Lin, Program, Statement, walk
 from tensorcomp.op import ArraySpec, Op
 
 from . import rules
@@ -146,7 +146,6 @@ class _Transposer:
         rel = self.relevant()
         d_out = {o: self.fresh(f"d{o}") for o in prog.outputs}
         finals: dict[str, str] = {}
-        backward_start = 0
         for k in reversed(range(len(prog.statements))):
             st = prog.statements[k]
             if st.target not in rel:

@@ -22,6 +22,7 @@ def grad(op: Op, wrt):  # noqa: F811 - re-exported from tensorcomp.autodiff
 __version__ = "0.1.0"
 
 __all__ = [
+    "runtime", "schedule",
     "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
     "TensorcompError", "UnknownNameError", "Tensor", "grad", "no_grad", "op", "tune",
 ]

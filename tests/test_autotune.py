@@ -1,7 +1,6 @@
 """The tuner and its database (small ops and few trials: correctness, not speed)."""
 
 import os
-import sqlite3
 import subprocess
 import sys
 

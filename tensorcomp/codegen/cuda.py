@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from ..domain import Bound
 from ..lang import types
-from ..lang.ir import Access, Call, Const, Expr, FloorDiv, Index, Lin, Mod, Param
-from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+from ..lang.ir import Access, Call, Const, Expr, FloorDiv, Index, Lin, Param
+from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
 from ..schedule.lower import to_lin
 from .llvm import BufferLayout
 
@@ -111,12 +111,11 @@ class _CudaBuilder:
         if not info.pad or not any(lo or hi for lo, hi in info.pad):
             text = self.ref(a.tensor, self.offset(a.tensor, a.index))
             return f"({text} != 0)" if info.dtype == "bool" else text
-        conds, real = [], []
+        conds = []
         for lin, n, (lo, hi) in zip(a.index, info.shape, info.pad):
             v = f"({_lin_c(lin, lambda x: self.env[x])} - {lo}LL)"
             if lo or hi:
                 conds.append(f"{v} >= 0 && {v} < {n}LL")
-            real.append(Lin.var("__unused__"))
         offs = " + ".join(f"({_lin_c(lin, lambda x: self.env[x])} - {lo}LL) * {s}LL"
                           for lin, (lo, _), s in zip(a.index, info.pad, self.layouts[a.tensor].strides))
         pad = self.constant(info.pad_value, info.dtype)

@@ -18,8 +18,8 @@ from llvmlite import ir
 
 from ..domain import Bound, TensorInfo
 from ..lang import types
-from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, Mod
-from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv
+from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
 from ..schedule.lower import to_lin
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)

@@ -17,7 +17,6 @@ def mnist_5k() -> dict[str, np.ndarray]:
 
 def _read_idx(path) -> np.ndarray:
     import gzip
-    import os
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
         data = f.read()

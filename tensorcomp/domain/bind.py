@@ -24,7 +24,7 @@ import islpy as isl
 
 from ..errors import DtypeError, RangeError, ShapeError, op_label
 from ..lang import types
-from ..lang.ir import Access, Lin, Program, Statement
+from ..lang.ir import Lin, Program, Statement
 
 
 @dataclass(frozen=True)

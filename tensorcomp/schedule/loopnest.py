@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Union
 
-from ..lang.ir import expr_str, Statement
+from ..lang.ir import Statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +57,6 @@ IExpr = Union[IVar, IConst, IOp]
 
 def _p(e: IExpr) -> str:
     return f"({e})" if isinstance(e, IOp) and e.op not in ("min", "max", "neg") else str(e)
-
-
-def iadd(a: IExpr, b: IExpr) -> IExpr:
-    """a + b with constants folded (x + 0 -> x)."""
-    if isinstance(a, IConst) and isinstance(b, IConst):
-        return IConst(a.value + b.value)
-    if isinstance(b, IConst) and b.value == 0:
-        return a
-    if isinstance(a, IConst) and a.value == 0:
-        return b
-    return IOp("add", (a, b))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ the default heuristic picks the order and fuses contiguous innermost loops.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from ..domain import BoundStatement
