@@ -186,22 +186,27 @@ def test_bad_requests():
     assert str(info.value) == "op 'dA[i] += dO[i] * 2': gradient input dO has shape (4,) but O has shape (3,)"
 
 
-def test_strided_scatter_is_scheduled_as_a_gather():
-    """dI of a strided conv loops over dI's elements outermost (parallel, no atomics); results unchanged."""
+def test_colliding_scatter_without_batch_index_is_scheduled_as_a_gather():
+    """dI of a strided 1-D conv has no plain written index: it loops over dI's elements outermost
+    (parallel, no atomics). With a batch index the scatter order is kept (n is the parallel loop)."""
     from tensorcomp.schedule import For
-    conv = tc.op("O[n, y] += I[n, 2*y + k] * W[k]")
+    conv = tc.op("O[y] += I[2*y + k] * W[k]")
     g = tc.grad(conv, "I")
-    assert g.source == "dI[n, k + 2*y] += dO[n, y] * W[k]"
-    I, W, dO = r(2, 9), r(3), r(2, 4)
-    nest = g.loopnest(I, W, dO)
-    compute_nest = nest.body[-1]
-    assert isinstance(compute_nest, For) and compute_nest.var == "n"
-    assert compute_nest.body[0].var == "di1"  # the written coordinate k + 2*y
-    ref = np.zeros((2, 9))
+    assert g.source == "dI[k + 2*y] += dO[y] * W[k]"
+    I, W, dO = r(9), r(3), r(4)
+    compute_nest = g.loopnest(I, W, dO).body[-1]
+    assert isinstance(compute_nest, For) and compute_nest.var == "di0" and compute_nest.kind == "parallel"
+    ref = np.zeros(9)
     for y in range(4):
         for k in range(3):
-            ref[:, 2 * y + k] += dO[:, y] * W[k]
+            ref[2 * y + k] += dO[y] * W[k]
     np.testing.assert_allclose(g(I, W, dO), ref, rtol=1e-12)
+    batched = tc.grad(tc.op("O[n, y] += I[n, 2*y + k] * W[k]"), "I")
+    outer = batched.loopnest(r(2, 9), W, r(2, 4)).body[-1]
+    assert outer.var == "n" and outer.kind == "parallel" and outer.body[0].var != "di1"
+    # on the GPU the gather form is always used: every written coordinate becomes a thread
+    assert "// launch kernel_stage1<<<1, 256>>>: 18 parallel iterations" in batched.code(
+        r(2, 9), W, r(2, 4), target="cuda")
     # an injective scatter keeps its scatter order
     split = tc.op("O[i // 2, i % 2] = A[i]")
     assert split.loopnest(np.zeros(6)).body[-1].var == "i"

@@ -39,7 +39,7 @@ def test_parallel_gather_form_gradient():
         ref[:, k:k + 2 * dO.shape[1]:2] += dO * W[k]
     np.testing.assert_allclose(g(I, W, dO), ref, rtol=1e-10, atol=1e-12)
     nest = kernel_of(g).nest
-    assert all(isinstance(n, For) and n.kind == "parallel" for n in nest.body)
+    assert all(isinstance(n, For) and n.kind == "parallel" for n in nest.body)  # n: disjoint rows of dI
 
 
 def test_reduction_outermost_is_not_parallel():

@@ -242,19 +242,11 @@ class _CudaBuilder:
         return out
 
     def collapsed(self, node: For) -> list[For]:
-        """The leading loops run one iteration per thread: the parallel loop and the constant-bound
-        loops directly inside it that write disjoint elements too."""
+        """The leading loops tagged parallel (disjoint writes, constant bounds) become the thread index."""
         loops = [node]
-        leaves = [x for x in LoopNest((node,), ()).walk() if isinstance(x, (Compute, Fill))]
-        written: set[str] | None = None
-        if all(isinstance(x, Compute) for x in leaves) and leaves:
-            st = self.bound.statements[leaves[0].stmt].stmt
-            written = {lin.plain_var for lin in st.index} - {None}
         while len(loops[-1].body) == 1 and isinstance(loops[-1].body[0], For):
             inner = loops[-1].body[0]
-            if not (isinstance(inner.lo, IConst) and isinstance(inner.hi, IConst) and inner.step == 1):
-                break
-            if written is not None and inner.var not in written:
+            if inner.kind != "parallel" or inner.step != 1:
                 break
             loops.append(inner)
         return loops

@@ -34,13 +34,14 @@ def identity(reduce: str | None, dtype: str) -> float | int | bool:
 def is_conflicting_scatter(bs: BoundStatement) -> bool:
     """A reduction whose written indices are not plain indices and where several points write one element.
 
-    Such a statement (``dI[2*y + ky] += ...``, a transposed convolution) is
+    Such a statement (``dI[2*y + ky] += ...``, a transposed convolution) can be
     scheduled in gather form: isl's change of basis puts loops over the written
     element's coordinates outermost and enumerates the points writing each
     element inside (with exact strides), so distinct outer iterations write
     distinct elements and the outer loops can run in parallel without atomics.
-    A scatter whose write map is injective (``O[i // 2, i % 2] = A[i]``) is
-    already conflict-free and keeps its cheaper, contiguous scatter order.
+    ``lower`` uses it where parallelism needs it (see there); elsewhere, and for
+    scatters whose write map is injective (``O[i // 2, i % 2] = A[i]``), the
+    cheaper, contiguous scatter order is kept.
     """
     st = bs.stmt
     if st.reduce is None or all(lin.plain_var is not None for lin in st.index):
@@ -94,7 +95,12 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
             parallel_safe[name] = set(loop_names)
         name = f"S{k}"
-        dims, safe = plan(k, bs, records, strides, itemsize, is_conflicting_scatter(bs), target)
+        # gather form where it is needed: on the CPU only when no plain written index can carry the
+        # parallel loop (a batch index n already gives disjoint writes, and the scatter order is the
+        # cheaper, contiguous one); on the GPU always, so every written coordinate maps to threads
+        gather = is_conflicting_scatter(bs) and (target == "cuda" or all(
+            lin.plain_var is None for lin in bs.stmt.index))
+        dims, safe = plan(k, bs, records, strides, itemsize, gather, target)
         pieces.append((name, bs.domain.set_tuple_name(name), [d.expr for d in dims], [d.name for d in dims]))
         parallel_safe[name] = safe
 
@@ -128,9 +134,17 @@ def _mark_parallel(node: Node, conv: "_Converter", safe: dict[str, set[str]]) ->
             owners.add(f"S{leaf.stmt}")
         elif isinstance(leaf, Fill):
             owners.add(next(k for k, v in conv.fills.items() if v[0] == leaf.tensor))
-    if len(owners) == 1 and node.var in safe.get(owners.pop(), set()):
-        return For(node.var, node.lo, node.hi, node.step, node.body, "parallel")
-    return node
+    if len(owners) != 1:
+        return node
+    ok = safe.get(owners.pop(), set())
+
+    def tag(n: Node) -> Node:
+        """Tag this loop and the perfectly nested, constant-bound disjoint-write loops inside it."""
+        if not (isinstance(n, For) and n.var in ok and isinstance(n.lo, IConst) and isinstance(n.hi, IConst)):
+            return n
+        body = (tag(n.body[0]),) if len(n.body) == 1 else n.body
+        return For(n.var, n.lo, n.hi, n.step, body, "parallel")
+    return tag(node)
 
 
 class _Converter:
