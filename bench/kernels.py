@@ -109,7 +109,7 @@ def capsule(n: int) -> None:
     t_w = best_of(lambda: gW(I, W, dO), 2)
     name = f"capsule conv N={n}"
     row(f"{name} forward tensorcomp", fl, t_f)
-    row(f"{name} dI tensorcomp (derived, gather form)", fl, t_i)
+    row(f"{name} dI tensorcomp (derived)", fl, t_i)
     row(f"{name} dW tensorcomp (derived)", fl, t_w)
     if torch is not None:
         tI = torch.from_numpy(I).requires_grad_()
