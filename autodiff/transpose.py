@@ -34,6 +34,7 @@ from tensorcomp.errors import ArgumentError, DtypeError, ShapeError, UnknownName
 from tensorcomp.lang import types
 from tensorcomp.lang.ir import Access, Call, Const, Expr, Lin, Program, Statement, walk
 from tensorcomp.op import ArraySpec, Op
+from tensorcomp.schedule.records import to_json
 
 from . import rules
 
@@ -235,9 +236,21 @@ class DerivedOp(Op):
         self.inputs, self.outputs, self.params = inputs, outputs, base.params
         self._ranges, self._pad, self._pad_value = {}, {}, {}
         self.schedule = ()
-        self._ident = ("derived", self.source, base._ident)
+        self._ident = ("derived", self.source, base._ident, to_json(self.schedule))
         self._cache = {}
         self._n_in = len(inputs)
+        self._init_args = (base, derived, inputs, outputs, extra_inputs, as_tuple)
+
+    def with_schedule(self, schedule) -> "DerivedOp":
+        """The same derived op run with another schedule."""
+        copy = DerivedOp(*self._init_args)
+        copy.schedule = copy._check_schedule(tuple(schedule))
+        copy._ident = ("derived", copy.source, self.base._ident, to_json(copy.schedule))
+        return copy
+
+    def canonical(self) -> str:
+        """Its own canonical statements plus its base op's: the base op fixes the domains."""
+        return f"{self.base.canonical()}\n# derived:\n{super().canonical()}"
 
     def __call__(self, *arrays, **params):
         out = super().__call__(*arrays, **params)

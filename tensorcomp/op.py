@@ -188,6 +188,11 @@ class Op:
                                     f"{len(self.program.statements)} (numbered from 0)")
         return schedule
 
+    def canonical(self) -> str:
+        """The op's canonical source (names renamed in order of appearance): the tuning database key."""
+        from .autotune.canon import canonical_source
+        return canonical_source(self.program)
+
     def with_schedule(self, schedule) -> "Op":
         """The same op run with another schedule (a tuple of records; see tensorcomp.schedule)."""
         return Op(self.source, ranges=self._ranges or None, pad=self._pad or None,
@@ -198,7 +203,7 @@ class Op:
 
     def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any]) -> tuple:
         """The op's own schedule, else the tuned one stored for these inputs, else the default."""
-        if self.schedule or type(self) is not Op or getattr(self, "_no_database", False):
+        if self.schedule or getattr(self, "_no_database", False):
             return self.schedule
         from .autotune import stored_schedule
         found = stored_schedule(self, list(specs), params)

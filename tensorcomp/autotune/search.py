@@ -61,7 +61,7 @@ def signature(arrays: list[np.ndarray], params: dict[str, Any]) -> tuple:
 
 
 def db_key(op: Op, arrays: list, params: dict[str, Any]) -> str:
-    return database.make_key(canon.canonical_source(op.program), signature(arrays, params), "cpu " + host_target())
+    return database.make_key(op.canonical(), signature(arrays, params), "cpu " + host_target())
 
 
 def stored_schedule(op: Op, arrays: list, params: dict[str, Any]) -> tuple[Record, ...] | None:
@@ -140,8 +140,8 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     candidates measured. Afterwards ``op(*inputs)`` — in this process or a new one —
     runs the best schedule found.
     """
-    if not isinstance(op, Op) or type(op) is not Op:
-        raise ArgumentError("tc.tune expects an op made by tc.op (derived gradient ops are not tuned yet)")
+    if not isinstance(op, Op):
+        raise ArgumentError(f"tc.tune expects an op made by tc.op or tc.grad, got {type(op).__name__}")
     if op.schedule:
         raise ArgumentError(f"{op.label}: tc.tune searches schedules itself; pass the op without schedule=")
     budget = 60.0 if budget_s is None else float(budget_s)
@@ -151,7 +151,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     bound = op._bind([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
     flops = _flops(bound)
 
-    default = Op(op.source, ranges=op._ranges or None, pad=op._pad or None, pad_value=op._pad_value or None)
+    default = op.with_schedule(())
     default._no_database = True
     ref = default(*arrays, **params)
     refs = ref if isinstance(ref, tuple) else (ref,)
@@ -189,7 +189,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     if bar is not None:
         bar.close()
     m = canon.names_map(op.program)
-    database.store(db_key(op, arrays, params), canon.canonical_source(op.program), signature(arrays, params),
+    database.store(db_key(op, arrays, params), op.canonical(), signature(arrays, params),
                    "cpu " + host_target(), to_json(canon.rename_records(best, m)), best_s, log)
     op._forget_kernels()
     return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)
