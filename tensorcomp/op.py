@@ -282,14 +282,20 @@ class Op:
                 layouts[name] = BufferLayout(codegen.contiguous(info.shape, size), size)
         return layouts
 
+    def _plan(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any],
+              target: str = "cpu") -> tuple[Bound, tuple, dict[str, BufferLayout], LoopNest]:
+        """Bind, pick the schedule (own, tuned or default), lay the tensors out, and lower."""
+        bound = self._bind(specs, kinds)
+        schedule = self._effective_schedule(specs, params)
+        layouts = self._layouts(bound, specs, schedule)
+        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
+        return bound, schedule, layouts, nest
+
     def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple, params: dict[str, Any]) -> Kernel:
         shared = _KERNELS.get((self._ident, key))
         if shared is not None:
             return shared
-        bound = self._bind(specs, kinds)
-        schedule = self._effective_schedule(specs, params)
-        layouts = self._layouts(bound, specs, schedule)
-        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
+        bound, schedule, layouts, nest = self._plan(specs, kinds, params)
         name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
         ir_text = codegen.generate(nest, bound, self._buffers(), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
@@ -366,11 +372,7 @@ class Op:
     def loopnest(self, *arrays: Any, **params: Any) -> LoopNest:
         """The loop nest the op runs for these inputs (print it for pseudo-code)."""
         kinds = self._check_call(arrays, params)
-        specs = [ArraySpec.of(a) for a in arrays]
-        bound = self._bind(specs, kinds)
-        schedule = self._effective_schedule(specs, params)
-        layouts = self._layouts(bound, specs, schedule)
-        return lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()})
+        return self._plan([ArraySpec.of(a) for a in arrays], kinds, params)[3]
 
     def code(self, *arrays: Any, target: str = "cpu", optimized: bool = False, **params: Any) -> str:
         """The generated code for these inputs: LLVM IR for ``target='cpu'`` (after -O3 if ``optimized``),
@@ -378,11 +380,7 @@ class Op:
         if target not in ("cpu", "cuda"):
             raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         kinds = self._check_call(arrays, params)
-        specs = [ArraySpec.of(a) for a in arrays]
-        bound = self._bind(specs, kinds)
-        schedule = self._effective_schedule(specs, params)
-        layouts = self._layouts(bound, specs, schedule)
-        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
+        bound, _, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
         if target == "cuda":
             from .codegen.cuda import generate_cuda
             return generate_cuda(nest, bound, self._buffers(), layouts)

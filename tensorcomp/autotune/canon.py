@@ -8,7 +8,7 @@ back to each op's own names.
 
 from __future__ import annotations
 
-from ..lang.ir import Access, Call, Expr, Index, Lin, Param, Program, Statement
+from ..lang.ir import Access, Call, Expr, Index, Lin, Param, Program, Statement, walk
 from ..schedule.records import Fuse, Layout, Record, Reorder, Split
 
 
@@ -18,7 +18,7 @@ def names_map(program: Program) -> dict[str, str]:
     indices: dict[str, str] = {}
     params: dict[str, str] = {}
     for st in program.statements:
-        for node in [Access(st.target, st.index), *_walk(st.expr)]:
+        for node in [Access(st.target, st.index), *walk(st.expr)]:
             if isinstance(node, Access):
                 tensors.setdefault(node.tensor, f"T{len(tensors)}")
             elif isinstance(node, Param):
@@ -26,13 +26,6 @@ def names_map(program: Program) -> dict[str, str]:
         for n in st.index_names():
             indices.setdefault(n, f"x{len(indices)}")
     return {**tensors, **indices, **params}
-
-
-def _walk(e: Expr):
-    yield e
-    if isinstance(e, Call):
-        for a in e.args:
-            yield from _walk(a)
 
 
 def _expr(e: Expr, m: dict[str, str]) -> Expr:

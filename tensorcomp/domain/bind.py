@@ -78,6 +78,13 @@ def _interval(domain: isl.Set, pos: int) -> tuple[int | None, int | None]:
     return lo_v, hi_v
 
 
+def write_map(names: tuple[str, ...], index: tuple[Lin, ...], domain: isl.Set) -> isl.Map:
+    """The map from each domain point to the element it writes (``[d...] -> [f(d)...]``)."""
+    dim = {n: f"d{k}" for k, n in enumerate(names)}
+    return isl.Map(f"{{ [{', '.join(dim[n] for n in names)}] -> "
+                   f"[{', '.join(lin.to_isl(dim) for lin in index)}] }}").intersect_domain(domain)
+
+
 def _set(dims: int, constraints: list[str]) -> isl.Set:
     names = ", ".join(f"d{k}" for k in range(dims))
     body = " and ".join(constraints) if constraints else ""
@@ -233,9 +240,7 @@ class _Binder:
         expr_type = types.infer(st.expr, tensor_types, self.param_types)
         dtype = types.result_type(st.reduce, expr_type)
         if st.reduce is None and not domain.is_empty():
-            write = isl.Map(f"{{ [{', '.join(dim[n] for n in names)}] -> "
-                            f"[{', '.join(lin.to_isl(dim) for lin in st.index)}] }}").intersect_domain(domain)
-            if not write.is_injective():
+            if not write_map(names, st.index, domain).is_injective():
                 self.fail(RangeError, f"statement on line {st.line} writes some elements of {st.target} more than "
                           "once with '='; use '+=' or a reduction such as max(...) to combine them")
         if target_shape is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import islpy as isl
 
 from ..domain import Bound, BoundStatement, TensorInfo
+from ..domain.bind import write_map
 from ..lang.ir import Access, Call, Index, Lin, Statement
 from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 
@@ -46,19 +47,14 @@ def is_conflicting_scatter(bs: BoundStatement) -> bool:
     st = bs.stmt
     if st.reduce is None or all(lin.plain_var is not None for lin in st.index):
         return False
-    dim = {n: bs.dim(n) for n in bs.names}
-    write = isl.Map(f"{{ [{', '.join(dim[n] for n in bs.names)}] -> "
-                    f"[{', '.join(lin.to_isl(dim) for lin in st.index)}] }}").intersect_domain(bs.domain)
-    return not write.is_injective()
+    return not write_map(bs.names, st.index, bs.domain).is_injective()
 
 
 def needs_fill(bs: BoundStatement, info: TensorInfo) -> bool:
     """Whether the written tensor must be initialised before the statement runs."""
     if bs.stmt.reduce is not None:
         return True
-    dim = {n: f"d{k}" for k, n in enumerate(bs.names)}
-    write = isl.Map(f"{{ [{', '.join(dim[n] for n in bs.names)}] -> "
-                    f"[{', '.join(lin.to_isl(dim) for lin in bs.stmt.index)}] }}").intersect_domain(bs.domain)
+    write = write_map(bs.names, bs.stmt.index, bs.domain)
     box = _box(info.shape)
     return not write.range().is_equal(box)
 
