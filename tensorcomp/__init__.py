@@ -8,10 +8,10 @@ from .op import ArraySpec, Op, op
 from .tensor import Tensor, no_grad
 
 
-def tune(op: Op, *inputs, budget_s=None, trials=None, progress=True, **params):
+def tune(op: Op, *inputs, budget_s=None, trials=None, progress=True, target="cpu", **params):
     """Search schedules for ``op`` on these inputs and store the best (see tensorcomp.autotune.tune)."""
     from .autotune import tune as _tune
-    return _tune(op, *inputs, budget_s=budget_s, trials=trials, progress=progress, **params)
+    return _tune(op, *inputs, budget_s=budget_s, trials=trials, progress=progress, target=target, **params)
 
 
 def grad(op: Op, wrt):  # noqa: F811 - re-exported from tensorcomp.autodiff

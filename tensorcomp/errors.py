@@ -51,6 +51,10 @@ class ScheduleError(TensorcompError, ValueError):
     """A schedule record is illegal for the op (it would break a dependence)."""
 
 
+class DeviceError(TensorcompError, RuntimeError):
+    """A target or device that is not available here (no pycuda, no GPU), or a tensor on another device."""
+
+
 def op_label(source: str, limit: int = 60) -> str:
     """How errors name an op: its source on one line, shortened if long."""
     text = "; ".join(line.strip() for line in source.strip().splitlines() if line.strip())

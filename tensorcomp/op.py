@@ -19,7 +19,7 @@ from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
 from .schedule import For, LoopNest, lower
-from .schedule.records import Fuse, Layout, Reorder, Split, to_json
+from .schedule.records import Block, Fuse, Layout, Reorder, Split, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _names = itertools.count()
@@ -42,6 +42,21 @@ class Kernel:
     out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
 
 
+@dataclass
+class CudaKernel:
+    """Everything compiled for one input signature of an op on the GPU."""
+
+    bound: Bound
+    nest: LoopNest
+    module: Any  # runtime.cuda.Module: one prepared function per launch
+    launches: tuple  # codegen.cuda.Launch per top-level loop nest
+    outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
+    param_casts: tuple[type, ...]
+    relayout: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    out_perms: tuple[tuple[int, ...] | None, ...] = ()
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """Shape, dtype and (byte) strides of an array, without its data."""
@@ -49,6 +64,10 @@ class ArraySpec:
     shape: tuple[int, ...]
     dtype: np.dtype
     strides: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     @staticmethod
     def of(x: Any) -> "ArraySpec":
@@ -172,9 +191,14 @@ class Op:
 
     def _check_schedule(self, schedule: tuple) -> tuple:
         for r in schedule:
-            if not isinstance(r, (Split, Reorder, Fuse, Layout)):
-                raise ScheduleError(f"{self.label}: {r!r} is not a schedule record (Split, Reorder, Fuse, Layout)")
-            if isinstance(r, Layout):
+            if not isinstance(r, (Split, Reorder, Fuse, Layout, Block)):
+                raise ScheduleError(f"{self.label}: {r!r} is not a schedule record (Split, Reorder, Fuse, Layout, "
+                                    f"Block)")
+            if isinstance(r, Block):
+                if not isinstance(r.threads, int) or r.threads % 32 or not 32 <= r.threads <= 1024:
+                    raise ScheduleError(f"{self.label}: Block threads must be a multiple of 32 between 32 and 1024, "
+                                        f"got {r.threads!r}")
+            elif isinstance(r, Layout):
                 names = [t for t, _ in self.program.ranks]
                 if r.tensor not in names:
                     raise ScheduleError(f"{self.label}: Layout names tensor '{r.tensor}', which the op does not "
@@ -201,12 +225,12 @@ class Op:
     def _layout_perms(self, schedule: tuple) -> dict[str, tuple[int, ...]]:
         return {r.tensor: r.perm for r in schedule if isinstance(r, Layout)}
 
-    def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any]) -> tuple:
+    def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any], target: str = "cpu") -> tuple:
         """The op's own schedule, else the tuned one stored for these inputs, else the default."""
         if self.schedule or getattr(self, "_no_database", False):
             return self.schedule
         from .autotune import stored_schedule
-        found = stored_schedule(self, list(specs), params)
+        found = stored_schedule(self, list(specs), params, target)
         if not found:
             return ()
         try:
@@ -286,7 +310,7 @@ class Op:
               target: str = "cpu") -> tuple[Bound, tuple, dict[str, BufferLayout], LoopNest]:
         """Bind, pick the schedule (own, tuned or default), lay the tensors out, and lower."""
         bound = self._bind(specs, kinds)
-        schedule = self._effective_schedule(specs, params)
+        schedule = self._effective_schedule(specs, params, target)
         layouts = self._layouts(bound, specs, schedule)
         nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
         return bound, schedule, layouts, nest
@@ -313,9 +337,78 @@ class Op:
         _KERNELS[(self._ident, key)] = kernel
         return kernel
 
+    def _compile_cuda(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple,
+                      params: dict[str, Any]) -> CudaKernel:
+        shared = _KERNELS.get((self._ident, key))
+        if shared is not None:
+            return shared
+        from .codegen.cuda import cuda_program
+        from .runtime import cuda as rc
+        bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
+        program = cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule))
+        fmt = "P" * len(self._buffers()) + "".join("d" if kinds[p] == "float" else "q" for p in self.params)
+        module = rc.Module(program.source, [launch.name for launch in program.launches], fmt)
+        t = bound.tensors
+        kernel = CudaKernel(bound, nest, module, program.launches,
+                            tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
+                            tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
+                            tuple(float if kinds[p] == "float" else int for p in self.params),
+                            *self._relayouts(schedule))
+        _KERNELS[(self._ident, key)] = kernel
+        return kernel
+
+    def cuda_source(self, specs: list[ArraySpec], params: dict[str, Any]) -> str:
+        """The CUDA C the op compiles for inputs of these specs (what ``_compile_cuda`` builds)."""
+        from .codegen.cuda import cuda_program
+        kinds = self._check_call(tuple(specs), params)
+        bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
+        return cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule)).source
+
+    def _call_cuda(self, arrays: tuple, params: dict[str, Any]):
+        """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
+        from .runtime import cuda as rc
+        host = not any(rc.is_device_array(a) for a in arrays)
+        devs = [rc.as_device(a) for a in arrays]
+        key = ("cuda",) + tuple([(tuple(d.shape), tuple(d.strides), d.dtype) for d in devs])
+        if params:
+            key += tuple([(k, type(v)) for k, v in params.items()])
+        kernel = self._cache.get(key)
+        if kernel is None:
+            kinds = self._check_call(arrays, params)
+            specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
+            kernel = self._compile_cuda(specs, kinds, key, params)
+            self._cache[key] = kernel
+        for pos, perm in kernel.relayout:
+            devs[pos] = _device_relayout(devs[pos], perm)
+        outs = [rc.empty(shape, dtype, None if perm is None else permuted_strides(shape, perm, dtype.itemsize))
+                for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or [None] * len(kernel.outputs))]
+        temps = [rc.empty(shape, dtype) for shape, dtype in kernel.temporaries]
+        scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
+                   for p, cast in zip(self.params, kernel.param_casts)] if params else []
+        ptrs = [int(d.gpudata) if d.gpudata is not None else 0 for d in (*devs, *outs, *temps)]
+        for launch, fn in zip(kernel.launches, kernel.module.functions):
+            fn.prepared_call((launch.grid, 1, 1), (launch.block, 1, 1), *ptrs, *scalars)
+        if host:
+            outs = [rc.to_host(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
     # -- calling ------------------------------------------------------------------------------------
     def __call__(self, *arrays: Any, **params: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        """Run the op: arrays in ``self.inputs`` order, scalar parameters by keyword."""
+        """Run the op: arrays in ``self.inputs`` order, scalar parameters by keyword.
+
+        ``target="cuda"`` runs it on the GPU (numpy in, numpy out); device arrays (pycuda
+        GPUArrays, CUDA torch tensors, anything with ``__cuda_array_interface__``) run there
+        without it and give GPUArrays back.
+        """
+        if params and "target" in params and "target" not in self.params:
+            params = dict(params)
+            target = params.pop("target")
+            if target == "cuda":
+                return self._call_cuda(arrays, params)
+            if target != "cpu":
+                raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
+        if any(type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__") for a in arrays):
+            return self._call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         if params:
@@ -383,7 +476,8 @@ class Op:
         bound, _, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
         if target == "cuda":
             from .codegen.cuda import generate_cuda
-            return generate_cuda(nest, bound, self._buffers(), layouts)
+            return generate_cuda(nest, bound, self._buffers(), layouts, block=_block_of(self._effective_schedule(
+                [ArraySpec.of(a) for a in arrays], params, "cuda")))
         text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:
             from .runtime.jit import optimize
@@ -392,6 +486,24 @@ class Op:
 
     def __repr__(self) -> str:
         return f"tc.op({self.source!r})"
+
+
+_COPIES: dict[tuple[int, tuple[int, ...]], "Op"] = {}
+
+
+def _device_relayout(arr, perm: tuple[int, ...]):
+    """A copy of a device array stored with its axes in physical order ``perm`` (an op of its own)."""
+    rank = len(perm)
+    copy = _COPIES.get((rank, perm))
+    if copy is None:
+        ix = ", ".join(f"i{k}" for k in range(rank))
+        copy = _COPIES[(rank, perm)] = Op(f"B[{ix}] = A[{ix}]", schedule=(Layout("B", perm),))
+    return copy._call_cuda((arr,), {})
+
+
+def _block_of(schedule: tuple) -> int:
+    from .codegen.cuda import BLOCK
+    return next((r.threads for r in schedule if isinstance(r, Block)), BLOCK)
 
 
 def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,

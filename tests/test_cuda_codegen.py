@@ -45,11 +45,9 @@ def _sources() -> str:
     parts = []
     for k, (op, arrays, params) in enumerate(CORPUS + GRADS):
         code = op.code(*arrays, target="cuda", **params)
-        # one translation unit: give each op's kernels distinct names, keep one prelude
+        # one translation unit: each op in a namespace of its own, its kernels named apart
         code = code.replace("kernel_stage", f"op{k}_stage")
-        if k:
-            code = code.split("\n", 6)[-1] if code.startswith("// generated") else code
-        parts.append(code)
+        parts.append(f"namespace op{k} {{\n{code}}}  // namespace op{k}\n")
     return "\n".join(parts)
 
 

@@ -9,7 +9,7 @@ back to each op's own names.
 from __future__ import annotations
 
 from ..lang.ir import Access, Call, Expr, Index, Lin, Param, Program, Statement, walk
-from ..schedule.records import Fuse, Layout, Record, Reorder, Split
+from ..schedule.records import Block, Fuse, Layout, Record, Reorder, Split
 
 
 def names_map(program: Program) -> dict[str, str]:
@@ -68,4 +68,6 @@ def rename_records(records: tuple[Record, ...], m: dict[str, str]) -> tuple[Reco
             out.append(Reorder(r.stmt, tuple(loop(n) for n in r.order)))
         elif isinstance(r, Fuse):
             out.append(Fuse(r.stmt, loop(r.outer), loop(r.inner)))
+        elif isinstance(r, Block):
+            out.append(r)
     return tuple(out)

@@ -60,13 +60,25 @@ def signature(arrays: list[np.ndarray], params: dict[str, Any]) -> tuple:
             tuple(sorted((k, type(v).__name__) for k, v in params.items())))
 
 
-def db_key(op: Op, arrays: list, params: dict[str, Any]) -> str:
-    return database.make_key(op.canonical(), signature(arrays, params), "cpu " + host_target())
+def target_key(target: str = "cpu") -> str:
+    """What a tuned schedule is specific to: the CPU model and features, or the GPU and its driver."""
+    if target == "cuda":
+        from ..runtime import cuda
+        return cuda.device_key()
+    return "cpu " + host_target()
 
 
-def stored_schedule(op: Op, arrays: list, params: dict[str, Any]) -> tuple[Record, ...] | None:
+def db_key(op: Op, arrays: list, params: dict[str, Any], target: str = "cpu") -> str:
+    return database.make_key(op.canonical(), signature(arrays, params), target_key(target))
+
+
+def stored_schedule(op: Op, arrays: list, params: dict[str, Any], target: str = "cpu") -> tuple[Record, ...] | None:
     """The tuned schedule for these inputs from the database, in the op's own names."""
-    hit = database.lookup(db_key(op, arrays, params))
+    if target == "cuda":
+        from ..runtime import cuda
+        if not cuda.available():  # op.code(target="cuda") without a GPU: the default schedule
+            return None
+    hit = database.lookup(db_key(op, arrays, params, target))
     if hit is None:
         return None
     from ..schedule.records import from_json
@@ -133,18 +145,24 @@ def _flops(bound) -> float:
 
 
 def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None = None,
-         progress: bool = True, **params: Any) -> TuneResult:
+         progress: bool = True, target: str = "cpu", **params: Any) -> TuneResult:
     """Search schedules for ``op`` on these inputs; store the best in the tuning database.
 
     ``budget_s`` bounds the wall-clock time (default 60 s), ``trials`` the number of
     candidates measured. Afterwards ``op(*inputs)`` — in this process or a new one —
-    runs the best schedule found.
+    runs the best schedule found. ``target="cuda"`` tunes the GPU kernel (register
+    tiles, block size, layouts) and stores it under the GPU's own key.
     """
     if not isinstance(op, Op):
         raise ArgumentError(f"tc.tune expects an op made by tc.op or tc.grad, got {type(op).__name__}")
     if op.schedule:
         raise ArgumentError(f"{op.label}: tc.tune searches schedules itself; pass the op without schedule=")
+    if target not in ("cpu", "cuda"):
+        raise ArgumentError(f"{op.label}: unknown target '{target}'; available targets: cpu, cuda")
     budget = 60.0 if budget_s is None else float(budget_s)
+    if target == "cuda":
+        from .gpu import tune_cuda
+        return tune_cuda(op, inputs, budget, trials, progress, params)
     t_start = time.perf_counter()
     arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
     kinds = op._check_call(tuple(arrays), params)

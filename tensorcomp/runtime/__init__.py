@@ -1,6 +1,6 @@
 """Runtime: JIT compilation and kernel loading."""
 
-from . import threads
+from . import cuda, threads
 from .jit import Compiled, compile_count, compile_kernel, host_target
 
-__all__ = ["threads", "Compiled", "compile_count", "compile_kernel", "host_target"]
+__all__ = ["cuda", "threads", "Compiled", "compile_count", "compile_kernel", "host_target"]

@@ -21,6 +21,13 @@ of them.
   order ``perm`` (outermost first), e.g. ``Layout("W", (0, 1, 2, 4, 3, 5))``
   swaps axes 3 and 4 in memory. Inputs are copied into that layout per call;
   outputs are allocated in it and returned as (strided) views.
+* ``Block(threads)``: GPU only: threads per block of every launch (a multiple
+  of 32, at most 1024); the CPU ignores it.
+
+Loops that a statement runs *inside* its reduction loops, with constant
+bounds (after a ``Reorder``), form its register tile: the generated code keeps
+the written elements they cover in registers across the reduction (the GPU
+unrolls the tile; see ``codegen.cuda``).
 
 Within one statement every loop order is legal: a statement never reads what
 it writes (the language forbids it) and reductions are treated as
@@ -61,8 +68,13 @@ class Layout:
     perm: tuple[int, ...]
 
 
-Record = Union[Split, Reorder, Fuse, Layout]
-_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout)}
+@dataclass(frozen=True, slots=True)
+class Block:
+    threads: int
+
+
+Record = Union[Split, Reorder, Fuse, Layout, Block]
+_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout, Block)}
 
 
 def to_json(schedule: tuple[Record, ...]) -> str:

@@ -1,0 +1,194 @@
+"""GPU tuning: register tiles, block sizes and layouts, generated from the op.
+
+The space, for the statement doing the most work: a *register tile* is a set of its written
+indices (or the inner part of a split written index) whose loops move inside the reduction loops
+(``Reorder``), so each thread accumulates a small block of outputs in registers and reuses every
+loaded input value across it (``codegen.cuda``); the remaining written indices map to threads.
+Tiles of 2..64 elements are tried with 64, 128 and 256 threads per block, and with the best few
+CPU layout candidates (which change which index is contiguous, hence coalescing). A cost model
+ranks them: outputs per thread (register reuse) against the threads left to fill the GPU.
+
+nvcc runs for all candidates at once on a thread pool while the earlier ones are measured (the
+compile overlaps measurement); every candidate's output is compared with the default schedule's
+before its time counts. Times are CUDA-event times of back-to-back calls, so launch overhead that
+the GPU hides is not counted, as in a real model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import TensorcompError
+from ..op import ArraySpec, Op
+from ..schedule.records import Block, Layout, Record, Reorder, Split, to_json
+from . import canon, database
+
+BLOCKS = (64, 128, 256)
+MAX_TILE = 64
+LOOKAHEAD = 24  # candidates compiling ahead of the one being measured
+
+
+def _work(bs) -> int:
+    return int(np.prod([hi - lo for _, lo, hi in bs.extents]))
+
+
+def tile_candidates(bound, k: int) -> list[tuple[tuple[Record, ...], float, int]]:
+    """(records, register reuse, threads) for statement ``k``'s register tiles.
+
+    Reuse is multiply-adds per value loaded in one reduction step: a tile over (p, r) of
+    ``O[p, r] += I[p, q] * W[q, r]`` does 16 of them per 4 + 4 loads.
+    """
+    bs = bound.statements[k]
+    st = bs.stmt
+    if st.reduce is None or any(lin.plain_var is None for lin in st.index):
+        return []
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    written = [lin.plain_var for lin in st.index if lin.plain_var is not None and extent[lin.plain_var] > 1]
+    if len(set(written)) != len(written):
+        return []
+    reductions = [n for n in bs.names if n not in st.write_names()]
+    if not reductions:
+        return []
+    total = int(np.prod([extent[w] for w in written])) if written else 1
+    # tile parts: a whole written index, or the inner part of one split by 2, 4 or 8
+    parts: list[tuple[str, int, str | None, int]] = [(w, extent[w], None, 0) for w in written]
+    for w in written:
+        for f in (2, 4, 8):
+            if extent[w] > f and extent[w] % f == 0:
+                parts.append((f"{w}_i", f, w, f))
+    out = []
+    for size in (1, 2, 3):
+        for combo in itertools.combinations(parts, size):
+            sources = [p[2] or p[0] for p in combo]
+            if len(set(sources)) != size:
+                continue
+            tile = int(np.prod([p[1] for p in combo]))
+            if not 2 <= tile <= MAX_TILE:
+                continue
+            loads = 0
+            for a in dict.fromkeys(st.accesses()):
+                names = {n for lin in a.index for n in lin.names()}
+                loads += int(np.prod([p[1] for p in combo if (p[2] or p[0]) in names]))
+            splits = tuple(Split(k, p[2], p[3]) for p in combo if p[2] is not None)
+            split_of = {p[2]: p[0] for p in combo if p[2] is not None}
+            inner = [p[0] for p in sorted(combo, key=lambda p: written.index(p[2] or p[0]))]
+            outer = []
+            for w in written:
+                if w in split_of:
+                    outer.append(f"{w}_o")
+                elif w not in inner:
+                    outer.append(w)
+            rest = [n for n in bs.names if n not in written and n not in reductions]  # extent-1 written
+            order = tuple(rest + outer + reductions + inner)
+            out.append((splits + (Reorder(k, order),), tile / max(loads, 1), total // tile))
+    return out
+
+
+def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple[Record, ...]]]:
+    from .search import candidates as layout_candidates
+    k = max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
+    layouts = [()] + [c for _, c in layout_candidates(op, bound, arrays)[:2] if c]
+    scored = []
+    full = sms * 512  # threads that hide most latency when each has a tile of independent work
+    n_in = max(1, len(set(bound.statements[k].stmt.accesses())))
+    for records, reuse, threads in tile_candidates(bound, k) + [((), 1 / n_in, 0)]:
+        fill = min(1.0, threads / full) ** 0.5 if threads else 1.0
+        for block in BLOCKS:
+            for j, layout in enumerate(layouts):
+                score = reuse * fill * (1.0 if block == 128 else 0.9) * (1.0 - 0.05 * j)
+                scored.append((score, tuple(layout) + records + (Block(block),)))
+    scored.sort(key=lambda s: -s[0])
+    return scored
+
+
+def _time(fn, repeats: int) -> float:
+    from ..runtime import cuda as rc
+    import pycuda.driver as drv
+    fn()
+    rc.synchronize()
+    start, end = drv.Event(), drv.Event()
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.time_till(end) / 1e3 / repeats)
+    return best
+
+
+def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress: bool,
+              params: dict[str, Any]):
+    from ..runtime import cuda as rc
+    from .search import TuneResult, _flops, _progress, db_key, signature
+    t_start = time.perf_counter()
+    devs = [rc.as_device(a) for a in inputs]
+    specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
+    kinds = op._check_call(tuple(devs), params)
+    bound = op._bind(specs, kinds)
+    flops = _flops(bound)
+    default = op.with_schedule(())
+    default._no_database = True
+    ref = default._call_cuda(tuple(devs), params)
+    refs = [rc.to_host(r) for r in (ref if isinstance(ref, tuple) else (ref,))]
+    first = _time(lambda: default._call_cuda(tuple(devs), params), 1)
+    repeats = max(3, min(200, int(0.02 / max(first, 1e-6))))
+    default_s = _time(lambda: default._call_cuda(tuple(devs), params), repeats)
+    best_s, best = default_s, ()
+    log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
+    cands = [c for _, c in candidates(op, bound, specs, rc.device_info()["sms"])]
+    if trials is not None:
+        cands = cands[:trials]
+    trial_ops: list[tuple] = []
+
+    def lower_ahead(upto: int) -> None:
+        """Lower candidates up to ``upto`` and start nvcc on them in the background."""
+        while len(trial_ops) < min(upto, len(cands)):
+            cand = cands[len(trial_ops)]
+            trial = default.with_schedule(cand)
+            trial._no_database = True
+            try:
+                rc.prefetch(trial.cuda_source(specs, params))
+                trial_ops.append((cand, trial, None))
+            except TensorcompError as exc:
+                trial_ops.append((cand, None, str(exc)))
+    bar = _progress(len(cands), progress)
+    for i in range(len(cands)):
+        if time.perf_counter() - t_start > budget:
+            break
+        lower_ahead(i + LOOKAHEAD)
+        cand, trial, error = trial_ops[i]
+        entry: dict[str, Any] = {"schedule": to_json(cand)}
+        try:
+            if error is not None:
+                raise TensorcompError(error)
+            out = trial._call_cuda(tuple(devs), params)
+            outs = [rc.to_host(o) for o in (out if isinstance(out, tuple) else (out,))]
+            for got, want in zip(outs, refs):
+                tol = 1e-3 if want.dtype == np.float32 else 1e-9
+                scale = float(np.abs(want).max(initial=0.0)) or 1.0
+                if not np.allclose(got, want, rtol=tol, atol=tol * scale):
+                    raise ValueError("output differs from the default schedule's")
+            seconds = _time(lambda: trial._call_cuda(tuple(devs), params), repeats)
+            entry["seconds"] = seconds
+            if seconds < best_s:
+                best_s, best = seconds, cand
+        except (TensorcompError, ValueError) as exc:
+            entry["skipped"] = str(exc)
+        log.append(entry)
+        if bar is not None:
+            bar.set_postfix_str(f"best {flops / best_s / 1e9:.1f} GFLOP/s")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    rc.cancel_prefetches()
+    m = canon.names_map(op.program)
+    database.store(db_key(op, specs, params, "cuda"), op.canonical(), signature(specs, params),
+                   rc.device_key(), to_json(canon.rename_records(best, m)), best_s, log)
+    op._forget_kernels()
+    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)
