@@ -13,5 +13,5 @@ if ! python3 -c "import pycuda.driver" 2>/dev/null; then
       python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/pyw/*.whl)
   fi
 fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . > /tmp/tc_install.log 2>&1 || tail /tmp/tc_install.log
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site . > /tmp/tc_install.log 2>&1 || tail /tmp/tc_install.log
 python3 -c "import llvmlite, islpy, pycuda.autoprimaryctx, pycuda.driver as d, tensorcomp; print('llvmlite', llvmlite.__version__, 'device', d.Device(0).name())"

@@ -338,14 +338,14 @@ class Op:
         return kernel
 
     def _compile_cuda(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple,
-                      params: dict[str, Any]) -> CudaKernel:
+                      params: dict[str, Any], aligned: bool = True) -> CudaKernel:
         shared = _KERNELS.get((self._ident, key))
         if shared is not None:
             return shared
         from .codegen.cuda import cuda_program
         from .runtime import cuda as rc
         bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
-        program = cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule))
+        program = cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule), aligned)
         fmt = "P" * len(self._buffers()) + "".join("d" if kinds[p] == "float" else "q" for p in self.params)
         module = rc.Module(program.source, [launch.name for launch in program.launches], fmt)
         t = bound.tensors
@@ -369,23 +369,26 @@ class Op:
         from .runtime import cuda as rc
         host = not any(rc.is_device_array(a) for a in arrays)
         devs = [rc.as_device(a) for a in arrays]
-        key = ("cuda",) + tuple([(tuple(d.shape), tuple(d.strides), d.dtype) for d in devs])
+        inputs = [int(d.gpudata) if d.gpudata is not None else 0 for d in devs]
+        aligned = not any(p % 16 for p in inputs)  # our own allocations always are
+        key = ("cuda", aligned) + tuple([(tuple(d.shape), tuple(d.strides), d.dtype) for d in devs])
         if params:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)
         if kernel is None:
             kinds = self._check_call(arrays, params)
             specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
-            kernel = self._compile_cuda(specs, kinds, key, params)
+            kernel = self._compile_cuda(specs, kinds, key, params, aligned)
             self._cache[key] = kernel
         for pos, perm in kernel.relayout:
             devs[pos] = _device_relayout(devs[pos], perm)
+            inputs[pos] = int(devs[pos].gpudata)
         outs = [rc.empty(shape, dtype, None if perm is None else permuted_strides(shape, perm, dtype.itemsize))
                 for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or [None] * len(kernel.outputs))]
         temps = [rc.empty(shape, dtype) for shape, dtype in kernel.temporaries]
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
                    for p, cast in zip(self.params, kernel.param_casts)] if params else []
-        ptrs = [int(d.gpudata) if d.gpudata is not None else 0 for d in (*devs, *outs, *temps)]
+        ptrs = inputs + [int(d.gpudata) if d.gpudata is not None else 0 for d in (*outs, *temps)]
         for launch, fn in zip(kernel.launches, kernel.module.functions):
             fn.prepared_call((launch.grid, 1, 1), (launch.block, 1, 1), *ptrs, *scalars)
         if host:

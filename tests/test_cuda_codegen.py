@@ -32,6 +32,12 @@ CORPUS = [
     (ops.conv(2, stride=2, dilation=2, padding=1), (z32(2, 3, 9, 9), z32(4, 3, 3, 3)), {}),
     (ops.pool("avg", 2, 3, 2, padding=1, channels_last=True), (z32(2, 7, 7, 3),), {}),
     (ops.squash(3), (z32(2, 3, 4),), {}),
+    # register tiles (p, r) and (co_i, r) inside the reduction, with the reduction loops unrolled
+    (tc.op("O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]",
+           schedule=(tc.schedule.Reorder(0, ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")),
+                     tc.schedule.Block(64))), (z32(2, 9, 9, 3, 4, 4), z32(3, 3, 3, 8, 4, 4)), {}),
+    (tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(
+        tc.schedule.Split(0, "j", 4), tc.schedule.Reorder(0, ("i", "j_o", "k", "j_i")))), (z32(8, 5), z32(5, 12)), {}),
 ]
 GRADS = [
     (tc.grad(CORPUS[1][0], ["I", "W"]), CORPUS[1][1] + (z32(2, 4, 4, 4, 2, 3),), {}),
@@ -54,7 +60,8 @@ def _sources() -> str:
 def test_code_for_cuda_needs_no_gpu():
     op, arrays, _ = CORPUS[0]
     code = op.code(*arrays, target="cuda")
-    assert 'extern "C" __global__ void kernel_stage1(float *__restrict__ b_A' in code
+    assert ('extern "C" __global__ void kernel_stage1(const float *__restrict__ b_A, const float *__restrict__ b_B, '
+            'float *__restrict__ b_C)') in code  # read-only inputs are const
     assert "// launch kernel_stage1<<<1, 256>>>: 56 parallel iterations" in code  # one thread per C[i, j]
 
 
@@ -67,6 +74,20 @@ def test_corpus_assembles(tmp_path, arch):
                            "-o", str(tmp_path / "corpus.cubin")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "corpus.cubin").stat().st_size > 0
+
+
+def test_register_tile_golden():
+    op = CORPUS[14][0]
+    code = op.code(*CORPUS[14][1], target="cuda")
+    assert "// launch kernel_stage1<<<4, 64>>>: 256 parallel iterations" in code  # n, y, x, co on threads
+    assert "{  // register tile: 16 elements of O\n      float acc[16];" in code
+    # the innermost reduction loops, up to 16 steps (ci*q = 12), are unrolled
+    assert "#pragma unroll\n          for (idx ci = 0; ci < 3; ci += 1) {\n            #pragma unroll\n" in code
+    assert "acc[(p - 0) * 4 + (r - 0)] = (acc[(p - 0) * 4 + (r - 0)] + (" in code
+    # 32-bit indices (every tensor is small), 64-bit for a tensor of 2**28 bytes or more
+    assert "typedef int idx;" in code
+    big = tc.op("B[i] = A[i] * 2").code(np.zeros(1 << 26, np.float32), target="cuda")
+    assert "typedef long long idx;" in big and "67108864LL" in big
 
 
 def test_launch_configuration_golden():

@@ -36,11 +36,20 @@ def _work(bs) -> int:
     return int(np.prod([hi - lo for _, lo, hi in bs.extents]))
 
 
-def tile_candidates(bound, k: int) -> list[tuple[tuple[Record, ...], float, int]]:
-    """(records, register reuse, threads) for statement ``k``'s register tiles.
+def _coef(lin, name: str) -> int:
+    return sum(c for atom, c in lin.terms if atom == name)
 
-    Reuse is multiply-adds per value loaded in one reduction step: a tile over (p, r) of
-    ``O[p, r] += I[p, q] * W[q, r]`` does 16 of them per 4 + 4 loads.
+
+def tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]) -> list[tuple[tuple[Record, ...], float, int]]:
+    """(records, score, threads) for statement ``k``'s register tiles.
+
+    A candidate picks the tile (written indices, or inner parts of split ones, that each thread
+    keeps in registers) and the written index that varies fastest across neighbouring threads.
+    Its score is multiply-adds per memory transaction in one reduction step: every input
+    access loads one value per tile element it depends on, and a warp's load costs one
+    transaction when neighbouring threads read the same or consecutive elements, up to 32
+    when they are far apart. ``O[p, r] += I[p, q] * W[q, r]`` tiled over (p, r) does 16
+    multiply-adds per 4 + 4 loads.
     """
     bs = bound.statements[k]
     st = bs.stmt
@@ -54,6 +63,7 @@ def tile_candidates(bound, k: int) -> list[tuple[tuple[Record, ...], float, int]
     if not reductions:
         return []
     total = int(np.prod([extent[w] for w in written])) if written else 1
+    accesses = list(dict.fromkeys(st.accesses()))
     # tile parts: a whole written index, or the inner part of one split by 2, 4 or 8
     parts: list[tuple[str, int, str | None, int]] = [(w, extent[w], None, 0) for w in written]
     for w in written:
@@ -69,33 +79,37 @@ def tile_candidates(bound, k: int) -> list[tuple[tuple[Record, ...], float, int]
             tile = int(np.prod([p[1] for p in combo]))
             if not 2 <= tile <= MAX_TILE:
                 continue
-            loads = 0
-            for a in dict.fromkeys(st.accesses()):
-                names = {n for lin in a.index for n in lin.names()}
-                loads += int(np.prod([p[1] for p in combo if (p[2] or p[0]) in names]))
             splits = tuple(Split(k, p[2], p[3]) for p in combo if p[2] is not None)
-            split_of = {p[2]: p[0] for p in combo if p[2] is not None}
+            factor = {p[2]: p[3] for p in combo if p[2] is not None}
             inner = [p[0] for p in sorted(combo, key=lambda p: written.index(p[2] or p[0]))]
-            outer = []
-            for w in written:
-                if w in split_of:
-                    outer.append(f"{w}_o")
-                elif w not in inner:
-                    outer.append(w)
+            outer = [f"{w}_o" if w in factor else w for w in written if w in factor or w not in inner]
             rest = [n for n in bs.names if n not in written and n not in reductions]  # extent-1 written
-            order = tuple(rest + outer + reductions + inner)
-            out.append((splits + (Reorder(k, order),), tile / max(loads, 1), total // tile))
+            for fast in dict.fromkeys([o for o in outer if extent[o.removesuffix("_o")] >= 4] + outer[-1:]):
+                base = fast.removesuffix("_o") if fast.endswith("_o") and fast[:-2] in factor else fast
+                step = factor.get(base, 1)
+                cost = 0.0
+                for a in accesses:
+                    names = {n for lin in a.index for n in lin.names()}
+                    loads = int(np.prod([p[1] for p in combo if (p[2] or p[0]) in names]))
+                    delta = abs(sum(_coef(lin, base) * stride for lin, stride in zip(a.index, strides[a.tensor])))
+                    cost += loads * (1.0 if delta == 0 else min(32.0, max(1.0, delta * step / 4.0)))
+                order = tuple(rest + [o for o in outer if o != fast] + [fast] + reductions + inner)
+                out.append((splits + (Reorder(k, order),), tile / max(cost, 1.0), total // tile))
     return out
 
 
 def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple[Record, ...]]]:
+    from ..codegen import contiguous
     from .search import candidates as layout_candidates
     k = max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
     layouts = [()] + [c for _, c in layout_candidates(op, bound, arrays)[:2] if c]
+    strides = {name: tuple(spec.strides) for name, spec in zip(op.inputs, arrays)}
+    for name, info in bound.tensors.items():
+        strides.setdefault(name, contiguous(info.logical_shape, np.dtype(info.dtype).itemsize))
     scored = []
     full = sms * 512  # threads that hide most latency when each has a tile of independent work
     n_in = max(1, len(set(bound.statements[k].stmt.accesses())))
-    for records, reuse, threads in tile_candidates(bound, k) + [((), 1 / n_in, 0)]:
+    for records, reuse, threads in tile_candidates(bound, k, strides) + [((), 1 / n_in, 0)]:
         fill = min(1.0, threads / full) ** 0.5 if threads else 1.0
         for block in BLOCKS:
             for j, layout in enumerate(layouts):

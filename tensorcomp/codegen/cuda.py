@@ -37,6 +37,7 @@ MEMTYPE = {**CTYPE, "bool": "unsigned char"}
 BLOCK = 256  # threads per block unless a Block record says otherwise
 MAX_GRID = 1 << 20  # blocks per launch; the grid-stride loop covers the rest
 MAX_TILE = 64  # elements in one thread's register tile
+UNROLL = 16  # reduction steps unrolled inside a register tile (lets nvcc merge loads into vectors)
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,10 @@ def _iexpr_c(e: IExpr) -> str:
 
 class _CudaBuilder:
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
-                 name: str, block: int) -> None:
+                 name: str, block: int, aligned: bool) -> None:
         self.nest, self.bound, self.buffers, self.layouts, self.name = nest, bound, buffers, layouts, name
-        self.block = block
+        self.block, self.aligned = block, aligned
+        self.written: set[str] = set()  # tensors the kernel being generated writes
         self.params = list(bound.program.params)
         self.ptypes = {p: "double" if types.is_float(types.concrete(bound.param_types[p])) else "long long"
                        for p in self.params}
@@ -133,13 +135,15 @@ class _CudaBuilder:
         terms = [f"{_lin_c(lin, lambda n: self.env[n])} * {stride}LL" for lin, stride in zip(index, strides) if stride]
         return " + ".join(terms) or "0"
 
-    def ref(self, tensor: str, offset: str) -> str:
-        return f"(*({MEMTYPE[self.bound.tensors[tensor].dtype]} *)((char *)b_{tensor} + ({offset})))"
+    def ref(self, tensor: str, offset: str, read: bool = False) -> str:
+        # (plain loads, not __ldg: nvcc merges repeated plain loads across an unrolled tile, not __ldg's)
+        c = "const " if read else ""
+        return f"(*({c}{MEMTYPE[self.bound.tensors[tensor].dtype]} *)(({c}char *)b_{tensor} + ({offset})))"
 
     def read(self, a: Access) -> str:
         info = self.bound.tensors[a.tensor]
         if not info.pad or not any(lo or hi for lo, hi in info.pad):
-            text = self.ref(a.tensor, self.offset(a.tensor, a.index))
+            text = self.ref(a.tensor, self.offset(a.tensor, a.index), read=True)
             return f"({text} != 0)" if info.dtype == "bool" else text
         conds = []
         for lin, n, (lo, hi) in zip(a.index, info.shape, info.pad):
@@ -149,7 +153,7 @@ class _CudaBuilder:
         offs = " + ".join(f"({_lin_c(lin, lambda x: self.env[x])} - {lo}LL) * {s}LL"
                           for lin, (lo, _), s in zip(a.index, info.pad, self.layouts[a.tensor].strides))
         pad = self.constant(info.pad_value, info.dtype)
-        return f"(({' && '.join(conds)}) ? {self.ref(a.tensor, offs)} : {pad})"
+        return f"(({' && '.join(conds)}) ? {self.ref(a.tensor, offs, read=True)} : {pad})"
 
     def constant(self, v, dtype: str) -> str:
         dtype = types.concrete(dtype)
@@ -312,7 +316,17 @@ class _CudaBuilder:
             return lines
         out += over_tile([f"{acc} = {element};"], depth + 1)
         d = depth + 1
+        unrolled, work = set(), 1
+        for lp in reversed(reduction):  # the innermost constant reduction loops, up to 16 steps: unrolled
+            if not (isinstance(lp.lo, IConst) and isinstance(lp.hi, IConst)):
+                break
+            work *= -(-(lp.hi.value - lp.lo.value) // lp.step)
+            if work > UNROLL:
+                break
+            unrolled.add(lp.var)
         for lp in reduction:
+            if lp.var in unrolled:
+                out.append(f"{'  ' * d}#pragma unroll")
             out.append(f"{'  ' * d}for (idx {lp.var} = {_iexpr_c(lp.lo)}; {lp.var} < {_iexpr_c(lp.hi)}; "
                        f"{lp.var} += {lp.step}) {{")
             d += 1
@@ -365,9 +379,16 @@ class _CudaBuilder:
         return loops
 
     def stage(self, j: int, node: Node) -> tuple[Launch, str]:
-        args = [f"{MEMTYPE[self.bound.tensors[b].dtype]} *__restrict__ b_{b}" for b in self.buffers]
+        written = {self.bound.statements[n.stmt].stmt.target if isinstance(n, Compute) else n.tensor
+                   for n in LoopNest((node,), ()).walk() if isinstance(n, (Compute, Fill))}
+        self.written = written
+        args = [f"{'' if b in written else 'const '}{MEMTYPE[self.bound.tensors[b].dtype]} *__restrict__ b_{b}"
+                for b in self.buffers]  # read-only buffers: const, so loads may use the read-only path
         args += [f"{self.ptypes[p]} p_{p}" for p in self.params]
         head = f'extern "C" __global__ void {self.name}_stage{j}({", ".join(args)})'
+        prologue = [  # every base pointer is 16-byte aligned (the caller checks): loads may be vectors
+            f"  b_{b} = ({'' if b in written else 'const '}{MEMTYPE[self.bound.tensors[b].dtype]} *)"
+            f"__builtin_assume_aligned(b_{b}, 16);" for b in self.buffers] if self.aligned else []
         if isinstance(node, For) and node.kind == "parallel" and node.step == 1:
             loops = self.collapsed(node)
             extents = [lp.hi.value - lp.lo.value for lp in loops]
@@ -387,7 +408,7 @@ class _CudaBuilder:
             body += self.nodes((node,), 1)
             launch = Launch(f"{self.name}_stage{j}", 1, 1, 1)
             comment = f"// launch {launch.name}<<<1, 1>>>: sequential"
-        return launch, "\n".join([comment, head + " {", *body, "}"])
+        return launch, "\n".join([comment, head + " {", *prologue, *body, "}"])
 
     def build(self) -> CudaProgram:
         parts, launches = [PRELUDE], []
@@ -413,13 +434,14 @@ class _CudaBuilder:
 
 
 def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
-                 name: str = "kernel", block: int = BLOCK) -> CudaProgram:
+                 name: str = "kernel", block: int = BLOCK, aligned: bool = True) -> CudaProgram:
     """CUDA C source for ``nest`` (one ``__global__`` function per top-level nest, each preceded by a
-    comment giving its launch configuration) and the launches, in order."""
-    return _CudaBuilder(nest, bound, buffers, layouts, name, block).build()
+    comment giving its launch configuration) and the launches, in order. ``aligned``: every buffer
+    starts on a 16-byte boundary (device allocations do; views into them may not)."""
+    return _CudaBuilder(nest, bound, buffers, layouts, name, block, aligned).build()
 
 
 def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
-                  name: str = "kernel", block: int = BLOCK) -> str:
+                  name: str = "kernel", block: int = BLOCK, aligned: bool = True) -> str:
     """The CUDA C source text of :func:`cuda_program`."""
-    return cuda_program(nest, bound, buffers, layouts, name, block).source
+    return cuda_program(nest, bound, buffers, layouts, name, block, aligned).source
