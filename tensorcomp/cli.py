@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--png", default=None, help="write a bar chart (needs matplotlib)")
     bench.set_defaults(run=cmd_bench)
     train = sub.add_parser("train", help="train a model on MNIST (the bundled subset unless --data)")
-    train.add_argument("model", choices=["lenet"])
+    train.add_argument("model", choices=["lenet", "capsnet", "capsnet-small", "capsnet-em"])
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)

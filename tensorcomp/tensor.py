@@ -36,6 +36,7 @@ class _Node:
     inputs: tuple["Tensor", ...]
     params: dict[str, Any]
     outputs: list  # the op's output tensors (index = output position)
+    view_back: Any = None  # for views (reshape, transpose): maps the output's gradient to the input's
 
 
 class Tensor:
@@ -82,6 +83,42 @@ class Tensor:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"tc.Tensor({np.array2string(self.data, threshold=20)}{grad})"
 
+    # -- views --------------------------------------------------------------------------------------
+    def _view(self, data: np.ndarray, back) -> "Tensor":
+        out = Tensor(data, requires_grad=self.requires_grad and _grad_enabled[-1])
+        if out.requires_grad:
+            out._node = _Node(None, (self,), {}, [out], back)
+        return out
+
+    def reshape(self, *shape: Any) -> "Tensor":
+        """The same elements in another shape (a view when numpy can make one)."""
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        try:
+            data = self.data.reshape(shape)
+        except ValueError:
+            raise ShapeError(f"reshape: cannot reshape a tensor of shape {self.shape} ({self.data.size} elements) "
+                             f"into {shape}") from None
+        old = self.shape
+        return self._view(data, lambda g: np.reshape(g, old))
+
+    def transpose(self, *axes: Any) -> "Tensor":
+        """Axes permuted (reversed when none are given), as a view."""
+        axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = axes or tuple(reversed(range(self.ndim)))
+        if sorted(axes) != list(range(self.ndim)):
+            raise ShapeError(f"transpose: axes {axes} are not a permutation of the {self.ndim} axes of a tensor of "
+                             f"shape {self.shape}")
+        inverse = tuple(np.argsort(axes))
+        return self._view(self.data.transpose(axes), lambda g: np.transpose(g, inverse))
+
+    @property
+    def T(self) -> "Tensor":
+        return self.transpose()
+
+    def flatten(self, start_dim: int = 0) -> "Tensor":
+        """Axes from ``start_dim`` on merged into one."""
+        return self.reshape(*self.shape[:start_dim], -1)
+
     def detach(self) -> "Tensor":
         return Tensor(self.data)
 
@@ -99,6 +136,11 @@ class Tensor:
         for node in reversed(nodes):
             outs = [grads.get(id(o)) for o in node.outputs]
             if all(g is None for g in outs):
+                continue
+            if node.view_back is not None:  # a view: its gradient is the same numbers viewed back
+                t = node.inputs[0]
+                g = node.view_back(outs[0])
+                grads[id(t)] = grads[id(t)] + g if id(t) in grads else g
                 continue
             wrt = tuple(name for name, t in zip(node.op.inputs, node.inputs) if t.requires_grad)
             if not wrt:

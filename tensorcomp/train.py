@@ -22,7 +22,50 @@ def lenet() -> nn.Module:
     )
 
 
-MODELS = {"lenet": lenet}
+class CapsNet(nn.Module):
+    """Sabour et al.'s CapsNet without the reconstruction decoder: conv 9x9 -> primary capsules
+    (9x9 stride 2, ``types`` types of 8D) -> 10 digit capsules of 16D by dynamic routing; the
+    class scores are the digit capsules' lengths."""
+
+    def __init__(self, channels: int = 256, types: int = 32, iterations: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 9)
+        self.relu = nn.ReLU()
+        self.primary = nn.PrimaryCaps(channels, types, 8, 9, stride=2)
+        self.digits = nn.DenseCaps(types * 6 * 6, 8, 10, 16, iterations)
+        self.length = nn.Length()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.length(self.digits(self.primary(self.relu(self.conv1(x)))))
+
+
+class CapsNetEM(nn.Module):
+    """Matrix capsules with EM routing, sized for a CPU: conv 5x5 stride 2 (32 channels) -> 8 primary
+    4x4-pose types -> ConvCaps 3x3 stride 2 (8 types) -> ConvCaps 3x3 (8 types) -> 10 class
+    capsules; the class scores are their activations."""
+
+    def __init__(self, channels: int = 32, types: int = 8, iterations: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 5, stride=2)
+        self.relu = nn.ReLU()
+        self.primary = nn.EMPrimaryCaps(channels, types)
+        self.caps1 = nn.ConvCaps(types, types, 3, stride=2, iterations=iterations)
+        self.caps2 = nn.ConvCaps(types, types, 3, stride=1, iterations=iterations)
+        self.classes = nn.ClassCaps(types, 10, iterations=iterations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        poses, acts = self.primary(self.relu(self.conv1(x)))
+        poses, acts = self.caps1(poses, acts)
+        poses, acts = self.caps2(poses, acts)
+        return self.classes(poses, acts)[0]
+
+
+MODELS = {
+    "lenet": (lenet, nn.CrossEntropyLoss),
+    "capsnet": (lambda: CapsNet(256, 32), nn.MarginLoss),
+    "capsnet-small": (lambda: CapsNet(64, 8), nn.MarginLoss),
+    "capsnet-em": (lambda: CapsNetEM(), lambda: nn.SpreadLoss(steps=400)),
+}
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
@@ -39,10 +82,11 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           data: str | None = None, progress: bool = True, max_steps: int | None = None) -> dict:
     nn.manual_seed(seed)
-    model = MODELS[model_name]()
+    build, make_loss = MODELS[model_name]
+    model = build()
     xtr, ytr, xte, yte = mnist(data)
     opt = optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = make_loss()
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed)
     step_times, losses, hits, steps, compile_s = [], [], [], 0, 0.0
     bar = None

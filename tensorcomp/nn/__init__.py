@@ -246,3 +246,8 @@ class CrossEntropyLoss(Module):
                              f"{t.dtype} of shape {t.shape}")
         logp = apply(ops.log_softmax(2, -1), logits)
         return apply(_nll_op(), t.astype(np.int64), logp, inv_n=1.0 / logits.shape[0])
+
+
+from .capsule import (  # noqa: E402 - the capsule layers build on the classes above
+    ClassCaps, ConvCaps, DenseCaps, EMPrimaryCaps, Length, MarginLoss, PrimaryCaps, SpreadLoss, Squash, em_route,
+)
