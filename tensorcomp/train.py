@@ -25,17 +25,18 @@ def lenet() -> nn.Module:
 class CapsNet(nn.Module):
     """Sabour et al.'s CapsNet without the reconstruction decoder: conv 9x9 -> primary capsules
     (9x9 stride 2, ``types`` types of 8D) -> 10 digit capsules of 16D by dynamic routing; the
-    class scores are the digit capsules' lengths."""
+    class scores are the digit capsules' lengths. Feature maps are channels-last inside."""
 
     def __init__(self, channels: int = 256, types: int = 32, iterations: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, channels, 9)
+        self.conv1 = nn.Conv2d(1, channels, 9, channels_last=True)
         self.relu = nn.ReLU()
-        self.primary = nn.PrimaryCaps(channels, types, 8, 9, stride=2)
+        self.primary = nn.PrimaryCaps(channels, types, 8, 9, stride=2, channels_last=True)
         self.digits = nn.DenseCaps(types * 6 * 6, 8, 10, 16, iterations)
         self.length = nn.Length()
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.transpose(0, 2, 3, 1)  # (N, 1, H, W) -> (N, H, W, 1): a view
         return self.length(self.digits(self.primary(self.relu(self.conv1(x)))))
 
 

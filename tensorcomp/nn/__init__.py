@@ -161,46 +161,161 @@ class Linear(Module):
 
 
 @lru_cache(maxsize=None)
-def _conv_op(stride: int, padding: int) -> Op:
-    conv = ops.conv(2, stride=stride)
-    src = conv.source.replace("O[", "C[", 1) + "\nO[n, f, y0, y1] = C[n, f, y0, y1] + B[f]"
-    pad = {"I": ((0, 0), (0, 0), (padding, padding), (padding, padding))} if padding else None
-    return Op(src, pad=pad)
+def _conv_op(rank: int, stride: tuple, padding: tuple, dilation: tuple, groups: int, channels_last: bool,
+             in_channels: int, out_channels: int) -> Op:
+    conv = ops.conv(rank, stride=stride, dilation=dilation, padding=padding, groups=groups,
+                    channels_last=channels_last, in_channels=in_channels, out_channels=out_channels)
+    ys = ", ".join(f"y{k}" for k in range(rank))
+    out = f"n, {ys}, f" if channels_last else f"n, f, {ys}"
+    src = conv.source.replace("O[", "C[", 1) + f"\nO[{out}] = C[{out}] + B[f]"
+    return Op(src, pad=conv._pad or None)
 
 
-class Conv2d(Module):
-    """2-D convolution over (N, C, H, W) input, weight (F, C, k, k) (channels-first, PyTorch layouts)."""
+def _per_axis(value: Any, rank: int, what: str, layer: str) -> tuple[int, ...]:
+    out = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(out) != rank or not all(isinstance(v, int) for v in out):
+        raise ArgumentError(f"{layer}: {what} must be an int or {rank} ints, got {value!r}")
+    return out
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0) -> None:
+
+class Conv(Module):
+    """Convolution of any rank: input (N, C, spatial...) or, with ``channels_last``, (N, spatial..., C).
+
+    Weight (F, C/groups, k...) as in PyTorch, or (k..., C/groups, F) with ``channels_last`` (the
+    layout its kernel reads contiguously); stride, padding (zeros), dilation and groups per axis
+    or for all. Kaiming-uniform initialisation as PyTorch's.
+    """
+
+    def __init__(self, rank: int, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, channels_last: bool = False) -> None:
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
-        self.weight = Parameter(_uniform(_rng[0], bound, (out_channels, in_channels, kernel_size, kernel_size)))
+        name = f"Conv{rank}d({in_channels}, {out_channels})"
+        if in_channels % groups or out_channels % groups:
+            raise ArgumentError(f"{name}: in_channels and out_channels must be divisible by groups={groups}")
+        self.rank, self.in_channels, self.out_channels, self.groups = rank, in_channels, out_channels, groups
+        self.kernel_size = _per_axis(kernel_size, rank, "kernel_size", name)
+        self.stride = _per_axis(stride, rank, "stride", name)
+        self.padding = _per_axis(padding, rank, "padding", name)
+        self.dilation = _per_axis(dilation, rank, "dilation", name)
+        self.channels_last = channels_last
+        fan_in = in_channels // groups * int(np.prod(self.kernel_size))
+        bound = 1 / math.sqrt(fan_in)
+        shape = ((*self.kernel_size, in_channels // groups, out_channels) if channels_last
+                 else (out_channels, in_channels // groups, *self.kernel_size))
+        self.weight = Parameter(_uniform(_rng[0], bound, shape))
         self.bias = Parameter(_uniform(_rng[0], bound, (out_channels,)))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(f"Conv2d({self.in_channels}, {self.out_channels})", x, 4, 1, self.in_channels)
-        return apply(_conv_op(self.stride, self.padding), x, self.weight, self.bias)
+        axis = -1 if self.channels_last else 1
+        _check_input(f"Conv{self.rank}d({self.in_channels}, {self.out_channels})", x, self.rank + 2,
+                     axis % (self.rank + 2), self.in_channels)
+        op = _conv_op(self.rank, self.stride, self.padding, self.dilation, self.groups, self.channels_last,
+                      self.in_channels, self.out_channels)
+        return apply(op, x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
+        k = self.kernel_size if self.rank > 1 else self.kernel_size[0]
+        extra = "".join(f", {n}={v}" for n, v, d in (("stride", self.stride, 1), ("padding", self.padding, 0),
+                                                     ("dilation", self.dilation, 1)) if any(x != d for x in v))
+        extra += f", groups={self.groups}" if self.groups != 1 else ""
+        extra += ", channels_last=True" if self.channels_last else ""
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={k}{extra}"
 
 
-class MaxPool2d(Module):
-    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+class Conv1d(Conv):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(1, *args, **kwargs)
+
+
+class Conv2d(Conv):
+    """2-D convolution over (N, C, H, W) input, weight (F, C, k, k) (PyTorch layouts), or channels-last."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(2, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        k = self.kernel_size[0] if len(set(self.kernel_size)) == 1 else self.kernel_size
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={k}, stride={self.stride[0]}, "
+                f"padding={self.padding[0]}") if not (self.groups != 1 or self.channels_last or
+                                                       any(d != 1 for d in self.dilation)) else super().extra_repr()
+
+
+class Conv3d(Conv):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(3, *args, **kwargs)
+
+
+class _Pool(Module):
+    kind = "max"
+
+    def __init__(self, rank: int, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 channels_last: bool = False) -> None:
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride or kernel_size
+        name = f"{type(self).__name__}"
+        self.rank = rank
+        self.kernel_size = _per_axis(kernel_size, rank, "kernel_size", name)
+        self.stride = _per_axis(stride if stride is not None else kernel_size, rank, "stride", name)
+        self.padding = _per_axis(padding, rank, "padding", name)
+        self.channels_last = channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != self.rank + 2:
+            layout = "(N, spatial..., C)" if self.channels_last else "(N, C, spatial...)"
+            raise ShapeError(f"{type(self).__name__}: expected an input of rank {self.rank + 2} {layout}, got "
+                             f"shape {x.shape}")
+        return apply(ops.pool(self.kind, self.rank, self.kernel_size, self.stride, self.padding,
+                              self.channels_last), x)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size[0] if self.rank == 1 else self.kernel_size}, stride={self.stride}"
+
+
+class MaxPool(_Pool):
+    """Max pooling of any rank (``rank`` first, then as PyTorch's MaxPoolNd)."""
+
+
+class AvgPool(_Pool):
+    """Average pooling of any rank (padding counts toward the window, as PyTorch's default)."""
+
+    kind = "avg"
+
+
+class MaxPool1d(MaxPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(1, *args, **kwargs)
+
+
+class MaxPool2d(MaxPool):
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, channels_last: bool = False) -> None:
+        super().__init__(2, kernel_size, stride, padding, channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ShapeError(f"MaxPool2d: expected an input of rank 4 (N, C, H, W), got shape {x.shape}")
-        return apply(ops.pool("max", 2, self.kernel_size, self.stride), x)
+        return super().forward(x)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+        return f"kernel_size={self.kernel_size[0]}, stride={self.stride[0]}"
+
+
+class MaxPool3d(MaxPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(3, *args, **kwargs)
+
+
+class AvgPool1d(AvgPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(1, *args, **kwargs)
+
+
+class AvgPool2d(AvgPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(2, *args, **kwargs)
+
+
+class AvgPool3d(AvgPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(3, *args, **kwargs)
 
 
 class ReLU(Module):

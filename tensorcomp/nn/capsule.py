@@ -25,10 +25,11 @@ from . import Module, Parameter, _check_input, _rng, _uniform
 
 
 @lru_cache(maxsize=None)
-def _primary_op(kernel: int, stride: int, types: int, dim: int, oh: int, ow: int) -> Op:
+def _capsules_op(types: int, dim: int, oh: int, ow: int, channels_last: bool) -> Op:
+    """Feature maps -> ``types`` squashed capsules of ``dim`` numbers per position."""
+    chan = f"C[n, y, x, {dim}*t + d]" if channels_last else f"C[n, {dim}*t + d, y, x]"
     return Op(f"""
-        C[n, f, y, x] += I[n, c, {stride}*y + ky, {stride}*x + kx] * W[f, c, ky, kx]
-        U[n, {oh * ow}*t + {ow}*y + x, d] = C[n, {dim}*t + d, y, x] + B[{dim}*t + d]
+        U[n, {oh * ow}*t + {ow}*y + x, d] = {chan}
         S[n, i] += U[n, i, d] * U[n, i, d]
         O[n, i, d] = U[n, i, d] * S[n, i] / ((1 + S[n, i]) * sqrt(S[n, i] + 1e-9))
     """, ranges={"t": types, "d": dim})
@@ -36,28 +37,30 @@ def _primary_op(kernel: int, stride: int, types: int, dim: int, oh: int, ow: int
 
 class PrimaryCaps(Module):
     """A convolution whose ``types * dim`` output channels are read as ``types`` capsules of ``dim``
-    numbers at every position, squashed: (N, C, H, W) -> (N, types * OH * OW, dim)."""
+    numbers at every position, squashed: (N, C, H, W) -> (N, types * OH * OW, dim); with
+    ``channels_last``, (N, H, W, C) in (the faster layout on a CPU: channels are contiguous)."""
 
-    def __init__(self, in_channels: int, types: int, dim: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, types: int, dim: int, kernel_size: int, stride: int = 1,
+                 channels_last: bool = False) -> None:
         super().__init__()
+        from . import Conv
         self.in_channels, self.types, self.dim = in_channels, types, dim
-        self.kernel_size, self.stride = kernel_size, stride
-        bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
-        self.weight = Parameter(_uniform(_rng[0], bound, (types * dim, in_channels, kernel_size, kernel_size)))
-        self.bias = Parameter(_uniform(_rng[0], bound, (types * dim,)))
+        self.kernel_size, self.stride, self.channels_last = kernel_size, stride, channels_last
+        self.conv = Conv(2, in_channels, types * dim, kernel_size, stride, channels_last=channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(f"PrimaryCaps({self.in_channels}, {self.types}x{self.dim})", x, 4, 1, self.in_channels)
-        oh, ow = ((n - self.kernel_size) // self.stride + 1 for n in x.shape[2:])
+        _check_input(f"PrimaryCaps({self.in_channels}, {self.types}x{self.dim})", x, 4,
+                     3 if self.channels_last else 1, self.in_channels)
+        spatial = x.shape[1:3] if self.channels_last else x.shape[2:]
+        oh, ow = ((n - self.kernel_size) // self.stride + 1 for n in spatial)
         if oh < 1 or ow < 1:
             raise ShapeError(f"PrimaryCaps: input of shape {x.shape} is smaller than the {self.kernel_size}x"
                              f"{self.kernel_size} kernel")
-        op = _primary_op(self.kernel_size, self.stride, self.types, self.dim, oh, ow)
-        return apply(op, x, self.weight, self.bias)
+        return apply(_capsules_op(self.types, self.dim, oh, ow, self.channels_last), self.conv(x))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, types={self.types}, dim={self.dim}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}")
+                f"stride={self.stride}" + (", channels_last=True" if self.channels_last else ""))
 
 
 class DenseCaps(Module):
