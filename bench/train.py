@@ -1,6 +1,6 @@
-"""LeNet-5 on the bundled MNIST subset: tensorcomp against torch eager, same recipe, same run.
+"""Training on the bundled MNIST subset: tensorcomp against torch eager, same recipe, same run.
 
-    python bench/train.py [--epochs 3]
+    python bench/train.py [--epochs 3] [--models lenet,capsnet-small]
 
 Recipe: batch 64, Adam lr 1e-3, 4,000/1,000 split, seed 0; ms/step is the mean over training steps
 (tensorcomp's first step, which compiles every kernel, is reported apart).
@@ -23,44 +23,87 @@ from tensorcomp.data import DataLoader, mnist  # noqa: E402
 from tensorcomp.train import train  # noqa: E402
 
 
-def torch_lenet(epochs: int, seed: int = 0) -> dict:
+def _torch_models():
     import torch
     from torch import nn
+
+    def squash(s):
+        q = (s * s).sum(-1, keepdim=True)
+        return s * q / ((1 + q) * torch.sqrt(q + 1e-9))
+
+    class CapsNet(nn.Module):
+        def __init__(self, channels, types, iterations=3):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, channels, 9)
+            self.primary = nn.Conv2d(channels, types * 8, 9, stride=2)
+            self.types, self.iterations = types, iterations
+            self.W = nn.Parameter(0.05 * torch.randn(types * 36, 10, 16, 8))
+
+        def forward(self, x):
+            h = self.primary(torch.relu(self.conv1(x)))  # (N, types*8, 6, 6)
+            n = h.shape[0]
+            u = squash(h.view(n, self.types, 8, 6, 6).permute(0, 1, 3, 4, 2).reshape(n, -1, 8))
+            votes = torch.einsum("nik,ijdk->nijd", u, self.W)
+            b = torch.zeros(votes.shape[:3])
+            for t in range(self.iterations):
+                c = torch.softmax(b, dim=2)
+                v = squash((c.unsqueeze(-1) * votes).sum(1))
+                if t < self.iterations - 1:
+                    b = b + (votes * v.unsqueeze(1)).sum(-1)
+            return torch.sqrt((v * v).sum(-1) + 1e-9)
+
+    def margin(lengths, y):
+        one = torch.nn.functional.one_hot(y, 10).float()
+        return (one * torch.relu(0.9 - lengths) ** 2 + 0.5 * (1 - one) * torch.relu(lengths - 0.1) ** 2).sum(1).mean()
+
+    def lenet():
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                             nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
+                             nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    return {"lenet": (lenet, nn.CrossEntropyLoss()), "capsnet-small": (lambda: CapsNet(64, 8), margin),
+            "capsnet": (lambda: CapsNet(256, 32), margin)}
+
+
+def torch_train(model_name: str, epochs: int, seed: int = 0) -> dict:
+    """The same model and recipe in torch eager (CPU, as many threads as tensorcomp uses)."""
+    import torch
+    from tensorcomp.runtime.threads import num_threads
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
-                          nn.ReLU(), nn.Linear(84, 10))
+    torch.set_num_threads(num_threads())
+    build, loss_fn = _torch_models()[model_name]
+    model = build()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
     xtr, ytr, xte, yte = mnist()
     times = []
     for _ in range(epochs):
         for xb, yb in DataLoader(xtr, ytr, 64, seed=seed):
             t0 = time.perf_counter()
-            loss = loss_fn(model(torch.from_numpy(xb)), torch.from_numpy(yb))
+            loss = loss_fn(model(torch.from_numpy(xb)), torch.from_numpy(yb).long())
             opt.zero_grad()
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
     with torch.no_grad():
-        acc = float((model(torch.from_numpy(xte)).argmax(1).numpy() == yte).mean())
-    return {"test_accuracy": acc, "ms_per_step": 1e3 * float(np.mean(times))}
+        scores = np.concatenate([model(torch.from_numpy(xte[k:k + 250])).numpy() for k in range(0, len(xte), 250)])
+    return {"test_accuracy": float((scores.argmax(1) == yte).mean()), "ms_per_step": 1e3 * float(np.mean(times))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--models", default="lenet,capsnet-small")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    ours = train("lenet", epochs=args.epochs, progress=False)
-    print("tensorcomp", json.dumps(ours))
-    try:
-        theirs = torch_lenet(args.epochs)
-        print("torch eager", json.dumps(theirs))
-        print(f"ms/step ratio tensorcomp / torch: {ours['ms_per_step'] / theirs['ms_per_step']:.2f}")
-    except ImportError:
-        print("torch not installed: no peer measured")
+    for name in args.models.split(","):
+        ours = train(name, epochs=args.epochs, progress=False)
+        print(name, "tensorcomp", json.dumps(ours))
+        try:
+            theirs = torch_train(name, args.epochs)
+        except ImportError:
+            print("torch not installed: no peer measured")
+            continue
+        print(name, "torch eager", json.dumps(theirs))
+        print(f"{name}: ms/step ratio tensorcomp / torch: {ours['ms_per_step'] / theirs['ms_per_step']:.2f}")
 
 
 if __name__ == "__main__":
