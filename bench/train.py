@@ -23,7 +23,7 @@ from tensorcomp.data import DataLoader, mnist  # noqa: E402
 from tensorcomp.train import train  # noqa: E402
 
 
-def _torch_models():
+def _torch_models(device: str = "cpu"):
     import torch
     from torch import nn
 
@@ -44,7 +44,7 @@ def _torch_models():
             n = h.shape[0]
             u = squash(h.view(n, self.types, 8, 6, 6).permute(0, 1, 3, 4, 2).reshape(n, -1, 8))
             votes = torch.einsum("nik,ijdk->nijd", u, self.W)
-            b = torch.zeros(votes.shape[:3])
+            b = torch.zeros(votes.shape[:3], device=votes.device)
             for t in range(self.iterations):
                 c = torch.softmax(b, dim=2)
                 v = squash((c.unsqueeze(-1) * votes).sum(1))
@@ -53,7 +53,7 @@ def _torch_models():
             return torch.sqrt((v * v).sum(-1) + 1e-9)
 
     def margin(lengths, y):
-        one = torch.nn.functional.one_hot(y, 10).float()
+        one = torch.nn.functional.one_hot(y, 10).float().to(lengths.device)
         return (one * torch.relu(0.9 - lengths) ** 2 + 0.5 * (1 - one) * torch.relu(lengths - 0.1) ** 2).sum(1).mean()
 
     def lenet():
@@ -64,27 +64,30 @@ def _torch_models():
             "capsnet": (lambda: CapsNet(256, 32), margin)}
 
 
-def torch_train(model_name: str, epochs: int, seed: int = 0) -> dict:
-    """The same model and recipe in torch eager (CPU, as many threads as tensorcomp uses)."""
+def torch_train(model_name: str, epochs: int, seed: int = 0, device: str = "cpu") -> dict:
+    """The same model and recipe in torch eager (on the CPU with as many threads as tensorcomp uses)."""
     import torch
     from tensorcomp.runtime.threads import num_threads
     torch.manual_seed(seed)
     torch.set_num_threads(num_threads())
-    build, loss_fn = _torch_models()[model_name]
-    model = build()
+    build, loss_fn = _torch_models(device)[model_name]
+    model = build().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     xtr, ytr, xte, yte = mnist()
     times = []
     for _ in range(epochs):
         for xb, yb in DataLoader(xtr, ytr, 64, seed=seed):
             t0 = time.perf_counter()
-            loss = loss_fn(model(torch.from_numpy(xb)), torch.from_numpy(yb).long())
+            loss = loss_fn(model(torch.from_numpy(xb).to(device)), torch.from_numpy(yb).long().to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     with torch.no_grad():
-        scores = np.concatenate([model(torch.from_numpy(xte[k:k + 250])).numpy() for k in range(0, len(xte), 250)])
+        scores = np.concatenate([model(torch.from_numpy(xte[k:k + 250]).to(device)).cpu().numpy()
+                                 for k in range(0, len(xte), 250)])
     return {"test_accuracy": float((scores.argmax(1) == yte).mean()), "ms_per_step": 1e3 * float(np.mean(times))}
 
 
@@ -92,13 +95,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", default="lenet,capsnet-small")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     print(f"machine: {machine()}")
     for name in args.models.split(","):
-        ours = train(name, epochs=args.epochs, progress=False)
+        ours = train(name, epochs=args.epochs, progress=False, device=args.device)
         print(name, "tensorcomp", json.dumps(ours))
         try:
-            theirs = torch_train(name, args.epochs)
+            theirs = torch_train(name, args.epochs, device=args.device)
         except ImportError:
             print("torch not installed: no peer measured")
             continue

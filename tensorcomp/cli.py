@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", default=None, help="directory with the MNIST IDX files")
     train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the kernels run")
     train.set_defaults(run=lambda a: __import__("tensorcomp.train", fromlist=["main"]).main(a))
     demo = sub.add_parser("demo", help="run ops on the bundled MNIST subset and time the capsule kernel")
     demo.set_defaults(run=cmd_demo)

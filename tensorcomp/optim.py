@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,12 @@ def _check(name: str, value: float, lo: float, hi: float | None = None, open_lo:
     return v
 
 
+def _state(p) -> Any:
+    """A flat zero buffer beside parameter ``p`` (on its device)."""
+    from .tensor import _zeros_like
+    return _zeros_like(p.data.reshape(-1))
+
+
 class Adam:
     """Adam (and AdamW with ``decoupled=True``); one fused kernel per parameter and step."""
 
@@ -53,8 +60,8 @@ class Adam:
         self.wd = _check("Adam: weight_decay", weight_decay, 0.0)
         self.decoupled = decoupled
         self.t = 0
-        self.m = [np.zeros(p.data.size, np.float32) for p in self.params]
-        self.v = [np.zeros(p.data.size, np.float32) for p in self.params]
+        self.m = [_state(p) for p in self.params]
+        self.v = [_state(p) for p in self.params]
 
     def step(self) -> None:
         self.t += 1
@@ -98,7 +105,7 @@ class SGD:
         if nesterov and self.momentum == 0:
             raise ArgumentError("SGD: nesterov=True needs a momentum > 0")
         self.nesterov = nesterov
-        self.buf = [np.zeros(p.data.size, np.float32) for p in self.params]
+        self.buf = [_state(p) for p in self.params]
 
     def step(self) -> None:
         op = _sgd_op()

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import ArgumentError, ShapeError
+from .errors import ArgumentError, DeviceError, ShapeError
 from .op import Op
 
 _grad_enabled = [True]
@@ -39,24 +39,77 @@ class _Node:
     view_back: Any = None  # for views (reshape, transpose): maps the output's gradient to the input's
 
 
+def _on_device(a: Any) -> bool:
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def _to(a: Any, device: str, dtype: Any = None):
+    """``a`` as an array on ``device`` ('cpu': numpy; 'cuda': a pycuda GPUArray)."""
+    if device == "cuda":
+        from .runtime import cuda
+        if _on_device(a) and (dtype is None or np.dtype(dtype) == a.dtype):
+            return cuda.as_device(a)
+        host = cuda.to_host(cuda.as_device(a)) if _on_device(a) else a
+        return cuda.as_device(np.asarray(host, dtype=dtype))
+    if device != "cpu":
+        raise DeviceError(f"unknown device '{device}'; devices: cpu, cuda")
+    if _on_device(a):
+        from .runtime import cuda
+        a = cuda.to_host(cuda.as_device(a))
+    return np.asarray(a, dtype=dtype)
+
+
+def _zeros_like(a: Any):
+    if _on_device(a):
+        from .runtime import cuda
+        out = cuda.empty(tuple(a.shape), a.dtype)
+        out.fill(0)
+        return out
+    return np.zeros_like(a)
+
+
+def _ones_like(a: Any):
+    if _on_device(a):
+        from .runtime import cuda
+        out = cuda.empty(tuple(a.shape), a.dtype)
+        out.fill(1)
+        return out
+    return np.ones_like(a)
+
+
 class Tensor:
-    """An array (numpy for now) with ``requires_grad``, ``.grad`` and ``.backward()``."""
+    """An array with ``requires_grad``, ``.grad`` and ``.backward()``: numpy on the CPU, or device
+    memory with ``device="cuda"`` (then every op runs on the GPU and the data stays there)."""
 
     __array_priority__ = 100
 
-    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None) -> None:
         arr = data.data if isinstance(data, Tensor) else data
-        self.data = np.asarray(arr, dtype=dtype)
+        if device is None:
+            device = "cuda" if _on_device(arr) else "cpu"
+        self.data = _to(arr, device, dtype)
         self.requires_grad = bool(requires_grad)
-        self.grad: np.ndarray | None = None
+        self.grad: Any = None
         self._node: _Node | None = None
+
+    @property
+    def device(self) -> str:
+        return "cuda" if _on_device(self.data) else "cpu"
+
+    def to(self, device: str) -> "Tensor":
+        """A copy on ``device`` ('cpu' or 'cuda'), or self when it is there already."""
+        if device == self.device:
+            return self
+        return Tensor(_to(self.data, device), requires_grad=self.requires_grad)
 
     # -- numpy interop -------------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
-        return self.data
+        """The data as a numpy array (copied from the device for CUDA tensors)."""
+        return _to(self.data, "cpu") if _on_device(self.data) else self.data
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        data = self.numpy()
+        return data if dtype is None else data.astype(dtype)
 
     def __dlpack__(self, *args, **kwargs):
         return self.data.__dlpack__(*args, **kwargs)
@@ -77,11 +130,12 @@ class Tensor:
         return self.data.ndim
 
     def item(self) -> float:
-        return self.data.item()
+        return self.numpy().item()
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"tc.Tensor({np.array2string(self.data, threshold=20)}{grad})"
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        return f"tc.Tensor({np.array2string(self.numpy(), threshold=20)}{grad}{dev})"
 
     # -- views --------------------------------------------------------------------------------------
     def _view(self, data: np.ndarray, back) -> "Tensor":
@@ -99,7 +153,7 @@ class Tensor:
             raise ShapeError(f"reshape: cannot reshape a tensor of shape {self.shape} ({self.data.size} elements) "
                              f"into {shape}") from None
         old = self.shape
-        return self._view(data, lambda g: np.reshape(g, old))
+        return self._view(data, lambda g: g.reshape(old))
 
     def transpose(self, *axes: Any) -> "Tensor":
         """Axes permuted (reversed when none are given), as a view."""
@@ -109,7 +163,7 @@ class Tensor:
             raise ShapeError(f"transpose: axes {axes} are not a permutation of the {self.ndim} axes of a tensor of "
                              f"shape {self.shape}")
         inverse = tuple(np.argsort(axes))
-        return self._view(self.data.transpose(axes), lambda g: np.transpose(g, inverse))
+        return self._view(self.data.transpose(axes), lambda g: g.transpose(inverse))
 
     @property
     def T(self) -> "Tensor":
@@ -129,8 +183,8 @@ class Tensor:
             if self.data.size != 1:
                 raise ShapeError(f"backward() needs a scalar tensor or an explicit grad; this tensor has shape "
                                  f"{self.shape}")
-            grad = np.ones_like(self.data)
-        grads: dict[int, np.ndarray] = {id(self): np.asarray(grad, dtype=self.dtype)}
+            grad = _ones_like(self.data)
+        grads: dict[int, Any] = {id(self): _to(grad, self.device, self.dtype)}
         nodes = _topological(self)
         leaves = _leaves(self)
         for node in reversed(nodes):
@@ -150,7 +204,7 @@ class Tensor:
             if gop is None:
                 from .autodiff import grad as derive
                 gop = _grad_ops[key] = derive(node.op, list(wrt))
-            d_outs = [g if g is not None else np.zeros_like(o.data) for g, o in zip(outs, node.outputs)]
+            d_outs = [g if g is not None else _zeros_like(o.data) for g, o in zip(outs, node.outputs)]
             results = gop(*[t.data for t in node.inputs], *d_outs, **node.params)
             for name, g in zip(wrt, results):
                 t = node.inputs[node.op.inputs.index(name)]

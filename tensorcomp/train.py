@@ -69,22 +69,22 @@ MODELS = {
 }
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250, device: str = "cpu") -> float:
     model.eval()
     correct = 0
     with no_grad():
         for start in range(0, len(x), batch_size):
-            logits = model(Tensor(x[start:start + batch_size])).data
+            logits = model(Tensor(x[start:start + batch_size], device=device)).numpy()
             correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
     model.train()
     return correct / len(x)
 
 
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-          data: str | None = None, progress: bool = True, max_steps: int | None = None) -> dict:
+          data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu") -> dict:
     nn.manual_seed(seed)
     build, make_loss = MODELS[model_name]
-    model = build()
+    model = build().to(device)
     xtr, ytr, xte, yte = mnist(data)
     opt = optim.Adam(model.parameters(), lr=lr)
     loss_fn = make_loss()
@@ -101,18 +101,21 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
         for xb, yb in loader:
             before = compile_count()
             t0 = time.perf_counter()
-            logits = model(Tensor(xb))
+            logits = model(Tensor(xb, device=device))
             loss = loss_fn(logits, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if device == "cuda":  # kernels run asynchronously: time them to the end
+                from .runtime import cuda
+                cuda.synchronize()
             elapsed = time.perf_counter() - t0
             if compile_count() == before:
                 step_times.append(elapsed)
             else:  # a new batch shape: this step JIT-compiled kernels
                 compile_s += elapsed
             losses.append(loss.item())
-            hits.append(float((logits.data.argmax(1) == yb).mean()))
+            hits.append(float((logits.numpy().argmax(1) == yb).mean()))
             steps += 1
             if bar is not None:
                 bar.update(1)
@@ -123,10 +126,10 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
             break
     if bar is not None:
         bar.close()
-    acc = evaluate(model, xte, yte)
+    acc = evaluate(model, xte, yte, device=device)
     # steps that compiled kernels (the first, and the first with each new batch shape) are reported
     # apart: ms_per_step is the mean over the steps that only ran kernels
-    return {"model": model_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+    return {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
             "compiling_steps": steps - len(step_times), "compile_s": compile_s,
@@ -134,7 +137,8 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
 
 
 def main(args) -> int:
-    result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data, progress=not args.json)
+    result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data, progress=not args.json,
+                   device=args.device)
     if args.json:
         print(json.dumps(result))
     else:

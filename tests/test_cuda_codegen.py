@@ -100,3 +100,19 @@ def test_launch_configuration_golden():
     # a reduction whose outermost loop is not a written index runs on one thread
     colsum = tc.op("O[j] += A[i, j]", schedule=(tc.schedule.Reorder(0, ("i", "j")),))
     assert "<<<1, 1>>>: sequential" in colsum.code(z32(5, 3), target="cuda")
+
+
+def test_unknown_targets_and_devices_are_refused():
+    op = tc.op("B[i] = A[i] + 1")
+    with pytest.raises(tc.ArgumentError) as info:
+        op(np.zeros(3), target="tpu")
+    assert str(info.value) == "op 'B[i] = A[i] + 1': unknown target 'tpu'; available targets: cpu, cuda"
+    with pytest.raises(tc.TensorcompError) as info:
+        tc.Tensor(np.zeros(3), device="tpu")
+    assert str(info.value) == "unknown device 'tpu'; devices: cpu, cuda"
+    from tensorcomp.runtime import cuda
+    if not cuda.available():
+        with pytest.raises(tc.errors.DeviceError) as info:
+            op(np.zeros(3), target="cuda")
+        assert str(info.value).startswith("target 'cuda' needs pycuda, which is not importable")
+        assert "pip install 'tensorcomp[cuda]'" in str(info.value)

@@ -78,3 +78,36 @@ def test_tuning_on_the_gpu_stores_a_verified_schedule():
     from tensorcomp.op import ArraySpec
     found = stored_schedule(op, [ArraySpec.of(I), ArraySpec.of(W)], {}, "cuda")
     assert found == result.schedule
+
+
+def test_device_tensors_run_forward_and_backward_on_the_gpu():
+    from tensorcomp import nn
+    nn.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+    x = np.random.default_rng(4).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    y = np.array([0, 2, 1, 1, 0])
+    loss_fn = nn.CrossEntropyLoss()
+    cpu_loss = loss_fn(model(tc.Tensor(x)), y)
+    cpu_loss.backward()
+    cpu_grads = [p.grad.copy() for p in model.parameters()]
+    model.to("cuda")
+    assert all(p.device == "cuda" for p in model.parameters())
+    xg = tc.Tensor(x, device="cuda")
+    out = model(xg)
+    assert out.device == "cuda" and isinstance(out.numpy(), np.ndarray)
+    loss = loss_fn(out, y)
+    model.zero_grad()
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), cpu_loss.item(), rtol=1e-5)
+    for p, g in zip(model.parameters(), cpu_grads):
+        np.testing.assert_allclose(rc.to_host(p.grad), g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["lenet", "capsnet-small"])
+def test_training_steps_on_the_gpu_follow_the_cpu(model):
+    from tensorcomp.train import train
+    cpu = train(model, epochs=1, max_steps=3, progress=False)
+    gpu = train(model, epochs=1, max_steps=3, progress=False, device="cuda")
+    assert gpu["device"] == "cuda"
+    np.testing.assert_allclose(gpu["initial_loss"], cpu["initial_loss"], rtol=1e-3)
+    np.testing.assert_allclose(gpu["final_loss"], cpu["final_loss"], rtol=2e-2)

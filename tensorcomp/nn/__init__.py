@@ -72,8 +72,15 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def to(self, device: str) -> "Module":
+        """Move every parameter to ``device`` ('cpu' or 'cuda'), in place; returns self."""
+        for p in self.parameters():
+            p.data = p.to(device).data
+            p.grad = None
+        return self
+
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        return OrderedDict((name, np.array(p.numpy())) for name, p in self.named_parameters())
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         own = dict(self.named_parameters())
@@ -86,7 +93,7 @@ class Module:
             value = np.asarray(state[name])
             if value.shape != p.shape:
                 raise ShapeError(f"load_state_dict: {name} has shape {value.shape} but the module's is {p.shape}")
-            p.data = value.astype(p.dtype).copy()
+            p.data = Tensor(value.astype(p.dtype), device=p.device).data
 
     def save(self, path: str) -> None:
         np.savez(path, **self.state_dict())

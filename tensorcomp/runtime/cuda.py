@@ -174,11 +174,20 @@ def cancel_prefetches() -> None:
     _PENDING.clear()
 
 
+_LOADED = [0]
+
+
+def modules_loaded() -> int:
+    """How many kernel modules this process has compiled and loaded."""
+    return _LOADED[0]
+
+
 class Module:
     """A compiled CUDA C module with one prepared function per launch."""
 
     def __init__(self, source: str, names: list[str], arg_format: str) -> None:
         drv = _driver()
+        _LOADED[0] += 1
         pending = _PENDING.pop(source, None)
         cubin = pending.result() if pending is not None else compile_cubin(source)
         self.module = drv.module_from_buffer(cubin)

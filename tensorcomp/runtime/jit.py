@@ -104,5 +104,6 @@ def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, ns
 
 
 def compile_count() -> int:
-    """How many kernels this process has compiled (to check that caching works)."""
-    return int(_state.get("compiled", 0))  # type: ignore[arg-type]
+    """How many kernels this process has compiled, CPU and GPU (to check that caching works)."""
+    from . import cuda
+    return int(_state.get("compiled", 0)) + cuda.modules_loaded()  # type: ignore[arg-type]
