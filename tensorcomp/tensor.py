@@ -8,6 +8,7 @@ backward pass walks the tape in reverse and runs the *derived* gradient op of ea
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -176,6 +177,67 @@ class Tensor:
     def detach(self) -> "Tensor":
         return Tensor(self.data)
 
+    # -- arithmetic (each an op; broadcasting as numpy's) -----------------------------------------------
+    def _binary(self, other: Any, sym: str, reverse: bool = False) -> "Tensor":
+        if self.ndim == 0:  # rank-0 operands take part as one-element vectors (a bare name is a parameter)
+            return self.reshape(1)._binary(other, sym, reverse).reshape(
+                () if not isinstance(other, Tensor) or other.ndim == 0 else other.shape)
+        if isinstance(other, (int, float, np.integer, np.floating)) and not isinstance(other, bool):
+            return apply(_scalar_op(sym, self.ndim, reverse), self, s=float(other))
+        other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        if other.ndim == 0:
+            return self._binary(other.reshape(1), sym, reverse)
+        a, b = (other, self) if reverse else (self, other)
+        return apply(_binary_op(sym, tuple(a.shape), tuple(b.shape)), a, b)
+
+    def __add__(self, other: Any) -> "Tensor":
+        return self._binary(other, "+")
+
+    def __radd__(self, other: Any) -> "Tensor":
+        return self._binary(other, "+", True)
+
+    def __sub__(self, other: Any) -> "Tensor":
+        return self._binary(other, "-")
+
+    def __rsub__(self, other: Any) -> "Tensor":
+        return self._binary(other, "-", True)
+
+    def __mul__(self, other: Any) -> "Tensor":
+        return self._binary(other, "*")
+
+    def __rmul__(self, other: Any) -> "Tensor":
+        return self._binary(other, "*", True)
+
+    def __truediv__(self, other: Any) -> "Tensor":
+        return self._binary(other, "/")
+
+    def __rtruediv__(self, other: Any) -> "Tensor":
+        return self._binary(other, "/", True)
+
+    def __pow__(self, other: Any) -> "Tensor":
+        return self._binary(other, "**")
+
+    def __neg__(self) -> "Tensor":
+        return self._binary(-1.0, "*")
+
+    def __matmul__(self, other: Any) -> "Tensor":
+        other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        if self.ndim != 2 or other.ndim != 2 or self.shape[1] != other.shape[0]:
+            raise ShapeError(f"matmul: expected matrices (M, K) @ (K, N), got shapes {self.shape} and {other.shape}")
+        from . import ops
+        return apply(ops.matmul(), self, other)
+
+    def sum(self) -> "Tensor":
+        """The sum of every element (a rank-0 tensor)."""
+        from . import ops
+        return apply(ops.reduce("sum", self.ndim, tuple(range(self.ndim))), self)
+
+    def mean(self) -> "Tensor":
+        """The mean of every element (a rank-0 tensor)."""
+        from . import ops
+        count = max(1, int(np.prod(self.shape)))
+        return apply(ops.reduce("mean", self.ndim, tuple(range(self.ndim))), self, inv_count=1.0 / count)
+
     # -- autodiff --------------------------------------------------------------------------------------
     def backward(self, grad: np.ndarray | None = None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (self must be a scalar unless ``grad``)."""
@@ -217,6 +279,35 @@ class Tensor:
             for o in node.outputs:
                 o._node = None
             node.inputs, node.outputs = (), []
+
+
+def _access(name: str, index: list[str]) -> str:
+    return f"{name}[{', '.join(index)}]" if index else name
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_op(sym: str, rank: int, reverse: bool) -> Op:
+    i = [f"i{k}" for k in range(rank)]
+    x = _access("A", i)
+    return Op(f"{_access('O', i)} = {'s ' + sym + ' ' + x if reverse else x + ' ' + sym + ' s'}")
+
+
+@functools.lru_cache(maxsize=None)
+def _binary_op(sym: str, a: tuple[int, ...], b: tuple[int, ...]) -> Op:
+    try:
+        out = np.broadcast_shapes(a, b)
+    except ValueError:
+        raise ShapeError(f"operands of shapes {a} and {b} do not broadcast together (numpy's rules)") from None
+    rank = len(out)
+
+    def index(shape: tuple[int, ...]) -> list[str]:
+        first = rank - len(shape)
+        return ["0" if n == 1 and out[first + k] != 1 else f"i{first + k}" for k, n in enumerate(shape)]
+    i = [f"i{k}" for k in range(rank)]
+    ranges = {f"i{k}": n for k, n in enumerate(out)}  # axes of length 1 in both operands
+    used = set(index(a)) | set(index(b))
+    return Op(f"{_access('O', i)} = {_access('A', index(a))} {sym} {_access('B', index(b))}",
+              ranges={k: v for k, v in ranges.items() if k not in used} or None)
 
 
 def _topological(root: Tensor) -> list[_Node]:

@@ -45,14 +45,14 @@ class CapsNetEM(nn.Module):
     4x4-pose types -> ConvCaps 3x3 stride 2 (8 types) -> ConvCaps 3x3 (8 types) -> 10 class
     capsules; the class scores are their activations."""
 
-    def __init__(self, channels: int = 32, types: int = 8, iterations: int = 2) -> None:
+    def __init__(self, channels: int = 32, types: int = 8, iterations: int = 2, lam_class: float = 0.01) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, channels, 5, stride=2)
         self.relu = nn.ReLU()
         self.primary = nn.EMPrimaryCaps(channels, types)
         self.caps1 = nn.ConvCaps(types, types, 3, stride=2, iterations=iterations)
         self.caps2 = nn.ConvCaps(types, types, 3, stride=1, iterations=iterations)
-        self.classes = nn.ClassCaps(types, 10, iterations=iterations)
+        self.classes = nn.ClassCaps(types, 10, iterations=iterations, lam=lam_class)
 
     def forward(self, x: Tensor) -> Tensor:
         poses, acts = self.primary(self.relu(self.conv1(x)))

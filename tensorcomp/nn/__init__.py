@@ -373,3 +373,151 @@ class CrossEntropyLoss(Module):
 from .capsule import (  # noqa: E402 - the capsule layers build on the classes above
     ClassCaps, ConvCaps, DenseCaps, EMPrimaryCaps, Length, MarginLoss, PrimaryCaps, SpreadLoss, Squash, em_route,
 )
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return apply(ops.activation("sigmoid", x.ndim), x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return apply(ops.activation("tanh", x.ndim), x)
+
+
+class Softmax(Module):
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return apply(ops.softmax(x.ndim, self.dim), x)
+
+
+class NLLLoss(Module):
+    """Mean negative log-likelihood of log-probabilities (N, C) at integer targets (N,)."""
+
+    def forward(self, logp: Tensor, target: Any) -> Tensor:
+        t = _class_targets("NLLLoss", logp, target)
+        return apply(_nll_op(), t, logp, inv_n=1.0 / logp.shape[0])
+
+
+@lru_cache(maxsize=None)
+def _mse_op(rank: int) -> Op:
+    i = ", ".join(f"i{k}" for k in range(rank))
+    return Op(f"L += (A[{i}] - B[{i}]) ** 2 * inv_count")
+
+
+class MSELoss(Module):
+    """Mean squared error over every element of two tensors of one shape."""
+
+    def forward(self, prediction: Tensor, target: Any) -> Tensor:
+        t = target if isinstance(target, Tensor) else Tensor(target, device=prediction.device)
+        if t.shape != prediction.shape:
+            raise ShapeError(f"MSELoss: prediction has shape {prediction.shape} but target has shape {t.shape}")
+        return apply(_mse_op(prediction.ndim), prediction, t, inv_count=1.0 / max(1, int(np.prod(t.shape))))
+
+
+def _class_targets(loss: str, scores: Tensor, target: Any) -> np.ndarray:
+    t = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
+    if scores.ndim != 2:
+        raise ShapeError(f"{loss}: expected scores of rank 2 (N, C), got shape {scores.shape}")
+    if t.shape != (scores.shape[0],) or t.dtype.kind not in "iu":
+        raise ShapeError(f"{loss}: expected integer targets of shape ({scores.shape[0]},), got {t.dtype} of shape "
+                         f"{t.shape}")
+    return t.astype(np.int64)
+
+
+@lru_cache(maxsize=None)
+def _dropout_op(rank: int) -> Op:
+    i = ", ".join(f"i{k}" for k in range(rank))
+    return Op(f"Y[{i}] = X[{i}] * M[{i}] * scale")
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training (scaling the rest by 1/(1-p)); identity in
+    eval. The mask comes from the generator that ``nn.manual_seed`` seeds."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ArgumentError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = Tensor((_rng[0].random(x.shape) >= self.p).astype(np.float32), device=x.device)
+        return apply(_dropout_op(x.ndim), x, mask, scale=1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@lru_cache(maxsize=None)
+def _batchnorm_ops(rank: int, channels_last: bool) -> tuple[Op, Op, Op]:
+    """(training forward with batch statistics out, eval forward, running-statistics update)."""
+    idx = [f"i{k}" for k in range(rank)]
+    axis = rank - 1 if channels_last else 1
+    idx[axis] = "c"
+    i = ", ".join(idx)
+    train = Op(f"""
+        M[c] += X[{i}] * inv_m
+        V[c] += (X[{i}] - M[c]) ** 2 * inv_m
+        Y[{i}] = (X[{i}] - M[c]) / sqrt(V[c] + eps) * G[c] + B[c]
+        MEAN[c] = M[c]
+        VAR[c] = V[c]
+    """)
+    evaluate = Op(f"Y[{i}] = (X[{i}] - RM[c]) / sqrt(RV[c] + eps) * G[c] + B[c]")
+    update = Op("""
+        RM2[c] = (1 - momentum) * RM[c] + momentum * MEAN[c]
+        RV2[c] = (1 - momentum) * RV[c] + momentum * VAR[c] * unbias
+    """)
+    return train, evaluate, update
+
+
+class BatchNorm(Module):
+    """Batch normalisation over every axis but the channels (axis 1, or the last with ``channels_last``):
+    batch statistics in training (running estimates updated with ``momentum``, the variance unbiased
+    as PyTorch's), running estimates in eval; affine weight 1 and bias 0 at start."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, channels_last: bool = False) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.channels_last = num_features, eps, momentum, channels_last
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.running_mean = Tensor(np.zeros(num_features, np.float32))
+        self.running_var = Tensor(np.ones(num_features, np.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        axis = x.ndim - 1 if self.channels_last else 1
+        if x.ndim < 2 or x.shape[axis] != self.num_features:
+            raise ShapeError(f"BatchNorm({self.num_features}): expected {self.num_features} channels on axis {axis}, "
+                             f"got shape {x.shape}")
+        train, evaluate, update = _batchnorm_ops(x.ndim, self.channels_last)
+        if not self.training:
+            rm, rv = self.running_mean.to(x.device), self.running_var.to(x.device)
+            return apply(evaluate, x, rm, rv, self.weight, self.bias, eps=self.eps)
+        m = int(np.prod(x.shape)) // self.num_features
+        y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=self.eps)
+        from ..tensor import no_grad
+        with no_grad():
+            rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),
+                           var.detach(), momentum=self.momentum, unbias=m / max(m - 1, 1))
+        self.running_mean, self.running_var = rm, rv
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(BatchNorm):
+    pass
+
+
+class BatchNorm2d(BatchNorm):
+    pass
+
+
+class BatchNorm3d(BatchNorm):
+    pass

@@ -190,10 +190,10 @@ class ConvCaps(Module):
     overlap route independently, as most implementations do)."""
 
     def __init__(self, in_types: int, out_types: int, kernel_size: int = 3, stride: int = 1,
-                 iterations: int = 3) -> None:
+                 iterations: int = 3, lam: float = 0.01) -> None:
         super().__init__()
         self.in_types, self.out_types, self.kernel_size, self.stride = in_types, out_types, kernel_size, stride
-        self.iterations = iterations
+        self.iterations, self.lam = iterations, lam
         self.weight = Parameter(0.5 * _rng[0].standard_normal((kernel_size, kernel_size, in_types, out_types, 4, 4)))
         self.beta_u = Parameter(np.zeros(out_types))
         self.beta_a = Parameter(np.zeros(out_types))
@@ -207,7 +207,7 @@ class ConvCaps(Module):
         k = self.kernel_size * self.kernel_size * self.in_types
         v = votes.reshape(n * oh * ow, k, self.out_types, 16)
         a = acts.reshape(n * oh * ow, k)
-        out_a, out_p = em_route(v, a, self.beta_u, self.beta_a, self.iterations)
+        out_a, out_p = em_route(v, a, self.beta_u, self.beta_a, self.iterations, self.lam)
         return out_p.reshape(n, oh, ow, self.out_types, 4, 4), out_a.reshape(n, oh, ow, self.out_types)
 
     def extra_repr(self) -> str:
@@ -237,9 +237,9 @@ class ClassCaps(Module):
     """Class capsules over every position (N, H, W, ci, 4, 4) -> activations (N, classes), poses
     (N, classes, 4, 4), with transformations shared across positions and coordinate addition."""
 
-    def __init__(self, in_types: int, classes: int, iterations: int = 3) -> None:
+    def __init__(self, in_types: int, classes: int, iterations: int = 3, lam: float = 0.01) -> None:
         super().__init__()
-        self.in_types, self.classes, self.iterations = in_types, classes, iterations
+        self.in_types, self.classes, self.iterations, self.lam = in_types, classes, iterations, lam
         self.weight = Parameter(0.5 * _rng[0].standard_normal((in_types, classes, 4, 4)))
         self.beta_u = Parameter(np.zeros(classes))
         self.beta_a = Parameter(np.zeros(classes))
@@ -249,7 +249,7 @@ class ClassCaps(Module):
             raise ShapeError(f"ClassCaps: expected poses (N, H, W, {self.in_types}, 4, 4), got {poses.shape}")
         n, h, w = poses.shape[:3]
         votes, acts = apply(_class_votes_op(h, w), poses, self.weight, activations)
-        out_a, out_p = em_route(votes, acts, self.beta_u, self.beta_a, self.iterations)
+        out_a, out_p = em_route(votes, acts, self.beta_u, self.beta_a, self.iterations, self.lam)
         return out_a, out_p.reshape(n, self.classes, 4, 4)
 
     def extra_repr(self) -> str:
