@@ -99,3 +99,18 @@ def test_malformed_records_are_refused_at_construction():
     assert str(info.value) == "op 'O[i] = A[i]': Reorder names statement 3; the op has 1 (numbered from 0)"
     with pytest.raises(tc.ScheduleError, match="is not a schedule record"):
         tc.op("O[i] = A[i]", schedule=("tile",))
+
+
+def test_cpu_register_tile_accumulates_in_registers_and_matches_numpy():
+    rng = np.random.default_rng(7)
+    I = rng.standard_normal((2, 9, 9, 3, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 3, 5, 4, 4)).astype(np.float32)
+    src = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
+    order = ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")  # the 4x4 (p, r) tile inside the reduction
+    for schedule in [(Reorder(0, order),), (Split(0, "r", 2), Reorder(0, order[:-1] + ("r_o", "r_i")))]:
+        op = tc.op(src, schedule=schedule)
+        ir = op.code(I, W)
+        assert "alloca float, i32 16" in ir or "alloca float, i32 8" in ir  # the tile, promoted to registers
+        windows = np.lib.stride_tricks.sliding_window_view(I, (3, 3), axis=(1, 2))[:, ::2, ::2]
+        want = np.einsum("nyxcpqab,abcdqr->nyxdpr", windows, W)
+        np.testing.assert_allclose(op(I, W), want, rtol=1e-4, atol=1e-4)

@@ -31,6 +31,7 @@ from ..lang.ir import Access, Call, Const, Expr, FloorDiv, Index, Lin, Param
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
 from ..schedule.lower import to_lin
 from .llvm import ITEMSIZE, BufferLayout
+from .tiles import register_tile
 
 CTYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
 MEMTYPE = {**CTYPE, "bool": "unsigned char"}
@@ -252,47 +253,11 @@ class _CudaBuilder:
         return lines
 
     # -- register tiles ----------------------------------------------------------------------------------
-    def tile_of(self, node: For) -> tuple[list[For], list[For], Compute, Lin] | None:
-        """``node`` as reduction loops around constant tile loops around one reduction, if it is one.
-
-        Returns (reduction loops, tile loops, the statement, the written element's byte offset as a
-        function of the loop variables); the offset must not depend on the reduction loops.
-        """
-        loops: list[For] = []
-        n: Node = node
-        while isinstance(n, For):
-            loops.append(n)
-            if len(n.body) != 1:
-                return None
-            n = n.body[0]
-        if not isinstance(n, Compute) or self.bound.statements[n.stmt].stmt.reduce is None:
-            return None
-        lins = {name: to_lin(e) for name, e in n.env}
-        if any(v is None for v in lins.values()):
-            return None
-        st = self.bound.statements[n.stmt].stmt
-        total = Lin()
-        for lin, stride in zip(st.index, self.layouts[st.target].strides):
-            total = total + lin.rename(lins) * stride
-        total = total.expand_mod()
-        used = set(total.names())
-        j = len(loops)
-        while j > 0 and loops[j - 1].var in used and loops[j - 1].step == 1 and \
-                isinstance(loops[j - 1].lo, IConst) and isinstance(loops[j - 1].hi, IConst):
-            j -= 1
-        reduction, tile = loops[:j], loops[j:]
-        size = 1
-        for lp in tile:
-            size *= lp.hi.value - lp.lo.value
-        if not reduction or any(lp.var in used for lp in reduction) or size > MAX_TILE:
-            return None
-        return reduction, tile, n, total
-
     def tiled(self, node: For, depth: int) -> list[str] | None:
-        found = self.tile_of(node)
+        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, MAX_TILE)
         if found is None:
             return None
-        reduction, tile, compute, offset = found
+        reduction, tile, compute, offset = found.reduction, found.tile, found.compute, found.offset
         st = self.bound.statements[compute.stmt].stmt
         ctype = CTYPE[self.bound.tensors[st.target].dtype]
         size, index = 1, []

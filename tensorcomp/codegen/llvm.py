@@ -12,6 +12,7 @@ reassociated, as in every BLAS).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -21,6 +22,7 @@ from ..lang import types
 from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
 from ..schedule.lower import to_lin
+from .tiles import Tile, register_tile
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -45,6 +47,19 @@ def contiguous(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
         strides.append(acc)
         acc *= max(n, 1)
     return tuple(reversed(strides))
+
+
+MAX_TILE = 16  # written elements in one register tile (larger tiles measured slower: LLVM loads them as scalars)
+
+
+@dataclass(frozen=True, eq=False)
+class _TileBody:
+    """The innermost body of a register-tiled loop chain: every tile point, unrolled."""
+
+    tile: Tile
+    acc: ir.Value
+    arrty: ir.Type  # the element type of the tile array
+    points: tuple[tuple[int, ...], ...]
 
 
 class _FunctionBuilder:
@@ -383,31 +398,93 @@ class _FunctionBuilder:
         return self.cast(out, ft, t)
 
     # -- statements and loops -----------------------------------------------------------------------
-    def compute(self, node: Compute) -> None:
+    def compute(self, node: Compute, acc: ir.Value | None = None) -> None:
+        """The statement instance; with ``acc`` (a pointer to a register-tile slot), it updates that
+        slot instead of the written element."""
         bs = self.bound.statements[node.stmt]
         st = bs.stmt
         env = {name: self.iexpr(e) for name, e in node.env}
         lins = {name: to_lin(e) for name, e in node.env}
         self.loop_env = None if any(v is None for v in lins.values()) else lins
         info = self.bound.tensors[st.target]
+        if acc is not None:
+            value = self.value(st.expr, env, info.dtype)
+            old = self.builder.load(acc, typ=REG[info.dtype])
+            self.builder.store(self.combine(st.reduce, info.dtype, old, value), acc)
+            self.loop_env = None
+            return
         idx = self.folded_offset(st.target, st.index)
         if idx is None:
             idx = [self.lin(lin, env) for lin in st.index]
         value = self.value(st.expr, env, info.dtype)
         if st.reduce is not None:
             old = self.load_at(info, idx) if isinstance(idx, ir.Value) else self.load(info, idx)
-            t = info.dtype
-            b = self.builder
-            if st.reduce in ("max", "min"):
-                value = self.minmax(st.reduce, t, old, value)
-            elif types.is_float(t):
-                value = b.fadd(old, value, flags=FAST) if st.reduce == "sum" else b.fmul(old, value, flags=FAST)
-            elif t == "bool":
-                value = b.or_(old, value) if st.reduce == "sum" else b.and_(old, value)
-            else:
-                value = b.add(old, value) if st.reduce == "sum" else b.mul(old, value)
+            value = self.combine(st.reduce, info.dtype, old, value)
         self.store(info, idx, value)
         self.loop_env = None
+
+    def combine(self, reduce: str, t: str, old: ir.Value, value: ir.Value) -> ir.Value:
+        """``old`` updated with ``value`` by the reduction ``reduce``."""
+        b = self.builder
+        if reduce in ("max", "min"):
+            return self.minmax(reduce, t, old, value)
+        if types.is_float(t):
+            return b.fadd(old, value, flags=FAST) if reduce == "sum" else b.fmul(old, value, flags=FAST)
+        if t == "bool":
+            return b.or_(old, value) if reduce == "sum" else b.and_(old, value)
+        return b.add(old, value) if reduce == "sum" else b.mul(old, value)
+
+    def tiled(self, node: For) -> bool:
+        """Emit ``node`` with its register tile (see codegen.tiles) in a stack array that LLVM keeps in
+        registers: the tile loops unrolled, the written elements loaded once and stored once."""
+        if self.slice is not None:
+            return False
+        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, MAX_TILE)
+        if found is None:
+            return False
+        b = self.builder
+        info = self.bound.tensors[self.bound.statements[found.compute.stmt].stmt.target]
+        elty = REG[info.dtype]
+        with b.goto_entry_block():
+            acc = b.alloca(elty, size=found.size, name="tile")
+        points = list(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in found.tile]))
+
+        def at(k: int, point: tuple[int, ...]) -> ir.Value:
+            for lp, v in zip(found.tile, point):
+                self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
+            return b.gep(acc, [ir.Constant(I64, k)], inbounds=True, source_etype=elty)
+
+        def element() -> ir.Value:
+            offset = self.lin(found.offset, self.vars)
+            return b.gep(self.ptr[info.name], [offset], source_etype=I8, inbounds=True)
+        saved = {lp.var: self.vars.get(lp.var) for lp in found.tile}
+        for k, point in enumerate(points):
+            slot = at(k, point)
+            b.store(self._load(info, element()), slot)
+        body = _TileBody(found, acc, elty, tuple(points))
+        chain: Node = body
+        for lp in reversed(found.reduction):
+            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
+        self.loop(chain)
+        for k, point in enumerate(points):
+            slot = at(k, point)
+            value = b.load(slot, typ=elty)
+            ptr = element()
+            b.store(b.zext(value, I8) if info.dtype == "bool" else value, ptr, align=self.layouts[info.name].align)
+        for var, v in saved.items():
+            if v is None:
+                self.vars.pop(var, None)
+            else:
+                self.vars[var] = v
+        return True
+
+    def tile_body(self, body: "_TileBody") -> None:
+        b = self.builder
+        for k, point in enumerate(body.points):
+            for lp, v in zip(body.tile.tile, point):
+                self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
+            slot = b.gep(body.acc, [ir.Constant(I64, k)], inbounds=True, source_etype=body.arrty)
+            self.compute(body.tile.compute, slot)
 
     def fill(self, node: Fill) -> None:
         info = self.bound.tensors[node.tensor]
@@ -455,7 +532,10 @@ class _FunctionBuilder:
     def nodes(self, nodes: tuple[Node, ...]) -> None:
         for n in nodes:
             if isinstance(n, For):
-                self.loop(n)
+                if not self.tiled(n):
+                    self.loop(n)
+            elif isinstance(n, _TileBody):
+                self.tile_body(n)
             elif isinstance(n, If):
                 self.guard(n)
             elif isinstance(n, Compute):

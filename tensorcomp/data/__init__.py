@@ -54,19 +54,21 @@ class DataLoader:
     """Mini-batches of (x, y) arrays; shuffled with a seeded generator each epoch when ``shuffle``."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, drop_last: bool = False) -> None:
         if len(x) != len(y):
             raise ValueError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return len(self.x) // self.batch_size if self.drop_last else -(-len(self.x) // self.batch_size)
 
     def __iter__(self):
         order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                return
             yield self.x[idx], self.y[idx]
