@@ -139,7 +139,7 @@ def _time(fn, repeats: int) -> float:
 def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress: bool,
               params: dict[str, Any]):
     from ..runtime import cuda as rc
-    from .search import TuneResult, _flops, _progress, db_key, signature
+    from .search import TuneResult, _flops, _progress, db_key, signature, verify
     t_start = time.perf_counter()
     devs = [rc.as_device(a) for a in inputs]
     specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
@@ -182,12 +182,7 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
             if error is not None:
                 raise TensorcompError(error)
             out = trial._call_cuda(tuple(devs), params)
-            outs = [rc.to_host(o) for o in (out if isinstance(out, tuple) else (out,))]
-            for got, want in zip(outs, refs):
-                tol = 1e-3 if want.dtype == np.float32 else 1e-9
-                scale = float(np.abs(want).max(initial=0.0)) or 1.0
-                if not np.allclose(got, want, rtol=tol, atol=tol * scale):
-                    raise ValueError("output differs from the default schedule's")
+            verify([rc.to_host(o) for o in (out if isinstance(out, tuple) else (out,))], refs)
             seconds = _time(lambda: trial._call_cuda(tuple(devs), params), repeats)
             entry["seconds"] = seconds
             if seconds < best_s:

@@ -128,6 +128,15 @@ def candidates(op: Op, bound, arrays: list[np.ndarray]) -> list[tuple[float, tup
     return sorted(scored.values(), key=lambda s: -s[0])
 
 
+def verify(outs, refs) -> None:
+    """Raise ValueError unless a candidate's outputs match the default schedule's."""
+    for got, want in zip(outs, refs):
+        tol = 1e-3 if want.dtype == np.float32 else 1e-9
+        scale = float(np.abs(want).max(initial=0.0)) or 1.0
+        if not np.allclose(got, want, rtol=tol, atol=tol * scale):
+            raise ValueError("output differs from the default schedule's")
+
+
 def _measure(fn, repeats: int, give_up_after: float) -> float:
     fn()  # warm-up (and the first-call compile)
     best = float("inf")
@@ -188,12 +197,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             trial = default.with_schedule(cand)
             trial._no_database = True
             out = trial(*arrays, **params)
-            outs = out if isinstance(out, tuple) else (out,)
-            for got, want in zip(outs, refs):
-                tol = 1e-3 if want.dtype == np.float32 else 1e-9
-                scale = float(np.abs(want).max(initial=0.0)) or 1.0
-                if not np.allclose(got, want, rtol=tol, atol=tol * scale):
-                    raise ValueError("output differs from the default schedule's")
+            verify(out if isinstance(out, tuple) else (out,), refs)
             seconds = _measure(lambda: trial(*arrays, **params), 3, 2 * best_s)
             entry["seconds"] = seconds
             if seconds < best_s:

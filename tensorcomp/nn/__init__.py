@@ -360,19 +360,10 @@ class CrossEntropyLoss(Module):
     """Mean cross entropy of logits (N, C) against integer class targets (N,)."""
 
     def forward(self, logits: Tensor, target: Any) -> Tensor:
-        t = np.asarray(target.data if isinstance(target, Tensor) else target)
-        if logits.ndim != 2:
-            raise ShapeError(f"CrossEntropyLoss: expected logits of rank 2 (N, C), got shape {logits.shape}")
-        if t.shape != (logits.shape[0],) or t.dtype.kind not in "iu":
-            raise ShapeError(f"CrossEntropyLoss: expected integer targets of shape ({logits.shape[0]},), got "
-                             f"{t.dtype} of shape {t.shape}")
+        t = _class_targets("CrossEntropyLoss", logits, target, "logits")
         logp = apply(ops.log_softmax(2, -1), logits)
-        return apply(_nll_op(), t.astype(np.int64), logp, inv_n=1.0 / logits.shape[0])
+        return apply(_nll_op(), t, logp, inv_n=1.0 / logits.shape[0])
 
-
-from .capsule import (  # noqa: E402 - the capsule layers build on the classes above
-    ClassCaps, ConvCaps, DenseCaps, EMPrimaryCaps, Length, MarginLoss, PrimaryCaps, SpreadLoss, Squash, em_route,
-)
 
 
 class Sigmoid(Module):
@@ -398,7 +389,7 @@ class NLLLoss(Module):
     """Mean negative log-likelihood of log-probabilities (N, C) at integer targets (N,)."""
 
     def forward(self, logp: Tensor, target: Any) -> Tensor:
-        t = _class_targets("NLLLoss", logp, target)
+        t = _class_targets("NLLLoss", logp, target, "log-probabilities")
         return apply(_nll_op(), t, logp, inv_n=1.0 / logp.shape[0])
 
 
@@ -418,10 +409,11 @@ class MSELoss(Module):
         return apply(_mse_op(prediction.ndim), prediction, t, inv_count=1.0 / max(1, int(np.prod(t.shape))))
 
 
-def _class_targets(loss: str, scores: Tensor, target: Any) -> np.ndarray:
+def _class_targets(loss: str, scores: Tensor, target: Any, what: str = "scores") -> np.ndarray:
+    """Integer class targets (N,) for scores (N, C), checked."""
     t = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
     if scores.ndim != 2:
-        raise ShapeError(f"{loss}: expected scores of rank 2 (N, C), got shape {scores.shape}")
+        raise ShapeError(f"{loss}: expected {what} of rank 2 (N, C), got shape {scores.shape}")
     if t.shape != (scores.shape[0],) or t.dtype.kind not in "iu":
         raise ShapeError(f"{loss}: expected integer targets of shape ({scores.shape[0]},), got {t.dtype} of shape "
                          f"{t.shape}")
@@ -521,3 +513,8 @@ class BatchNorm2d(BatchNorm):
 
 class BatchNorm3d(BatchNorm):
     pass
+
+
+from .capsule import (  # noqa: E402 - the capsule layers build on the classes above
+    ClassCaps, ConvCaps, DenseCaps, EMPrimaryCaps, Length, MarginLoss, PrimaryCaps, SpreadLoss, Squash, em_route,
+)

@@ -21,7 +21,7 @@ from .. import ops
 from ..errors import ShapeError
 from ..op import Op
 from ..tensor import Tensor, apply
-from . import Module, Parameter, _check_input, _rng, _uniform
+from . import Module, Parameter, _check_input, _class_targets, _rng, _uniform
 
 
 @lru_cache(maxsize=None)
@@ -101,16 +101,6 @@ class Length(Module):
         return apply(ops.capsule.capsule_length(), x)
 
 
-def _targets(loss: str, scores: Tensor, target: Any) -> np.ndarray:
-    t = np.asarray(target.data if isinstance(target, Tensor) else target)
-    if scores.ndim != 2:
-        raise ShapeError(f"{loss}: expected class scores of rank 2 (N, C), got shape {scores.shape}")
-    if t.shape != (scores.shape[0],) or t.dtype.kind not in "iu":
-        raise ShapeError(f"{loss}: expected integer targets of shape ({scores.shape[0]},), got {t.dtype} of shape "
-                         f"{t.shape}")
-    return t.astype(np.int64)
-
-
 class MarginLoss(Module):
     """Sabour et al.'s margin loss on capsule lengths (N, C) and integer targets (N,), mean over N."""
 
@@ -119,7 +109,7 @@ class MarginLoss(Module):
         self.m_plus, self.m_minus, self.lam = m_plus, m_minus, lam
 
     def forward(self, lengths: Tensor, target: Any) -> Tensor:
-        t = _targets("MarginLoss", lengths, target)
+        t = _class_targets("MarginLoss", lengths, target, "lengths")
         return apply(ops.capsule.margin_loss(), t, lengths, m_plus=self.m_plus, m_minus=self.m_minus, lam=self.lam,
                      inv_n=1.0 / lengths.shape[0])
 
@@ -136,7 +126,7 @@ class SpreadLoss(Module):
         return self.m_min + (self.m_max - self.m_min) * min(1.0, self.step / max(self.steps, 1))
 
     def forward(self, activations: Tensor, target: Any) -> Tensor:
-        t = _targets("SpreadLoss", activations, target)
+        t = _class_targets("SpreadLoss", activations, target, "activations")
         margin = self.margin()
         if self.training:
             self.step += 1

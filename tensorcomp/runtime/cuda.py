@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codegen.llvm import contiguous
 from ..errors import DeviceError
 
 INSTALL_HINT = ("install the cuda extra on a machine with an NVIDIA driver and the CUDA toolkit: "
@@ -93,7 +94,7 @@ def as_device(x: Any):
         face = x.__cuda_array_interface__
         dtype = np.dtype(face["typestr"])
         shape = tuple(face["shape"])
-        strides = face.get("strides") or _contiguous(shape, dtype.itemsize)
+        strides = face.get("strides") or contiguous(shape, dtype.itemsize)
         arr = ga.GPUArray(shape, dtype, gpudata=face["data"][0] or 0, strides=tuple(strides))
         arr._tc_owner = x  # keep the producer's memory alive
         return arr
@@ -102,14 +103,6 @@ def as_device(x: Any):
     if host.size:
         dev.set(host)
     return dev
-
-
-def _contiguous(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    out, step = [], itemsize
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype, strides: tuple[int, ...] | None = None):
@@ -134,7 +127,7 @@ def to_host(arr) -> np.ndarray:
 
 
 def _permuted(shape, order, itemsize):
-    phys = _contiguous(tuple(shape[a] for a in order), itemsize)
+    phys = contiguous(tuple(shape[a] for a in order), itemsize)
     out = [0] * len(shape)
     for position, axis in enumerate(order):
         out[axis] = phys[position]
