@@ -41,7 +41,7 @@ class CapsNet(nn.Module):
 
 
 class CapsNetEM(nn.Module):
-    """Matrix capsules with EM routing, sized for a CPU: conv 5x5 stride 2 (32 channels) -> 8 primary
+    """Matrix capsules with EM routing, sized for a CPU: conv 5x5 stride 2 (64 channels) -> 8 primary
     4x4-pose types -> ConvCaps 3x3 stride 2 (8 types) -> ConvCaps 3x3 (8 types) -> 10 class
     capsules; the class scores are their activations."""
 
@@ -65,7 +65,7 @@ MODELS = {
     "lenet": (lenet, nn.CrossEntropyLoss),
     "capsnet": (lambda: CapsNet(256, 32), nn.MarginLoss),
     "capsnet-small": (lambda: CapsNet(64, 8), nn.MarginLoss),
-    "capsnet-em": (lambda: CapsNetEM(), lambda: nn.SpreadLoss(steps=400)),
+    "capsnet-em": (lambda: CapsNetEM(channels=64), lambda: nn.SpreadLoss(steps=600)),
 }
 
 
