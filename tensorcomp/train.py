@@ -65,7 +65,7 @@ MODELS = {
     "lenet": (lenet, nn.CrossEntropyLoss),
     "capsnet": (lambda: CapsNet(256, 32), nn.MarginLoss),
     "capsnet-small": (lambda: CapsNet(64, 8), nn.MarginLoss),
-    "capsnet-em": (lambda: CapsNetEM(channels=64), lambda: nn.SpreadLoss(steps=600)),
+    "capsnet-em": (lambda: CapsNetEM(channels=64), lambda: nn.SpreadLoss(steps=1000)),
 }
 
 
