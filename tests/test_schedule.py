@@ -114,3 +114,16 @@ def test_cpu_register_tile_accumulates_in_registers_and_matches_numpy():
         windows = np.lib.stride_tricks.sliding_window_view(I, (3, 3), axis=(1, 2))[:, ::2, ::2]
         want = np.einsum("nyxcpqab,abcdqr->nyxdpr", windows, W)
         np.testing.assert_allclose(op(I, W), want, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_vector_tile_keeps_accumulators_in_vector_registers():
+    rng = np.random.default_rng(8)
+    I = rng.standard_normal((2, 9, 9, 5)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 5, 16)).astype(np.float32)
+    src = "O[n, y, x, f] += I[n, 2*y + ky, 2*x + kx, c] * W[ky, kx, c, f]"
+    want = np.einsum("nyxcab,abcf->nyxf",
+                     np.lib.stride_tricks.sliding_window_view(I, (3, 3), axis=(1, 2))[:, ::2, ::2], W)
+    for schedule in [(), (Split(0, "x", 2), Reorder(0, ("n", "y", "x_o", "ky", "kx", "c", "x_i", "f")))]:
+        op = tc.op(src, schedule=schedule)
+        assert 'alloca <8 x float>' in op.code(I, W)  # f (16) in two 8-wide vectors per tile row
+        np.testing.assert_allclose(op(I, W), want, rtol=1e-4, atol=1e-4)

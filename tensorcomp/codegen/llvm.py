@@ -62,6 +62,22 @@ class _TileBody:
     points: tuple[tuple[int, ...], ...]
 
 
+MAX_VECTOR_TILE = 64  # written elements in one vector tile (8 AVX2 registers of float32)
+VECTOR_BYTES = 32  # SIMD width the vector tiles use (AVX2; LLVM splits or merges for other targets)
+
+
+@dataclass(frozen=True, eq=False)
+class _VectorTileBody:
+    """The innermost body of a vector-tiled loop chain: one vector update per tile chunk."""
+
+    tile: Tile
+    slots: tuple
+    vty: ir.Type
+    lins: dict
+    outer_points: tuple
+    chunks: tuple
+
+
 class _FunctionBuilder:
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
                  name: str) -> None:
@@ -439,7 +455,11 @@ class _FunctionBuilder:
         registers: the tile loops unrolled, the written elements loaded once and stored once."""
         if self.slice is not None:
             return False
-        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, MAX_TILE)
+        strides = {t: lay.strides for t, lay in self.layouts.items()}
+        wide = register_tile(node, self.bound, strides, MAX_VECTOR_TILE)
+        if wide is not None and self.vector_tile(wide):
+            return True
+        found = register_tile(node, self.bound, strides, MAX_TILE)
         if found is None:
             return False
         b = self.builder
@@ -477,6 +497,114 @@ class _FunctionBuilder:
             else:
                 self.vars[var] = v
         return True
+
+    # -- vector tiles --------------------------------------------------------------------------------
+    def _offset_lin(self, tensor: str, index: tuple[Lin, ...], lins: dict[str, Lin]) -> Lin:
+        total = Lin()
+        for lin, stride in zip(index, self.layouts[tensor].strides):
+            total = total + lin.rename(lins) * stride
+        return total.expand_mod()
+
+    def _vectorizable(self, e: Expr, lins: dict[str, Lin], var: str, t: str) -> bool:
+        """Whether ``e`` can be evaluated on vectors along loop ``var``: sums and products of
+        same-dtype reads that are contiguous along ``var`` or do not depend on it, params, constants."""
+        if isinstance(e, (Const, Param)):
+            return True
+        if isinstance(e, Access):
+            info = self.bound.tensors[e.tensor]
+            if info.dtype != t or (info.pad and any(lo or hi for lo, hi in info.pad)):
+                return False
+            off = self._offset_lin(e.tensor, e.index, lins)
+            coef = sum(c for atom, c in off.terms if atom == var)
+            inside = any(not isinstance(atom, str) and var in set(atom.num.names()) for atom, _ in off.terms)
+            return not inside and coef in (0, ITEMSIZE[t])
+        if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg"):
+            return self.typeof(e) == t and all(self._vectorizable(a, lins, var, t) for a in e.args)
+        return False
+
+    def _vexpr(self, e: Expr, lins: dict[str, Lin], var: str, t: str, vty: ir.VectorType) -> ir.Value:
+        b = self.builder
+        width = vty.count
+
+        def splat(x: ir.Value) -> ir.Value:
+            v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
+        if isinstance(e, Const):
+            return ir.Constant(vty, [self.constant(e.value, t).constant] * width)
+        if isinstance(e, Param):
+            return splat(self.emit(e, {}, t))
+        if isinstance(e, Access):
+            off = self._offset_lin(e.tensor, e.index, lins)
+            ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
+            if any(atom == var for atom, _ in off.terms):
+                return b.load(ptr, typ=vty, align=ITEMSIZE[t])
+            return splat(b.load(ptr, typ=REG[t], align=self.layouts[e.tensor].align))
+        args = [self._vexpr(a, lins, var, t, vty) for a in e.args]
+        if e.fn == "neg":
+            return b.fneg(args[0])
+        op = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul}[e.fn]
+        return op(args[0], args[1], flags=FAST)
+
+    def vector_tile(self, tile: Tile) -> bool:
+        """The tile with its innermost loop evaluated on SIMD vectors (loads of contiguous operands,
+        broadcasts of the others), the accumulators in vector registers across the reduction."""
+        st = self.bound.statements[tile.compute.stmt].stmt
+        t = self.bound.tensors[st.target].dtype
+        if st.reduce != "sum" or t not in ("float32", "float64") or not tile.tile:
+            return False
+        inner = tile.tile[-1]
+        width = VECTOR_BYTES // ITEMSIZE[t]
+        extent = inner.hi.value - inner.lo.value
+        if extent % width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
+            return False
+        lins = {name: to_lin(e) for name, e in tile.compute.env}
+        if not self._vectorizable(st.expr, lins, inner.var, t):
+            return False
+        b = self.builder
+        vty = ir.VectorType(REG[t], width)
+        outer_points = list(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in tile.tile[:-1]]))
+        chunks = range(inner.lo.value, inner.hi.value, width)
+        slots = []
+        with b.goto_entry_block():
+            for _ in range(len(outer_points) * len(chunks)):
+                slots.append(b.alloca(vty, name="vtile"))
+        saved = {lp.var: self.vars.get(lp.var) for lp in tile.tile}
+
+        def each():
+            k = 0
+            for point in outer_points:
+                for lp, v in zip(tile.tile[:-1], point):
+                    self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
+                for start in chunks:
+                    self.vars[inner.var] = ir.Constant(I64, start)
+                    yield slots[k]
+                    k += 1
+
+        def element() -> ir.Value:
+            return b.gep(self.ptr[st.target], [self.lin(tile.offset, self.vars)], source_etype=I8, inbounds=True)
+        for slot in each():
+            b.store(b.load(element(), typ=vty, align=ITEMSIZE[t]), slot)
+        chain: Node = _VectorTileBody(tile, tuple(slots), vty, lins, tuple(outer_points), tuple(chunks))
+        for lp in reversed(tile.reduction):
+            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
+        self._vector_each = each
+        self.loop(chain)
+        for slot in each():
+            b.store(b.load(slot, typ=vty), element(), align=ITEMSIZE[t])
+        for var, v in saved.items():
+            if v is None:
+                self.vars.pop(var, None)
+            else:
+                self.vars[var] = v
+        return True
+
+    def vector_tile_body(self, body: "_VectorTileBody") -> None:
+        b = self.builder
+        st = self.bound.statements[body.tile.compute.stmt].stmt
+        t = self.bound.tensors[st.target].dtype
+        for slot in self._vector_each():
+            value = self._vexpr(st.expr, body.lins, body.tile.tile[-1].var, t, body.vty)
+            b.store(b.fadd(b.load(slot, typ=body.vty), value, flags=FAST), slot)
 
     def tile_body(self, body: "_TileBody") -> None:
         b = self.builder
@@ -536,6 +664,8 @@ class _FunctionBuilder:
                     self.loop(n)
             elif isinstance(n, _TileBody):
                 self.tile_body(n)
+            elif isinstance(n, _VectorTileBody):
+                self.vector_tile_body(n)
             elif isinstance(n, If):
                 self.guard(n)
             elif isinstance(n, Compute):
