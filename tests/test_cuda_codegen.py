@@ -84,10 +84,23 @@ def test_register_tile_golden():
     # the innermost reduction loops, up to 16 steps (ci*q = 12), are unrolled
     assert "#pragma unroll\n          for (idx ci = 0; ci < 3; ci += 1) {\n            #pragma unroll\n" in code
     assert "acc[(p - 0) * 4 + (r - 0)] = (acc[(p - 0) * 4 + (r - 0)] + (" in code
+    # W[.., q, r] is contiguous along the innermost tile loop r: read four at a time
+    assert "const float4 v0 = *(const float4 *)((const char *)b_W + (" in code
     # 32-bit indices (every tensor is small), 64-bit for a tensor of 2**28 bytes or more
     assert "typedef int idx;" in code
     big = tc.op("B[i] = A[i] * 2").code(np.zeros(1 << 26, np.float32), target="cuda")
     assert "typedef long long idx;" in big and "67108864LL" in big
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_register_tile_reads_are_vector_loads_in_ptx(tmp_path):
+    op = CORPUS[14][0]
+    src = tmp_path / "tile.cu"
+    src.write_text(op.code(*CORPUS[14][1], target="cuda"))
+    proc = subprocess.run([NVCC, "-arch=sm_90", "-ptx", str(src), "-o", str(tmp_path / "tile.ptx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ld.global.v4.f32" in (tmp_path / "tile.ptx").read_text()
 
 
 def test_launch_configuration_golden():

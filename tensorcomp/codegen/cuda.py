@@ -108,6 +108,7 @@ class _CudaBuilder:
         self.nest, self.bound, self.buffers, self.layouts, self.name = nest, bound, buffers, layouts, name
         self.block, self.aligned = block, aligned
         self.written: set[str] = set()  # tensors the kernel being generated writes
+        self.lanes: dict[Access, str] = {}  # reads replaced by a lane of a vector load
         self.params = list(bound.program.params)
         self.ptypes = {p: "double" if types.is_float(types.concrete(bound.param_types[p])) else "long long"
                        for p in self.params}
@@ -142,6 +143,8 @@ class _CudaBuilder:
         return f"(*({c}{MEMTYPE[self.bound.tensors[tensor].dtype]} *)(({c}char *)b_{tensor} + ({offset})))"
 
     def read(self, a: Access) -> str:
+        if a in self.lanes:  # loaded with a vector load for this lane of the register tile
+            return self.lanes[a]
         info = self.bound.tensors[a.tensor]
         if not info.pad or not any(lo or hi for lo, hi in info.pad):
             text = self.ref(a.tensor, self.offset(a.tensor, a.index), read=True)
@@ -295,14 +298,69 @@ class _CudaBuilder:
             out.append(f"{'  ' * d}for (idx {lp.var} = {_iexpr_c(lp.lo)}; {lp.var} < {_iexpr_c(lp.hi)}; "
                        f"{lp.var} += {lp.step}) {{")
             d += 1
-        body = over_tile([], d)
-        inner = self.compute(compute, "  " * (d + len(tile)), acc)
-        out += body[:2 * len(tile)] + inner + body[2 * len(tile):]
+        vectors = self.vector_reads(compute, tile[-1]) if tile else {}
+        if vectors:  # the innermost tile loop in chunks of 4, contiguous operands read as float4
+            inner_loop = tile[-1]
+            body = over_tile([], d) if len(tile) == 1 else []
+            outer = tile[:-1]
+            lines = []
+            for k, lp in enumerate(outer):
+                p = "  " * (d + k)
+                lines += [f"{p}#pragma unroll", f"{p}for (idx {lp.var} = {lp.lo.value}LL; {lp.var} < {lp.hi.value}LL; "
+                                                 f"{lp.var}++) {{"]
+            p = "  " * (d + len(outer))
+            for start in range(inner_loop.lo.value, inner_loop.hi.value, 4):
+                lines.append(f"{p}{{")
+                names = {}
+                for j, (a, off) in enumerate(vectors.items()):
+                    names[a] = f"v{j}"
+                    text = _lin_c(off.rename({inner_loop.var: Lin.of(start)}).expand_mod(), lambda v: v)
+                    lines.append(f"{p}  const float4 v{j} = *(const float4 *)((const char *)b_{a.tensor} + ({text}));")
+                for lane, field in enumerate("xyzw"):
+                    self.lanes = {a: f"{name}.{field}" for a, name in names.items()}
+                    lines.append(f"{p}  {{")
+                    lines.append(f"{p}    const idx {inner_loop.var} = {start + lane}LL;")
+                    lines += self.compute(compute, p + "    ", acc)
+                    lines.append(f"{p}  }}")
+                self.lanes = {}
+                lines.append(f"{p}}}")
+            lines += ["  " * (d + k) + "}" for k in reversed(range(len(outer)))]
+            out += lines
+            del body
+        else:
+            body = over_tile([], d)
+            inner = self.compute(compute, "  " * (d + len(tile)), acc)
+            out += body[:2 * len(tile)] + inner + body[2 * len(tile):]
         for _ in reduction:
             d -= 1
             out.append(f"{'  ' * d}}}")
         out += over_tile([f"{element} = {acc};"], depth + 1)
         out.append(f"{pad}}}")
+        return out
+
+    def vector_reads(self, compute: Compute, inner: For) -> dict[Access, Lin]:
+        """Float32 reads contiguous along the innermost tile loop whose four-element chunks start on
+        16-byte boundaries (every other term of the byte offset a multiple of 16, the bases aligned),
+        with their byte offsets; empty when the loop does not split into such chunks."""
+        lo, hi = inner.lo.value, inner.hi.value
+        if not self.aligned or (hi - lo) % 4 or lo % 4:
+            return {}
+        lins = {name: to_lin(e) for name, e in compute.env}
+        st = self.bound.statements[compute.stmt].stmt
+        out = {}
+        for a in dict.fromkeys(st.accesses()):
+            info = self.bound.tensors[a.tensor]
+            if info.dtype != "float32" or (info.pad and any(l or h for l, h in info.pad)):
+                continue
+            off = Lin()
+            for lin, stride in zip(a.index, self.layouts[a.tensor].strides):
+                off = off + lin.rename(lins) * stride
+            off = off.expand_mod()
+            coefs = {atom: c for atom, c in off.terms}
+            if coefs.get(inner.var) != 4 or off.const % 16 or any(
+                    not isinstance(atom, str) or (atom != inner.var and c % 16) for atom, c in off.terms):
+                continue
+            out[a] = off
         return out
 
     def nodes(self, nodes: tuple[Node, ...], depth: int) -> list[str]:
