@@ -88,9 +88,14 @@ def tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]) -> list[
                 base = fast.removesuffix("_o") if fast.endswith("_o") and fast[:-2] in factor else fast
                 step = factor.get(base, 1)
                 cost = 0.0
+                last = max(combo, key=lambda p: written.index(p[2] or p[0]))  # the innermost tile loop
                 for a in accesses:
                     names = {n for lin in a.index for n in lin.names()}
                     loads = int(np.prod([p[1] for p in combo if (p[2] or p[0]) in names]))
+                    src = last[2] or last[0]
+                    unit = sum(_coef(lin, src) * stride for lin, stride in zip(a.index, strides[a.tensor]))
+                    if unit == 4 and last[1] % 4 == 0:  # float4 loads along the innermost tile loop
+                        loads = max(1, loads // 4)
                     delta = abs(sum(_coef(lin, base) * stride for lin, stride in zip(a.index, strides[a.tensor])))
                     cost += loads * (1.0 if delta == 0 else min(32.0, max(1.0, delta * step / 4.0)))
                 order = tuple(rest + [o for o in outer if o != fast] + [fast] + reductions + inner)
