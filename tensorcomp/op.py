@@ -410,8 +410,9 @@ class Op:
                 return self._call_cuda(arrays, params)
             if target != "cpu":
                 raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
-        if any(type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__") for a in arrays):
-            return self._call_cuda(arrays, params)
+        for a in arrays:  # (a plain loop: this is the per-call hot path)
+            if type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__"):
+                return self._call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         if params:

@@ -191,6 +191,16 @@ def test_capsule_layer_errors():
     with pytest.raises(tc.ShapeError) as info:
         nn.PrimaryCaps(2, 2, 4, 3)(tc.Tensor(np.zeros((1, 3, 5, 5), np.float32)))
     assert str(info.value) == "PrimaryCaps(2, 2x4): expected 2 features on axis 1, got shape (1, 3, 5, 5)"
+    with pytest.raises(tc.ShapeError) as info:
+        nn.ConvCaps(2, 3)(tc.Tensor(np.zeros((1, 5, 5, 2, 4, 4))), tc.Tensor(np.zeros((1, 5, 5, 3))))
+    assert str(info.value) == ("ConvCaps: expected poses (N, H, W, 2, 4, 4) and activations (N, H, W, 2), got "
+                               "(1, 5, 5, 2, 4, 4) and (1, 5, 5, 3)")
+    with pytest.raises(tc.ArgumentError) as info:
+        nn.Conv2d(4, 8, (3, 3, 3))
+    assert str(info.value) == "Conv2d(4, 8): kernel_size must be an int or 2 ints, got (3, 3, 3)"
+    with pytest.raises(tc.ArgumentError) as info:
+        nn.Conv1d(4, 6, 3, groups=4)
+    assert str(info.value) == "Conv1d(4, 6): in_channels and out_channels must be divisible by groups=4"
 
 
 def test_capsnet_small_training_steps_reduce_the_loss():
