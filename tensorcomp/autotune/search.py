@@ -17,6 +17,7 @@ reason recorded.
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,14 @@ from ..errors import ArgumentError, TensorcompError
 from ..op import ArraySpec, Op
 from ..runtime import host_target
 from ..schedule.records import Layout, Record, to_json
+
 from . import canon, database
+from .microkernel import neighbours
+
+WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with the window loop order
+TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
+TILES_PER_LAYOUT = 3  # best-scoring vector tiles tried under each
+FIRST_TRIALS = 24  # candidates measured before the local search around the best one
 
 
 @dataclass
@@ -137,6 +145,89 @@ def verify(outs, refs) -> None:
             raise ValueError("output differs from the default schedule's")
 
 
+def window_order(bs, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]) -> tuple | None:
+    """The default loop order with the window reductions (``k`` in ``I[2*y + k]``) moved together just
+    outside the first written index they slide with (never outermost), and the default's fused
+    innermost group; None when the statement has no window. Tensors that do not depend on the window
+    position (a convolution's weights) are then reused from cache across every position."""
+    from ..schedule.plan import default_order
+    order, group = default_order(bs, strides, itemsize)
+    written = bs.stmt.write_names()
+    outer = [n for n in order if n not in group]
+    uses = [bs.stmt.index] + [a.index for a in bs.stmt.accesses()]
+    windows, slots = [], []
+    for r in [n for n in outer if n not in written]:
+        partners = {w for index in uses for lin in index if r in set(lin.names())
+                    for w in lin.names() if w in written and w != r and w in outer}
+        if partners:
+            windows.append(r)
+            slots += [outer.index(w) for w in partners]
+    if not windows or min(slots) == 0 or all(outer.index(r) < min(slots) for r in windows):
+        return None
+    first = outer[min(slots)]
+    rest = [n for n in outer if n not in windows]
+    at = rest.index(first)
+    return tuple(rest[:at] + windows + rest[at:] + list(group)), len(group)
+
+
+def _strides(op: Op, bound, arrays: list, base: tuple) -> dict[str, tuple[int, ...]]:
+    """Every tensor's byte strides under the layouts in ``base``."""
+    from ..codegen.llvm import ITEMSIZE
+    from ..op import permuted_strides
+    perms = {r.tensor: r.perm for r in base if isinstance(r, Layout)}
+    out = {}
+    for name, info in bound.tensors.items():
+        size = ITEMSIZE[info.dtype]
+        if name in perms:
+            out[name] = permuted_strides(info.shape, perms[name], size)
+        elif name in op.inputs:
+            out[name] = tuple(arrays[op.inputs.index(name)].strides)
+        else:
+            out[name] = permuted_strides(info.shape, tuple(range(len(info.shape))), size)
+    return out
+
+
+def _heaviest(bound) -> int:
+    return max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
+
+
+def _itemsizes(bound) -> dict[str, int]:
+    from ..codegen.llvm import ITEMSIZE
+    return {t: ITEMSIZE[info.dtype] for t, info in bound.tensors.items()}
+
+
+def _with_window_orders(op: Op, bound, arrays: list, cands: list) -> list:
+    """After each of the first layout candidates (and the default), the same with the window order."""
+    from ..schedule.records import Fuse, Reorder
+    k = _heaviest(bound)
+    bs = bound.statements[k]
+    itemsize = _itemsizes(bound)
+    out: list = []
+    for base in [()] + cands[:WINDOW_VARIANTS]:
+        found = window_order(bs, _strides(op, bound, arrays, base), itemsize)
+        if base:
+            out.append(base)
+        if found is not None:
+            order, fused = found
+            out.append(tuple(base) + (Reorder(k, order),) + (Fuse(k, "", ""),) * max(0, fused - 1))
+    return out + cands[WINDOW_VARIANTS:]
+
+
+def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Record, ...]]:
+    """Vector-tile schedules (see autotune.microkernel) under the default layouts and the first
+    layout candidates: the best few of each, in layout-candidate order."""
+    from .microkernel import tile_schedules
+    k = _heaviest(bound)
+    bs = bound.statements[k]
+    itemsize = _itemsizes(bound)
+    out: list = []
+    for base in [()] + layouts[:TILE_LAYOUTS]:
+        found = tile_schedules(bs, k, _strides(op, bound, arrays, base), itemsize, tuple(base))
+        found.sort(key=lambda sc: -sc[0])
+        out += [c for _, c in found[:TILES_PER_LAYOUT]]
+    return out
+
+
 def _measure(fn, repeats: int, give_up_after: float) -> float:
     fn()  # warm-up (and the first-call compile)
     best = float("inf")
@@ -185,14 +276,19 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     default_s = _measure(lambda: default(*arrays, **params), 3, float("inf"))
     best_s, best = default_s, ()
     log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
-    cands = [c for _, c in candidates(op, bound, arrays) if c]
-    if trials is not None:
-        cands = cands[:trials]
-    bar = _progress(len(cands), progress)
-    for cand in cands:
-        if time.perf_counter() - t_start > budget:
-            break
+    layouts = [c for _, c in candidates(op, bound, arrays) if c]
+    cands = tile_candidates(op, bound, arrays, layouts) + _with_window_orders(op, bound, arrays, layouts)
+    first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
+    limit = len(cands) if trials is None else trials
+    bar = _progress(limit, progress)
+    tried: set[str] = {"[]"}
+    k = _heaviest(bound)
+    rng = random.Random(0)
+
+    def attempt(cand: tuple) -> float | None:
         entry: dict[str, Any] = {"schedule": to_json(cand)}
+        tried.add(entry["schedule"])
+        seconds = None
         try:
             trial = default.with_schedule(cand)
             trial._no_database = True
@@ -200,14 +296,44 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             verify(out if isinstance(out, tuple) else (out,), refs)
             seconds = _measure(lambda: trial(*arrays, **params), 3, 2 * best_s)
             entry["seconds"] = seconds
-            if seconds < best_s:
-                best_s, best = seconds, cand
         except (TensorcompError, ValueError) as exc:
             entry["skipped"] = str(exc)
         log.append(entry)
         if bar is not None:
-            bar.set_postfix_str(f"best {flops / best_s / 1e9:.1f} GFLOP/s")
+            bar.set_postfix_str(f"best {flops / min(best_s, seconds or best_s) / 1e9:.1f} GFLOP/s")
             bar.update(1)
+        return seconds
+
+    def left() -> bool:
+        return time.perf_counter() - t_start < budget and len(log) - 1 < limit
+
+    # the cost model's first picks, then a local search around the best, then the rest
+    for cand in first:
+        if not left():
+            break
+        seconds = attempt(cand)
+        if seconds is not None and seconds < best_s:
+            best_s, best = seconds, cand
+    improved = True
+    while improved and left():
+        improved = False
+        steps = [c for c in neighbours(best, bound.statements[k], k) if to_json(c) not in tried]
+        rng.shuffle(steps)
+        for cand in steps:
+            if not left():
+                break
+            seconds = attempt(cand)
+            if seconds is not None and seconds < best_s:
+                best_s, best, improved = seconds, cand, True
+                break
+    for cand in later:
+        if not left():
+            break
+        if to_json(cand) in tried:
+            continue
+        seconds = attempt(cand)
+        if seconds is not None and seconds < best_s:
+            best_s, best = seconds, cand
     if bar is not None:
         bar.close()
     m = canon.names_map(op.program)

@@ -62,7 +62,8 @@ class _TileBody:
     points: tuple[tuple[int, ...], ...]
 
 
-MAX_VECTOR_TILE = 64  # written elements in one vector tile (8 AVX2 registers of float32)
+MAX_VECTOR_REGS = 12  # accumulator vectors in one vector tile (of 16 AVX2 registers; the rest hold operands)
+MAX_VECTOR_TILE = 96  # written elements in one vector tile (12 AVX2 registers of float32)
 VECTOR_BYTES = 32  # SIMD width the vector tiles use (AVX2; LLVM splits or merges for other targets)
 
 
@@ -556,6 +557,8 @@ class _FunctionBuilder:
         width = VECTOR_BYTES // ITEMSIZE[t]
         extent = inner.hi.value - inner.lo.value
         if extent % width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
+            return False
+        if tile.size // width > MAX_VECTOR_REGS:
             return False
         lins = {name: to_lin(e) for name, e in tile.compute.env}
         if not self._vectorizable(st.expr, lins, inner.var, t):

@@ -1,0 +1,177 @@
+"""Register-tile schedules for the CPU ("micro-kernels"), generated from the statement itself.
+
+A vector tile keeps ``rows x columns`` written elements in SIMD registers across the whole
+reduction (``codegen.llvm``: the tile loops run inside the reduction loops with constant bounds,
+the innermost one contiguous in the written tensor). Each reduction step then loads a few
+operand vectors and broadcasts and does ``rows x columns / lanes`` multiply-adds on them — the
+shape of a BLAS micro-kernel, found here for any statement:
+
+* columns: the default order's innermost contiguous group (see ``schedule.plan.default_order``)
+  when every index in it is written; its outer part is split so that the run is one to four
+  vectors wide (``co, r`` with ``r`` = 4 and 16-float columns: ``Split(co, 4)``, columns
+  ``co_i, r`` fused);
+* rows: one or two other written indices, or the inner parts of splits of them, up to 8 rows;
+* order: the other written loops outside (in the default order, outer parts of splits where
+  the indices were), then every reduction loop, then the rows, then the fused columns.
+
+Candidates are ranked by multiply-adds per load in one reduction step: an operand that depends
+on the columns is one vector load per column vector and per row it depends on, any other a
+broadcast per row it depends on; at most ``MAX_VECTOR_REGS`` accumulator vectors, and the
+accumulators, one row's operand vectors and a broadcast must fit the 16 vector registers (3 x 32
+floats measured 2x slower than 6 x 16 on the capsule kernel: LLVM spills).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from ..codegen.llvm import MAX_VECTOR_REGS, VECTOR_BYTES
+from ..schedule.plan import default_order
+from ..schedule.records import Fuse, Record, Reorder, Split
+
+MAX_ROWS = 8
+VECTOR_REGISTERS = 16  # AVX2: accumulators + one row of operand vectors + a broadcast must fit
+ROW_FACTORS = (2, 3, 4, 6, 8)
+
+
+def _column_split(cols: list[str], extent: dict[str, int], width: int):
+    """(split or None, column loop names, outer names) making the innermost run exactly ``width``."""
+    run = 1
+    for j in range(len(cols) - 1, -1, -1):
+        c = cols[j]
+        if run * extent[c] == width:
+            return None, cols[j:], cols[:j]
+        if run * extent[c] > width:
+            if width % run or extent[c] % (width // run):
+                return "bad", [], []
+            return Split(-1, c, width // run), [f"{c}_i"] + cols[j + 1:], cols[:j] + [f"{c}_o"]
+        run *= extent[c]
+    return "bad", [], []
+
+
+def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[str, int], ...]]:
+    """Row sets: () or one or two (index, rows) pairs with at most MAX_ROWS rows in all."""
+    single: list[tuple[str, int]] = []
+    for n in names:
+        e = extent[n]
+        if e <= 1:
+            continue
+        if e <= MAX_ROWS:
+            single.append((n, e))
+        single += [(n, f) for f in ROW_FACTORS if f < e and e % f == 0]
+    out: list[tuple[tuple[str, int], ...]] = [()] + [(s,) for s in single]
+    for a, b in itertools.combinations(single, 2):
+        if a[0] != b[0] and a[1] * b[1] <= MAX_ROWS:
+            out.append((a, b))
+    return out
+
+
+def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
+                   base: tuple[Record, ...] = ()) -> list[tuple[float, tuple[Record, ...]]]:
+    """(score, schedule) for the vector tiles of statement ``k`` under the layouts in ``base``."""
+    st = bs.stmt
+    if st.reduce != "sum" or itemsize.get(st.target) not in (4, 8):
+        return []
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    order, group = default_order(bs, strides, itemsize)
+    written = [n for n in st.write_names() if n in extent]
+    if set(st.write_names()) - set(written) or any(lin.plain_var is None for lin in st.index):
+        return []
+    cols = list(group) or [order[-1]]
+    if any(c not in written for c in cols):
+        return []
+    lanes = VECTOR_BYTES // itemsize[st.target]
+    reductions = [n for n in order if n not in written]
+    if not reductions:
+        return []
+    reads = list(dict.fromkeys((a.tensor, a.index) for a in st.accesses()))
+    out: list[tuple[float, tuple[Record, ...]]] = []
+    for vectors in (1, 2, 3, 4):
+        split, col_loops, col_outer = _column_split(cols, extent, vectors * lanes)
+        if split == "bad":
+            continue
+        others = [n for n in order if n in written and n not in cols]
+        for rows in _row_choices(others, extent):
+            nrows = 1
+            for _, f in rows:
+                nrows *= f
+            if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
+                    nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
+                continue
+            loads = 0
+            for _, index in reads:
+                used = {n for lin in index for n in lin.names()}
+                per_row = 1
+                for n, f in rows:
+                    per_row *= f if n in used else 1
+                loads += per_row * (vectors if used & set(cols) else 1)
+            records: list[Record] = list(base)
+            if split is not None:
+                records.append(Split(k, split.index, split.factor))
+            outer, inner = [], []
+            row_of = dict(rows)
+            for n in others:
+                if n not in row_of:
+                    outer.append(n)
+                elif row_of[n] == extent[n]:
+                    inner.append(n)
+                else:
+                    records.append(Split(k, n, row_of[n]))
+                    outer.append(f"{n}_o")
+                    inner.append(f"{n}_i")
+            loops = outer + col_outer + reductions + inner + col_loops
+            records.append(Reorder(k, tuple(loops)))
+            records += [Fuse(k, "", "")] * (len(col_loops) - 1)
+            fmas = nrows * vectors
+            out.append((fmas / loads + 0.01 * fmas, tuple(records)))
+    return out
+
+
+def _source(name: str, names: set[str]) -> str:
+    """The statement index a loop name comes from (``ci_o`` -> ``ci``)."""
+    return name[:-2] if name not in names and name[-2:] in ("_o", "_i") and name[:-2] in names else name
+
+
+def neighbours(schedule: tuple[Record, ...], bs, k: int) -> list[tuple[Record, ...]]:
+    """Schedules one step away from ``schedule`` (which must order statement ``k``'s loops): two
+    adjacent loops outside the innermost reduction run swapped, or a reduction of 8 or more split
+    with its outer part moved next to the outermost loop (so a slice of the reduced operand stays in
+    cache across the loops between). Loops inside the innermost reduction (a tile) stay put, and the
+    outermost loop stays a written one, so it still runs across the cores."""
+    reorder = next((r for r in schedule if isinstance(r, Reorder) and r.stmt == k), None)
+    if reorder is None:
+        return []
+    names = set(bs.names)
+    written = set(bs.stmt.write_names())
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    order = list(reorder.order)
+    is_red = [_source(n, names) not in written for n in order]
+    if not any(is_red):
+        return []
+    last = max(j for j, red in enumerate(is_red) if red)
+    head = last
+    while head > 0 and is_red[head - 1]:
+        head -= 1
+    rest = [r for r in schedule if r is not reorder]
+    out: list[tuple[Record, ...]] = []
+
+    def with_order(new: list[str], extra: tuple[Record, ...] = ()) -> tuple[Record, ...]:
+        pos = schedule.index(reorder)
+        return tuple(rest[:pos]) + extra + (Reorder(k, tuple(new)),) + tuple(rest[pos:])
+    for j in range(1, head):
+        new = order[:]
+        new[j], new[j + 1] = new[j + 1], new[j]
+        if j + 1 <= head and not (j == 0 and is_red[j + 1]):
+            out.append(with_order(new))
+    split_already = {r.index for r in schedule if isinstance(r, Split) and r.stmt == k}
+    for n in order[head:last + 1]:
+        if n not in names or n in split_already:
+            continue
+        for f in (4, 8):
+            if f < extent[n] and extent[n] % f == 0:
+                new = [m for m in order]
+                at = new.index(n)
+                new[at] = f"{n}_i"
+                new.insert(1, f"{n}_o")
+                out.append(with_order(new, (Split(k, n, f),)))
+    return out

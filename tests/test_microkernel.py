@@ -1,0 +1,88 @@
+"""Vector-tile schedules generated from the statement, and the tuner's local search steps."""
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from tensorcomp.autotune import search
+from tensorcomp.autotune.microkernel import neighbours, tile_schedules
+from tensorcomp.op import ArraySpec
+from tensorcomp.schedule.records import Fuse, Layout, Reorder, Split
+
+rng = np.random.default_rng(11)
+MATMUL = "C[i, j] += A[i, k] * B[k, j]"
+CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
+
+
+def bound_of(op, arrays):
+    kinds = op._check_call(tuple(arrays), {})
+    return op._bind([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
+
+
+def tiles(op, arrays, base=()):
+    bound = bound_of(op, arrays)
+    strides = search._strides(op, bound, list(arrays), base)
+    found = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), base)
+    return bound, sorted(found, key=lambda sc: -sc[0])
+
+
+def test_matmul_tiles_are_micro_kernels_and_compute_the_product():
+    a = rng.standard_normal((64, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 48)).astype(np.float32)
+    op = tc.op(MATMUL)
+    _, found = tiles(op, [a, b])
+    # best: 4 rows of i x 24 columns of j (3 AVX2 vectors): 12 multiply-adds per 7 loads
+    assert found[0][1] == (Split(0, "j", 24), Split(0, "i", 4), Reorder(0, ("i_o", "j_o", "k", "i_i", "j_i")))
+    assert found[0][0] == pytest.approx(12 / 7 + 0.12)
+    for _, schedule in found:
+        np.testing.assert_allclose(op.with_schedule(schedule)(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    kernel = op.with_schedule(found[0][1]).code(a, b).split("define")[1]  # the serial entry point
+    assert kernel.count("alloca <8 x float>") == 12  # one accumulator vector per row and column vector
+
+
+def test_tiles_respect_register_budget_and_need_written_columns():
+    a = rng.standard_normal((24, 16)).astype(np.float32)
+    op = tc.op(MATMUL)
+    _, found = tiles(op, [a, a.T.copy()])
+    assert found
+    for _, schedule in found:
+        splits = {r.index: r.factor for r in schedule if isinstance(r, Split)}
+        order = schedule[-1].order
+        inside = order[order.index("k") + 1:]  # rows, then the column loop
+        rows = splits["i"] if "i_i" in inside else 1
+        vectors = splits.get("j", 24) // 8
+        assert rows * vectors <= 12 and rows * vectors + vectors + 1 <= 16
+    # a reduction innermost (the dot-product form) has no written columns to tile
+    x = rng.standard_normal((16, 32)).astype(np.float32)
+    dot = tc.op("C[i, j] += A[i, k] * B[j, k]")
+    assert tiles(dot, [x, x])[1] == []
+
+
+def test_capsule_tiles_under_a_layout_match_the_default():
+    I = rng.standard_normal((2, 9, 9, 4, 2, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 4, 8, 4, 4)).astype(np.float32)
+    op = tc.op(CAPS)
+    ref = op.with_schedule(())(I, W)
+    base = (Layout("O", (0, 1, 2, 4, 3, 5)), Layout("W", (0, 1, 2, 4, 3, 5)))
+    _, found = tiles(op, [I, W], base)
+    assert found and all(s[:2] == base for _, s in found)
+    assert any(Fuse(0, "", "") in s for _, s in found)  # columns (co_i, r) fused into one run
+    for _, schedule in found[:6]:
+        np.testing.assert_allclose(op.with_schedule(schedule)(I, W), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_neighbours_keep_the_tile_and_the_outer_loop_and_compute_the_same():
+    a = rng.standard_normal((16, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 32)).astype(np.float32)
+    op = tc.op(MATMUL)
+    bound, found = tiles(op, [a, b])
+    start = found[0][1]
+    steps = neighbours(start, bound.statements[0], 0)
+    orders = [next(r for r in s if isinstance(r, Reorder)).order for s in steps]
+    assert ("i_o", "k_o", "j_o", "k_i", "i_i", "j_i") in orders  # the reduction split, outer part moved out
+    assert ("i_o", "k", "j_o", "i_i", "j_i") in orders  # an adjacent swap outside the tile
+    for order in orders:
+        assert order[0] == "i_o" and order[-2:] == ("i_i", "j_i")
+    for schedule in steps:
+        np.testing.assert_allclose(op.with_schedule(schedule)(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    assert neighbours((), bound.statements[0], 0) == []
