@@ -5,7 +5,7 @@ import pytest
 
 import tensorcomp as tc
 from tensorcomp.autotune import search
-from tensorcomp.autotune.microkernel import neighbours, tile_schedules
+from tensorcomp.schedule.microkernel import neighbours, tile_schedules
 from tensorcomp.op import ArraySpec
 from tensorcomp.schedule.records import Fuse, Layout, Reorder, Split
 
@@ -86,3 +86,21 @@ def test_neighbours_keep_the_tile_and_the_outer_loop_and_compute_the_same():
     for schedule in steps:
         np.testing.assert_allclose(op.with_schedule(schedule)(a, b), a @ b, rtol=1e-4, atol=1e-4)
     assert neighbours((), bound.statements[0], 0) == []
+
+
+def test_default_schedule_tiles_when_the_reduction_fits_in_cache():
+    a = rng.standard_normal((64, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 48)).astype(np.float32)
+    op = tc.op(MATMUL)
+    kernel = op.code(a, b).split("define")[1]
+    assert kernel.count("alloca <8 x float>") == 12 and '%"i_o"' in kernel  # the 4 x 24 tile, unasked
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    # a 20000-long reduction reads 1.3 MB of B per tile: re-read from memory for every tile, so no tile
+    a = rng.standard_normal((8, 20000)).astype(np.float32)
+    b = rng.standard_normal((20000, 16)).astype(np.float32)
+    assert '%"i_o"' not in op.code(a, b)  # no split of the rows
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-2)
+    # too short a reduction to pay for loading and storing the tile
+    a = rng.standard_normal((64, 8)).astype(np.float32)
+    b = rng.standard_normal((8, 48)).astype(np.float32)
+    assert '%"i_o"' not in op.code(a, b)

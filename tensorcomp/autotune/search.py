@@ -30,7 +30,7 @@ from ..runtime import host_target
 from ..schedule.records import Layout, Record, to_json
 
 from . import canon, database
-from .microkernel import neighbours
+from ..schedule.microkernel import neighbours
 
 WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with the window loop order
 TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
@@ -216,7 +216,7 @@ def _with_window_orders(op: Op, bound, arrays: list, cands: list) -> list:
 def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Record, ...]]:
     """Vector-tile schedules (see autotune.microkernel) under the default layouts and the first
     layout candidates: the best few of each, in layout-candidate order."""
-    from .microkernel import tile_schedules
+    from ..schedule.microkernel import tile_schedules
     k = _heaviest(bound)
     bs = bound.statements[k]
     itemsize = _itemsizes(bound)

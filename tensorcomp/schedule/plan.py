@@ -137,6 +137,9 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
         if isinstance(r, (Split, Reorder, Fuse)) and not 0 <= r.stmt:
             raise ScheduleError(f"schedule record {r} names statement {r.stmt}, which does not exist")
     dims = [Dim(n, dim[n], extents[n][0], extents[n][1], frozenset([n])) for n in bs.names]
+    if target == "cpu" and not gather and not any(isinstance(r, (Split, Reorder, Fuse)) for r in mine):
+        from .microkernel import default_tile
+        mine += list(default_tile(bs, k, strides, itemsize) or ())
     if gather and not any(isinstance(r, Reorder) for r in mine):
         # gather form: loops over the written element's coordinates outermost (see lower.is_conflicting_scatter)
         order, _ = default_order(bs, strides, itemsize)
