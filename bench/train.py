@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 from tensorcomp.data import DataLoader, mnist  # noqa: E402
-from tensorcomp.train import train  # noqa: E402
+from tensorcomp.train import DEFAULT_TUNE_S, train  # noqa: E402
 
 
 def _torch_models(device: str = "cpu"):
@@ -96,10 +96,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", default="lenet,capsnet-small")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--tune", type=float, default=None, help="seconds of kernel tuning (CPU default 30)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     for name in args.models.split(","):
-        ours = train(name, epochs=args.epochs, progress=False, device=args.device)
+        tune_s = args.tune if args.tune is not None else (DEFAULT_TUNE_S if args.device == "cpu" else 0.0)
+        ours = train(name, epochs=args.epochs, progress=False, device=args.device, tune_s=tune_s)
         print(name, "tensorcomp", json.dumps(ours))
         try:
             theirs = torch_train(name, args.epochs, device=args.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import textwrap
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from .schedule.records import Block, Fuse, Layout, Reorder, Split, to_json
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _names = itertools.count()
 _KERNELS: dict[tuple, "Kernel"] = {}  # shared by equal ops, so re-creating an op does not recompile
+# while ``autotune.hot.profile()`` is active: (op, input signature) -> [op, inputs, params, seconds, calls]
+_PROFILE: dict[tuple, list] | None = None
 
 
 @dataclass
@@ -415,6 +418,10 @@ class Op:
                 return self._call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
+        prof = _PROFILE
+        if prof is not None:
+            t0 = time.perf_counter()
+            inputs = [a.copy() for a in arrs]  # the op's result may be used in place later
         if params:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)
@@ -442,6 +449,11 @@ class Op:
         else:
             ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]
             kernel.compiled.fn(*ptrs, *scalars)
+        if prof is not None:
+            entry = prof.setdefault((id(self), key), [self, inputs, dict(params), 0.0, 0])
+            entry[1] = inputs
+            entry[3] += time.perf_counter() - t0
+            entry[4] += 1
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # -- introspection ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -61,6 +62,8 @@ class CapsNetEM(nn.Module):
         return self.classes(poses, acts)[0]
 
 
+DEFAULT_TUNE_S = 30.0  # CPU: seconds of tuning for the kernels of the first steps (--tune)
+
 MODELS = {
     "lenet": (lenet, nn.CrossEntropyLoss),
     "capsnet": (lambda: CapsNet(256, 32), nn.MarginLoss),
@@ -81,7 +84,16 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 
 
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-          data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu") -> dict:
+          data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
+          tune_s: float = 0.0) -> dict:
+    """Train ``model_name`` on MNIST; returns the summary printed by ``tensorcomp train --json``.
+
+    With ``tune_s`` > 0 (CPU), the second step is profiled and the ops it spent its time in are
+    tuned for ``tune_s`` seconds in all (``autotune.hot``); the tuned schedules are stored in the
+    tuning database, so a later run with the same shapes uses them at once. Steps that compiled,
+    profiled or tuned are left out of ``ms_per_step``.
+    """
+    from .autotune.hot import profile, tune_hot
     nn.manual_seed(seed)
     build, make_loss = MODELS[model_name]
     model = build().to(device)
@@ -89,7 +101,8 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     opt = optim.Adam(model.parameters(), lr=lr)
     loss_fn = make_loss()
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed)
-    step_times, losses, hits, steps, compile_s = [], [], [], 0, 0.0
+    step_times, losses, hits, steps, compile_s, tuning_s, tuned = [], [], [], 0, 0.0, 0.0, []
+    tune_at = 2 if tune_s > 0 and device == "cpu" else None
     bar = None
     if progress:
         try:
@@ -100,17 +113,23 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     for _ in range(epochs):
         for xb, yb in loader:
             before = compile_count()
+            profiling = steps + 1 == tune_at
             t0 = time.perf_counter()
-            logits = model(Tensor(xb, device=device))
-            loss = loss_fn(logits, yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            with profile() if profiling else contextlib.nullcontext() as prof:
+                logits = model(Tensor(xb, device=device))
+                loss = loss_fn(logits, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
             if device == "cuda":  # kernels run asynchronously: time them to the end
                 from .runtime import cuda
                 cuda.synchronize()
             elapsed = time.perf_counter() - t0
-            if compile_count() == before:
+            if profiling:  # the profiled step copies every op's inputs: not a timed step
+                t1 = time.perf_counter()
+                tuned = tune_hot(prof, tune_s)
+                tuning_s = time.perf_counter() - t1
+            elif compile_count() == before:
                 step_times.append(elapsed)
             else:  # a new batch shape: this step JIT-compiled kernels
                 compile_s += elapsed
@@ -132,17 +151,19 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     return {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
-            "compiling_steps": steps - len(step_times), "compile_s": compile_s,
+            "compiling_steps": steps - len(step_times) - (tune_at is not None and steps >= tune_at),
+            "compile_s": compile_s, "tune_s": tuning_s, "tuned_ops": len([t for t in tuned if "tuned_ms" in t]),
             "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-5:]))}
 
 
 def main(args) -> int:
+    tune_s = args.tune if args.tune is not None else (DEFAULT_TUNE_S if args.device == "cpu" else 0.0)
     result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data, progress=not args.json,
-                   device=args.device)
+                   device=args.device, tune_s=tune_s)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['model']}: test accuracy {result['test_accuracy']:.3f} after {result['epochs']} epoch(s), "
               f"{result['ms_per_step']:.1f} ms/step ({result['compiling_steps']} steps compiled kernels: "
-              f"{result['compile_s']:.1f} s)")
+              f"{result['compile_s']:.1f} s; {result['tuned_ops']} kernels tuned in {result['tune_s']:.1f} s)")
     return 0

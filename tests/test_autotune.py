@@ -124,3 +124,34 @@ def test_derived_gradient_ops_are_tuned_and_keep_their_domains(cache):
     assert "# derived:" in g.canonical() and g.canonical().startswith(op.canonical())
     again = tc.grad(tc.op(CAPS), "W")
     assert stored_schedule(again, [I, W, dO], {}) == result.schedule
+
+
+def test_profile_times_op_calls_and_tune_hot_tunes_the_slowest_first(cache):
+    from tensorcomp.autotune.hot import hottest, profile, tune_hot
+    a = rng.standard_normal((96, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 96)).astype(np.float32)
+    mm, add = tc.op("C[i, j] += A[i, k] * B[k, j]"), tc.op("C[i] = A[i] + B[i]")
+    x = rng.standard_normal(8).astype(np.float32)
+    mm(a, b), add(x, x)  # compiled outside the profile
+    with profile() as prof:
+        for _ in range(3):
+            out = mm(a, b)
+        add(x, x)
+    rows = hottest(prof)
+    assert [r[1] for r in rows] == [mm, add]  # slowest first
+    assert rows[0][0] > 0 and np.array_equal(rows[0][2][0], a) and rows[0][2][0] is not a  # inputs copied
+    assert tc.op("C[i] = A[i] + B[i]")(x, x) is not None and len(prof) == 2  # nothing recorded afterwards
+    done = tune_hot(prof, budget_s=4)
+    assert done[0]["op"] == mm.label and done[0]["tuned_ms"] <= done[0]["default_ms"]
+    assert all(d["op"] != add.label for d in done)  # under 2% of the time: left alone
+    assert stored_schedule(mm, [a, b], {}) is not None
+    np.testing.assert_allclose(mm(a, b), out, rtol=1e-4, atol=1e-4)
+
+
+def test_train_tunes_the_kernels_of_its_second_step(cache):
+    from tensorcomp.train import train
+    result = train("lenet", epochs=1, max_steps=6, progress=False, tune_s=6)
+    assert result["tuned_ops"] >= 1 and result["tune_s"] > 0
+    assert len(database.entries()) >= result["tuned_ops"]
+    # the step that compiled the tuned schedules is reported as compiling, the profiled one is in neither
+    assert result["compiling_steps"] >= 2 and result["steps"] == 6

@@ -1,17 +1,25 @@
 """``tc.tune``: search schedules generated from the op itself, keep the fastest verified one.
 
-The space: for the statement doing the most work, every ordered group of one
-to three of its indices is a candidate innermost run; each tensor that the
-group indexes on plain axes gets a ``Layout`` that puts those axes last, in
-group order. The default schedule then orders that group innermost and fuses
-it into one contiguous, vectorizable loop. A cheap cost model ranks the
-candidates (contiguous run length, how many tensors it covers, how many bytes
-of input must be relaid out per call), so the likely winners are measured
-first; no per-op templates.
+The space, for the statement doing the most work (no per-op templates):
 
-Every candidate's output is compared with the default schedule's before its
-time counts; candidates that fail to compile or verify are skipped with the
-reason recorded.
+* layouts: every ordered group of one to three of its indices is a candidate innermost run;
+  each tensor that the group indexes on plain axes gets a ``Layout`` that puts those axes
+  last, in group order, and the default schedule orders that group innermost and fuses it
+  into one contiguous, vectorizable loop. A cheap cost model ranks them (contiguous run
+  length, how many tensors it covers, bytes of input relaid out per call);
+* vector tiles (``schedule.microkernel``): under the default layouts and the best few layout
+  candidates, rows x columns of written elements kept in SIMD registers across the whole
+  reduction, ranked by multiply-adds per load;
+* window orders: a convolution's window reductions moved outside its spatial loops, so the
+  weights are reused from cache;
+* a local search: from the best schedule measured so far, neighbours one step away (two
+  adjacent outer loops swapped, a reduction split with its outer part moved outward) until
+  none is faster or the budget is spent.
+
+The cost model's first picks are measured first, then the local search, then the rest of the
+layout candidates while budget remains. Every candidate's output is compared with the
+default schedule's before its time counts; candidates that fail to compile or verify are
+skipped with the reason recorded.
 """
 
 from __future__ import annotations
