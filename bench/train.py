@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", default="lenet,capsnet-small")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--tune", type=float, default=None, help="seconds of kernel tuning (CPU default 30)")
+    parser.add_argument("--tune", type=float, default=None, help="seconds of kernel tuning (CPU default 60)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     for name in args.models.split(","):

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the kernels run")
     train.add_argument("--tune", type=float, default=None, metavar="S",
-                       help="seconds to tune the kernels the second step spends its time in (CPU; default 30; "
+                       help="seconds to tune the kernels the second step spends its time in (CPU; default 60; "
                             "0: none). Tuned schedules are stored, so a later run uses them at once")
     train.set_defaults(run=lambda a: __import__("tensorcomp.train", fromlist=["main"]).main(a))
     demo = sub.add_parser("demo", help="run ops on the bundled MNIST subset and time the capsule kernel")

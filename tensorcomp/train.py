@@ -62,7 +62,7 @@ class CapsNetEM(nn.Module):
         return self.classes(poses, acts)[0]
 
 
-DEFAULT_TUNE_S = 30.0  # CPU: seconds of tuning for the kernels of the first steps (--tune)
+DEFAULT_TUNE_S = 60.0  # CPU: seconds of tuning for the kernels of the first steps (--tune)
 
 MODELS = {
     "lenet": (lenet, nn.CrossEntropyLoss),

@@ -222,17 +222,21 @@ def _with_window_orders(op: Op, bound, arrays: list, cands: list) -> list:
 
 
 def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Record, ...]]:
-    """Vector-tile schedules (see autotune.microkernel) under the default layouts and the first
-    layout candidates: the best few of each, in layout-candidate order."""
+    """Vector-tile schedules (see schedule.microkernel) under the default layouts and the first
+    layout candidates, for each statement doing at least a quarter of the heaviest one's work: the
+    best few of each, in layout-candidate order."""
     from ..schedule.microkernel import tile_schedules
-    k = _heaviest(bound)
-    bs = bound.statements[k]
+    heaviest = _work(bound.statements[_heaviest(bound)])
     itemsize = _itemsizes(bound)
     out: list = []
     for base in [()] + layouts[:TILE_LAYOUTS]:
-        found = tile_schedules(bs, k, _strides(op, bound, arrays, base), itemsize, tuple(base))
-        found.sort(key=lambda sc: -sc[0])
-        out += [c for _, c in found[:TILES_PER_LAYOUT]]
+        strides = _strides(op, bound, arrays, base)
+        for k, bs in enumerate(bound.statements):  # every statement doing a good part of the work
+            if _work(bs) * 4 < heaviest:
+                continue
+            found = tile_schedules(bs, k, strides, itemsize, tuple(base))
+            found.sort(key=lambda sc: -sc[0])
+            out += [c for _, c in found[:TILES_PER_LAYOUT]]
     return out
 
 

@@ -80,10 +80,11 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     extent = {n: hi - lo for n, lo, hi in bs.extents}
     order, group = default_order(bs, strides, itemsize)
     written = [n for n in st.write_names() if n in extent]
-    if set(st.write_names()) - set(written) or any(lin.plain_var is None for lin in st.index):
+    plain = {lin.plain_var for lin in st.index} - {None}  # rows and columns: plain written indices
+    if set(st.write_names()) - set(written):
         return []
     cols = list(group) or [order[-1]]
-    if any(c not in written for c in cols):
+    if any(c not in plain for c in cols):
         return []
     lanes = VECTOR_BYTES // itemsize[st.target]
     reductions = [n for n in order if n not in written]
@@ -96,7 +97,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
         if split == "bad":
             continue
         others = [n for n in order if n in written and n not in cols]
-        for rows in _row_choices(others, extent):
+        for rows in _row_choices([n for n in others if n in plain], extent):
             nrows = 1
             for _, f in rows:
                 nrows *= f
