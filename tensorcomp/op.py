@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import itertools
 import textwrap
@@ -20,7 +22,7 @@ from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
 from .schedule import For, LoopNest, lower
-from .schedule.records import Block, Fuse, Layout, Reorder, Split, to_json
+from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _names = itertools.count()
@@ -194,9 +196,9 @@ class Op:
 
     def _check_schedule(self, schedule: tuple) -> tuple:
         for r in schedule:
-            if not isinstance(r, (Split, Reorder, Fuse, Layout, Block)):
+            if not isinstance(r, (Split, Reorder, Fuse, Layout, Block, Threads, Stage)):
                 raise ScheduleError(f"{self.label}: {r!r} is not a schedule record (Split, Reorder, Fuse, Layout, "
-                                    f"Block)")
+                                    f"Block, Threads, Stage)")
             if isinstance(r, Block):
                 if not isinstance(r.threads, int) or r.threads % 32 or not 32 <= r.threads <= 1024:
                     raise ScheduleError(f"{self.label}: Block threads must be a multiple of 32 between 32 and 1024, "
@@ -210,7 +212,16 @@ class Op:
                 if sorted(r.perm) != list(range(rank)):
                     raise ScheduleError(f"{self.label}: Layout of {r.tensor} must be a permutation of "
                                         f"{tuple(range(rank))}, got {r.perm}")
-            elif not 0 <= r.stmt < len(self.program.statements):
+            elif isinstance(r, Threads) and (not r.shape or any(not isinstance(t, int) or t < 1 for t in r.shape)
+                                             or int(np.prod(r.shape)) > 1024):
+                raise ScheduleError(f"{self.label}: Threads shape must be positive thread counts with a product of "
+                                    f"at most 1024, got {r.shape!r}")
+            elif isinstance(r, Stage) and r.tensor not in [t for t, _ in self.program.ranks]:
+                raise ScheduleError(f"{self.label}: Stage names tensor '{r.tensor}', which the op does not use; "
+                                    f"its tensors are: {', '.join(t for t, _ in self.program.ranks)}")
+            if isinstance(r, (Block, Layout)):
+                continue
+            if not 0 <= r.stmt < len(self.program.statements):
                 raise ScheduleError(f"{self.label}: {type(r).__name__} names statement {r.stmt}; the op has "
                                     f"{len(self.program.statements)} (numbered from 0)")
         return schedule
@@ -315,8 +326,28 @@ class Op:
         bound = self._bind(specs, kinds)
         schedule = self._effective_schedule(specs, params, target)
         layouts = self._layouts(bound, specs, schedule)
-        nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
+        with self._labelled():
+            nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
         return bound, schedule, layouts, nest
+
+    @contextlib.contextmanager
+    def _labelled(self):
+        """Schedule errors found while lowering or generating code, prefixed with the op's label."""
+        try:
+            yield
+        except ScheduleError as e:
+            if str(e).startswith(self.label):
+                raise
+            raise ScheduleError(f"{self.label}: {e}") from None
+
+    def _cuda_program(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any],
+                      aligned: bool = True):
+        """Bound, schedule and the CUDA C program for inputs of these specs."""
+        from .codegen.cuda import cuda_program
+        bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
+        with self._labelled():
+            return bound, schedule, nest, cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", schedule,
+                                                       aligned)
 
     def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple, params: dict[str, Any]) -> Kernel:
         shared = _KERNELS.get((self._ident, key))
@@ -345,10 +376,8 @@ class Op:
         shared = _KERNELS.get((self._ident, key))
         if shared is not None:
             return shared
-        from .codegen.cuda import cuda_program
         from .runtime import cuda as rc
-        bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
-        program = cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule), aligned)
+        bound, schedule, nest, program = self._cuda_program(specs, kinds, params, aligned)
         fmt = "P" * len(self._buffers()) + "".join("d" if kinds[p] == "float" else "q" for p in self.params)
         module = rc.Module(program.source, [launch.name for launch in program.launches], fmt)
         t = bound.tensors
@@ -362,10 +391,8 @@ class Op:
 
     def cuda_source(self, specs: list[ArraySpec], params: dict[str, Any]) -> str:
         """The CUDA C the op compiles for inputs of these specs (what ``_compile_cuda`` builds)."""
-        from .codegen.cuda import cuda_program
         kinds = self._check_call(tuple(specs), params)
-        bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
-        return cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", _block_of(schedule)).source
+        return self._cuda_program(specs, kinds, params)[3].source
 
     def _call_cuda(self, arrays: tuple, params: dict[str, Any]):
         """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
@@ -489,11 +516,10 @@ class Op:
         if target not in ("cpu", "cuda"):
             raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         kinds = self._check_call(arrays, params)
-        bound, _, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
         if target == "cuda":
-            from .codegen.cuda import generate_cuda
-            return generate_cuda(nest, bound, self._buffers(), layouts, block=_block_of(self._effective_schedule(
-                [ArraySpec.of(a) for a in arrays], params, "cuda")))
+            return self._cuda_program([ArraySpec.of(a) for a in arrays], kinds, params)[3].source.replace(
+                "tc_kernel_stage", "kernel_stage")
+        bound, schedule, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
         text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:
             from .runtime.jit import optimize
@@ -515,11 +541,6 @@ def _device_relayout(arr, perm: tuple[int, ...]):
         ix = ", ".join(f"i{k}" for k in range(rank))
         copy = _COPIES[(rank, perm)] = Op(f"B[{ix}] = A[{ix}]", schedule=(Layout("B", perm),))
     return copy._call_cuda((arr,), {})
-
-
-def _block_of(schedule: tuple) -> int:
-    from .codegen.cuda import BLOCK
-    return next((r.threads for r in schedule if isinstance(r, Block)), BLOCK)
 
 
 def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,

@@ -9,6 +9,7 @@ import pytest
 
 import tensorcomp as tc
 from tensorcomp import ops
+from tensorcomp import schedule as S
 
 NVCC = shutil.which("nvcc")
 
@@ -38,6 +39,16 @@ CORPUS = [
                      tc.schedule.Block(64))), (z32(2, 9, 9, 3, 4, 4), z32(3, 3, 3, 8, 4, 4)), {}),
     (tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(
         tc.schedule.Split(0, "j", 4), tc.schedule.Reorder(0, ("i", "j_o", "k", "j_i")))), (z32(8, 5), z32(5, 12)), {}),
+    # shared-memory tiles: A and B staged per 4 steps of k for 4 x 16 threads (boxes overhang i_o and j)
+    (tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(
+        tc.schedule.Split(0, "i", 4), tc.schedule.Split(0, "k", 4), tc.schedule.Reorder(0, ("i_o", "j", "k_o", "k_i", "i_i")),
+        tc.schedule.Threads(0, (4, 16)), tc.schedule.Stage(0, "A", "k_o"), tc.schedule.Stage(0, "B", "k_o"))),
+     (z32(36, 12), z32(12, 20)), {}),
+    (tc.op("O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]", schedule=(
+        tc.schedule.Reorder(0, ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")), tc.schedule.Threads(0, (2, 2, 8)),
+        tc.schedule.Stage(0, "I", "ky"), tc.schedule.Stage(0, "W", "kx"))), (z32(2, 9, 9, 3, 4, 4), z32(3, 3, 3, 8, 4, 4)),
+     {}),    # index names that the generated code must not capture
+    (tc.op("O[rest, flat] += A[rest, acc] * B[acc, flat]"), (z32(3, 4), z32(4, 5)), {}),
 ]
 GRADS = [
     (tc.grad(CORPUS[1][0], ["I", "W"]), CORPUS[1][1] + (z32(2, 4, 4, 4, 2, 3),), {}),
@@ -80,12 +91,12 @@ def test_register_tile_golden():
     op = CORPUS[14][0]
     code = op.code(*CORPUS[14][1], target="cuda")
     assert "// launch kernel_stage1<<<4, 64>>>: 256 parallel iterations" in code  # n, y, x, co on threads
-    assert "{  // register tile: 16 elements of O\n      float acc[16];" in code
+    assert "{  // register tile: 16 elements of O\n      float tc_acc[16];" in code
     # the innermost reduction loops, up to 16 steps (ci*q = 12), are unrolled
     assert "#pragma unroll\n          for (idx ci = 0; ci < 3; ci += 1) {\n            #pragma unroll\n" in code
-    assert "acc[(p - 0) * 4 + (r - 0)] = (acc[(p - 0) * 4 + (r - 0)] + (" in code
+    assert "tc_acc[(p - 0) * 4 + (r - 0)] = (tc_acc[(p - 0) * 4 + (r - 0)] + (" in code
     # W[.., q, r] is contiguous along the innermost tile loop r: read four at a time
-    assert "const float4 v0 = *(const float4 *)((const char *)b_W + (" in code
+    assert "const float4 tc_v0 = *(const float4 *)((const char *)b_W + (" in code
     # 32-bit indices (every tensor is small), 64-bit for a tensor of 2**28 bytes or more
     assert "typedef int idx;" in code
     big = tc.op("B[i] = A[i] * 2").code(np.zeros(1 << 26, np.float32), target="cuda")
@@ -129,3 +140,58 @@ def test_unknown_targets_and_devices_are_refused():
             op(np.zeros(3), target="cuda")
         assert str(info.value).startswith("target 'cuda' needs pycuda, which is not importable")
         assert "pip install 'tensorcomp[cuda]'" in str(info.value)
+
+
+def test_shared_memory_tiles_golden():
+    op, arrays, _ = CORPUS[16]
+    code = op.code(*arrays, target="cuda")
+    # 9 x 20 (i_o, j) in boxes of 4 x 16 threads: 3 x 2 blocks; threads past i_o = 9 or j = 20 idle
+    assert "// launch kernel_stage1<<<6, 64>>>: 180 parallel iterations in boxes of 64 threads" in code
+    assert "for (idx tc_blk = blockIdx.x; tc_blk < 6; tc_blk += gridDim.x) {  // uniform in the block" in code
+    assert "const bool tc_active = j < 20 && i_o < 9;" in code
+    # the boxes: 4 threads x 4 rows of i_i by 4 steps of k_i of A, 4 steps by 16 threads of B
+    assert "__shared__ float tc_s_A[64];  // 16 x 4 box of A per iteration of k_o" in code
+    assert "__shared__ float tc_s_B[64];  // 4 x 16 box of B per iteration of k_o" in code
+    staged = code[code.index("for (idx k_o = 0; k_o < 3; k_o += 1) {"):]
+    assert staged.count("__syncthreads();") == 2  # one before the copies, one after
+    assert "const idx tc_sb_A_0 = 4 * tc_b_i_o;\n" in staged and "const idx tc_sb_A_1 = 4 * k_o;\n" in staged
+    assert "for (idx tc_e = threadIdx.x; tc_e < 64; tc_e += 64) {" in staged  # every thread copies one element
+    # copies are bounds-checked (the last box overhangs A); the statement reads the copy
+    assert "tc_s_A[tc_e] = (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 12) ? (*(const float *)((const " \
+           "char *)b_A + (tc_c0 * 48 + tc_c1 * 4))) : ((float)0.0);" in staged
+    assert "const idx tc_sb_B_0 = 4 * k_o;\n" in staged and "const idx tc_sb_B_1 = tc_b_j;\n" in staged
+    assert "(tc_s_A[((ix_i) - tc_sb_A_0) * 4 + ((ix_k) - tc_sb_A_1) * 1] * tc_s_B[((ix_k) - tc_sb_B_0) * 16 + " \
+           "((ix_j) - tc_sb_B_1) * 1])" in staged
+    # the strided capsule read: per ky, for 2 x 2 x 8 threads over (y, x, co), I[n, 2*y + ky, 2*x + kx, ci, p, q]
+    # spans 1 x (2*1 + 1) x (2*1 + 2 + 1) x 3 x 4 x 4 (y; x and kx vary), W per (ky, kx) 3 x 8 x 4 x 4
+    caps = CORPUS[17][0].code(*CORPUS[17][1], target="cuda")
+    assert "__shared__ float tc_s_I[720];  // 1 x 3 x 5 x 3 x 4 x 4 box of I per iteration of ky" in caps
+    assert "__shared__ float tc_s_W[384];  // 1 x 1 x 3 x 8 x 4 x 4 box of W per iteration of kx" in caps
+
+
+@pytest.mark.parametrize("schedule,message", [
+    ((S.Reorder(0, ("i", "j", "k")), S.Stage(0, "A", "j")),
+     "Stage: statement 0 has no reduction loop 'j' around its register tile; its reduction loops are: k"),
+    ((S.Reorder(0, ("i", "j", "k")), S.Stage(0, "C", "k")), "Stage: statement 0 does not read C; it reads A, B"),
+    ((S.Split(0, "k", 3), S.Reorder(0, ("i", "j", "k_o", "k_i")), S.Stage(0, "A", "k_o")),
+     "Stage: loop 'k_i' inside 'k_o' of statement 0 has bounds 0..min(2, (-3 * k_o) + 999) + 1; the shared tile of "
+     "A needs constant bounds inside the staged loop (split by a factor that divides the extent)"),
+    ((S.Split(0, "k", 500), S.Reorder(0, ("i", "j", "k_o", "k_i")), S.Threads(0, (8, 32)), S.Stage(0, "A", "k_o"),
+      S.Stage(0, "B", "k_o")),
+     "Stage: the shared tiles of statement 0 (A 8 x 500, B 500 x 32) need 80000 bytes per block; at most 49152 "
+     "fit (stage at an inner loop, split the staged loop by a smaller factor, or use fewer threads)"),
+    ((S.Threads(0, (2, 2, 2)),), "Threads: statement 0 has 2 parallel loops (i, j); shape (2, 2, 2) names 3"),
+])
+def test_malformed_gpu_records_are_refused(schedule, message):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=schedule)
+    with pytest.raises(tc.ScheduleError) as info:
+        op.code(z32(200, 1000), z32(1000, 50), target="cuda")
+    assert str(info.value) == f"op 'C[i, j] += A[i, k] * B[k, j]': {message}"
+    with pytest.raises(tc.ScheduleError) as info:
+        tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(S.Threads(0, (0, 4)),))
+    assert str(info.value) == ("op 'C[i, j] += A[i, k] * B[k, j]': Threads shape must be positive thread counts with "
+                               "a product of at most 1024, got (0, 4)")
+    with pytest.raises(tc.ScheduleError) as info:
+        tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(S.Stage(0, "Q", "k"),))
+    assert str(info.value) == ("op 'C[i, j] += A[i, k] * B[k, j]': Stage names tensor 'Q', which the op does not "
+                               "use; its tensors are: A, B, C")

@@ -78,10 +78,12 @@ def test_multi_statement_schedule():
 
 
 @pytest.mark.parametrize("schedule,message", [
-    ((Reorder(0, ("i",)),), "Reorder: statement 0 has loops i, j, k; the order must list each exactly once, got i"),
-    ((Fuse(0, "i", "j"),), "Fuse: loops 'i' and 'j' of statement 0 must be adjacent (outer first); its loops are: "
+    ((Reorder(0, ("i",)),), "op 'C[i, j] += A[i, k] * B[k, j]': Reorder: statement 0 has loops i, j, k; the order "
+                            "must list each exactly once, got i"),
+    ((Fuse(0, "i", "j"),), "op 'C[i, j] += A[i, k] * B[k, j]': Fuse: loops 'i' and 'j' of statement 0 must be adjacent (outer first); its loops are: "
                             "i, k, j"),
-    ((Split(0, "z", 2),), "Split: statement 0 has no loop 'z'; its loops are: i, j, k"),
+    ((Split(0, "z", 2),), "op 'C[i, j] += A[i, k] * B[k, j]': Split: statement 0 has no loop 'z'; its loops are: "
+                          "i, j, k"),
 ])
 def test_malformed_records_are_refused_when_bound(schedule, message):
     op = tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=schedule)

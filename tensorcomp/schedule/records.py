@@ -23,6 +23,17 @@ of them.
   outputs are allocated in it and returned as (strided) views.
 * ``Block(threads)``: GPU only: threads per block of every launch (a multiple
   of 32, at most 1024); the CPU ignores it.
+* ``Threads(stmt, shape)``: GPU only: each block of the statement's launch
+  covers a box of its parallel loops, ``shape`` threads along the innermost
+  ones (innermost last), e.g. ``Threads(0, (8, 16))`` for 8 x 16 threads over
+  the last two; the grid walks the boxes. Used with ``Stage``.
+* ``Stage(stmt, tensor, loop)``: GPU only: once per iteration of the
+  statement's reduction loop ``loop``, the block's threads copy every element
+  of ``tensor`` that the block reads inside that iteration into shared memory
+  (one cooperative, coalesced load between two barriers) and read it from
+  there; threads of a block that read the same elements then load them from
+  global memory once. The loops from the parallel ones down to ``loop`` must
+  have the same bounds in every thread, those inside it constant bounds.
 
 Loops that a statement runs *inside* its reduction loops, with constant
 bounds (after a ``Reorder``), form its register tile: the generated code keeps
@@ -73,8 +84,21 @@ class Block:
     threads: int
 
 
-Record = Union[Split, Reorder, Fuse, Layout, Block]
-_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout, Block)}
+@dataclass(frozen=True, slots=True)
+class Threads:
+    stmt: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    stmt: int
+    tensor: str
+    loop: str
+
+
+Record = Union[Split, Reorder, Fuse, Layout, Block, Threads, Stage]
+_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout, Block, Threads, Stage)}
 
 
 def to_json(schedule: tuple[Record, ...]) -> str:
@@ -87,7 +111,7 @@ def from_json(text: str) -> tuple[Record, ...]:
     for item in json.loads(text):
         item = dict(item)
         cls = _KINDS[item.pop("kind")]
-        for key in ("order", "perm"):
+        for key in ("order", "perm", "shape"):
             if key in item:
                 item[key] = tuple(item[key])
         out.append(cls(**item))

@@ -1,0 +1,150 @@
+"""Run the CUDA backend's generated kernels on the CPU, to check what they compute without a GPU.
+
+The generated CUDA C is compiled as C++20 with g++ behind a small shim: every thread of a block
+is an OS thread, ``__syncthreads()`` is a ``std::barrier`` over the block's threads, a
+``__shared__`` array is a function-level ``static`` (one copy, seen by every thread of the block,
+as on the GPU), and the blocks of a launch run one after another. Kernels without a barrier run
+their threads one after another on one OS thread. ``emulated()`` swaps the device-array and
+module functions of ``tensorcomp.runtime.cuda`` for host ones, so ``op(..., target="cuda")`` runs
+the whole GPU path (launch configuration, relayouts, strided outputs) with host memory.
+
+This checks semantics (indexing, barriers, shared-memory tiles, tails), not speed; a kernel that
+reads shared memory before a barrier or races between threads can still pass by luck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tensorcomp.runtime import cuda as rc
+
+GXX = shutil.which("g++")
+
+SHIM = r"""
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <thread>
+#include <vector>
+using std::min; using std::max;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+struct tc_dim3 { unsigned x = 0, y = 0, z = 0; };
+static thread_local tc_dim3 threadIdx, blockIdx;
+static tc_dim3 blockDim, gridDim;
+static std::barrier<> *tc_barrier = nullptr;
+static inline void __syncthreads() { tc_barrier->arrive_and_wait(); }
+struct float4 { float x, y, z, w; };
+"""
+
+RUN = r"""
+extern "C" void emu_{name}(unsigned grid, unsigned block, void **argv) {{
+  gridDim.x = grid; gridDim.y = gridDim.z = 1; blockDim.x = block; blockDim.y = blockDim.z = 1;
+  for (unsigned b = 0; b < grid; b++) {{
+    auto body = [&](unsigned t) {{ blockIdx.x = b; threadIdx.x = t; {name}({args}); }};
+    if ({barriers}) {{
+      std::barrier<> bar(block);
+      tc_barrier = &bar;
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < block; t++) threads.emplace_back(body, t);
+      for (auto &th : threads) th.join();
+    }} else {{
+      for (unsigned t = 0; t < block; t++) body(t);
+    }}
+  }}
+}}
+"""
+
+_BUILD = Path(tempfile.mkdtemp(prefix="tensorcomp-cuda-emulator-"))
+_LIBS: dict[str, ctypes.CDLL] = {}
+
+
+def compile_module(source: str) -> ctypes.CDLL:
+    """``source`` (generated CUDA C) as a host library with an ``emu_<kernel>`` entry per kernel."""
+    lib = _LIBS.get(source)
+    if lib is not None:
+        return lib
+    wrappers = []
+    for name, params in re.findall(r'extern "C" __global__ void (\w+)\((.*?)\) \{', source):
+        types = [p.rsplit(" ", 1)[0].replace("__restrict__", "").strip() for p in params.split(", ")]
+        args = ", ".join(f"*({t} *)argv[{k}]" for k, t in enumerate(types))
+        body = source.split(f"void {name}(", 1)[1].split("\n}\n", 1)[0]
+        wrappers.append(RUN.format(name=name, args=args, barriers="true" if "__syncthreads" in body else "false"))
+    text = SHIM + source + "\n".join(wrappers)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+    src, so = _BUILD / f"{digest}.cpp", _BUILD / f"{digest}.so"
+    src.write_text(text)
+    proc = subprocess.run([GXX, "-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread", str(src), "-o", str(so)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise AssertionError(f"g++ could not compile the generated CUDA C:\n{proc.stderr[-4000:]}")
+    lib = _LIBS[source] = ctypes.CDLL(str(so))
+    return lib
+
+
+class DeviceArray:
+    """Host memory standing in for a device array: shape, dtype, byte strides and an address."""
+
+    def __init__(self, shape, dtype, strides=None, base: np.ndarray | None = None) -> None:
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        size = int(np.prod(self.shape)) if self.shape else 1
+        self.strides = tuple(strides) if strides is not None else tuple(
+            np.empty(self.shape, self.dtype).strides) if self.shape else ()
+        self.base = base if base is not None else np.empty(max(size, 1), self.dtype)
+        self.gpudata = self.base.ctypes.data
+
+    def host(self) -> np.ndarray:
+        return np.lib.stride_tricks.as_strided(self.base, self.shape, self.strides).copy()
+
+
+class _Function:
+    def __init__(self, lib: ctypes.CDLL, name: str, fmt: str) -> None:
+        self.fn, self.fmt = getattr(lib, f"emu_{name}"), fmt
+        self.fn.restype = None
+        self.fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
+
+    def prepared_call(self, grid, block, *args) -> None:
+        ctype = {"P": ctypes.c_void_p, "d": ctypes.c_double, "q": ctypes.c_longlong}
+        values = [ctype[f](a) for f, a in zip(self.fmt, args)]
+        argv = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        self.fn(grid[0], block[0], argv)
+
+
+class Module:
+    def __init__(self, source: str, names: list[str], arg_format: str) -> None:
+        lib = compile_module(source)
+        self.functions = [_Function(lib, name, arg_format) for name in names]
+
+
+def _as_device(x):
+    if isinstance(x, DeviceArray):
+        return x
+    host = np.ascontiguousarray(x)
+    return DeviceArray(host.shape, host.dtype, base=host.reshape(-1).copy() if host.size else None)
+
+
+@contextlib.contextmanager
+def emulated():
+    """``target="cuda"`` runs on the CPU emulator inside the block."""
+    saved = {name: getattr(rc, name) for name in ("is_device_array", "as_device", "empty", "to_host", "Module")}
+    rc.is_device_array = lambda x: isinstance(x, DeviceArray)
+    rc.as_device = _as_device
+    rc.empty = lambda shape, dtype, strides=None: DeviceArray(shape, dtype, strides)
+    rc.to_host = lambda arr: arr.host()
+    rc.Module = Module
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(rc, name, fn)

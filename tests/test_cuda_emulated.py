@@ -1,0 +1,55 @@
+"""The generated CUDA C, run on the CPU emulator (tests/cuda_emulator.py), against the CPU backend."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from cuda_emulator import emulated
+from test_cuda_codegen import CORPUS, GRADS
+from test_cuda_runtime import CAPSULE, _close, _random_like
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator needs g++")
+
+
+@pytest.mark.parametrize("case", range(len(CORPUS) + len(GRADS)))
+def test_corpus_matches_the_cpu(case):
+    op, arrays, params = (CORPUS + GRADS)[case]
+    arrays = _random_like(arrays, case)
+    with emulated():
+        got = op(*arrays, target="cuda", **params)
+    _close(got, op(*arrays, **params))
+
+
+MATMUL = "C[i, j] += A[i, k] * B[k, j]"
+S = tc.schedule
+STAGED = [
+    # 8 x 8 threads, each a 4 x 4 register tile; A and B staged per 8 steps of k (k_o)
+    (MATMUL, (S.Split(0, "i", 4), S.Split(0, "j", 4), S.Split(0, "k", 8),
+              S.Reorder(0, ("i_o", "j_o", "k_o", "k_i", "i_i", "j_i")), S.Threads(0, (8, 8)),
+              S.Stage(0, "A", "k_o"), S.Stage(0, "B", "k_o")), ((64, 48), (48, 64))),
+    # boxes that overhang the loops (i_o has 9 iterations, j 20 over 16 threads): idle threads still load
+    (MATMUL, (S.Split(0, "i", 4), S.Split(0, "k", 4), S.Reorder(0, ("i_o", "j", "k_o", "k_i", "i_i")),
+              S.Threads(0, (4, 16)), S.Stage(0, "A", "k_o"), S.Stage(0, "B", "k_o")), ((36, 12), (12, 20))),
+    # staged at the outermost reduction loop of a strided, rank-6 statement; W laid out with co innermost
+    (CAPSULE, (S.Layout("W", (0, 1, 2, 4, 5, 3)),
+               S.Reorder(0, ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")), S.Threads(0, (2, 2, 8)),
+               S.Stage(0, "I", "ky"), S.Stage(0, "W", "kx")), ((2, 9, 9, 3, 4, 4), (3, 3, 3, 8, 4, 4))),
+    # a padded input: the copy fills the halo with the pad value
+    ("O[y, x] += I[y + ky, x + kx] * K[ky, kx]", (S.Reorder(0, ("y", "x", "ky", "kx")), S.Threads(0, (4, 8)),
+                                                  S.Stage(0, "I", "ky"), S.Stage(0, "K", "ky")), ((7, 10), (3, 3))),
+    # a thread box without staging
+    (MATMUL, (S.Threads(0, (2, 16)),), ((9, 5), (5, 33))),
+]
+
+
+@pytest.mark.parametrize("case", range(len(STAGED)))
+def test_shared_memory_tiles_match_the_cpu(case):
+    source, schedule, shapes = STAGED[case]
+    pad = {"I": 1} if "ky, x + kx] * K" in source else None
+    arrays = _random_like([np.zeros(s, np.float32) for s in shapes], case)
+    want = tc.op(source, pad=pad)(*arrays)
+    with emulated():
+        got = tc.op(source, pad=pad, schedule=schedule)(*arrays, target="cuda")
+    _close(got, want)
