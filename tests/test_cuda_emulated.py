@@ -53,3 +53,26 @@ def test_shared_memory_tiles_match_the_cpu(case):
     with emulated():
         got = tc.op(source, pad=pad, schedule=schedule)(*arrays, target="cuda")
     _close(got, want)
+
+
+def test_tuner_shared_memory_variants_match_the_cpu():
+    from tensorcomp.autotune import gpu
+    from tensorcomp.op import ArraySpec
+    op = tc.op(CAPSULE)
+    arrays = _random_like([np.zeros((2, 9, 9, 16, 4, 4), np.float32), np.zeros((3, 3, 16, 8, 4, 4), np.float32)], 7)
+    specs = [ArraySpec.of(a) for a in arrays]
+    bound = op._bind(specs, op._check_call(tuple(arrays), {}))
+    staged = [c for _, c in gpu.candidates(op, bound, specs, sms=132) if any(isinstance(r, S.Stage) for r in c)]
+    runnable = []
+    for cand in staged:  # the search skips those whose tiles do not fit in shared memory
+        try:
+            op.with_schedule(cand).cuda_source(specs, {})
+            runnable.append(cand)
+        except tc.ScheduleError as e:
+            assert "bytes per block; at most 49152 fit" in str(e)
+    assert len(runnable) >= 3 and any(isinstance(r, S.Split) and r.index == "ci" for c in runnable for r in c)
+    want = op(*arrays)
+    with emulated():
+        for cand in [runnable[0], runnable[-1]] + [c for c in runnable if any(
+                isinstance(r, S.Split) and r.index == "ci" for r in c)][:1]:
+            _close(op.with_schedule(cand)(*arrays, target="cuda"), want)

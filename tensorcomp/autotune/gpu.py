@@ -7,6 +7,11 @@ loaded input value across it (``codegen.cuda``); the remaining written indices m
 Tiles of 2..64 elements are tried with 64, 128 and 256 threads per block, and with the best few
 CPU layout candidates (which change which index is contiguous, hence coalescing). A cost model
 ranks them: outputs per thread (register reuse) against the threads left to fill the GPU.
+Each of the best tiles also comes with *shared-memory* variants: a 2-D box of threads over the
+innermost parallel loops (``Threads``) that stages, once per iteration of an outer reduction loop,
+every input that the box's threads share (one that does not depend on one of the box's loops) in
+shared memory (``Stage``); a variant whose tiles do not fit in 48 KB is refused when lowered and
+skipped.
 
 nvcc runs for all candidates at once on a thread pool while the earlier ones are measured (the
 compile overlaps measurement); every candidate's output is compared with the default schedule's
@@ -24,11 +29,13 @@ import numpy as np
 
 from ..errors import TensorcompError
 from ..op import ArraySpec, Op
-from ..schedule.records import Block, Layout, Record, Reorder, Split, to_json
+from ..schedule.records import Block, Layout, Record, Reorder, Split, Stage, Threads, to_json
 from . import canon, database
 
 BLOCKS = (64, 128, 256)
 MAX_TILE = 64
+STAGED_TILES = 8  # the best tiles that also get shared-memory variants
+BOX_THREADS = 128  # threads in a shared-memory variant's box
 LOOKAHEAD = 24  # candidates compiling ahead of the one being measured
 
 
@@ -103,6 +110,63 @@ def tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]) -> list[
     return out
 
 
+def staged_variants(bound, k: int, records: tuple[Record, ...]) -> list[tuple[Record, ...]]:
+    """Shared-memory variants of a register-tile candidate: ``Threads`` boxes of 128 and 256 threads
+    over its innermost parallel loops, and ``Stage`` records for the inputs that some loop of the
+    box does not index, at each of its two outermost reduction loops or at the outer part of its
+    longest reduction split by 8 or 16."""
+    reorder = next((r for r in records if isinstance(r, Reorder)), None)
+    if reorder is None:
+        return []
+    bs = bound.statements[k]
+    st = bs.stmt
+    factor = {r.index: r.factor for r in records if isinstance(r, Split)}
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+
+    def source(name: str) -> str:
+        return name[:-2] if name[-2:] in ("_o", "_i") and name[:-2] in factor else name
+
+    def length(name: str) -> int:
+        if source(name) == name:
+            return extent[name]
+        f = factor[source(name)]
+        return f if name.endswith("_i") else -(-extent[source(name)] // f)
+    written = set(st.write_names())
+    order = list(reorder.order)
+    first = next((j for j, n in enumerate(order) if source(n) not in written), None)
+    if first is None:
+        return []
+    parallel = [n for n in order[:first] if length(n) > 1]
+    reductions = [n for n in order[first:] if source(n) not in written]
+    if not parallel:
+        return []
+    # where to stage: at each of the two outermost reduction loops, or at the outer part of the
+    # longest reduction split in place (its inner part and the loops after it fill the tile)
+    stagings = [(records, loop) for loop in reductions[:2]]
+    longest = max((n for n in reductions if source(n) == n), key=length, default=None)
+    for f in (8, 16):
+        if longest is not None and length(longest) > f and length(longest) % f == 0:
+            split_order = [m for n in order for m in ((f"{n}_o", f"{n}_i") if n == longest else (n,))]
+            head = tuple(r for r in records if not isinstance(r, Reorder))
+            stagings.append((head + (Split(k, longest, f), Reorder(k, tuple(split_order))), f"{longest}_o"))
+    out = []
+    for target in (BOX_THREADS, 2 * BOX_THREADS):
+        shape, left = [], target  # threads along the innermost parallel loops, at most a warp along each
+        for n in reversed(parallel):
+            if left < 2:
+                break
+            shape.insert(0, min(length(n), left, 32))
+            left //= shape[0]
+        box = {source(n) for n, t in zip(parallel[-len(shape):], shape) if t > 1}
+        shared = [t for t in dict.fromkeys(a.tensor for a in st.accesses())
+                  if not box <= {n for a in st.accesses() if a.tensor == t for lin in a.index for n in lin.names()}]
+        if not shared or int(np.prod(shape)) < 32:
+            continue
+        for base, loop in stagings:
+            out.append(base + (Threads(k, tuple(shape)),) + tuple(Stage(k, t, loop) for t in shared))
+    return list(dict.fromkeys(out))
+
+
 def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple[Record, ...]]]:
     from ..codegen import contiguous
     from .search import candidates as layout_candidates
@@ -114,8 +178,14 @@ def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple
     scored = []
     full = sms * 512  # threads that hide most latency when each has a tile of independent work
     n_in = max(1, len(set(bound.statements[k].stmt.accesses())))
-    for records, reuse, threads in tile_candidates(bound, k, strides) + [((), 1 / n_in, 0)]:
+    tiles = tile_candidates(bound, k, strides)
+    best = sorted(tiles, key=lambda t: -t[1])[:STAGED_TILES]
+    for records, reuse, threads in tiles + [((), 1 / n_in, 0)]:
         fill = min(1.0, threads / full) ** 0.5 if threads else 1.0
+        if any(records is b[0] for b in best):
+            for variant in staged_variants(bound, k, records):
+                for j, layout in enumerate(layouts):
+                    scored.append((reuse * fill * (1.0 - 0.05 * j), tuple(layout) + variant))
         for block in BLOCKS:
             for j, layout in enumerate(layouts):
                 score = reuse * fill * (1.0 if block == 128 else 0.9) * (1.0 - 0.05 * j)
