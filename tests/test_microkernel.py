@@ -104,3 +104,29 @@ def test_default_schedule_tiles_when_the_reduction_fits_in_cache():
     a = rng.standard_normal((64, 8)).astype(np.float32)
     b = rng.standard_normal((8, 48)).astype(np.float32)
     assert '%"i_o"' not in op.code(a, b)
+
+
+def test_default_schedule_relays_out_when_that_gives_the_only_statement_a_tile():
+    I = rng.standard_normal((16, 9, 9, 16, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 16, 16, 4, 4)).astype(np.float32)
+    op = tc.op(CAPS)  # (W, copied to a new layout per call, is small next to the work: 1 byte per 200 flops)
+    specs = [ArraySpec.of(a) for a in (I, W)]
+    chosen = op._effective_schedule(specs, {})
+    layouts = {r.tensor: r.perm for r in chosen if isinstance(r, Layout)}
+    # co innermost in O and W (the 4 x 4 poses outside it): no tile under the caller's layouts
+    assert layouts == {"O": (0, 1, 2, 4, 5, 3), "W": (0, 1, 2, 4, 5, 3)}
+    order = next(r for r in chosen if isinstance(r, Reorder)).order
+    assert order[-1] == "co" and order.index("ky") < order.index("co")  # reductions outside the tile
+    out = op(I, W)
+    assert out.strides[3] == 4  # O is returned in the layout it was computed in, as a view
+    np.testing.assert_allclose(out, tc.op(CAPS, schedule=(Reorder(0, (
+        "n", "y", "x", "co", "p", "r", "ky", "kx", "ci", "q")),))(I, W), rtol=1e-4, atol=1e-4)
+    # statements that share the op's work with others keep the caller's layouts (a convolution's
+    # backward op), as do tiles whose columns do not walk the written tensor (EM primary capsules)
+    from tensorcomp.nn.capsule import _em_primary_op
+    em = _em_primary_op(8)
+    arrays = [np.zeros(s, np.float32) for s in [(64, 64, 12, 12), (8, 4, 4, 64), (8, 4, 4), (8, 64), (8,)]]
+    assert em._effective_schedule([ArraySpec.of(a) for a in arrays], {}) == ()
+    grad = tc.grad(tc.op(CAPS), ["I", "W"])
+    dO = np.zeros((16, 4, 4, 16, 4, 4), np.float32)
+    assert grad._effective_schedule([ArraySpec.of(a) for a in (I, W, dO)], {}) == ()

@@ -240,6 +240,43 @@ def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Re
     return out
 
 
+RELAYOUT_FLOPS = 200  # a default may copy an input to a new layout when the op does this many flops per byte copied
+DOMINANT_SHARE = 0.9  # ... and only when the statement it tiles does this share of the op's work
+
+
+def default_layouts(op: Op, bound, arrays: list) -> tuple[Record, ...]:
+    """The default CPU schedule's layout choice: when the heaviest statement gets no vector tile
+    under the caller's layouts (see ``schedule.microkernel.default_tile``), the best-scoring tile
+    under the first layout candidates, with those layouts, if it passes the default tile's rules,
+    the statement does nearly all of the op's work (``DOMINANT_SHARE``; a convolution's backward op,
+    whose input and weight gradients share layouts, ran 1.6x slower with the layouts its weight
+    gradient's tile wanted) and the inputs it relays out are small next to the work (a copy per
+    call of at most one byte per ``RELAYOUT_FLOPS`` flops); otherwise no records. The capsule
+    kernel: 128 ms -> 16.6 ms."""
+    from ..schedule.microkernel import (CACHE_BYTES, MIN_DEFAULT_SCORE, MIN_REDUCTION, columns_contiguous, default_tile,
+                                        tile_schedules)
+    k = _heaviest(bound)
+    bs = bound.statements[k]
+    itemsize = _itemsizes(bound)
+    written = set(bs.stmt.write_names())
+    steps = int(np.prod([hi - lo for n, lo, hi in bs.extents if n not in written]))
+    if steps < MIN_REDUCTION or default_tile(bs, k, _strides(op, bound, arrays, ()), itemsize) is not None:
+        return ()
+    if _work(bs) < DOMINANT_SHARE * sum(_work(b) for b in bound.statements):
+        return ()  # the layouts would also be those of statements the cost model does not look at
+    sizes = {name: a.nbytes for name, a in zip(op.inputs, arrays)}
+    best: tuple[float, tuple[Record, ...]] = (MIN_DEFAULT_SCORE, ())
+    for base in [c for _, c in candidates(op, bound, arrays) if c][:TILE_LAYOUTS]:
+        moved = sum(sizes.get(r.tensor, 0) for r in base if isinstance(r, Layout))
+        if moved * RELAYOUT_FLOPS > 2 * _work(bs):
+            continue
+        strides = _strides(op, bound, arrays, base)
+        for score, records in tile_schedules(bs, k, strides, itemsize, tuple(base), max_footprint=CACHE_BYTES):
+            if score > best[0] and columns_contiguous(bs, records, strides, itemsize):
+                best = (score, records)
+    return best[1]
+
+
 def _measure(fn, repeats: int, give_up_after: float) -> float:
     fn()  # warm-up (and the first-call compile)
     best = float("inf")
