@@ -347,13 +347,12 @@ class Op:
             raise ScheduleError(f"{self.label}: {e}") from None
 
     def _cuda_program(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any],
-                      aligned: bool = True):
+                      aligned: bool = True, name: str = "tc_kernel"):
         """Bound, schedule and the CUDA C program for inputs of these specs."""
         from .codegen.cuda import cuda_program
         bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
         with self._labelled():
-            return bound, schedule, nest, cuda_program(nest, bound, self._buffers(), layouts, "tc_kernel", schedule,
-                                                       aligned)
+            return bound, schedule, nest, cuda_program(nest, bound, self._buffers(), layouts, name, schedule, aligned)
 
     def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple, params: dict[str, Any]) -> Kernel:
         shared = _KERNELS.get((self._ident, key))
@@ -523,8 +522,7 @@ class Op:
             raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         kinds = self._check_call(arrays, params)
         if target == "cuda":
-            return self._cuda_program([ArraySpec.of(a) for a in arrays], kinds, params)[3].source.replace(
-                "tc_kernel_stage", "kernel_stage")
+            return self._cuda_program([ArraySpec.of(a) for a in arrays], kinds, params, name="kernel")[3].source
         bound, schedule, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
         text = codegen.generate(nest, bound, self._buffers(), layouts)
         if optimized:

@@ -254,13 +254,11 @@ def default_layouts(op: Op, bound, arrays: list) -> tuple[Record, ...]:
     call of at most one byte per ``RELAYOUT_FLOPS`` flops); otherwise no records. The capsule
     kernel: 128 ms -> 16.6 ms."""
     from ..schedule.microkernel import (CACHE_BYTES, MIN_DEFAULT_SCORE, MIN_REDUCTION, columns_contiguous, default_tile,
-                                        tile_schedules)
+                                        reduction_steps, tile_schedules)
     k = _heaviest(bound)
     bs = bound.statements[k]
     itemsize = _itemsizes(bound)
-    written = set(bs.stmt.write_names())
-    steps = int(np.prod([hi - lo for n, lo, hi in bs.extents if n not in written]))
-    if steps < MIN_REDUCTION or default_tile(bs, k, _strides(op, bound, arrays, ()), itemsize) is not None:
+    if reduction_steps(bs) < MIN_REDUCTION or default_tile(bs, k, _strides(op, bound, arrays, ()), itemsize) is not None:
         return ()
     if _work(bs) < DOMINANT_SHARE * sum(_work(b) for b in bound.statements):
         return ()  # the layouts would also be those of statements the cost model does not look at

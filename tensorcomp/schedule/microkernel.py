@@ -146,13 +146,7 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     is long enough (``MIN_REDUCTION`` steps) to pay for loading and storing the tile, and what that
     reduction reads fits in the L2 cache (``CACHE_BYTES``): a longer sweep is read from memory again
     for every tile (conv2d's weight gradient, 1.6 MB per tile: 2x slower tiled than not)."""
-    extent = {n: hi - lo for n, lo, hi in bs.extents}
-    written = set(bs.stmt.write_names())
-    steps = 1
-    for n in bs.names:
-        if n not in written:
-            steps *= extent[n]
-    if steps < MIN_REDUCTION:
+    if reduction_steps(bs) < MIN_REDUCTION:
         return None
     found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES)
              if columns_contiguous(bs, sc[1], strides, itemsize)]
@@ -160,6 +154,16 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
         return None
     score, records = max(found, key=lambda sc: sc[0])
     return records if score >= MIN_DEFAULT_SCORE else None
+
+
+def reduction_steps(bs) -> int:
+    """How many reduction steps each written element of the statement takes."""
+    written = set(bs.stmt.write_names())
+    steps = 1
+    for n, lo, hi in bs.extents:
+        if n not in written:
+            steps *= hi - lo
+    return steps
 
 
 def columns_contiguous(bs, records: tuple[Record, ...], strides: dict[str, tuple[int, ...]],
