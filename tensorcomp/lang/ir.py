@@ -349,6 +349,19 @@ class Statement:
             if isinstance(node, Access):
                 yield node
 
+    def rename_indices(self, mapping: dict[str, Lin]) -> "Statement":
+        """The statement with index names replaced by expressions (on both sides)."""
+        def sub(expr: Expr) -> Expr:
+            if isinstance(expr, Access):
+                return Access(expr.tensor, tuple(lin.rename(mapping) for lin in expr.index))
+            if isinstance(expr, Index):
+                return Index(expr.lin.rename(mapping))
+            if isinstance(expr, Call):
+                return Call(expr.fn, tuple(sub(a) for a in expr.args))
+            return expr
+        return Statement(self.target, tuple(lin.rename(mapping) for lin in self.index), self.reduce, sub(self.expr),
+                         self.line)
+
     def __str__(self) -> str:
         target = f"{self.target}[{', '.join(str(i) for i in self.index)}]" if self.index else self.target
         body = expr_str(self.expr)

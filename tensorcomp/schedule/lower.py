@@ -15,7 +15,7 @@ import islpy as isl
 
 from ..domain import Bound, BoundStatement, TensorInfo
 from ..domain.bind import write_map
-from ..lang.ir import Access, Call, Index, Lin, Statement
+from ..lang.ir import Lin, Statement
 from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 
 IDENTITY = {"sum": 0, "prod": 1, None: 0}
@@ -272,13 +272,4 @@ def substitute_statement(st: Statement, env: dict[str, IExpr]) -> Statement:
         if lin is None:
             return st
         mapping[name] = lin
-
-    def sub(expr):
-        if isinstance(expr, Access):
-            return Access(expr.tensor, tuple(l.rename(mapping) for l in expr.index))
-        if isinstance(expr, Index):
-            return Index(expr.lin.rename(mapping))
-        if isinstance(expr, Call):
-            return Call(expr.fn, tuple(sub(a) for a in expr.args))
-        return expr
-    return Statement(st.target, tuple(l.rename(mapping) for l in st.index), st.reduce, sub(st.expr), st.line)
+    return st.rename_indices(mapping)
