@@ -28,10 +28,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-import islpy as isl
-
 from tensorcomp.domain import Bound, BoundStatement, TensorInfo
-from tensorcomp.domain.bind import _interval, _set
+from tensorcomp.domain.bind import _set
 from tensorcomp.errors import ArgumentError, DtypeError, ShapeError, UnknownNameError, op_label
 from tensorcomp.lang import types
 from tensorcomp.lang.ir import Access, Call, Const, Expr, Lin, Program, Statement, walk
@@ -45,10 +43,8 @@ from . import rules
 class Derived:
     """A derived statement and where its domain and target shape come from.
 
-    ``domain`` is ``("base", k)`` (the domain of the base op's statement k),
-    ``("gather", k, ((new, old, g), ...))`` (that domain with index ``old``
-    replaced by ``new = g``, see ``_Transposer.gather``) or ``("box", X)``
-    (every element of tensor X). ``shape`` is ``("base", X)``
+    ``domain`` is ``("base", k)`` (the domain of the base op's statement k) or
+    ``("box", X)`` (every element of tensor X). ``shape`` is ``("base", X)``
     (X's shape) or ``("logical", X)`` (X's shape with its padding).
     ``grad_of`` names the primal tensor whose dtype a gradient tensor takes.
     """
@@ -170,50 +166,11 @@ class _Transposer:
                     continue
                 name = self.fresh(f"d{a.tensor}_part")
                 self.contribs.setdefault(a.tensor, []).append(name)
-                self.derived.append(self.gather(Derived(Statement(name, a.index, "sum", rules.mul(seed, d)),
-                                                        ("base", k), ("logical", a.tensor), a.tensor)))
+                self.derived.append(Derived(Statement(name, a.index, "sum", rules.mul(seed, d)),
+                                            ("base", k), ("logical", a.tensor), a.tensor))
         outputs = [self.finish(x, finals) for x in self.wrt]
         self.derived = self.recompute() + self.derived
         return self.derived, d_out, outputs
-
-    def gather(self, d: Derived) -> Derived:
-        """The scatter ``dA[k + y] += dO[y] * W[k]`` in gather form, ``dA[i0] += dO[i0 - k] * W[k]``.
-
-        Each written coordinate that is not a plain index, ``g = c*p + rest`` with ``c`` = +-1 for
-        an index ``p`` used by no other written coordinate, becomes a new plain index ``a`` by the
-        change of variables ``p = c*(a - rest)`` (unimodular, so the domain maps one to one and
-        stays exact: ``0 <= i0 - k < Y`` bounds ``k`` for each ``i0``). The result writes each
-        element from one point of the outer loops, so it gets the same schedules as a forward
-        statement: tiles, layouts, parallel outer loops without conflicts. Coordinates with no
-        such index (``dA[2*i]``) keep the scatter form.
-
-        Of several candidates, ``p`` is one the forward statement writes (an output position rather
-        than a kernel offset), so the loops left to enumerate the points writing one element are
-        the short ones, as in a forward convolution."""
-        st = d.stmt
-        if all(lin.plain_var is not None for lin in st.index):
-            return d
-        forward_written = set(self.prog.statements[d.domain[1]].write_names())
-        used = [set(lin.names()) for lin in st.index]
-        index, subst, mapping = list(st.index), [], {}
-        for j, lin in enumerate(st.index):
-            if lin.plain_var is not None:
-                continue
-            coef = dict(lin.terms)
-            pivots = [n for n, c in coef.items() if isinstance(n, str) and abs(c) == 1 and n not in mapping
-                      and list(lin.names()).count(n) == 1 and not any(n in used[m] for m in range(len(index)) if m != j)]
-            if not pivots:
-                continue
-            p = min(pivots, key=lambda n: (n not in forward_written, n))
-            new = self.fresh_indices(1)[0]
-            self.used.add(new.plain_var)
-            mapping[p] = (new - (lin - Lin.var(p) * coef[p])) * coef[p]
-            subst.append((new.plain_var, p, lin))
-            index[j] = new
-        if not subst:
-            return d
-        stmt = Statement(st.target, tuple(index), st.reduce, st.rename_indices(mapping).expr, st.line)
-        return Derived(stmt, ("gather", d.domain[1], tuple(subst)), d.shape, d.grad_of)
 
     def finish(self, tensor: str, finals: dict[str, str]) -> str:
         """Name the complete gradient of ``tensor``: a lone contribution is renamed, others summed."""
@@ -268,9 +225,8 @@ class DerivedOp(Op):
         lines = []
         for d, s in zip(self.derived, statements):
             text = str(s)
-            if d.domain[0] in ("base", "gather"):
-                swap = {old: new for new, old, _ in d.domain[2]} if d.domain[0] == "gather" else {}
-                base_names = [swap.get(n, n) for n in base.program.statements[d.domain[1]].index_names()]
+            if d.domain[0] == "base":
+                base_names = base.program.statements[d.domain[1]].index_names()
                 missing = [n for n in base_names if n not in s.index_names()]
                 if missing:
                     text += f"  # also over {', '.join(missing)} (the domain of line {d.domain[1] + 1})"
@@ -322,8 +278,6 @@ class DerivedOp(Op):
             if d.domain[0] == "base":
                 bs = base_bound.statements[d.domain[1]]
                 names, domain, extents = bs.names, bs.domain, bs.extents
-            elif d.domain[0] == "gather":
-                names, domain, extents = _change_basis(base_bound.statements[d.domain[1]], d.domain[2], st)
             else:
                 shape = base_bound.tensors[d.domain[1]].shape
                 names = st.index_names()
@@ -348,22 +302,6 @@ class DerivedOp(Op):
             tensors[st.target] = TensorInfo(st.target, shape, dtype, role)
             statements.append(BoundStatement(st, names, domain, extents, dtype, expr_type))
         return Bound(self.program, tensors, tuple(statements), dict(kinds))
-
-
-def _change_basis(bs: BoundStatement, subst: tuple, st: Statement) -> tuple[tuple[str, ...], isl.Set, tuple]:
-    """(names, domain, extents) of the forward domain ``bs`` in the gather form's indices: each
-    ``(new, old, g)`` of ``subst`` replaces index ``old`` by ``new = g``; the written side first."""
-    swap = {old: new for new, old, _ in subst}
-    renamed = [swap.get(n, n) for n in bs.names]
-    names = tuple(dict.fromkeys([n for n in st.write_names() if n in renamed] + renamed))
-    dim = {n: f"d{k}" for k, n in enumerate(bs.names)}
-    value = {n: f"d{k}" for k, n in enumerate(bs.names)}
-    value.update({new: g.to_isl(dim) for new, _, g in subst})
-    change = isl.Map(f"{{ [{', '.join(dim[n] for n in bs.names)}] -> [{', '.join(value[n] for n in names)}] }}")
-    domain = bs.domain.apply(change)
-    for k in range(len(names)):
-        domain = domain.set_dim_name(isl.dim_type.set, k, f"d{k}")
-    return names, domain, tuple((n, *_interval(domain, k)) for k, n in enumerate(names))
 
 
 def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:

@@ -136,16 +136,14 @@ def test_every_library_op(make_op, shapes):
 
 def test_golden_sources():
     conv = ops.conv(2, stride=2)
-    # gather form: each element of dI sums over the (y, k) with k + 2*y == i, k = i - 2*y
-    assert tc.grad(conv, "I").source == "dI[n, c, i0, i1] += dO[n, f, y0, y1] * W[f, c, i0 - 2*y0, i1 - 2*y1]"
-    assert tc.grad(ops.conv(1), "I").source == "dI[n, c, i0] += dO[n, f, i0 - k0] * W[f, c, k0]"
+    assert tc.grad(conv, "I").source == "dI[n, c, k0 + 2*y0, k1 + 2*y1] += dO[n, f, y0, y1] * W[f, c, k0, k1]"
     mm = ops.matmul()
     assert tc.grad(mm, ["A", "B"]).source == "dA[i, k] += dC[i, j] * B[k, j]\ndB[k, j] += dC[i, j] * A[i, k]"
     pool = tc.op("O[n, y] = max(I[n, 2*y + k])", ranges={"k": 3})
     assert tc.grad(pool, "I").source == (  # a masked gather of dO, ties sharing it
         "O[n, y] = max(I[n, k + 2*y])\n"
         "nO[n, y] += where(I[n, k + 2*y] == O[n, y], 1, 0)\n"
-        "dI[n, i0] += where(I[n, i0] == O[n, y], dO[n, y] / nO[n, y], 0)"
+        "dI[n, k + 2*y] += where(I[n, k + 2*y] == O[n, y], dO[n, y] / nO[n, y], 0)"
     )
     multiplicity = tc.op("O[i] += A[i] + B[j]")
     assert tc.grad(multiplicity, "A").source == "dA[i] += dO[i]  # also over j (the domain of line 1)"
@@ -188,43 +186,27 @@ def test_bad_requests():
     assert str(info.value) == "op 'dA[i] += dO[i] * 2': gradient input dO has shape (4,) but O has shape (3,)"
 
 
-def test_gradient_of_a_strided_read_is_derived_in_gather_form():
-    """dI of a strided conv: ``dI[2*y + k] += ...`` becomes, by the change of variables k = i0 - 2*y,
-    one plain written index (no two points of the outer loops write one element), with y bounded
-    exactly for each i0 (0 <= i0 - 2*y < 3)."""
+def test_colliding_scatter_without_batch_index_is_scheduled_as_a_gather():
+    """dI of a strided 1-D conv has no plain written index: it loops over dI's elements outermost
+    (parallel, no atomics). With a batch index the scatter order is kept (n is the parallel loop)."""
+    from tensorcomp.schedule import For
     conv = tc.op("O[y] += I[2*y + k] * W[k]")
     g = tc.grad(conv, "I")
-    assert g.source == "dI[i0] += dO[y] * W[i0 - 2*y]"
+    assert g.source == "dI[k + 2*y] += dO[y] * W[k]"
     I, W, dO = r(9), r(3), r(4)
-    assert g.domains(I, W, dO) == ["{ [i0, y] : 0 <= y <= 3 and -2 + i0 <= 2y <= i0 }"]
-    ref = np.zeros(9)
-    for y in range(4):
-        for k in range(3):
-            ref[2 * y + k] += dO[y] * W[k]
-    np.testing.assert_allclose(g(I, W, dO), ref, rtol=1e-12)
-    # an index used by two written coordinates has no change of variables: the scatter stays
-    assert tc.grad(tc.op("O[i] += A[i + 1, 4 - i]"), "A").source == "dA[i + 1, -i + 4] += dO[i]"
-    assert tc.grad(tc.op("O[i] += A[2*i]"), "A").source == "dA[2*i] += dO[i]"
-
-
-def test_colliding_scatter_without_batch_index_is_scheduled_as_a_gather():
-    """A scatter with no plain written index loops over the written elements outermost (parallel,
-    no atomics). With a batch index the scatter order is kept (n is the parallel loop)."""
-    from tensorcomp.schedule import For
-    scatter = tc.op("dI[k + 2*y] += dO[y] * W[k]")
-    W, dO = r(3), r(4)
-    compute_nest = scatter.loopnest(dO, W).body[-1]
+    compute_nest = g.loopnest(I, W, dO).body[-1]
     assert isinstance(compute_nest, For) and compute_nest.var == "di0" and compute_nest.kind == "parallel"
     ref = np.zeros(9)
     for y in range(4):
         for k in range(3):
             ref[2 * y + k] += dO[y] * W[k]
-    np.testing.assert_allclose(scatter(dO, W), ref, rtol=1e-12)
-    batched = tc.op("dI[n, k + 2*y] += dO[n, y] * W[k]")
-    outer = batched.loopnest(r(2, 4), W).body[-1]
+    np.testing.assert_allclose(g(I, W, dO), ref, rtol=1e-12)
+    batched = tc.grad(tc.op("O[n, y] += I[n, 2*y + k] * W[k]"), "I")
+    outer = batched.loopnest(r(2, 9), W, r(2, 4)).body[-1]
     assert outer.var == "n" and outer.kind == "parallel" and outer.body[0].var != "di1"
     # on the GPU the gather form is always used: every written coordinate becomes a thread
-    assert "// launch kernel_stage1<<<1, 256>>>: 18 parallel iterations" in batched.code(r(2, 4), W, target="cuda")
+    assert "// launch kernel_stage1<<<1, 256>>>: 18 parallel iterations" in batched.code(
+        r(2, 9), W, r(2, 4), target="cuda")
     # an injective scatter keeps its scatter order
     split = tc.op("O[i // 2, i % 2] = A[i]")
     assert split.loopnest(np.zeros(6)).body[-1].var == "i"
