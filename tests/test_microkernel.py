@@ -109,24 +109,51 @@ def test_default_schedule_tiles_when_the_reduction_fits_in_cache():
 def test_default_schedule_relays_out_when_that_gives_the_only_statement_a_tile():
     I = rng.standard_normal((16, 9, 9, 16, 4, 4)).astype(np.float32)
     W = rng.standard_normal((3, 3, 16, 16, 4, 4)).astype(np.float32)
-    op = tc.op(CAPS)  # (W, copied to a new layout per call, is small next to the work: 1 byte per 200 flops)
+    op = tc.op(CAPS)  # (W, copied to a new layout per call, is small next to the work: 1 byte per 20 flops)
     specs = [ArraySpec.of(a) for a in (I, W)]
     chosen = op._effective_schedule(specs, {})
-    layouts = {r.tensor: r.perm for r in chosen if isinstance(r, Layout)}
     # co innermost in O and W (the 4 x 4 poses outside it): no tile under the caller's layouts
-    assert layouts == {"O": (0, 1, 2, 4, 5, 3), "W": (0, 1, 2, 4, 5, 3)}
-    order = next(r for r in chosen if isinstance(r, Reorder)).order
-    assert order[-1] == "co" and order.index("ky") < order.index("co")  # reductions outside the tile
+    assert chosen == (Layout("O", (0, 1, 2, 4, 5, 3)), Layout("W", (0, 1, 2, 4, 5, 3)))
+    loops = [line.split()[1] for line in str(op.loopnest(I, W)).splitlines() if line.lstrip().startswith("for ")]
+    assert loops[-1] == "co" and loops.index("ky") > loops.index("n_o")  # the tile: reductions outside it
     out = op(I, W)
     assert out.strides[3] == 4  # O is returned in the layout it was computed in, as a view
     np.testing.assert_allclose(out, tc.op(CAPS, schedule=(Reorder(0, (
         "n", "y", "x", "co", "p", "r", "ky", "kx", "ci", "q")),))(I, W), rtol=1e-4, atol=1e-4)
-    # statements that share the op's work with others keep the caller's layouts (a convolution's
-    # backward op), as do tiles whose columns do not walk the written tensor (EM primary capsules)
+    # tiles whose columns do not walk the written tensor do not count: the EM primary capsules' 1x1
+    # convolution gets none, but its channels become a contiguous reduction run instead
     from tensorcomp.nn.capsule import _em_primary_op
     em = _em_primary_op(8)
     arrays = [np.zeros(s, np.float32) for s in [(64, 64, 12, 12), (8, 4, 4, 64), (8, 4, 4), (8, 64), (8,)]]
-    assert em._effective_schedule([ArraySpec.of(a) for a in arrays], {}) == ()
+    assert em._effective_schedule([ArraySpec.of(a) for a in arrays], {}) == (Layout("I", (0, 2, 3, 1)),)
+
+
+def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
+    """Statements sharing an op's work each fix the layouts of tensors no heavier statement fixed;
+    one with no tile under any candidate takes layouts that make its innermost loop a long
+    contiguous reduction (a convolution's weight gradient: the batch index innermost)."""
+    I = rng.standard_normal((16, 9, 9, 16, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 16, 16, 4, 4)).astype(np.float32)
     grad = tc.grad(tc.op(CAPS), ["I", "W"])
-    dO = np.zeros((16, 4, 4, 16, 4, 4), np.float32)
-    assert grad._effective_schedule([ArraySpec.of(a) for a in (I, W, dO)], {}) == ()
+    dO = rng.standard_normal((16, 4, 4, 16, 4, 4)).astype(np.float32)
+    chosen = grad._effective_schedule([ArraySpec.of(a) for a in (I, W, dO)], {})
+    assert [r.tensor for r in chosen] == ["W", "dI", "dO", "dW"]  # dI's statement first, then dW's
+    dI, dW = grad(I, W, dO)
+    ref_I, ref_W = tc.grad(tc.op(CAPS, schedule=(Reorder(0, ("n", "y", "x", "co", "p", "r", "ky", "kx", "ci",
+                                                                 "q")),)), ["I", "W"])(I, W, dO)
+    np.testing.assert_allclose(dI, ref_I, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(dW, ref_W, rtol=1e-3, atol=1e-3)
+    conv = tc.op("O[n, f, y0, y1] += I[n, c, y0 + k0, y1 + k1] * W[f, c, k0, k1]")
+    gw = tc.grad(conv, "W")
+    x, w, g = (rng.standard_normal(s).astype(np.float32) for s in [(64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10)])
+    assert gw._effective_schedule([ArraySpec.of(a) for a in (x, w, g)], {}) == (
+        Layout("I", (1, 2, 3, 0)), Layout("dO", (1, 2, 3, 0)))
+    assert str(gw.loopnest(x, w, g)).splitlines()[-2].strip() == "for n in range(0, 64):"
+    want = np.zeros((16, 6, 5, 5))
+    for k0 in range(5):
+        for k1 in range(5):
+            want[:, :, k0, k1] = np.einsum("nfab,ncab->fc", g, x[:, :, k0:k0 + 10, k1:k1 + 10])
+    np.testing.assert_allclose(gw(x, w, g), want, rtol=1e-3, atol=1e-3)
+    # too little work per byte of the inputs to copy them: the caller's layouts
+    small = [np.zeros(s, np.float32) for s in [(64, 6, 6, 6), (16, 6, 5, 5), (64, 16, 2, 2)]]
+    assert gw._effective_schedule([ArraySpec.of(a) for a in small], {}) == ()

@@ -106,9 +106,12 @@ def _work(bs) -> int:
     return int(np.prod([hi - lo for _, lo, hi in bs.extents]))
 
 
-def candidates(op: Op, bound, arrays: list[np.ndarray]) -> list[tuple[float, tuple[Record, ...]]]:
-    """Layout candidates for the heaviest statement, best cost-model score first."""
-    k = max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
+def candidates(op: Op, bound, arrays: list[np.ndarray], k: int | None = None) -> list[tuple[float, tuple[Record, ...]]]:
+    """Layout candidates for statement ``k`` (the heaviest by default), best cost-model score first:
+    a group of up to three indices made the innermost axes of every tensor they index, scored by
+    the contiguous run (up to 64) times the accesses that walk it (reads count double), less the
+    bytes of inputs copied per unit of work."""
+    k = _heaviest(bound) if k is None else k
     bs = bound.statements[k]
     st = bs.stmt
     extent = {n: hi - lo for n, lo, hi in bs.extents}
@@ -240,39 +243,94 @@ def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Re
     return out
 
 
-RELAYOUT_FLOPS = 200  # a default may copy an input to a new layout when the op does this many flops per byte copied
-DOMINANT_SHARE = 0.9  # ... and only when the statement it tiles does this share of the op's work
+RELAYOUT_FLOPS = 20  # a default may copy an input to a new layout when the op does this many flops per byte copied
+LAYOUT_SHARE = 0.25  # ... for the statements doing at least this share of the op's work
+MIN_REDUCTION_RUN = 32  # a contiguous innermost reduction this long vectorizes well without a tile
 
 
 def default_layouts(op: Op, bound, arrays: list) -> tuple[Record, ...]:
-    """The default CPU schedule's layout choice: when the heaviest statement gets no vector tile
-    under the caller's layouts (see ``schedule.microkernel.default_tile``), the best-scoring tile
-    under the first layout candidates, with those layouts, if it passes the default tile's rules,
-    the statement does nearly all of the op's work (``DOMINANT_SHARE``; a convolution's backward op,
-    whose input and weight gradients share layouts, ran 1.6x slower with the layouts its weight
-    gradient's tile wanted) and the inputs it relays out are small next to the work (a copy per
-    call of at most one byte per ``RELAYOUT_FLOPS`` flops); otherwise no records. The capsule
-    kernel: 128 ms -> 16.6 ms."""
-    from ..schedule.microkernel import (CACHE_BYTES, MIN_DEFAULT_SCORE, MIN_REDUCTION, columns_contiguous, default_tile,
-                                        reduction_steps, tile_schedules)
-    k = _heaviest(bound)
-    bs = bound.statements[k]
+    """The default CPU schedule's layout choice. The statements doing at least ``LAYOUT_SHARE`` of the
+    op's work, heaviest first, each keep the layouts chosen so far when they give it a vector tile
+    (``schedule.microkernel.default_tile``); otherwise it may fix the layouts of tensors not fixed
+    yet, taken from its first layout candidates (``candidates``):
+
+    * the best-scoring tile under them that passes the default tile's rules, or else
+    * a reduction run: an innermost group of reduction loops of at least ``MIN_REDUCTION_RUN``
+      elements that every read walks contiguously (LLVM vectorizes the reduction), when the
+      caller's layouts give a shorter one (a convolution's weight gradient with the batch index
+      innermost: LeNet's second layer, 8.1 -> 0.8 ms);
+
+    and only when the inputs it relays out are small next to its work (a copy per call of at most
+    one byte per ``RELAYOUT_FLOPS`` flops). Layouts only: under them each statement gets its
+    default tile when lowered. The capsule kernel: 128 ms -> 16.6 ms."""
+    from ..schedule.microkernel import MIN_REDUCTION, default_tile, reduction_steps
     itemsize = _itemsizes(bound)
-    if reduction_steps(bs) < MIN_REDUCTION or default_tile(bs, k, _strides(op, bound, arrays, ()), itemsize) is not None:
-        return ()
-    if _work(bs) < DOMINANT_SHARE * sum(_work(b) for b in bound.statements):
-        return ()  # the layouts would also be those of statements the cost model does not look at
     sizes = {name: a.nbytes for name, a in zip(op.inputs, arrays)}
-    best: tuple[float, tuple[Record, ...]] = (MIN_DEFAULT_SCORE, ())
-    for base in [c for _, c in candidates(op, bound, arrays) if c][:TILE_LAYOUTS]:
-        moved = sum(sizes.get(r.tensor, 0) for r in base if isinstance(r, Layout))
-        if moved * RELAYOUT_FLOPS > 2 * _work(bs):
+    total = sum(_work(b) for b in bound.statements)
+    chosen: tuple[Record, ...] = ()
+    heavy = sorted((j for j, b in enumerate(bound.statements) if _work(b) >= LAYOUT_SHARE * total),
+                   key=lambda j: -_work(bound.statements[j]))
+    for k in heavy:
+        bs = bound.statements[k]
+        strides = _strides(op, bound, arrays, chosen)
+        if reduction_steps(bs) < MIN_REDUCTION or default_tile(bs, k, strides, itemsize) is not None:
             continue
-        strides = _strides(op, bound, arrays, base)
-        for score, records in tile_schedules(bs, k, strides, itemsize, tuple(base), max_footprint=CACHE_BYTES):
+        fixed = {r.tensor for r in chosen if isinstance(r, Layout)}
+        bases = [c for _, c in candidates(op, bound, arrays, k)
+                 if c and not fixed & {r.tensor for r in c if isinstance(r, Layout)}][:TILE_LAYOUTS]
+        bases = [b for b in bases
+                 if sum(sizes.get(r.tensor, 0) for r in b if isinstance(r, Layout)) * RELAYOUT_FLOPS <= 2 * _work(bs)]
+        pick = _tile_layouts(op, bound, arrays, k, chosen, bases, itemsize)
+        pick = pick or _reduction_run_layouts(op, bound, arrays, k, chosen, bases, itemsize)
+        if pick is not None:
+            chosen += tuple(r for r in pick if isinstance(r, Layout) and r not in chosen)
+    return chosen
+
+
+def _tile_layouts(op: Op, bound, arrays, k: int, chosen: tuple, bases: list, itemsize) -> tuple | None:
+    """The best default-rule tile of statement ``k`` under ``chosen`` plus one of ``bases``."""
+    from ..schedule.microkernel import CACHE_BYTES, MIN_DEFAULT_SCORE, columns_contiguous, tile_schedules
+    bs = bound.statements[k]
+    best: tuple[float, tuple[Record, ...] | None] = (MIN_DEFAULT_SCORE, None)
+    for base in bases:
+        layouts = chosen + base
+        strides = _strides(op, bound, arrays, layouts)
+        for score, records in tile_schedules(bs, k, strides, itemsize, tuple(layouts), max_footprint=CACHE_BYTES):
             if score > best[0] and columns_contiguous(bs, records, strides, itemsize):
                 best = (score, records)
     return best[1]
+
+
+def _reduction_run_layouts(op: Op, bound, arrays, k: int, chosen: tuple, bases: list, itemsize) -> tuple | None:
+    """The first of ``bases`` (with ``chosen``) whose default innermost group is a reduction run of at
+    least ``MIN_REDUCTION_RUN`` elements, longer than the one ``chosen`` alone gives."""
+    bs = bound.statements[k]
+    have = _reduction_run(bs, _strides(op, bound, arrays, chosen), itemsize)
+    for base in bases:
+        run = _reduction_run(bs, _strides(op, bound, arrays, chosen + base), itemsize)
+        if run >= MIN_REDUCTION_RUN and run > have:
+            return chosen + base
+    return None
+
+
+def _reduction_run(bs, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]) -> int:
+    """Elements in the default order's innermost group when it is made of reduction loops that every
+    read using them walks with unit stride (0 otherwise)."""
+    from ..schedule.plan import default_order
+    order, group = default_order(bs, strides, itemsize)
+    group = list(group) or [order[-1]]
+    written = set(bs.stmt.write_names())
+    if any(n in written for n in group):
+        return 0
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    inner = group[-1]
+    for a in bs.stmt.accesses():
+        if any(inner in lin.names() for lin in a.index):
+            axis = max(range(len(a.index)), key=lambda ax: -abs(strides[a.tensor][ax]) if inner in a.index[ax].names()
+                       else -float("inf"))
+            if abs(strides[a.tensor][axis]) != itemsize[a.tensor] or a.index[axis].plain_var != inner:
+                return 0
+    return int(np.prod([extent[n] for n in group]))
 
 
 def _measure(fn, repeats: int, give_up_after: float) -> float:
