@@ -128,8 +128,8 @@ def test_derived_gradient_ops_are_tuned_and_keep_their_domains(cache):
 
 def test_profile_times_op_calls_and_tune_hot_tunes_the_slowest_first(cache):
     from tensorcomp.autotune.hot import hottest, profile, tune_hot
-    a = rng.standard_normal((96, 64)).astype(np.float32)
-    b = rng.standard_normal((64, 96)).astype(np.float32)
+    a = rng.standard_normal((256, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 256)).astype(np.float32)
     mm, add = tc.op("C[i, j] += A[i, k] * B[k, j]"), tc.op("C[i] = A[i] + B[i]")
     x = rng.standard_normal(8).astype(np.float32)
     mm(a, b), add(x, x)  # compiled outside the profile

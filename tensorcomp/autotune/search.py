@@ -305,26 +305,27 @@ def _reduction_run_layouts(op: Op, bound, arrays, k: int, chosen: tuple, bases: 
     """The first of ``bases`` (with ``chosen``) whose default innermost group is a reduction run of at
     least ``MIN_REDUCTION_RUN`` elements, longer than the one ``chosen`` alone gives."""
     bs = bound.statements[k]
-    have = _reduction_run(bs, _strides(op, bound, arrays, chosen), itemsize)
+    if _inner_run(bs, _strides(op, bound, arrays, chosen), itemsize, reduction=False) >= MIN_REDUCTION_RUN:
+        return None  # the caller's layouts already give a long contiguous innermost loop
     for base in bases:
-        run = _reduction_run(bs, _strides(op, bound, arrays, chosen + base), itemsize)
-        if run >= MIN_REDUCTION_RUN and run > have:
+        if _inner_run(bs, _strides(op, bound, arrays, chosen + base), itemsize, reduction=True) >= MIN_REDUCTION_RUN:
             return chosen + base
     return None
 
 
-def _reduction_run(bs, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]) -> int:
-    """Elements in the default order's innermost group when it is made of reduction loops that every
-    read using them walks with unit stride (0 otherwise)."""
+def _inner_run(bs, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int], reduction: bool) -> int:
+    """Elements in the default order's innermost group when every access using it walks it with unit
+    stride (the write too, unless ``reduction``: then the group must be reduction loops); else 0."""
+    from ..lang.ir import Access
     from ..schedule.plan import default_order
     order, group = default_order(bs, strides, itemsize)
     group = list(group) or [order[-1]]
     written = set(bs.stmt.write_names())
-    if any(n in written for n in group):
+    if reduction and any(n in written for n in group):
         return 0
     extent = {n: hi - lo for n, lo, hi in bs.extents}
     inner = group[-1]
-    for a in bs.stmt.accesses():
+    for a in [*bs.stmt.accesses(), Access(bs.stmt.target, bs.stmt.index)]:
         if any(inner in lin.names() for lin in a.index):
             axis = max(range(len(a.index)), key=lambda ax: -abs(strides[a.tensor][ax]) if inner in a.index[ax].names()
                        else -float("inf"))
