@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import TensorcompError
 from ..op import ArraySpec, Op
-from ..schedule.records import Block, Layout, Record, Reorder, Split, Stage, Threads, to_json
+from ..schedule.records import Block, Record, Reorder, Split, Stage, Threads, to_json
 from . import canon, database
 
 BLOCKS = (64, 128, 256)

@@ -136,7 +136,7 @@ class SpreadLoss(Module):
 @lru_cache(maxsize=None)
 def _em_primary_op(types: int) -> Op:
     """1x1 convolution to ``types`` 4x4 poses and activations, channels-last capsules out."""
-    return Op(f"""
+    return Op("""
         P[n, y, x, t, p, q] += I[n, c, y, x] * WP[t, p, q, c]
         Q[n, y, x, t, p, q] = P[n, y, x, t, p, q] + BP[t, p, q]
         G[n, y, x, t] += I[n, c, y, x] * WA[t, c]
