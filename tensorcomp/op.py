@@ -241,7 +241,8 @@ class Op:
 
     def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any], target: str = "cpu") -> tuple:
         """The op's own schedule, else the tuned one stored for these inputs, else the default (on the
-        CPU, layouts that give the heaviest statement a vector tile; see ``autotune.default_layouts``)."""
+        CPU, layouts that give the heavy statements vector tiles or long contiguous reductions; see
+        ``autotune.default_layouts``)."""
         if self.schedule:
             return self.schedule
         if not getattr(self, "_no_database", False):
