@@ -88,18 +88,23 @@ def test_neighbours_keep_the_tile_and_the_outer_loop_and_compute_the_same():
     assert neighbours((), bound.statements[0], 0) == []
 
 
-def test_default_schedule_tiles_when_the_reduction_fits_in_cache():
+def test_default_schedule_tiles_and_blocks_long_reductions():
     a = rng.standard_normal((64, 40)).astype(np.float32)
     b = rng.standard_normal((40, 48)).astype(np.float32)
     op = tc.op(MATMUL)
     kernel = op.code(a, b).split("define")[1]
     assert kernel.count("alloca <8 x float>") == 12 and '%"i_o"' in kernel  # the 4 x 24 tile, unasked
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-4, atol=1e-4)
-    # a 20000-long reduction reads 1.3 MB of B per tile: re-read from memory for every tile, so no tile
-    a = rng.standard_normal((8, 20000)).astype(np.float32)
-    b = rng.standard_normal((20000, 16)).astype(np.float32)
-    assert '%"i_o"' not in op.code(a, b)  # no split of the rows
-    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-2)
+    # a 20000-long reduction would read 2.4 MB per tile, from memory again for every tile: it is
+    # blocked to 500 steps (4 rows x 500 of A and 500 x 24 of B: 56 KB), its outer part right inside
+    # the outermost loop, so each block of B is reused from cache by every tile of rows
+    a = rng.standard_normal((64, 20000)).astype(np.float32)
+    b = rng.standard_normal((20000, 48)).astype(np.float32)
+    loops = [line.split()[1:5] for line in str(op.loopnest(a, b)).splitlines() if line.lstrip().startswith("for ")]
+    assert loops[2:] == [["i_o", "in", "range(0,", "16):"], ["k_o", "in", "range(0,", "40):"],
+                         ["j_o", "in", "range(0,", "2):"], ["k_i", "in", "range(0,", "500):"],
+                         ["i_i", "in", "range(0,", "4):"], ["j_i", "in", "range(0,", "24):"]]
+    np.testing.assert_allclose(op(a, b), a.astype(np.float64) @ b, rtol=1e-3, atol=1e-2)
     # too short a reduction to pay for loading and storing the tile
     a = rng.standard_normal((64, 8)).astype(np.float32)
     b = rng.standard_normal((8, 48)).astype(np.float32)
@@ -157,3 +162,17 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
     # too little work per byte of the inputs to copy them: the caller's layouts
     small = [np.zeros(s, np.float32) for s in [(64, 6, 6, 6), (16, 6, 5, 5), (64, 16, 2, 2)]]
     assert gw._effective_schedule([ArraySpec.of(a) for a in small], {}) == ()
+
+
+def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out():
+    """A 9x9 stride-2 convolution over 64 channels: each 6 x 16 tile would read 456 KB across the
+    whole window; the default keeps the innermost reduction loops whole (k1, c: 50 KB) and moves
+    k0 outside the tile's outer loops."""
+    conv = tc.op("C[n, y0, y1, f] += I[n, 2*y0 + k0, 2*y1 + k1, c] * W[k0, k1, c, f]")
+    x = rng.standard_normal((2, 20, 20, 64)).astype(np.float32)
+    w = rng.standard_normal((9, 9, 64, 32)).astype(np.float32)
+    loops = [line.split()[1] for line in str(conv.loopnest(x, w)).splitlines() if line.lstrip().startswith("for ")]
+    tiled = loops[loops.index("n", 1):]
+    assert tiled[:2] == ["n", "k0"] and tiled[-4:] == ["k1", "c", "y0", "f_i"]
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (9, 9), axis=(1, 2))[:, ::2, ::2]
+    np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)

@@ -31,6 +31,7 @@ from .records import Fuse, Record, Reorder, Split
 MAX_ROWS = 8
 MIN_REDUCTION = 16  # reduction steps around a default tile
 CACHE_BYTES = 256 * 1024  # what a default tile's reduction may read (half of a Zen 3 core's L2)
+TILE_BYTES = 64 * 1024  # ... else it is blocked to read this much (_block_reduction; 9x9 conv: 35 -> 120 GFLOP/s)
 MIN_DEFAULT_SCORE = 1.2  # multiply-adds per load (plus the size bonus) for a default tile
 VECTOR_REGISTERS = 16  # AVX2: accumulators + one row of operand vectors + a broadcast must fit
 ROW_FACTORS = (2, 3, 4, 6, 8)
@@ -104,7 +105,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
                     nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
                 continue
-            loads, footprint = 0, 0
+            loads, footprint, sweeps = 0, 0, []
             for tensor, index in reads:
                 used = {n for lin in index for n in lin.names()}
                 per_row = 1
@@ -112,14 +113,21 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                     per_row *= f if n in used else 1
                 loads += per_row * (vectors if used & set(cols) else 1)
                 swept = per_row * (vectors * lanes if used & set(cols) else 1) * itemsize[tensor]
+                sweeps.append((swept, used))
                 for n in reductions:
                     swept *= extent[n] if n in used else 1
                 footprint += swept
+            blocked = _block_reduction(reductions, extent, sweeps, footprint)
+            if blocked is None:
+                continue
+            red_split, red_outer, red_inner, footprint = blocked
             if max_footprint is not None and footprint > max_footprint:
                 continue
             records: list[Record] = list(base)
             if split is not None:
                 records.append(Split(k, split.index, split.factor))
+            if red_split is not None:
+                records.append(Split(k, red_split[0], red_split[1]))
             outer, inner = [], []
             row_of = dict(rows)
             for n in others:
@@ -131,12 +139,56 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                     records.append(Split(k, n, row_of[n]))
                     outer.append(f"{n}_o")
                     inner.append(f"{n}_i")
-            loops = outer + col_outer + reductions + inner + col_loops
+            if red_outer:  # blocked: the reduction's outer part right inside the outermost loop
+                loops = outer[:1] + red_outer + outer[1:] + col_outer + red_inner + inner + col_loops
+            else:
+                loops = outer + col_outer + reductions + inner + col_loops
             records.append(Reorder(k, tuple(loops)))
             records += [Fuse(k, "", "")] * (len(col_loops) - 1)
             fmas = nrows * vectors
             out.append((fmas / loads + 0.01 * fmas, tuple(records)))
     return out
+
+
+def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list[tuple[int, set]], footprint: int):
+    """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
+    what it reads fits ``CACHE_BYTES``; else the innermost reduction loops that together read at
+    most ``TILE_BYTES`` (whole loops, then the next one split by the largest factor that fits, as
+    ``split`` = (index, factor)), the others moved outside the tile's outer loops, so each block
+    of the operands is reused from cache by the tiles that follow. Inner loops stay whole from
+    the innermost out: a contiguous run cut short or a long stride inside the block measured up to
+    2x slower (9x9 conv: 8 channels x 81 window steps 59 GFLOP/s, 256 channels 115). None when
+    no inner part of ``MIN_REDUCTION`` steps fits."""
+    if footprint <= CACHE_BYTES:
+        return None, [], list(reductions), footprint
+
+    def reads(inner: dict[str, int]) -> int:
+        total = 0
+        for swept, used in sweeps:
+            for n in used:
+                swept *= inner.get(n, 1)
+            total += swept
+        return total
+    inner: dict[str, int] = {}
+    cut = None
+    for n in reversed(reductions):
+        if reads(dict(inner, **{n: extent[n]})) <= TILE_BYTES:
+            inner[n] = extent[n]
+            continue
+        fits = [f for f in range(2, extent[n]) if extent[n] % f == 0 and reads(dict(inner, **{n: f})) <= TILE_BYTES]
+        if fits:
+            cut = (n, max(fits))
+            inner[n] = cut[1]
+        break
+    steps = 1
+    for v in inner.values():
+        steps *= v
+    if steps < MIN_REDUCTION:
+        return None
+    name = {cut[0]: f"{cut[0]}_o"} if cut else {}
+    outer = [name.get(n, n) for n in reductions if n not in inner or n in name]
+    inner_loops = [f"{n}_i" if n in name else n for n in reductions if n in inner]
+    return cut, outer, inner_loops, reads(inner)
 
 
 def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]
