@@ -292,10 +292,11 @@ def _tile_layouts(op: Op, bound, arrays, k: int, chosen: tuple, bases: list, ite
     the default tile's rules; None if none does."""
     from ..schedule.microkernel import CACHE_BYTES, MIN_DEFAULT_SCORE, columns_contiguous, tile_schedules
     bs = bound.statements[k]
-    best: tuple[float, tuple[Record, ...] | None] = (MIN_DEFAULT_SCORE, None)
+    best: tuple[float, tuple[Record, ...] | None] = (-float("inf"), None)
     for base in bases:
         strides = _strides(op, bound, arrays, chosen + base)
-        for score, records in tile_schedules(bs, k, strides, itemsize, chosen + base, max_footprint=CACHE_BYTES):
+        for score, records in tile_schedules(bs, k, strides, itemsize, chosen + base, max_footprint=CACHE_BYTES,
+                                             min_reuse=MIN_DEFAULT_SCORE):
             if score > best[0] and columns_contiguous(bs, records, strides, itemsize):
                 best = (score, base)
     return best[1]

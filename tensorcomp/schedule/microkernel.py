@@ -70,10 +70,12 @@ def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[s
 
 
 def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
-                   base: tuple[Record, ...] = (), max_footprint: int | None = None
+                   base: tuple[Record, ...] = (), max_footprint: int | None = None, min_reuse: float = 0.0
                    ) -> list[tuple[float, tuple[Record, ...]]]:
     """(score, schedule) for the vector tiles of statement ``k`` under the layouts in ``base``;
-    with ``max_footprint``, only tiles whose whole reduction reads at most that many bytes."""
+    with ``max_footprint``, only tiles whose (blocked) reduction reads at most that many bytes, and
+    only those doing at least ``min_reuse`` multiply-adds per load (plus the size bonus). The score
+    is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add."""
     from ..codegen.llvm import MAX_VECTOR_REGS, VECTOR_BYTES
     st = bs.stmt
     if st.reduce != "sum" or itemsize.get(st.target) not in (4, 8):
@@ -92,6 +94,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     if not reductions:
         return []
     reads = list(dict.fromkeys((a.tensor, a.index) for a in st.accesses()))
+    names = set(bs.names)
     out: list[tuple[float, tuple[Record, ...]]] = []
     for vectors in (1, 2, 3, 4):
         split, col_loops, col_outer = _column_split(cols, extent, vectors * lanes)
@@ -105,18 +108,16 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
                     nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
                 continue
-            loads, footprint, sweeps = 0, 0, []
+            loads, sweeps = 0, []
             for tensor, index in reads:
                 used = {n for lin in index for n in lin.names()}
                 per_row = 1
                 for n, f in rows:
                     per_row *= f if n in used else 1
                 loads += per_row * (vectors if used & set(cols) else 1)
-                swept = per_row * (vectors * lanes if used & set(cols) else 1) * itemsize[tensor]
-                sweeps.append((swept, used))
-                for n in reductions:
-                    swept *= extent[n] if n in used else 1
-                footprint += swept
+                sweeps.append(_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
+                                     reductions, strides, itemsize))
+            footprint = _reads(sweeps, extent)
             blocked = _block_reduction(reductions, extent, sweeps, footprint)
             if blocked is None:
                 continue
@@ -139,18 +140,67 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                     records.append(Split(k, n, row_of[n]))
                     outer.append(f"{n}_o")
                     inner.append(f"{n}_i")
+            seq = outer + col_outer
+            # outermost a loop the cores can share: one over a plain written index (a scatter's
+            # k0 in dI[k0 + 2*y0] is not; 9x9 conv dI 2 threads instead of 1)
+            safe = [j for j, n in enumerate(seq) if _source(n, names) in plain]
+            if safe and safe[0] > 0:
+                seq.insert(0, seq.pop(safe[0]))
             if red_outer:  # blocked: the reduction's outer part right inside the outermost loop
-                loops = outer[:1] + red_outer + outer[1:] + col_outer + red_inner + inner + col_loops
+                loops = seq[:1] + red_outer + seq[1:] + red_inner + inner + col_loops
             else:
-                loops = outer + col_outer + reductions + inner + col_loops
+                loops = seq + reductions + inner + col_loops
             records.append(Reorder(k, tuple(loops)))
             records += [Fuse(k, "", "")] * (len(col_loops) - 1)
             fmas = nrows * vectors
-            out.append((fmas / loads + 0.01 * fmas, tuple(records)))
+            if fmas / loads + 0.01 * fmas < min_reuse:
+                continue
+            last = (red_inner or reductions)[-1]  # the loop each reduction step advances
+            lines = sum(step * per[last] for step, per in sweeps if last in per)  # new bytes per step
+            out.append((fmas / loads + 0.01 * fmas - LINE_COST * lines / fmas, tuple(records)))
     return out
 
 
-def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list[tuple[int, set]], footprint: int):
+LINE = 64  # cache line bytes
+LINE_COST = 0.05  # score lost per byte of new cache lines per multiply-add (rows over adjacent channels
+#                   of a weight gradient's input, one line, beat rows over window offsets, one line each: 2x)
+
+
+def _byte_stride(tensor: str, index, name: str, strides: dict[str, tuple[int, ...]]) -> int:
+    """How far (bytes) one step of loop ``name`` moves the access ``tensor[index]``."""
+    return abs(sum(dict(lin.terms).get(name, 0) * st for lin, st in zip(index, strides[tensor])))
+
+
+def _sweep(tensor: str, index, used: set, rows, width: int, reductions: list[str],
+           strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """What one read of a tile brings into the cache, in whole cache lines: (bytes per reduction
+    step, {reduction: lines per step of it}). Rows a short stride apart share lines (a weight
+    gradient's rows over adjacent channels: one line; over window offsets: one line each), and
+    so do the steps of the innermost reduction loop when it walks the tensor in small strides."""
+    lines = max(1.0, width * itemsize[tensor] / LINE)  # the vector columns, or one broadcast
+    for n, f in rows:
+        if n in used:
+            lines *= max(1.0, f * _byte_stride(tensor, index, n, strides) / LINE) if \
+                _byte_stride(tensor, index, n, strides) < LINE else f
+    per = {n: 1.0 for n in reductions if n in used}
+    inner = [n for n in reductions if n in used]
+    if inner and 0 < _byte_stride(tensor, index, inner[-1], strides) < LINE:
+        per[inner[-1]] = _byte_stride(tensor, index, inner[-1], strides) / LINE
+    return lines * LINE, per
+
+
+def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int]) -> float:
+    """Bytes of cache lines a tile's reduction reads, with ``extent`` steps of each reduction loop."""
+    total = 0.0
+    for step, per in sweeps:
+        for n, f in per.items():
+            if n in extent:
+                step *= max(1.0, extent[n] * f)
+        total += step
+    return total
+
+
+def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, footprint: float):
     """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
     what it reads fits ``CACHE_BYTES``; else the innermost reduction loops that together read at
     most ``TILE_BYTES`` (whole loops, then the next one split by the largest factor that fits, as
@@ -162,13 +212,8 @@ def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list
     if footprint <= CACHE_BYTES:
         return None, [], list(reductions), footprint
 
-    def reads(inner: dict[str, int]) -> int:
-        total = 0
-        for swept, used in sweeps:
-            for n in used:
-                swept *= inner.get(n, 1)
-            total += swept
-        return total
+    def reads(inner: dict[str, int]) -> float:
+        return _reads(sweeps, inner)
     inner: dict[str, int] = {}
     cut = None
     for n in reversed(reductions):
@@ -200,12 +245,10 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     for every tile (conv2d's weight gradient, 1.6 MB per tile: 2x slower tiled than not)."""
     if reduction_steps(bs) < MIN_REDUCTION:
         return None
-    found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES)
+    found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES,
+                                         min_reuse=MIN_DEFAULT_SCORE)
              if columns_contiguous(bs, sc[1], strides, itemsize)]
-    if not found:
-        return None
-    score, records = max(found, key=lambda sc: sc[0])
-    return records if score >= MIN_DEFAULT_SCORE else None
+    return max(found, key=lambda sc: sc[0])[1] if found else None
 
 
 def reduction_steps(bs) -> int:
