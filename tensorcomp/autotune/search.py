@@ -270,12 +270,16 @@ def default_layouts(op: Op, bound, arrays: list) -> tuple[Record, ...]:
     chosen: tuple[Record, ...] = ()
     heavy = sorted((j for j, b in enumerate(bound.statements) if _work(b) >= LAYOUT_SHARE * total),
                    key=lambda j: -_work(bound.statements[j]))
+    caller = _strides(op, bound, arrays, ())
+    # statements that already tile under the caller's layouts keep their tensors as they are
+    kept = {t for j in heavy if default_tile(bound.statements[j], j, caller, itemsize) is not None
+            for t in _tensors(bound.statements[j])}
     for k in heavy:
         bs = bound.statements[k]
         strides = _strides(op, bound, arrays, chosen)
         if reduction_steps(bs) < MIN_REDUCTION or default_tile(bs, k, strides, itemsize) is not None:
             continue
-        fixed = {r.tensor for r in chosen if isinstance(r, Layout)}
+        fixed = {r.tensor for r in chosen if isinstance(r, Layout)} | kept
         bases = [c for _, c in candidates(op, bound, arrays, k)
                  if c and not fixed & {r.tensor for r in c if isinstance(r, Layout)}][:TILE_LAYOUTS]
         bases = [b for b in bases
@@ -285,6 +289,10 @@ def default_layouts(op: Op, bound, arrays: list) -> tuple[Record, ...]:
             pick = _reduction_run_layouts(op, bound, arrays, k, chosen, bases, itemsize)
         chosen += pick or ()
     return chosen
+
+
+def _tensors(bs) -> set[str]:
+    return {bs.stmt.target} | {a.tensor for a in bs.stmt.accesses()}
 
 
 def _tile_layouts(op: Op, bound, arrays, k: int, chosen: tuple, bases: list, itemsize) -> tuple | None:
