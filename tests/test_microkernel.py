@@ -178,3 +178,33 @@ def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out
     assert tiled[:2] == ["n", "k0"] and tiled[-4:] == ["k1", "c", "y0", "f_i"]
     windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (9, 9), axis=(1, 2))[:, ::2, ::2]
     np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)
+
+
+def test_weight_gradient_tiles_take_rows_that_share_cache_lines_and_scatters_run_on_all_cores():
+    """The derived gradients of a strided 9x9 convolution (channels last). dW: rows over adjacent
+    channels of I (one cache line per step), not over window offsets (one line each); its long
+    batch-and-position reduction is blocked. dI (a scatter into I's window positions): the
+    outermost loop is a plain written index, so the cores share it without conflicting writes."""
+    conv = tc.op("C[n, y0, y1, f] += I[n, 2*y0 + k0, 2*y1 + k1, c] * W[k0, k1, c, f]")
+    x = rng.standard_normal((64, 20, 20, 32)).astype(np.float32)
+    w = rng.standard_normal((9, 9, 32, 32)).astype(np.float32)
+    g = rng.standard_normal((64, 6, 6, 32)).astype(np.float32)
+
+    def tiled(op):
+        lines = str(op.loopnest(x, w, g)).splitlines()
+        return [ln.split()[1] for ln in lines if ln.lstrip().startswith("for ")], lines
+    loops, _ = tiled(tc.grad(conv, "W"))
+    assert loops[-2:] == ["c_i", "f_i"] and "n_o" in loops  # rows c_i, columns f_i; n blocked
+    loops, lines = tiled(tc.grad(conv, "I"))
+    outer = next(ln for ln in lines if ln.startswith("for ") and "dI" not in ln and "dC" not in ln
+                 and lines.index(ln) > max(j for j, l2 in enumerate(lines) if "= 0.0" in l2))
+    assert outer.split()[1] in ("c_o", "n_o", "n", "c") and "# parallel" in outer
+    dW = tc.grad(conv, "W")(x, w, g)
+    dI = tc.grad(conv, "I")(x, w, g)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (9, 9), axis=(1, 2))[:, ::2, ::2]
+    np.testing.assert_allclose(dW, np.einsum("nyxcab,nyxf->abcf", windows, g), rtol=1e-3, atol=1e-2)
+    want = np.zeros(x.shape)
+    for a in range(9):
+        for b in range(9):
+            want[:, a:a + 11:2, b:b + 11:2, :] += np.einsum("nyxf,cf->nyxc", g, w[a, b])
+    np.testing.assert_allclose(dI, want, rtol=1e-3, atol=1e-2)

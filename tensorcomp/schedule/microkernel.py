@@ -12,13 +12,18 @@ shape of a BLAS micro-kernel, found here for any statement:
   ``co_i, r`` fused);
 * rows: one or two other written indices, or the inner parts of splits of them, up to 8 rows;
 * order: the other written loops outside (in the default order, outer parts of splits where
-  the indices were), then every reduction loop, then the rows, then the fused columns.
+  the indices were; outermost one over a plain written index, so the cores can share it), then
+  every reduction loop, then the rows, then the fused columns;
+* blocking: when the whole reduction reads more than ``CACHE_BYTES`` (counted in cache lines),
+  only its innermost loops reading at most ``TILE_BYTES`` stay around the tile; the rest move
+  right inside the outermost loop (``_block_reduction``).
 
 Candidates are ranked by multiply-adds per load in one reduction step: an operand that depends
 on the columns is one vector load per column vector and per row it depends on, any other a
 broadcast per row it depends on; at most ``MAX_VECTOR_REGS`` accumulator vectors, and the
 accumulators, one row's operand vectors and a broadcast must fit the 16 vector registers (3 x 32
-floats measured 2x slower than 6 x 16 on the capsule kernel: LLVM spills).
+floats measured 2x slower than 6 x 16 on the capsule kernel: LLVM spills). Less ``LINE_COST`` per
+byte of new cache lines per multiply-add: rows whose broadcasts share lines win ties.
 """
 
 from __future__ import annotations
