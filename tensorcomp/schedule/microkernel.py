@@ -179,18 +179,18 @@ def _byte_stride(tensor: str, index, name: str, strides: dict[str, tuple[int, ..
 def _sweep(tensor: str, index, used: set, rows, width: int, reductions: list[str],
            strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]) -> tuple[float, dict[str, float]]:
     """What one read of a tile brings into the cache, in whole cache lines: (bytes per reduction
-    step, {reduction: lines per step of it}). Rows a short stride apart share lines (a weight
-    gradient's rows over adjacent channels: one line; over window offsets: one line each), and
-    so do the steps of the innermost reduction loop when it walks the tensor in small strides."""
+    step, {reduction: share of a step's lines that each step of it brings anew}). Rows a short
+    stride apart share lines (a weight gradient's rows over adjacent channels: one line; over
+    window offsets: one line each), and so do the steps of the innermost reduction loop when it
+    walks the tensor in small strides."""
     lines = max(1.0, width * itemsize[tensor] / LINE)  # the vector columns, or one broadcast
     for n, f in rows:
         if n in used:
-            lines *= max(1.0, f * _byte_stride(tensor, index, n, strides) / LINE) if \
-                _byte_stride(tensor, index, n, strides) < LINE else f
-    per = {n: 1.0 for n in reductions if n in used}
+            lines *= min(f, max(1.0, f * _byte_stride(tensor, index, n, strides) / LINE))
     inner = [n for n in reductions if n in used]
-    if inner and 0 < _byte_stride(tensor, index, inner[-1], strides) < LINE:
-        per[inner[-1]] = _byte_stride(tensor, index, inner[-1], strides) / LINE
+    per = {n: 1.0 for n in inner}
+    if inner:
+        per[inner[-1]] = min(1.0, _byte_stride(tensor, index, inner[-1], strides) / LINE) or 1.0
     return lines * LINE, per
 
 
