@@ -122,8 +122,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                 loads += per_row * (vectors if used & set(cols) else 1)
                 sweeps.append(_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
                                      reductions, strides, itemsize))
-            footprint = _reads(sweeps, extent)
-            blocked = _block_reduction(reductions, extent, sweeps, footprint)
+            blocked = _block_reduction(reductions, extent, sweeps)
             if blocked is None:
                 continue
             red_split, red_outer, red_inner, footprint = blocked
@@ -205,7 +204,7 @@ def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int])
     return total
 
 
-def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, footprint: float):
+def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list):
     """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
     what it reads fits ``CACHE_BYTES``; else the innermost reduction loops that together read at
     most ``TILE_BYTES`` (whole loops, then the next one split by the largest factor that fits, as
@@ -214,18 +213,17 @@ def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list
     the innermost out: a contiguous run cut short or a long stride inside the block measured up to
     2x slower (9x9 conv: 8 channels x 81 window steps 59 GFLOP/s, 256 channels 115). None when
     no inner part of ``MIN_REDUCTION`` steps fits."""
+    footprint = _reads(sweeps, extent)
     if footprint <= CACHE_BYTES:
         return None, [], list(reductions), footprint
-
-    def reads(inner: dict[str, int]) -> float:
-        return _reads(sweeps, inner)
     inner: dict[str, int] = {}
     cut = None
     for n in reversed(reductions):
-        if reads(dict(inner, **{n: extent[n]})) <= TILE_BYTES:
+        if _reads(sweeps, dict(inner, **{n: extent[n]})) <= TILE_BYTES:
             inner[n] = extent[n]
             continue
-        fits = [f for f in range(2, extent[n]) if extent[n] % f == 0 and reads(dict(inner, **{n: f})) <= TILE_BYTES]
+        fits = [f for f in range(2, extent[n])
+                if extent[n] % f == 0 and _reads(sweeps, dict(inner, **{n: f})) <= TILE_BYTES]
         if fits:
             cut = (n, max(fits))
             inner[n] = cut[1]
@@ -238,7 +236,7 @@ def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list
     name = {cut[0]: f"{cut[0]}_o"} if cut else {}
     outer = [name.get(n, n) for n in reductions if n not in inner or n in name]
     inner_loops = [f"{n}_i" if n in name else n for n in reductions if n in inner]
-    return cut, outer, inner_loops, reads(inner)
+    return cut, outer, inner_loops, _reads(sweeps, inner)
 
 
 def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]
@@ -246,8 +244,7 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     """The default schedule's tile for statement ``k`` (no layout changes): the best-scoring one when
     it reuses every load for more than one multiply-add on average, the reduction it runs around
     is long enough (``MIN_REDUCTION`` steps) to pay for loading and storing the tile, and what that
-    reduction reads fits in the L2 cache (``CACHE_BYTES``): a longer sweep is read from memory again
-    for every tile (conv2d's weight gradient, 1.6 MB per tile: 2x slower tiled than not)."""
+    reduction reads (blocked by ``_block_reduction`` when it would not fit) fits in ``CACHE_BYTES``."""
     if reduction_steps(bs) < MIN_REDUCTION:
         return None
     found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES,
