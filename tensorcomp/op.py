@@ -8,7 +8,7 @@ import ctypes
 import itertools
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
 from .schedule import For, LoopNest, lower
+from .schedule.inline import inline_elementwise
 from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
@@ -45,6 +46,9 @@ class Kernel:
     param_casts: tuple[type, ...]
     relayout: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (input position, physical axis order)
     out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
+    # Sets of temporaries from earlier calls, reused: fresh large arrays cost a page fault per 4 KB
+    # on first touch every call. A call takes a set off the list and puts it back after.
+    spare: list = field(default_factory=list)
 
 
 @dataclass
@@ -257,7 +261,7 @@ class Op:
             return ()
         from .autotune.search import default_layouts
         kinds = self._check_call(tuple(specs), params)
-        return default_layouts(self, self._bind(list(specs), kinds), list(specs))
+        return default_layouts(self, self._kernel_bound(list(specs), kinds), list(specs))
 
     def _forget_kernels(self) -> None:
         """Drop compiled kernels (after tuning, so the next call picks up the new schedule)."""
@@ -301,6 +305,11 @@ class Op:
             inputs[name] = (spec.shape, _DTYPES.get(spec.dtype.num, str(spec.dtype)))
         return bind(self.program, self.source, inputs, kinds, self._ranges, self._pad, self._pad_value)
 
+    def _kernel_bound(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
+        """The bound op the kernels run: elementwise temporaries read once are folded into their
+        reader (see ``schedule.inline``); schedules number these statements."""
+        return inline_elementwise(self._bind(specs, kinds))
+
     def _relayouts(self, schedule: tuple) -> tuple[tuple, tuple]:
         perms = self._layout_perms(schedule)
         ins = tuple((k, perms[n]) for k, n in enumerate(self.inputs) if n in perms)
@@ -309,14 +318,14 @@ class Op:
             return (), ()
         return ins, outs
 
-    def _buffers(self) -> list[str]:
-        return list(self.inputs) + list(self.outputs) + list(self.program.temporaries)
+    def _buffers(self, bound: Bound) -> list[str]:
+        return list(self.inputs) + list(self.outputs) + list(bound.program.temporaries)
 
     def _layouts(self, bound: Bound, specs: list[ArraySpec], schedule: tuple = ()) -> dict[str, BufferLayout]:
         """Byte strides of every buffer: as passed, or as a Layout record lays the tensor out."""
         perms = self._layout_perms(schedule)
         layouts = {}
-        for name in self._buffers():
+        for name in self._buffers(bound):
             info = bound.tensors[name]
             size = ITEMSIZE[info.dtype]
             if name in perms:
@@ -330,7 +339,7 @@ class Op:
     def _plan(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any],
               target: str = "cpu") -> tuple[Bound, tuple, dict[str, BufferLayout], LoopNest]:
         """Bind, pick the schedule (own, tuned or default), lay the tensors out, and lower."""
-        bound = self._bind(specs, kinds)
+        bound = self._kernel_bound(specs, kinds)
         schedule = self._effective_schedule(specs, params, target)
         layouts = self._layouts(bound, specs, schedule)
         with self._labelled():
@@ -353,7 +362,8 @@ class Op:
         from .codegen.cuda import cuda_program
         bound, schedule, layouts, nest = self._plan(specs, kinds, params, "cuda")
         with self._labelled():
-            return bound, schedule, nest, cuda_program(nest, bound, self._buffers(), layouts, name, schedule, aligned)
+            program = cuda_program(nest, bound, self._buffers(bound), layouts, name, schedule, aligned)
+        return bound, schedule, nest, program
 
     def _compile(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple, params: dict[str, Any]) -> Kernel:
         shared = _KERNELS.get((self._ident, key))
@@ -361,9 +371,9 @@ class Op:
             return shared
         bound, schedule, layouts, nest = self._plan(specs, kinds, params)
         name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
-        ir_text = codegen.generate(nest, bound, self._buffers(), layouts, name, ARRAY_DATA_OFFSET)
+        ir_text = codegen.generate(nest, bound, self._buffers(bound), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
-        compiled = compile_kernel(ir_text, name, len(self._buffers()), param_types, len(nest.body))
+        compiled = compile_kernel(ir_text, name, len(self._buffers(bound)), param_types, len(nest.body))
         stages = tuple((fn, node.lo.value, node.hi.value, True) if isinstance(node, For) and node.kind == "parallel"
                        else (fn, 0, 1, False) for fn, node in zip(compiled.stages, nest.body))
         points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in bound.statements)
@@ -371,7 +381,7 @@ class Op:
         t = bound.tensors
         kernel = Kernel(bound, nest, compiled, stages, threads,
                         tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
-                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
+                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in bound.program.temporaries),
                         tuple(float if kinds[p] == "float" else int for p in self.params),
                         *self._relayouts(schedule))
         _KERNELS[(self._ident, key)] = kernel
@@ -384,12 +394,12 @@ class Op:
             return shared
         from .runtime import cuda as rc
         bound, schedule, nest, program = self._cuda_program(specs, kinds, params, aligned)
-        fmt = "P" * len(self._buffers()) + "".join("d" if kinds[p] == "float" else "q" for p in self.params)
+        fmt = "P" * len(self._buffers(bound)) + "".join("d" if kinds[p] == "float" else "q" for p in self.params)
         module = rc.Module(program.source, [launch.name for launch in program.launches], fmt)
         t = bound.tensors
         kernel = CudaKernel(bound, nest, module, program.launches,
                             tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
-                            tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.program.temporaries),
+                            tuple((t[n].shape, np.dtype(t[n].dtype)) for n in bound.program.temporaries),
                             tuple(float if kinds[p] == "float" else int for p in self.params),
                             *self._relayouts(schedule))
         _KERNELS[(self._ident, key)] = kernel
@@ -470,18 +480,24 @@ class Op:
                     for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms)]
         else:
             outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
-        temps = [np.empty(shape, dtype) for shape, dtype in kernel.temporaries] if kernel.temporaries else []
+        if kernel.temporaries:
+            spare = kernel.spare
+            temps = spare.pop() if spare else [np.empty(shape, dtype) for shape, dtype in kernel.temporaries]
+        else:
+            temps = None
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
                    for p, cast in zip(self.params, kernel.param_casts)] if params else []
         pyfn = kernel.compiled.pyfn
         if kernel.threads > 1:
-            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]
+            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *(temps or ()))]
             run_stages(kernel.stages, ptrs, scalars, kernel.threads)
         elif pyfn is not None:
-            pyfn(*arrs, *outs, *temps, *scalars)
+            pyfn(*arrs, *outs, *(temps or ()), *scalars)
         else:
-            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *temps)]
+            ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *(temps or ()))]
             kernel.compiled.fn(*ptrs, *scalars)
+        if temps:
+            kernel.spare.append(temps)
         if prof is not None:
             entry = prof.setdefault((id(self), key), [self, inputs, dict(params), 0.0, 0])
             entry[1] = inputs
@@ -525,7 +541,7 @@ class Op:
         if target == "cuda":
             return self._cuda_program([ArraySpec.of(a) for a in arrays], kinds, params, name="kernel")[3].source
         bound, schedule, layouts, nest = self._plan([ArraySpec.of(a) for a in arrays], kinds, params, target)
-        text = codegen.generate(nest, bound, self._buffers(), layouts)
+        text = codegen.generate(nest, bound, self._buffers(bound), layouts)
         if optimized:
             from .runtime.jit import optimize
             text = str(optimize(text))

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: statements are numbered after elementwise temporaries are folded (schedule.inline)
 
 
 def cache_dir() -> Path:

@@ -219,7 +219,7 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
     devs = [rc.as_device(a) for a in inputs]
     specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
     kinds = op._check_call(tuple(devs), params)
-    bound = op._bind(specs, kinds)
+    bound = op._kernel_bound(specs, kinds)
     flops = _flops(bound)
     default = op.with_schedule(())
     default._no_database = True

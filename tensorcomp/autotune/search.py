@@ -379,7 +379,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     t_start = time.perf_counter()
     arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
     kinds = op._check_call(tuple(arrays), params)
-    bound = op._bind([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
+    bound = op._kernel_bound([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
     flops = _flops(bound)
 
     default = op.with_schedule(())

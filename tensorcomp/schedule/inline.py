@@ -1,0 +1,85 @@
+"""Fold elementwise temporaries into the one statement that reads them.
+
+A temporary ``P`` written elementwise (``P[i, j] = f(...)``: plain, distinct written
+indices, no reduction, every element of ``P`` written) and read once, by one later
+statement that visits each element of ``P`` at most once, need not be stored: its
+reader computes ``f`` in place of the read. Gradients are full of such temporaries
+(one partial gradient per use of a tensor, summed by a last statement), and on a
+large tensor each one costs a write and a read of memory and a pass of its own.
+
+The domains stay as bound: ``P``'s domain is its whole box, which ``f``'s reads are
+in bounds on, and the reader only visits elements of that box, so the folded reads
+are in bounds too. Statement numbers in schedules count the statements that remain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..domain.bind import Bound, BoundStatement
+from ..lang.ir import Access, Call, Expr, Lin, walk
+
+
+def _reads(expr: Expr, tensor: str) -> list[Access]:
+    return [a for a in walk(expr) if isinstance(a, Access) and a.tensor == tensor]
+
+
+def _elementwise(bound: Bound, bs: BoundStatement) -> bool:
+    """Whether ``bs`` writes every element of its target once, from a stored-type expression."""
+    st, info = bs.stmt, bound.tensors[bs.stmt.target]
+    plain = [lin.plain_var for lin in st.index]
+    if None in plain or len(set(plain)) != len(plain) or set(plain) != set(bs.names) or info.pad:
+        return False
+    if bs.dtype != bs.expr_type or not bs.domain.is_box():
+        return False
+    return all(dict((n, (lo, hi)) for n, lo, hi in bs.extents)[p] == (0, size) for p, size in zip(plain, info.shape))
+
+
+def _visits_once(bs: BoundStatement, index: tuple[Lin, ...]) -> bool:
+    """Whether reading ``X[index]`` over ``bs``'s domain reads each element at most once."""
+    plain = [lin.plain_var for lin in index]
+    return None not in plain and len(set(plain)) == len(plain) and set(bs.names) <= set(plain)
+
+
+def _substitute(expr: Expr, tensor: str, body: Expr) -> Expr:
+    if isinstance(expr, Access) and expr.tensor == tensor:
+        return body
+    if isinstance(expr, Call):
+        return Call(expr.fn, tuple(_substitute(a, tensor, body) for a in expr.args))
+    return expr
+
+
+def _fold_one(bound: Bound) -> Bound | None:
+    """``bound`` with one temporary folded into its reader, or None when none can be."""
+    statements = list(bound.statements)
+    for k, bs in enumerate(statements):
+        name = bs.stmt.target
+        if bound.tensors[name].role != "temporary" or not _elementwise(bound, bs):
+            continue
+        readers = [(j, a) for j, other in enumerate(statements) for a in _reads(other.stmt.expr, name)]
+        if len(readers) != 1:
+            continue
+        j, access = readers[0]
+        reader = statements[j]
+        if not _visits_once(reader, access.index):
+            continue
+        mapping = {lin.plain_var: at for lin, at in zip(bs.stmt.index, access.index)}
+        body = bs.stmt.rename_indices(mapping).expr
+        folded = replace(reader.stmt, expr=_substitute(reader.stmt.expr, name, body))
+        statements[j] = replace(reader, stmt=folded)
+        del statements[k]
+        program = bound.program
+        program = replace(program, statements=tuple(s.stmt for s in statements),
+                          temporaries=tuple(t for t in program.temporaries if t != name))
+        tensors = {t: info for t, info in bound.tensors.items() if t != name}
+        return Bound(program, tensors, tuple(statements), bound.param_types)
+    return None
+
+
+def inline_elementwise(bound: Bound) -> Bound:
+    """Fold every elementwise temporary read once into its reader (repeatedly: chains fold too)."""
+    while True:
+        folded = _fold_one(bound)
+        if folded is None:
+            return bound
+        bound = folded

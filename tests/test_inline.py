@@ -1,0 +1,73 @@
+"""Elementwise temporaries read once are folded into their reader; everything else stays stored."""
+
+import numpy as np
+
+import tensorcomp as tc
+from tensorcomp.schedule.inline import inline_elementwise
+
+rng = np.random.default_rng(5)
+
+
+def kernel_statements(op, *arrays, **params):
+    return [str(bs.stmt) for bs in inline_elementwise(op.bind(*arrays, **params)).statements]
+
+
+def test_chain_of_elementwise_temporaries_folds_into_the_reduction_that_reads_it():
+    op = tc.op("""
+        T[i, j] = A[i, j] * 2.0
+        U[j, i] = exp(T[i, j]) + B[j]
+        O[i] += U[j, i] * C[j]
+    """)
+    a, b, c = (rng.standard_normal(s).astype(np.float32) for s in ((5, 7), (7,), (7,)))
+    assert kernel_statements(op, a, b, c) == ["O[i] += (exp(A[i, j] * 2.0) + B[j]) * C[j]"]
+    want = ((np.exp(a.astype(np.float64) * 2) + b) * c).sum(1)
+    np.testing.assert_allclose(op(a, b, c), want, rtol=1e-5)
+
+
+def test_temporaries_read_twice_broadcast_reduced_or_returned_stay_stored():
+    op = tc.op("""
+        T[i] = A[i] + 1.0
+        O[i] = T[i] * T[i]
+        R[i, j] = A[i] * B[i, j]
+        P[i, j] = R[i, j] + B[i, j] * 2.0
+        S[i] += A[i] * B[i, k]
+        Q[i, k] = S[i] * B[i, k]
+        E[i] = exp(A[i])
+    """)
+    a, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
+    # T is read twice; S is a reduction read for every k; R and P fold (R read once, each element
+    # once); E is an output
+    assert kernel_statements(op, a, b) == [
+        "T[i] = A[i] + 1.0", "O[i] = T[i] * T[i]", "P[i, j] = A[i] * B[i, j] + B[i, j] * 2.0", "S[i] += A[i] * B[i, k]",
+        "Q[i, k] = S[i] * B[i, k]", "E[i] = exp(A[i])"]
+    o, p, q, e = op(a, b)
+    np.testing.assert_allclose(p, a[:, None] * b + 2 * b, rtol=1e-6)
+    np.testing.assert_allclose(o, (a + 1) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(e, np.exp(a), rtol=1e-6)
+    np.testing.assert_allclose(q, (a * b.sum(1))[:, None] * b, rtol=1e-5)
+
+
+def test_a_temporary_read_on_a_strided_window_stays_stored():
+    op = tc.op("""
+        T[i] = A[i] * 2.0
+        O[i] += T[2*i + k] * W[k]
+    """)
+    a, w = rng.standard_normal(9).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    assert kernel_statements(op, a, w) == ["T[i] = A[i] * 2.0", "O[i] += T[2*i + k] * W[k]"]
+    want = np.array([(2 * a[2 * i:2 * i + 3] * w).sum() for i in range(4)])
+    np.testing.assert_allclose(op(a, w), want, rtol=1e-5)
+
+
+def test_gradient_partials_fold_into_one_sum_and_match_numpy():
+    op = tc.op("""
+        H[i, j] = tanh(X[i, j])
+        O[i, j] = H[i, j] * H[i, j] + X[i, j]
+    """)
+    g = tc.grad(op, "X")
+    x = rng.standard_normal((4, 5))
+    d = rng.standard_normal((4, 5))
+    dx = g(x, d)
+    h = np.tanh(x)
+    np.testing.assert_allclose(dx, d * (2 * h * (1 - h * h) + 1), rtol=1e-12)
+    stored = [s.split("[")[0] for s in kernel_statements(g, x, d)]
+    assert not any("_part" in name for name in stored), stored
