@@ -19,7 +19,7 @@ from llvmlite import ir
 
 from ..domain import Bound, TensorInfo
 from ..lang import types
-from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv
+from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, walk
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
 from ..schedule.lower import to_lin
 from .tiles import Tile, register_tile
@@ -77,6 +77,16 @@ class _VectorTileBody:
     lins: dict
     outer_points: tuple
     chunks: tuple
+
+
+@dataclass(frozen=True, eq=False)
+class _VectorSumBody:
+    """The innermost body of a vector reduction: one vector of the operand added to the partial sums."""
+
+    tile: Tile
+    slot: ir.Value
+    vty: ir.Type
+    lins: dict
 
 
 class _FunctionBuilder:
@@ -351,7 +361,9 @@ class _FunctionBuilder:
         # arithmetic: both operands in the result type
         if fn == "truediv":
             x, y = (self.value(a, env, t) for a in args)
-            return b.fdiv(x, y, flags=FAST)
+            # no reassoc: it lets ``(E / Z) * U`` become ``(E * U) / Z``, a division per element of
+            # U where the quotient was loop-invariant and computed once
+            return b.fdiv(x, y, flags=["contract"])
         x, y = (self.value(a, env, t) for a in args)
         if types.is_float(t):
             if fn == "add":
@@ -463,6 +475,8 @@ class _FunctionBuilder:
         found = register_tile(node, self.bound, strides, MAX_TILE)
         if found is None:
             return False
+        if not found.tile and self.vector_sum(found):
+            return True
         b = self.builder
         info = self.bound.tensors[self.bound.statements[found.compute.stmt].stmt.target]
         elty = REG[info.dtype]
@@ -506,11 +520,21 @@ class _FunctionBuilder:
             total = total + lin.rename(lins) * stride
         return total.expand_mod()
 
+    def _varies(self, e: Expr, lins: dict[str, Lin], var: str) -> bool:
+        """Whether ``e`` depends on loop ``var``."""
+        for node in walk(e):
+            if isinstance(node, Access) and var in self._offset_lin(node.tensor, node.index, lins).names():
+                return True
+            if isinstance(node, Index) and var in node.lin.rename(lins).names():
+                return True
+        return False
+
     def _vectorizable(self, e: Expr, lins: dict[str, Lin], var: str, t: str) -> bool:
-        """Whether ``e`` can be evaluated on vectors along loop ``var``: sums and products of
-        same-dtype reads that are contiguous along ``var`` or do not depend on it, params, constants."""
-        if isinstance(e, (Const, Param)):
-            return True
+        """Whether ``e`` can be evaluated on vectors along loop ``var``: sums, products and quotients
+        of same-dtype reads that are contiguous along ``var``, and any subexpression that does not
+        depend on ``var`` (evaluated once as a scalar and broadcast)."""
+        if not self._varies(e, lins, var):
+            return types.promote(self.typeof(e), t) == t
         if isinstance(e, Access):
             info = self.bound.tensors[e.tensor]
             if info.dtype != t or (info.pad and any(lo or hi for lo, hi in info.pad)):
@@ -518,8 +542,8 @@ class _FunctionBuilder:
             off = self._offset_lin(e.tensor, e.index, lins)
             coef = sum(c for atom, c in off.terms if atom == var)
             inside = any(not isinstance(atom, str) and var in set(atom.num.names()) for atom, _ in off.terms)
-            return not inside and coef in (0, ITEMSIZE[t])
-        if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg"):
+            return not inside and coef == ITEMSIZE[t]
+        if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg", "truediv"):
             return self.typeof(e) == t and all(self._vectorizable(a, lins, var, t) for a in e.args)
         return False
 
@@ -534,17 +558,70 @@ class _FunctionBuilder:
             return ir.Constant(vty, [self.constant(e.value, t).constant] * width)
         if isinstance(e, Param):
             return splat(self.emit(e, {}, t))
-        if isinstance(e, Access):
+        if not self._varies(e, lins, var):  # a scalar per vector (LLVM hoists it out of the loop)
+            self.loop_env = lins
+            env = {name: self.lin(lin, self.vars) for name, lin in lins.items()}
+            scalar = self.value(e, env, t)
+            self.loop_env = None
+            return splat(scalar)
+        if isinstance(e, Access):  # contiguous along var (see _vectorizable)
             off = self._offset_lin(e.tensor, e.index, lins)
             ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
-            if any(atom == var for atom, _ in off.terms):
-                return b.load(ptr, typ=vty, align=ITEMSIZE[t])
-            return splat(b.load(ptr, typ=REG[t], align=self.layouts[e.tensor].align))
+            return b.load(ptr, typ=vty, align=ITEMSIZE[t])
         args = [self._vexpr(a, lins, var, t, vty) for a in e.args]
         if e.fn == "neg":
             return b.fneg(args[0])
+        if e.fn == "truediv":
+            return b.fdiv(args[0], args[1], flags=["contract"])
         op = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul}[e.fn]
         return op(args[0], args[1], flags=FAST)
+
+    def vector_sum(self, found: Tile) -> bool:
+        """A one-element tile whose innermost reduction loop walks its operands contiguously (or
+        leaves them put): partial sums in one SIMD vector across the whole reduction, added up once
+        at the end, instead of a chain of scalar additions one latency apart."""
+        st = self.bound.statements[found.compute.stmt].stmt
+        t = self.bound.tensors[st.target].dtype
+        if st.reduce != "sum" or t not in ("float32", "float64"):
+            return False
+        inner = found.reduction[-1]
+        if inner.step != 1 or not isinstance(inner.lo, IConst) or not isinstance(inner.hi, IConst):
+            return False
+        width = VECTOR_BYTES // ITEMSIZE[t]
+        extent = inner.hi.value - inner.lo.value
+        lins = {name: to_lin(e) for name, e in found.compute.env}
+        if extent < width or extent % width or not self._varies(st.expr, lins, inner.var) or \
+                not self._vectorizable(st.expr, lins, inner.var, t):
+            return False
+        b = self.builder
+        vty = ir.VectorType(REG[t], width)
+        with b.goto_entry_block():
+            slot = b.alloca(vty, name="vsum")
+        b.store(ir.Constant(vty, [0.0] * width), slot)
+        chain: Node = For(inner.var, inner.lo, inner.hi, width, (_VectorSumBody(found, slot, vty, lins),), inner.kind)
+        for lp in reversed(found.reduction[:-1]):
+            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
+        self.loop(chain)
+        total = b.load(slot, typ=vty)
+        while width > 1:  # add the halves until one lane is left
+            width //= 2
+            halves = [b.shuffle_vector(total, ir.Constant(total.type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(I32, width), list(range(k, k + width))))
+                      for k in (0, width)]
+            total = b.fadd(halves[0], halves[1], flags=FAST)
+        info = self.bound.tensors[st.target]
+        ptr = b.gep(self.ptr[st.target], [self.lin(found.offset, self.vars)], source_etype=I8, inbounds=True)
+        old = self._load(info, ptr)
+        b.store(b.fadd(old, b.extract_element(total, ir.Constant(I32, 0)), flags=FAST), ptr,
+                align=self.layouts[st.target].align)
+        return True
+
+    def vector_sum_body(self, body: "_VectorSumBody") -> None:
+        b = self.builder
+        st = self.bound.statements[body.tile.compute.stmt].stmt
+        t = self.bound.tensors[st.target].dtype
+        value = self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty)
+        b.store(b.fadd(b.load(body.slot, typ=body.vty), value, flags=FAST), body.slot)
 
     def vector_tile(self, tile: Tile) -> bool:
         """The tile with its innermost loop evaluated on SIMD vectors (loads of contiguous operands,
@@ -669,6 +746,8 @@ class _FunctionBuilder:
                 self.tile_body(n)
             elif isinstance(n, _VectorTileBody):
                 self.vector_tile_body(n)
+            elif isinstance(n, _VectorSumBody):
+                self.vector_sum_body(n)
             elif isinstance(n, If):
                 self.guard(n)
             elif isinstance(n, Compute):

@@ -42,17 +42,22 @@ def _mentions(index, name: str) -> bool:
     return any(name in lin.names() for lin in index)
 
 
-def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int]
-                  ) -> tuple[tuple[str, ...], list[str]]:
+def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
+                  gathers: bool = False) -> tuple[tuple[str, ...], list[str]]:
     """Loop order and the innermost group to fuse.
 
     Written indices go outside (in the written tensor's order), reductions
     inside, and innermost the index that walks the most tensors contiguously
     (a unit-coefficient index on the axis of stride one element; reads weigh
-    more than the write). That innermost index is then grown into a group of
-    indices that together walk one contiguous run in every tensor they index
-    (``stride(outer) == extent(inner) * stride(inner)``), up to 128 elements;
-    the group is fused into one loop so short axes still vectorize.
+    more than the write). With ``gathers``, an index also loses that weight for
+    each tensor it strides across (innermost, a load per element, and every
+    value computed from it per element), while tensors it does not index cost
+    nothing (they stay put): the order a statement without a vector tile runs
+    in. Tiles take their columns from the plain count. That innermost index is
+    then grown into a group of indices that together walk one contiguous run in
+    every tensor they index (``stride(outer) == extent(inner) * stride(inner)``),
+    up to 128 elements; the group is fused into one loop so short axes still
+    vectorize.
     """
     extent = {n: hi - lo for n, lo, hi in bs.extents}
     score = {n: 0 for n in bs.names}
@@ -60,15 +65,19 @@ def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], items
         st = strides.get(tensor)
         if not index or st is None:
             continue
+        walks = set()
         for axis, lin in enumerate(index):
             if abs(st[axis]) == itemsize[tensor] and lin.plain_var is not None:
-                score[lin.plain_var] += weight
+                walks.add(lin.plain_var)
                 break
             if abs(st[axis]) == itemsize[tensor]:
-                for atom, coef in lin.terms:
-                    if isinstance(atom, str) and abs(coef) == 1:
-                        score[atom] += weight
+                walks.update(atom for atom, coef in lin.terms if isinstance(atom, str) and abs(coef) == 1)
                 break
+        for name in walks:
+            score[name] += weight
+        if gathers:
+            for name in {n for lin in index for n in lin.names()} - walks:
+                score[name] -= weight
     written = bs.stmt.write_names()
     candidates = [n for n in bs.names if extent[n] > 1 and score[n] > 0]
     if not candidates:
@@ -179,7 +188,7 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
         order = tuple(written) + tuple(n for n in bs.names if n not in written)
         dims = [next(d for d in dims if d.name == n) for n in order]
     elif not any(isinstance(r, Split) for r in mine):
-        order, group = default_order(bs, strides, itemsize)
+        order, group = default_order(bs, strides, itemsize, gathers=True)
         dims = [next(d for d in dims if d.name == n) for n in order]
         if not fuses:
             fuses = [Fuse(k, "", "")] * (len(group) - 1)  # fuse the innermost group, pairwise from the inside
