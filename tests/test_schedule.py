@@ -129,3 +129,27 @@ def test_cpu_vector_tile_keeps_accumulators_in_vector_registers():
         op = tc.op(src, schedule=schedule)
         assert 'alloca <8 x float>' in op.code(I, W)  # f (16) in two 8-wide vectors per tile row
         np.testing.assert_allclose(op(I, W), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_contiguous_inner_reductions_sum_in_a_vector_with_invariant_factors_broadcast(dtype):
+    # dZ-like statement of the routing gradient: reduction over j, d; E / Z**2 does not depend on d
+    op = tc.op("Y[n, i] += -(S[n, j, d] * (E[n, i, j] / Z[n, i] ** 2 * U[n, i, j, d]))")
+    rs = np.random.default_rng(3)
+    s, e, u = rs.standard_normal((3, 5, 16)), rs.standard_normal((3, 7, 5)), rs.standard_normal((3, 7, 5, 16))
+    z = rs.uniform(1, 2, (3, 7))
+    args = [a.astype(dtype) for a in (s, e, z, u)]
+    assert "vsum" in op.code(*args)
+    want = -np.einsum("njd,nij,nijd->ni", s, e / z[:, :, None] ** 2, u)
+    np.testing.assert_allclose(op(*args), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_vector_sum_reads_padded_invariant_operands_through_the_pad():
+    # the padded X is invariant along the vectorized d loop: read (with its pad) once per vector
+    op = tc.op("Y[i] += X[i + k] * W[i, k, d]", ranges={"k": 3}, pad={"X": (1, 1)})
+    x = np.arange(1, 6, dtype=np.float32)
+    w = np.random.default_rng(4).standard_normal((5, 3, 16)).astype(np.float32)
+    xp = np.pad(x, 1)
+    want = np.array([(xp[i:i + 3, None] * w[i]).sum() for i in range(5)])
+    assert "vsum" in op.code(x, w)
+    np.testing.assert_allclose(op(x, w), want, rtol=1e-5)
