@@ -341,6 +341,12 @@ class Op:
         """Bind, pick the schedule (own, tuned or default), lay the tensors out, and lower."""
         bound = self._kernel_bound(specs, kinds)
         schedule = self._effective_schedule(specs, params, target)
+        for r in schedule:
+            if getattr(r, "stmt", None) is not None and r.stmt >= len(bound.statements):
+                raise ScheduleError(f"{self.label}: {type(r).__name__} names statement {r.stmt}, but the kernel runs "
+                                    f"{len(bound.statements)} (numbered from 0) once temporaries computed "
+                                    "elementwise and read once are folded into their readers; op.loopnest(...) "
+                                    "shows them")
         layouts = self._layouts(bound, specs, schedule)
         with self._labelled():
             nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)

@@ -1,6 +1,7 @@
 """Elementwise temporaries read once are folded into their reader; everything else stays stored."""
 
 import numpy as np
+import pytest
 
 import tensorcomp as tc
 from tensorcomp.schedule.inline import inline_elementwise
@@ -71,3 +72,21 @@ def test_gradient_partials_fold_into_one_sum_and_match_numpy():
     np.testing.assert_allclose(dx, d * (2 * h * (1 - h * h) + 1), rtol=1e-12)
     stored = [s.split("[")[0] for s in kernel_statements(g, x, d)]
     assert not any("_part" in name for name in stored), stored
+
+
+def test_schedule_records_number_the_statements_left_after_folding():
+    op = tc.op("""
+        T[i, k] = A[i, k] * 2.0
+        O[i] += T[i, k] * B[i, k]
+    """, schedule=(tc.schedule.Reorder(1, ("k", "i")),))
+    a, b = np.ones((4, 3), np.float32), np.ones((4, 3), np.float32)
+    with pytest.raises(tc.ScheduleError) as e:
+        op(a, b)
+    assert str(e.value) == (
+        "op 'T[i, k] = A[i, k] * 2.0; O[i] += T[i, k] * B[i, k]': Reorder names statement 1, but the kernel runs 1 "
+        "(numbered from 0) once temporaries computed elementwise and read once are folded into their readers; "
+        "op.loopnest(...) shows them")
+    folded = op.with_schedule((tc.schedule.Reorder(0, ("k", "i")),))
+    np.testing.assert_allclose(folded(a, b), np.full(4, 6.0))
+    assert str(folded.loopnest(a, b)).endswith(
+        "for k in range(0, 3):\n  for i in range(0, 4):\n    O[i] += A[i, k] * 2.0 * B[i, k]")
