@@ -153,3 +153,15 @@ def test_padded_operands_keep_the_scalar_reduction_and_read_the_pad():
     want = np.array([(xp[i:i + 3, None] * w[i]).sum() for i in range(5)])
     assert "vsum" not in op.code(x, w)
     np.testing.assert_allclose(op(x, w), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-13)])
+def test_vectorized_math_functions_match_numpy_and_call_the_vector_library(dtype, rtol):
+    from tensorcomp.runtime import jit
+    op = tc.op("O[i] = exp(A[i]) + log(B[i]) + sin(A[i]) * cos(A[i])")
+    a = np.random.default_rng(6).uniform(-20, 20, 1000).astype(dtype)
+    b = np.random.default_rng(7).uniform(1e-3, 1e3, 1000).astype(dtype)
+    want = np.exp(a.astype(np.float64)) + np.log(b) + np.sin(a) * np.cos(a)
+    np.testing.assert_allclose(op(a, b), want, rtol=rtol, atol=rtol)
+    if jit._veclib():  # glibc's libmvec loaded: the vectorized loop calls it, no scalar call per lane
+        assert "@_ZGV" in op.code(a, b, optimized=True)

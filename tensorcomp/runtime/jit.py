@@ -40,8 +40,49 @@ def host_target() -> str:
     return f"{llvm.get_default_triple()} {llvm.get_host_cpu_name()} {','.join(feats)}"
 
 
+def _veclib() -> dict[str, str]:
+    """``llvm.<fn>.v<N>f<bits>`` -> glibc's libmvec function for it, for the vector widths this CPU
+    runs (none when libmvec cannot be loaded). LLVM vectorizes ``exp`` and friends as intrinsics on
+    vectors and then, with no vector math library, calls the scalar function once per lane."""
+    if "veclib" in _state:
+        return _state["veclib"]  # type: ignore[return-value]
+    import ctypes.util
+    names: dict[str, str] = {}
+    try:
+        llvm.load_library_permanently(ctypes.util.find_library("mvec") or "libmvec.so.1")
+    except RuntimeError:
+        _state["veclib"] = names
+        return names
+    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    isa = {128: "b", 256: "d" if "avx2" in feats else "c" if "avx" in feats else None,
+           512: "e" if "avx512f" in feats else None}
+    for fn in ("exp", "log", "sin", "cos"):
+        for bits, suffix in ((32, "f"), (64, "")):
+            for width, letter in isa.items():
+                lanes = width // bits
+                name = f"_ZGV{letter}N{lanes}v_{fn}{suffix}"
+                if letter is not None and llvm.address_of_symbol(name):
+                    names[f"llvm.{fn}.v{lanes}f{bits}"] = name
+    _state["veclib"] = names
+    return names
+
+
+def _use_veclib(mod: llvm.ModuleRef) -> llvm.ModuleRef:
+    """The module with its vector math intrinsics calling libmvec (see ``_veclib``)."""
+    table = _veclib()
+    used = [f.name for f in mod.functions if f.name in table]
+    if not used:
+        return mod
+    text = str(mod)
+    for name in used:
+        text = text.replace(f"@{name}(", f"@{table[name]}(")
+    out = llvm.parse_assembly(text)
+    out.verify()
+    return out
+
+
 def optimize(ir_text: str) -> llvm.ModuleRef:
-    """Parse, verify and run the -O3 pipeline on a module."""
+    """Parse, verify and run the -O3 pipeline on a module (vector math calls go to libmvec)."""
     tm, _ = _init()
     mod = llvm.parse_assembly(ir_text)
     mod.triple = tm.triple
@@ -53,7 +94,7 @@ def optimize(ir_text: str) -> llvm.ModuleRef:
     pto.loop_unrolling = True
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
-    return mod
+    return _use_veclib(mod)
 
 
 def _array_data_offset() -> int | None:
