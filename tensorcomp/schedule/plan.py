@@ -49,15 +49,14 @@ def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], items
     Written indices go outside (in the written tensor's order), reductions
     inside, and innermost the index that walks the most tensors contiguously
     (a unit-coefficient index on the axis of stride one element; reads weigh
-    more than the write). With ``gathers``, an index also loses that weight for
-    each tensor it strides across (innermost, a load per element, and every
-    value computed from it per element), while tensors it does not index cost
-    nothing (they stay put): the order a statement without a vector tile runs
-    in. Tiles take their columns from the plain count. That innermost index is
-    then grown into a group of indices that together walk one contiguous run in
-    every tensor they index (``stride(outer) == extent(inner) * stride(inner)``),
-    up to 128 elements; the group is fused into one loop so short axes still
-    vectorize.
+    more than the write). With ``gathers`` (the order of a statement without a
+    vector tile), an index also loses that weight for each tensor it strides
+    across: innermost, that is a load per element and everything computed from
+    it per element, while a tensor it does not index stays put. That innermost
+    index is then grown into a group of indices that together walk one
+    contiguous run in every tensor they index (``stride(outer) == extent(inner)
+    * stride(inner)``), up to 128 elements; the group is fused into one loop so
+    short axes still vectorize.
     """
     extent = {n: hi - lo for n, lo, hi in bs.extents}
     score = {n: 0 for n in bs.names}
