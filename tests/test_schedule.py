@@ -144,14 +144,14 @@ def test_contiguous_inner_reductions_sum_in_a_vector_with_invariant_factors_broa
     np.testing.assert_allclose(op(*args), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-def test_padded_operands_keep_the_scalar_reduction_and_read_the_pad():
-    # X is padded: no vector sum (its reads go through the pad check), still the right answer
+def test_vector_sum_reads_padded_invariant_operands_through_the_pad():
+    # the padded X does not depend on the vectorized d loop: read once per vector, pad checked
     op = tc.op("Y[i] += X[i + k] * W[i, k, d]", ranges={"k": 3}, pad={"X": (1, 1)})
     x = np.arange(1, 6, dtype=np.float32)
     w = np.random.default_rng(4).standard_normal((5, 3, 16)).astype(np.float32)
     xp = np.pad(x, 1)
     want = np.array([(xp[i:i + 3, None] * w[i]).sum() for i in range(5)])
-    assert "vsum" not in op.code(x, w)
+    assert "vsum" in op.code(x, w)
     np.testing.assert_allclose(op(x, w), want, rtol=1e-5)
 
 
@@ -165,3 +165,17 @@ def test_vectorized_math_functions_match_numpy_and_call_the_vector_library(dtype
     np.testing.assert_allclose(op(a, b), want, rtol=rtol, atol=rtol)
     if jit._veclib():  # glibc's libmvec loaded: the vectorized loop calls it, no scalar call per lane
         assert "@_ZGV" in op.code(a, b, optimized=True)
+
+
+def test_padded_convolution_weight_gradient_vector_tile_matches_numpy():
+    import ops
+    conv = ops.conv(2, padding=1, channels_last=True)
+    rs = np.random.default_rng(8)
+    x, w = rs.standard_normal((2, 9, 9, 8)).astype(np.float32), rs.standard_normal((3, 3, 8, 16)).astype(np.float32)
+    d_out = rs.standard_normal((2, 9, 9, 16)).astype(np.float32)
+    g = tc.grad(conv, "W")
+    assert "vtile" in g.code(x, w, d_out)  # rows broadcast from the padded input, read through the pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.stack([np.stack([np.einsum("nyxc,nyxf->cf", xp[:, a:a + 9, b:b + 9], d_out) for b in range(3)])
+                     for a in range(3)])
+    np.testing.assert_allclose(g(x, w, d_out), want, rtol=1e-4, atol=1e-4)

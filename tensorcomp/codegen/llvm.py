@@ -533,10 +533,8 @@ class _FunctionBuilder:
         """Whether ``e`` can be evaluated on vectors along loop ``var``: sums, products and quotients
         of same-dtype reads that are contiguous along ``var``, and any subexpression that does not
         depend on ``var`` (evaluated once as a scalar and broadcast)."""
-        if not self._varies(e, lins, var):  # padded reads excluded: measured slower than LLVM's own vectors
-            padded = any(isinstance(a, Access) and any(lo or hi for lo, hi in self.bound.tensors[a.tensor].pad)
-                         for a in walk(e))
-            return not padded and types.promote(self.typeof(e), t) == t
+        if not self._varies(e, lins, var):  # padded reads included: the scalar read checks the pad
+            return types.promote(self.typeof(e), t) == t
         if isinstance(e, Access):
             info = self.bound.tensors[e.tensor]
             if info.dtype != t or (info.pad and any(lo or hi for lo, hi in info.pad)):
