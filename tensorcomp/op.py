@@ -44,7 +44,7 @@ class Kernel:
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
     param_casts: tuple[type, ...]
-    relayout: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (input position, physical axis order)
+    relayout: tuple[tuple[int, tuple[int, ...], int], ...] = ()  # (input position, physical axis order, pad)
     out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
     # Sets of temporaries from earlier calls, reused: fresh large arrays cost a page fault per 4 KB
     # on first touch every call. A call takes a set off the list and puts it back after.
@@ -89,13 +89,29 @@ class ArraySpec:
         return ArraySpec(a.shape, a.dtype, a.strides)
 
 
-def permuted_strides(shape: tuple[int, ...], perm: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Byte strides of a tensor of logical ``shape`` stored with its axes in physical order ``perm``."""
-    phys = codegen.contiguous(tuple(shape[a] for a in perm), itemsize)
+def permuted_strides(shape: tuple[int, ...], perm: tuple[int, ...], itemsize: int, pad: int = 0) -> tuple[int, ...]:
+    """Byte strides of a tensor of logical ``shape`` stored with its axes in physical order ``perm``
+    (and ``pad`` unused elements after each run of the innermost physical axis)."""
+    phys = codegen.contiguous(_padded(tuple(shape[a] for a in perm), pad), itemsize)
     out = [0] * len(shape)
     for position, axis in enumerate(perm):
         out[axis] = phys[position]
     return tuple(out)
+
+
+def _padded(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
+    return shape[:-1] + (shape[-1] + pad,) if pad and shape else shape
+
+
+def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int) -> np.ndarray:
+    """``arr`` copied into physical axis order ``perm`` with ``pad`` elements after each innermost run
+    (the same logical array: a strided view of the new buffer)."""
+    phys = arr.transpose(perm)
+    if not pad:
+        return np.ascontiguousarray(phys).transpose(np.argsort(perm))
+    buf = np.empty(_padded(phys.shape, pad), arr.dtype)[..., :phys.shape[-1]]
+    buf[...] = phys
+    return buf.transpose(np.argsort(perm))
 
 
 def _param_kind(name: str, value: Any, label: str) -> str:
@@ -216,6 +232,9 @@ class Op:
                 if sorted(r.perm) != list(range(rank)):
                     raise ScheduleError(f"{self.label}: Layout of {r.tensor} must be a permutation of "
                                         f"{tuple(range(rank))}, got {r.perm}")
+                if not isinstance(r.pad, int) or r.pad < 0 or (r.pad and r.tensor not in self.inputs):
+                    raise ScheduleError(f"{self.label}: Layout pad of {r.tensor} must be a count of elements >= 0, "
+                                        f"and only inputs (copied per call) are padded; got {r.pad!r}")
             elif isinstance(r, Threads) and (not r.shape or any(not isinstance(t, int) or t < 1 for t in r.shape)
                                              or int(np.prod(r.shape)) > 1024):
                 raise ScheduleError(f"{self.label}: Threads shape must be positive thread counts with a product of "
@@ -242,6 +261,9 @@ class Op:
 
     def _layout_perms(self, schedule: tuple) -> dict[str, tuple[int, ...]]:
         return {r.tensor: r.perm for r in schedule if isinstance(r, Layout)}
+
+    def _layout_pads(self, schedule: tuple) -> dict[str, int]:
+        return {r.tensor: r.pad for r in schedule if isinstance(r, Layout) and r.pad}
 
     def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any], target: str = "cpu") -> tuple:
         """The op's own schedule, else the tuned one stored for these inputs, else the default (on the
@@ -311,8 +333,8 @@ class Op:
         return inline_elementwise(self._bind(specs, kinds))
 
     def _relayouts(self, schedule: tuple) -> tuple[tuple, tuple]:
-        perms = self._layout_perms(schedule)
-        ins = tuple((k, perms[n]) for k, n in enumerate(self.inputs) if n in perms)
+        perms, pads = self._layout_perms(schedule), self._layout_pads(schedule)
+        ins = tuple((k, perms[n], pads.get(n, 0)) for k, n in enumerate(self.inputs) if n in perms)
         outs = tuple(perms.get(n) for n in self.outputs)
         if not ins and not any(p is not None for p in outs):
             return (), ()
@@ -323,13 +345,13 @@ class Op:
 
     def _layouts(self, bound: Bound, specs: list[ArraySpec], schedule: tuple = ()) -> dict[str, BufferLayout]:
         """Byte strides of every buffer: as passed, or as a Layout record lays the tensor out."""
-        perms = self._layout_perms(schedule)
+        perms, pads = self._layout_perms(schedule), self._layout_pads(schedule)
         layouts = {}
         for name in self._buffers(bound):
             info = bound.tensors[name]
             size = ITEMSIZE[info.dtype]
             if name in perms:
-                layouts[name] = BufferLayout(permuted_strides(info.shape, perms[name], size), size)
+                layouts[name] = BufferLayout(permuted_strides(info.shape, perms[name], size, pads.get(name, 0)), size)
             elif name in self.inputs:
                 layouts[name] = BufferLayout(tuple(specs[self.inputs.index(name)].strides), size)
             else:
@@ -432,7 +454,9 @@ class Op:
             specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
             kernel = self._compile_cuda(specs, kinds, key, params, aligned)
             self._cache[key] = kernel
-        for pos, perm in kernel.relayout:
+        for pos, perm, pad in kernel.relayout:
+            if pad:
+                raise ScheduleError(f"{self.label}: Layout pad is built for the CPU only; drop it for target='cuda'")
             devs[pos] = _device_relayout(devs[pos], perm)
             inputs[pos] = int(devs[pos].gpudata)
         outs = [rc.empty(shape, dtype, None if perm is None else permuted_strides(shape, perm, dtype.itemsize))
@@ -479,8 +503,8 @@ class Op:
             kernel = self._compile([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], kinds, key, params)
             self._cache[key] = kernel
         if kernel.relayout or kernel.out_perms:
-            for pos, perm in kernel.relayout:  # copy into the scheduled layout; same logical array
-                arrs[pos] = np.ascontiguousarray(arrs[pos].transpose(perm)).transpose(np.argsort(perm))
+            for pos, perm, pad in kernel.relayout:  # copy into the scheduled layout; same logical array
+                arrs[pos] = _relaid(arrs[pos], perm, pad)
             outs = [np.empty(shape, dtype) if perm is None else
                     np.empty(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
                     for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms)]

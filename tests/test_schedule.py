@@ -179,3 +179,33 @@ def test_padded_convolution_weight_gradient_vector_tile_matches_numpy():
     want = np.stack([np.stack([np.einsum("nyxc,nyxf->cf", xp[:, a:a + 9, b:b + 9], d_out) for b in range(3)])
                      for a in range(3)])
     np.testing.assert_allclose(g(x, w, d_out), want, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_pad_keeps_the_values_and_rejects_bad_pads():
+    a = np.random.default_rng(9).standard_normal((6, 32)).astype(np.float32)
+    b = np.random.default_rng(10).standard_normal((32, 5)).astype(np.float32)
+    src = "C[i, j] += A[i, k] * B[k, j]"
+    padded = tc.op(src, schedule=(Layout("A", (1, 0), pad=3), Layout("B", (0, 1), pad=16)))
+    np.testing.assert_allclose(padded(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    assert from_json(to_json(padded.schedule)) == padded.schedule
+    assert from_json('[{"kind": "Layout", "perm": [1, 0], "tensor": "A"}]') == (Layout("A", (1, 0)),)
+    with pytest.raises(tc.ScheduleError) as e:
+        tc.op(src, schedule=(Layout("C", (0, 1), pad=16),))
+    assert str(e.value) == ("op 'C[i, j] += A[i, k] * B[k, j]': Layout pad of C must be a count of elements >= 0, "
+                            "and only inputs (copied per call) are padded; got 16")
+    with pytest.raises(tc.ScheduleError, match="got -1"):
+        tc.op(src, schedule=(Layout("A", (0, 1), pad=-1),))
+
+
+def test_default_pads_rows_that_alias_in_the_cache_and_only_those():
+    from tensorcomp.op import ArraySpec
+    mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    rs = np.random.default_rng(11)
+    a, b = rs.standard_normal((256, 1024)).astype(np.float32), rs.standard_normal((1024, 256)).astype(np.float32)
+    # A's rows are 4 KB apart (one cache set for a whole column panel); B's 1 KB: padded by a line
+    assert mm._effective_schedule([ArraySpec.of(a), ArraySpec.of(b)], {}) == (
+        Layout("A", (0, 1), pad=16), Layout("B", (0, 1), pad=16))
+    np.testing.assert_allclose(mm(a, b), a.astype(np.float64) @ b, rtol=1e-3, atol=1e-3)
+    c = rs.standard_normal((1000, 200)).astype(np.float32)  # 800-byte rows: no padding
+    assert not any(r.pad for r in mm._effective_schedule([ArraySpec.of(c[:, :200].T.copy()), ArraySpec.of(c)], {})
+                   if isinstance(r, Layout))

@@ -17,10 +17,13 @@ of them.
 * ``Fuse(stmt, outer, inner)``: two adjacent loops become one,
   ``f == (outer - lo_o) * extent_inner + (inner - lo_i)`` (named
   ``outer_inner``); used when both walk one contiguous run of memory.
-* ``Layout(tensor, perm)``: the tensor is stored with its axes in physical
-  order ``perm`` (outermost first), e.g. ``Layout("W", (0, 1, 2, 4, 3, 5))``
-  swaps axes 3 and 4 in memory. Inputs are copied into that layout per call;
-  outputs are allocated in it and returned as (strided) views.
+* ``Layout(tensor, perm, pad=0)``: the tensor is stored with its axes in
+  physical order ``perm`` (outermost first), e.g. ``Layout("W", (0, 1, 2, 4,
+  3, 5))`` swaps axes 3 and 4 in memory. Inputs are copied into that layout
+  per call; outputs are allocated in it and returned as (strided) views.
+  ``pad`` (inputs only) adds that many unused elements after each run of the
+  innermost physical axis, so rows whose byte stride is a multiple of a large
+  power of two do not all map to the same few cache sets.
 * ``Block(threads)``: GPU only: threads per block of every launch (a multiple
   of 32, at most 1024); the CPU ignores it.
 * ``Threads(stmt, shape)``: GPU only: each block of the statement's launch
@@ -77,6 +80,7 @@ class Fuse:
 class Layout:
     tensor: str
     perm: tuple[int, ...]
+    pad: int = 0
 
 
 @dataclass(frozen=True, slots=True)
