@@ -419,6 +419,10 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
     layouts = [c for _, c in candidates(op, bound, arrays) if c]
     cands = tile_candidates(op, bound, arrays, layouts) + _with_window_orders(op, bound, arrays, layouts)
+
+    def padded(cand: tuple) -> tuple:  # every candidate pads rows as the default does
+        return _pad_rows(op, bound, arrays, cand, flops / 2)
+    cands = list(dict.fromkeys(padded(c) for c in cands))
     first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
     limit = len(cands) if trials is None else trials
     bar = _progress(limit, progress)
@@ -458,7 +462,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     improved = True
     while improved and left():
         improved = False
-        steps = [c for c in neighbours(best, bound.statements[k], k) if to_json(c) not in tried]
+        steps = [c for c in map(padded, neighbours(best, bound.statements[k], k)) if to_json(c) not in tried]
         rng.shuffle(steps)
         for cand in steps:
             if not left():
