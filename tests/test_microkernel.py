@@ -169,13 +169,14 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
 def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out():
     """A 9x9 stride-2 convolution over 64 channels: each 6 x 16 tile would read 456 KB across the
     whole window; the default keeps the innermost reduction loops whole (k1, c: 50 KB) and moves
-    k0 outside the tile's outer loops."""
+    k0 right inside the outermost loop."""
     conv = tc.op("C[n, y0, y1, f] += I[n, 2*y0 + k0, 2*y1 + k1, c] * W[k0, k1, c, f]")
     x = rng.standard_normal((2, 20, 20, 64)).astype(np.float32)
     w = rng.standard_normal((9, 9, 64, 32)).astype(np.float32)
     loops = [line.split()[1] for line in str(conv.loopnest(x, w)).splitlines() if line.lstrip().startswith("for ")]
-    tiled = loops[loops.index("n", 1):]
-    assert tiled[:2] == ["n", "k0"] and tiled[-4:] == ["k1", "c", "y0", "f_i"]
+    tiled = loops[4:]  # after the fill's n, y0, y1, f
+    # outermost the plain index with the most iterations for the threads (N = 2 here: y1), then k0
+    assert tiled[:2] == ["y1", "k0"] and tiled[-4:] == ["k1", "c", "y0", "f_i"]
     windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (9, 9), axis=(1, 2))[:, ::2, ::2]
     np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)
 
@@ -208,3 +209,15 @@ def test_weight_gradient_tiles_take_rows_that_share_cache_lines_and_scatters_run
         for b in range(9):
             want[:, a:a + 11:2, b:b + 11:2, :] += np.einsum("nyxf,cf->nyxc", g, w[a, b])
     np.testing.assert_allclose(dI, want, rtol=1e-3, atol=1e-2)
+
+
+def test_the_loop_whose_step_brings_least_new_data_runs_right_around_the_tile():
+    # each step of i_o brings 4 new rows of A (4 x 256 floats); each step of j_o a new panel of B
+    # (256 x 24 floats): i_o innermost, j_o (enough iterations for the threads) outermost
+    a = rng.standard_normal((128, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 240)).astype(np.float32)
+    op = tc.op(MATMUL)
+    _, found = tiles(op, [a, b])
+    order = next(r for r in found[0][1] if isinstance(r, Reorder)).order
+    assert order == ("j_o", "i_o", "k", "i_i", "j_i")
+    np.testing.assert_allclose(op.with_schedule(found[0][1])(a, b), a @ b, rtol=1e-4, atol=1e-4)

@@ -144,12 +144,20 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                     records.append(Split(k, n, row_of[n]))
                     outer.append(f"{n}_o")
                     inner.append(f"{n}_i")
-            seq = outer + col_outer
+            seq = _reuse_order(outer + col_outer, reads, sweeps, names, extent)
             # outermost a loop the cores can share: one over a plain written index (a scatter's
             # k0 in dI[k0 + 2*y0] is not; 9x9 conv dI 2 threads instead of 1)
+            # (and with iterations enough for the threads when another such loop has them)
+            splits = {r.index: r.factor for r in records if isinstance(r, Split)}
+
+            def trips(n: str) -> int:
+                src = _source(n, names)
+                return -(-extent[src] // splits[src]) if n != src and src in splits else extent.get(n, 1)
             safe = [j for j, n in enumerate(seq) if _source(n, names) in plain]
-            if safe and safe[0] > 0:
-                seq.insert(0, seq.pop(safe[0]))
+            wide = [j for j in safe if trips(seq[j]) >= MIN_PARALLEL_TRIPS]
+            pick = wide[0] if wide else max(safe, key=lambda j: trips(seq[j]), default=0)
+            if pick > 0:
+                seq.insert(0, seq.pop(pick))
             if red_outer:  # blocked: the reduction's outer part right inside the outermost loop
                 loops = seq[:1] + red_outer + seq[1:] + red_inner + inner + col_loops
             else:
@@ -275,6 +283,23 @@ def columns_contiguous(bs, records: tuple[Record, ...], strides: dict[str, tuple
     st = bs.stmt
     axis = next((ax for ax, lin in enumerate(st.index) if lin.plain_var == inner), None)
     return axis is not None and abs(strides[st.target][axis]) == itemsize[st.target]
+
+
+MIN_PARALLEL_TRIPS = 8  # the outermost (shared) loop around a tile: at least this many iterations when possible
+
+
+def _reuse_order(seq: list[str], reads, sweeps, names: set[str], extent: dict[str, int]) -> list[str]:
+    """The loops around a tile with the one whose step brings the fewest new bytes innermost: a step
+    of a loop re-reads every operand that depends on it (its whole reduction sweep) and keeps the
+    others in cache. Matmul: the row loop innermost keeps a column panel (K x 16 floats) while each
+    step brings 4 new rows; 2048²: 539 -> 244 ms."""
+    if len(seq) < 2:
+        return seq
+    fresh = {n: sum(_reads([sweep], extent) for (_, index), sweep in zip(reads, sweeps)
+                    if _source(n, names) in {v for lin in index for v in lin.names()})
+             for n in seq}
+    last = min(reversed(seq), key=lambda n: fresh[n])  # ties: the current innermost stays
+    return [n for n in seq if n != last] + [last]
 
 
 def _source(name: str, names: set[str]) -> str:
