@@ -32,7 +32,8 @@ def _elementwise(bound: Bound, bs: BoundStatement) -> bool:
         return False
     if bs.dtype != bs.expr_type or not bs.domain.is_box():
         return False
-    return all(dict((n, (lo, hi)) for n, lo, hi in bs.extents)[p] == (0, size) for p, size in zip(plain, info.shape))
+    bounds = {n: (lo, hi) for n, lo, hi in bs.extents}
+    return all(bounds[p] == (0, size) for p, size in zip(plain, info.shape))
 
 
 def _visits_once(bs: BoundStatement, index: tuple[Lin, ...]) -> bool:
