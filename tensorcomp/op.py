@@ -21,7 +21,7 @@ from .lang import parse
 from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
-from .schedule import For, LoopNest, lower
+from .schedule import For, IConst, If, LoopNest, lower
 from .schedule.inline import inline_elementwise
 from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
 
@@ -97,6 +97,19 @@ def permuted_strides(shape: tuple[int, ...], perm: tuple[int, ...], itemsize: in
     for position, axis in enumerate(perm):
         out[axis] = phys[position]
     return tuple(out)
+
+
+def _instances(node) -> float:
+    """Statement instances (or fills) a loop nest runs; loops with bounds known only at run time
+    count as unbounded."""
+    if isinstance(node, For):
+        if not (isinstance(node.lo, IConst) and isinstance(node.hi, IConst)):
+            return float("inf")
+        trips = max(0, -(-(node.hi.value - node.lo.value) // node.step))
+        return trips * sum(_instances(child) for child in node.body)
+    if isinstance(node, If):
+        return max(sum(_instances(c) for c in node.then), sum(_instances(c) for c in node.orelse))
+    return 1
 
 
 def _padded(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
@@ -402,8 +415,10 @@ class Op:
         ir_text = codegen.generate(nest, bound, self._buffers(bound), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
         compiled = compile_kernel(ir_text, name, len(self._buffers(bound)), param_types, len(nest.body))
-        stages = tuple((fn, node.lo.value, node.hi.value, True) if isinstance(node, For) and node.kind == "parallel"
-                       else (fn, 0, 1, False) for fn, node in zip(compiled.stages, nest.body))
+        # a parallel stage too small to repay handing slices to the pool runs whole on the caller's thread
+        stages = tuple((fn, node.lo.value, node.hi.value, _instances(node) >= PARALLEL_MIN_POINTS)
+                       if isinstance(node, For) and node.kind == "parallel" else (fn, 0, 1, False)
+                       for fn, node in zip(compiled.stages, nest.body))
         points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in bound.statements)
         threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(p for *_, p in stages) else 1
         t = bound.tensors

@@ -19,7 +19,8 @@ def test_parallel_matmul_matches_numpy():
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-12)
     k = kernel_of(op)
     assert k.threads == num_threads()
-    assert [kind for *_, kind in k.stages] == [True, True]
+    # the fill of C (5,917 elements) is too small to hand out; the product (770k points) is shared
+    assert [kind for *_, kind in k.stages] == [False, True]
 
 
 def test_parallel_multi_statement_softmax():
