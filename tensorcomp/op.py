@@ -278,10 +278,11 @@ class Op:
     def _layout_pads(self, schedule: tuple) -> dict[str, int]:
         return {r.tensor: r.pad for r in schedule if isinstance(r, Layout) and r.pad}
 
-    def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any], target: str = "cpu") -> tuple:
+    def _effective_schedule(self, specs: list[ArraySpec], params: dict[str, Any], target: str = "cpu",
+                            bound: Bound | None = None) -> tuple:
         """The op's own schedule, else the tuned one stored for these inputs, else the default (on the
         CPU, layouts that give the heavy statements vector tiles or long contiguous reductions; see
-        ``autotune.default_layouts``)."""
+        ``autotune.default_layouts``). ``bound``: the kernel bound of these specs, when already made."""
         if self.schedule:
             return self.schedule
         if not getattr(self, "_no_database", False):
@@ -295,8 +296,9 @@ class Op:
         if target != "cpu":
             return ()
         from .autotune.search import default_layouts
-        kinds = self._check_call(tuple(specs), params)
-        return default_layouts(self, self._kernel_bound(list(specs), kinds), list(specs))
+        if bound is None:
+            bound = self._kernel_bound(list(specs), self._check_call(tuple(specs), params))
+        return default_layouts(self, bound, list(specs))
 
     def _forget_kernels(self) -> None:
         """Drop compiled kernels (after tuning, so the next call picks up the new schedule)."""
@@ -375,7 +377,7 @@ class Op:
               target: str = "cpu") -> tuple[Bound, tuple, dict[str, BufferLayout], LoopNest]:
         """Bind, pick the schedule (own, tuned or default), lay the tensors out, and lower."""
         bound = self._kernel_bound(specs, kinds)
-        schedule = self._effective_schedule(specs, params, target)
+        schedule = self._effective_schedule(specs, params, target, bound)
         for r in schedule:
             if getattr(r, "stmt", None) is not None and r.stmt >= len(bound.statements):
                 raise ScheduleError(f"{self.label}: {type(r).__name__} names statement {r.stmt}, but the kernel runs "
