@@ -8,8 +8,16 @@ import time
 from typing import Callable
 
 
+from tensorcomp.benchmarks.capsule import QUIET_S
+
+
 def best_of(fn: Callable[[], object], repeats: int = 5, inner: int = 1, warmup: int = 1) -> float:
-    """Best time of ``repeats`` runs (each the mean over ``inner`` calls), after ``warmup`` calls."""
+    """Best time of ``repeats`` runs (each the mean over ``inner`` calls), after ``warmup`` calls.
+
+    It first waits for the cores to go quiet: the last peer's BLAS or OpenMP threads spin on for a
+    while after their call and would take half of them from whatever is timed next.
+    """
+    time.sleep(QUIET_S)
     for _ in range(warmup):
         fn()
     best = float("inf")
