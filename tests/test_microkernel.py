@@ -221,3 +221,27 @@ def test_the_loop_whose_step_brings_least_new_data_runs_right_around_the_tile():
     order = next(r for r in found[0][1] if isinstance(r, Reorder)).order
     assert order == ("j_o", "i_o", "k", "i_i", "j_i")
     np.testing.assert_allclose(op.with_schedule(found[0][1])(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_tuner_tries_each_tile_also_with_its_reduction_blocked_to_fit_l1():
+    """The capsule kernel's whole ky, kx, ci, q reduction reads ~130 KB around a 6 x 16 tile: the
+    default keeps it whole, the tuner also tries ky, kx outside the tile loops (ci, q: ~14 KB)."""
+    I = rng.standard_normal((4, 14, 14, 32, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 32, 32, 4, 4)).astype(np.float32)
+    op = tc.op(CAPS)
+    base = (Layout("O", (0, 1, 2, 4, 5, 3)), Layout("W", (0, 1, 2, 4, 5, 3)))
+    bound = bound_of(op, [I, W])
+    cands = search.tile_candidates(op, bound, [I, W], [base])
+    orders = [next(r.order for r in c if isinstance(r, Reorder)) for c in cands if c[:2] == base]
+    whole = [o for o in orders if o.index("ky") > 1]
+    blocked = [o for o in orders if o[1:3] == ("ky", "kx")]
+    assert whole and blocked
+    for o in blocked:  # the block's inner loops right around the tile, the tile loops as in its twin
+        tile = o[o.index("q") + 1:]
+        assert o[o.index("ci") + 1] == "q" and not {"ky", "kx", "ci"} & set(tile) and 2 <= len(tile) <= 3
+        assert [n for n in o if n not in ("ky", "kx")] in \
+            [[n for n in w if n not in ("ky", "kx")] for w in whole]
+    ref = np.einsum("nyxcpqab,abcdqr->nyxdpr", np.lib.stride_tricks.sliding_window_view(
+        I.astype(np.float64), (3, 3), axis=(1, 2))[:, ::2, ::2], W.astype(np.float64))
+    for c in cands[:4]:
+        np.testing.assert_allclose(op.with_schedule(c)(I, W), ref, rtol=1e-4, atol=1e-3)

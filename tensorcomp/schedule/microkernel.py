@@ -36,6 +36,7 @@ from .records import Fuse, Record, Reorder, Split
 MAX_ROWS = 8
 MIN_REDUCTION = 16  # reduction steps around a default tile
 CACHE_BYTES = 256 * 1024  # what a default tile's reduction may read (half of a Zen 3 core's L2)
+L1_BYTES = 32 * 1024  # the tuner also tries each tile with its reduction blocked to fit this
 TILE_BYTES = 64 * 1024  # ... else it is blocked to read this much (_block_reduction; 9x9 conv: 35 -> 120 GFLOP/s)
 MIN_DEFAULT_SCORE = 1.2  # multiply-adds per load (plus the size bonus) for a default tile
 VECTOR_REGISTERS = 16  # AVX2: accumulators + one row of operand vectors + a broadcast must fit
@@ -75,12 +76,14 @@ def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[s
 
 
 def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
-                   base: tuple[Record, ...] = (), max_footprint: int | None = None, min_reuse: float = 0.0
-                   ) -> list[tuple[float, tuple[Record, ...]]]:
+                   base: tuple[Record, ...] = (), max_footprint: int | None = None, min_reuse: float = 0.0,
+                   block: int | None = None) -> list[tuple[float, tuple[Record, ...]]]:
     """(score, schedule) for the vector tiles of statement ``k`` under the layouts in ``base``;
     with ``max_footprint``, only tiles whose (blocked) reduction reads at most that many bytes, and
     only those doing at least ``min_reuse`` multiply-adds per load (plus the size bonus). The score
-    is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add."""
+    is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add. ``block``: block
+    every reduction reading more than that many bytes into inner loops reading at most that much
+    (see ``_block_reduction``)."""
     from ..codegen.llvm import MAX_VECTOR_REGS, VECTOR_BYTES
     st = bs.stmt
     if st.reduce != "sum" or itemsize.get(st.target) not in (4, 8):
@@ -122,7 +125,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                 loads += per_row * (vectors if used & set(cols) else 1)
                 sweeps.append(_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
                                      reductions, strides, itemsize))
-            blocked = _block_reduction(reductions, extent, sweeps)
+            blocked = _block_reduction(reductions, extent, sweeps, block)
             if blocked is None:
                 continue
             red_split, red_outer, red_inner, footprint = blocked
@@ -212,26 +215,28 @@ def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int])
     return total
 
 
-def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list):
+def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, block: int | None = None):
     """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
-    what it reads fits ``CACHE_BYTES``; else the innermost reduction loops that together read at
-    most ``TILE_BYTES`` (whole loops, then the next one split by the largest factor that fits, as
-    ``split`` = (index, factor)), the others moved outside the tile's outer loops, so each block
+    what it reads fits ``CACHE_BYTES`` (``block``, when given); else the innermost reduction loops
+    that together read at most ``TILE_BYTES`` (``block``) (whole loops, then the next one split by
+    the largest factor that fits, as ``split`` = (index, factor)), the others moved outside the
+    tile's outer loops, so each block
     of the operands is reused from cache by the tiles that follow. Inner loops stay whole from
     the innermost out: a contiguous run cut short or a long stride inside the block measured up to
     2x slower (9x9 conv: 8 channels x 81 window steps 59 GFLOP/s, 256 channels 115). None when
     no inner part of ``MIN_REDUCTION`` steps fits."""
     footprint = _reads(sweeps, extent)
-    if footprint <= CACHE_BYTES:
+    if footprint <= (CACHE_BYTES if block is None else block):
         return None, [], list(reductions), footprint
+    limit = TILE_BYTES if block is None else block
     inner: dict[str, int] = {}
     cut = None
     for n in reversed(reductions):
-        if _reads(sweeps, dict(inner, **{n: extent[n]})) <= TILE_BYTES:
+        if _reads(sweeps, dict(inner, **{n: extent[n]})) <= limit:
             inner[n] = extent[n]
             continue
         fits = [f for f in range(2, extent[n])
-                if extent[n] % f == 0 and _reads(sweeps, dict(inner, **{n: f})) <= TILE_BYTES]
+                if extent[n] % f == 0 and _reads(sweeps, dict(inner, **{n: f})) <= limit]
         if fits:
             cut = (n, max(fits))
             inner[n] = cut[1]
