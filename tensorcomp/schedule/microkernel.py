@@ -221,9 +221,9 @@ def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list
     that together read at most ``TILE_BYTES`` (``block``) (whole loops, then the next one split by
     the largest factor that fits, as ``split`` = (index, factor)), the others moved outside the
     tile's outer loops, so each block of the operands is reused from cache by the tiles that
-    follow. Inner loops stay whole from the innermost out: a contiguous run cut short or a long stride inside the block measured up to
-    2x slower (9x9 conv: 8 channels x 81 window steps 59 GFLOP/s, 256 channels 115). None when
-    no inner part of ``MIN_REDUCTION`` steps fits."""
+    follow. Inner loops stay whole from the innermost out: a contiguous run cut short or a long
+    stride inside the block measured up to 2x slower (9x9 conv: 8 channels x 81 window steps 59
+    GFLOP/s, 256 channels 115). None when no inner part of ``MIN_REDUCTION`` steps fits."""
     footprint = _reads(sweeps, extent)
     if footprint <= (CACHE_BYTES if block is None else block):
         return None, [], list(reductions), footprint
