@@ -46,6 +46,20 @@ def test_tune_verifies_stores_and_is_used_by_later_calls(cache):
     np.testing.assert_allclose(renamed(I, W), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_the_fastest_candidates_and_the_default_are_timed_again_before_one_wins(cache):
+    I, W = caps_inputs()
+    op = tc.op(CAPS)
+    result = tc.tune(op, I, W, trials=6, progress=False)
+    finals = {t["schedule"]: t["final_seconds"] for t in result.trials if "final_seconds" in t}
+    timed = sorted(t["seconds"] for t in result.trials if "seconds" in t)
+    assert "[]" in finals and 2 <= len(finals) <= 4
+    # a finalist's final time is the best of all its timings, never above its first one
+    assert all(t["final_seconds"] <= t["seconds"] for t in result.trials if "final_seconds" in t)
+    assert result.best_s == min(finals.values()) and result.default_s == finals["[]"]
+    assert tc.autotune.search.to_json(result.schedule) in finals
+    assert min(finals.values()) <= timed[0]
+
+
 def test_a_new_process_uses_the_database(cache):
     I, W = caps_inputs()
     op = tc.op(CAPS)

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import ArgumentError, TensorcompError
 from ..op import ArraySpec, Op
 from ..runtime import host_target
-from ..schedule.records import Layout, Record, to_json
+from ..schedule.records import Layout, Record, from_json, to_json
 
 from . import canon, database
 from ..schedule.microkernel import neighbours
@@ -44,6 +44,9 @@ WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with t
 TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
 TILES_PER_LAYOUT = 3  # best-scoring vector tiles tried under each
 FIRST_TRIALS = 24  # candidates measured before the local search around the best one
+FINALISTS = 3  # the fastest candidates timed again (with the default) in the last part of the budget
+FINAL_SHARE = 0.1  # ... that part; on a shared machine one round of timings can land in a busy moment
+FINAL_ROUNDS = 3
 
 
 @dataclass
@@ -97,7 +100,6 @@ def stored_schedule(op: Op, arrays: list, params: dict[str, Any], target: str = 
     hit = database.lookup(db_key(op, arrays, params, target))
     if hit is None:
         return None
-    from ..schedule.records import from_json
     back = {v: k for k, v in canon.names_map(op.program).items()}
     return canon.rename_records(from_json(hit[0]), back)
 
@@ -453,7 +455,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         return seconds
 
     def left() -> bool:
-        return time.perf_counter() - t_start < budget and len(log) - 1 < limit
+        return time.perf_counter() - t_start < budget * (1 - FINAL_SHARE) and len(log) - 1 < limit
 
     # the cost model's first picks, then a local search around the best, then the rest
     for cand in first:
@@ -484,11 +486,39 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             best_s, best = seconds, cand
     if bar is not None:
         bar.close()
+    times = _final_round(default, arrays, params, log, best, t_start + budget)
+    winner = min(times, key=times.__getitem__)
+    best, best_s, default_s = from_json(winner), times[winner], times["[]"]
     m = canon.names_map(op.program)
     database.store(db_key(op, arrays, params), op.canonical(), signature(arrays, params),
                    "cpu " + host_target(), to_json(canon.rename_records(best, m)), best_s, log)
     op._forget_kernels()
     return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)
+
+
+def _final_round(default: Op, arrays: list, params: dict, log: list[dict], best: tuple,
+                 deadline: float) -> dict[str, float]:
+    """Time the fastest few candidates and the default again, in turns, up to ``FINAL_ROUNDS`` times
+    while the budget lasts (at least once each), and note each one's best time in its log entry as
+    ``final_seconds``; returns {schedule JSON: best time of all its timings}. Times on a shared
+    machine only ever come out too slow, so a candidate timed in a busy moment gets another chance."""
+    timed = sorted((e["seconds"], e["schedule"]) for e in log if e.get("seconds") is not None)
+    finalists = list(dict.fromkeys([to_json(best), "[]"] + [sched for _, sched in timed]))[:FINALISTS + 1]
+    times = {sched: min(t for t, sc in timed if sc == sched) for sched in finalists}
+    if len(finalists) < 2:
+        return times
+    ops = {sched: default.with_schedule(from_json(sched)) for sched in finalists}
+    for trial in ops.values():
+        trial._no_database = True
+    for _ in range(FINAL_ROUNDS):
+        for sched, trial in ops.items():
+            times[sched] = min(times[sched], _measure(lambda: trial(*arrays, **params), 3, float("inf")))
+        if time.perf_counter() >= deadline:
+            break
+    for entry in log:
+        if entry.get("schedule") in times:
+            entry["final_seconds"] = times[entry["schedule"]]
+    return times
 
 
 def _progress(total: int, enabled: bool):
