@@ -155,6 +155,37 @@ def test_vector_sum_reads_padded_invariant_operands_through_the_pad():
     np.testing.assert_allclose(op(x, w), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_sum_along_a_padded_axis_masks_the_lanes_in_the_pad(dtype):
+    # X padded by 3 before and 5 after along j: 16 + 8 = 24 steps of j, whole vectors of 8 (float32)
+    # or 4 (float64); lanes inside the pad read the pad value (2.5) without touching memory
+    op = tc.op("Y[i] += X[i, j] * W[i, j]", pad={"X": ((0, 0), (3, 5)), "W": ((0, 0), (0, 0))},
+               pad_value={"X": 2.5})
+    rs = np.random.default_rng(9)
+    x, w = rs.standard_normal((6, 16)).astype(dtype), rs.standard_normal((6, 24)).astype(dtype)
+    want = (np.pad(x.astype(np.float64), ((0, 0), (3, 5)), constant_values=2.5) * w).sum(axis=1)
+    code = op.code(x, w)
+    assert "vsum" in code and "llvm.masked.load" in code
+    np.testing.assert_allclose(op(x, w), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_padded_batch_innermost_weight_gradient_vectorizes_with_masked_reads():
+    # LeNet's first convolution, weight gradient, with the batch innermost: the padded spatial axes
+    # do not vary along the vector (one condition per vector), the batch axis does
+    from tensorcomp.schedule.records import Layout
+    rs = np.random.default_rng(10)
+    I = rs.standard_normal((16, 1, 12, 12)).astype(np.float32)
+    dO = rs.standard_normal((16, 3, 12, 12)).astype(np.float32)
+    src = "dW[f, c, k0, k1] += dO[n, f, y0, y1] * I[n, c, k0 + y0, k1 + y1]"
+    op = tc.op(src, ranges={"k0": 5, "k1": 5}, pad={"I": ((0, 0), (0, 0), (2, 2), (2, 2))},
+               schedule=(Layout("I", (1, 2, 3, 0)), Layout("dO", (1, 2, 3, 0))))
+    Ip = np.pad(I.astype(np.float64), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    windows = np.lib.stride_tricks.sliding_window_view(Ip, (12, 12), axis=(2, 3))
+    want = np.einsum("nfyx,ncabyx->fcab", dO, windows)
+    assert op.inputs == ("dO", "I") and "llvm.masked.load" in op.code(dO, I)
+    np.testing.assert_allclose(op(dO, I), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-13)])
 def test_vectorized_math_functions_match_numpy_and_call_the_vector_library(dtype, rtol):
     from tensorcomp.runtime import jit

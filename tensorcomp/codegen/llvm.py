@@ -33,6 +33,17 @@ ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 FAST = ("reassoc", "contract")
 
 
+def _padded(info: TensorInfo) -> bool:
+    return bool(info.pad) and any(lo or hi for lo, hi in info.pad)
+
+
+def splat_int(b: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
+    """An integer scalar in every lane of a vector."""
+    vty = ir.VectorType(x.type, width)
+    v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
+
+
 @dataclass(frozen=True)
 class BufferLayout:
     """Where a tensor's elements live: byte strides per axis and the pointer's alignment."""
@@ -537,12 +548,14 @@ class _FunctionBuilder:
             return types.promote(self.typeof(e), t) == t
         if isinstance(e, Access):
             info = self.bound.tensors[e.tensor]
-            if info.dtype != t or (info.pad and any(lo or hi for lo, hi in info.pad)):
+            if info.dtype != t:
                 return False
             off = self._offset_lin(e.tensor, e.index, lins)
             coef = sum(c for atom, c in off.terms if atom == var)
             inside = any(not isinstance(atom, str) and var in set(atom.num.names()) for atom, _ in off.terms)
-            return not inside and coef == ITEMSIZE[t]
+            # a padded read: lanes outside the real bounds masked off (its axes must be plain sums)
+            plain = all(isinstance(atom, str) for lin in e.index for atom, _ in lin.rename(lins).expand_mod().terms)
+            return not inside and coef == ITEMSIZE[t] and (not _padded(info) or plain)
         if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg", "truediv"):
             return self.typeof(e) == t and all(self._vectorizable(a, lins, var, t) for a in e.args)
         return False
@@ -565,6 +578,9 @@ class _FunctionBuilder:
             self.loop_env = None
             return splat(scalar)
         if isinstance(e, Access):  # contiguous along var (see _vectorizable)
+            info = self.bound.tensors[e.tensor]
+            if _padded(info):
+                return self._padded_vector_read(e, info, lins, var, t, vty, splat)
             off = self._offset_lin(e.tensor, e.index, lins)
             ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
             return b.load(ptr, typ=vty, align=ITEMSIZE[t])
@@ -575,6 +591,35 @@ class _FunctionBuilder:
             return b.fdiv(args[0], args[1], flags=["contract"])
         op = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul}[e.fn]
         return op(args[0], args[1], flags=FAST)
+
+    def _padded_vector_read(self, e: Access, info: TensorInfo, lins: dict[str, Lin], var: str, t: str,
+                            vty: ir.VectorType, splat) -> ir.Value:
+        """A vector of a padded tensor's elements along ``var``: one masked load (lanes whose index
+        falls in the padding read the pad value and touch no memory), so a convolution's zero-padded
+        input vectorizes along its spatial or batch axis (LeNet conv1 weight gradient)."""
+        b = self.builder
+        width = vty.count
+        lanes = ir.Constant(ir.VectorType(I64, width), list(range(width)))
+        mty = ir.VectorType(I1, width)
+        mask: ir.Value = ir.Constant(mty, [1] * width)
+        off = Lin()
+        for lin, n, (lo, hi), stride in zip(e.index, info.shape, info.pad, self.layouts[e.tensor].strides):
+            lin = lin.rename(lins).expand_mod()
+            off = off + (lin - lo) * stride
+            if not (lo or hi):
+                continue
+            real = b.sub(self.lin(lin, self.vars), ir.Constant(I64, lo))
+            step = dict(lin.terms).get(var, 0)
+            vec = b.add(splat_int(b, real, width), b.mul(lanes, ir.Constant(lanes.type, [step] * width)))
+            inside = b.and_(b.icmp_signed(">=", vec, ir.Constant(lanes.type, [0] * width)),
+                            b.icmp_signed("<", vec, ir.Constant(lanes.type, [n] * width)))
+            mask = b.and_(mask, inside)
+        # no inbounds: a masked-off lane's address may lie outside the array
+        ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8)
+        name = f"llvm.masked.load.v{width}f{ITEMSIZE[t] * 8}.p0"
+        fn = self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(vty, [ptr.type, I32, mty, vty]), name=name)
+        return b.call(fn, [ptr, ir.Constant(I32, ITEMSIZE[t]), mask, splat(self.constant(info.pad_value, t))])
 
     def vector_sum(self, found: Tile) -> bool:
         """A one-element tile whose innermost reduction loop walks its operands contiguously (or
