@@ -37,8 +37,8 @@ def _padded(info: TensorInfo) -> bool:
     return bool(info.pad) and any(lo or hi for lo, hi in info.pad)
 
 
-def splat_int(b: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
-    """An integer scalar in every lane of a vector."""
+def _splat(b: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
+    """A scalar in every lane of a vector."""
     vty = ir.VectorType(x.type, width)
     v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
     return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
@@ -565,8 +565,7 @@ class _FunctionBuilder:
         width = vty.count
 
         def splat(x: ir.Value) -> ir.Value:
-            v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
-            return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
+            return _splat(b, x, width)
         if isinstance(e, Const):
             return ir.Constant(vty, [self.constant(e.value, t).constant] * width)
         if isinstance(e, Param):
@@ -580,7 +579,7 @@ class _FunctionBuilder:
         if isinstance(e, Access):  # contiguous along var (see _vectorizable)
             info = self.bound.tensors[e.tensor]
             if _padded(info):
-                return self._padded_vector_read(e, info, lins, var, t, vty, splat)
+                return self._padded_vector_read(e, info, lins, var, t, vty)
             off = self._offset_lin(e.tensor, e.index, lins)
             ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
             return b.load(ptr, typ=vty, align=ITEMSIZE[t])
@@ -593,7 +592,7 @@ class _FunctionBuilder:
         return op(args[0], args[1], flags=FAST)
 
     def _padded_vector_read(self, e: Access, info: TensorInfo, lins: dict[str, Lin], var: str, t: str,
-                            vty: ir.VectorType, splat) -> ir.Value:
+                            vty: ir.VectorType) -> ir.Value:
         """A vector of a padded tensor's elements along ``var``: one masked load (lanes whose index
         falls in the padding read the pad value and touch no memory), so a convolution's zero-padded
         input vectorizes along its spatial or batch axis (LeNet conv1 weight gradient)."""
@@ -610,7 +609,7 @@ class _FunctionBuilder:
                 continue
             real = b.sub(self.lin(lin, self.vars), ir.Constant(I64, lo))
             step = dict(lin.terms).get(var, 0)
-            vec = b.add(splat_int(b, real, width), b.mul(lanes, ir.Constant(lanes.type, [step] * width)))
+            vec = b.add(_splat(b, real, width), b.mul(lanes, ir.Constant(lanes.type, [step] * width)))
             inside = b.and_(b.icmp_signed(">=", vec, ir.Constant(lanes.type, [0] * width)),
                             b.icmp_signed("<", vec, ir.Constant(lanes.type, [n] * width)))
             mask = b.and_(mask, inside)
@@ -619,7 +618,8 @@ class _FunctionBuilder:
         name = f"llvm.masked.load.v{width}f{ITEMSIZE[t] * 8}.p0"
         fn = self.module.globals.get(name) or ir.Function(
             self.module, ir.FunctionType(vty, [ptr.type, I32, mty, vty]), name=name)
-        return b.call(fn, [ptr, ir.Constant(I32, ITEMSIZE[t]), mask, splat(self.constant(info.pad_value, t))])
+        fill = _splat(b, self.constant(info.pad_value, t), width)
+        return b.call(fn, [ptr, ir.Constant(I32, ITEMSIZE[t]), mask, fill])
 
     def vector_sum(self, found: Tile) -> bool:
         """A one-element tile whose innermost reduction loop walks its operands contiguously (or
