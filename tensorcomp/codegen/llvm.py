@@ -242,13 +242,12 @@ class _FunctionBuilder:
         """A tensor read; padded axes read the pad value outside the real bounds."""
         b = self.builder
         info = self.bound.tensors[access.tensor]
-        if not info.pad or not any(lo or hi for lo, hi in info.pad):
+        if not _padded(info):
             off = self.folded_offset(access.tensor, access.index)
             if off is not None:
                 return self.load_at(info, off)
+            return self.load(info, [self.lin(lin, env) for lin in access.index])
         idx = [self.lin(lin, env) for lin in access.index]
-        if not info.pad or not any(lo or hi for lo, hi in info.pad):
-            return self.load(info, idx)
         valid: ir.Value = ir.Constant(I1, 1)
         safe = []
         for v, n, (lo, hi) in zip(idx, info.shape, info.pad):
@@ -553,9 +552,11 @@ class _FunctionBuilder:
             off = self._offset_lin(e.tensor, e.index, lins)
             coef = sum(c for atom, c in off.terms if atom == var)
             inside = any(not isinstance(atom, str) and var in set(atom.num.names()) for atom, _ in off.terms)
+            if inside or coef != ITEMSIZE[t]:
+                return False
             # a padded read: lanes outside the real bounds masked off (its axes must be plain sums)
-            plain = all(isinstance(atom, str) for lin in e.index for atom, _ in lin.rename(lins).expand_mod().terms)
-            return not inside and coef == ITEMSIZE[t] and (not _padded(info) or plain)
+            return not _padded(info) or all(isinstance(atom, str) for lin in e.index
+                                            for atom, _ in lin.rename(lins).expand_mod().terms)
         if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg", "truediv"):
             return self.typeof(e) == t and all(self._vectorizable(a, lins, var, t) for a in e.args)
         return False
