@@ -140,6 +140,19 @@ def test_derived_gradient_ops_are_tuned_and_keep_their_domains(cache):
     assert stored_schedule(again, [I, W, dO], {}) == result.schedule
 
 
+
+def test_a_gradient_ops_unused_input_is_neither_relaid_nor_lost_in_the_database(cache):
+    # dB of a matmul takes B but never reads it; B's 1 KB rows would otherwise be padded (a copy per
+    # call), and a record naming B had no canonical name to be stored under
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    g = tc.grad(op, "B")
+    A, B, dC = (rng.standard_normal((256, 256)).astype(np.float32) for _ in range(3))
+    result = tc.tune(g, A, B, dC, trials=2, progress=False)
+    assert all(getattr(r, "tensor", None) != "B" for t in result.trials for r in
+               tc.autotune.search.from_json(t["schedule"]))
+    assert stored_schedule(tc.grad(tc.op("C[i, j] += A[i, k] * B[k, j]"), "B"), [A, B, dC], {}) == result.schedule
+    np.testing.assert_allclose(g(A, B, dC), A.T @ dC, rtol=1e-3, atol=1e-3)
+
 def test_profile_times_op_calls_and_tune_hot_tunes_the_slowest_first(cache):
     from tensorcomp.autotune.hot import hottest, profile, tune_hot
     a = rng.standard_normal((256, 256)).astype(np.float32)

@@ -13,7 +13,9 @@ from ..schedule.records import Block, Fuse, Layout, Record, Reorder, Split, Stag
 
 
 def names_map(program: Program) -> dict[str, str]:
-    """Own name -> canonical name (T0.. tensors, x0.. indices, p0.. parameters)."""
+    """Own name -> canonical name (T0.. tensors, x0.. indices, p0.. parameters). Declared tensors and
+    parameters that no statement uses (a gradient op takes every input of its op) come last, in
+    declaration order."""
     tensors: dict[str, str] = {}
     indices: dict[str, str] = {}
     params: dict[str, str] = {}
@@ -25,6 +27,10 @@ def names_map(program: Program) -> dict[str, str]:
                 params.setdefault(node.name, f"p{len(params)}")
         for n in st.index_names():
             indices.setdefault(n, f"x{len(indices)}")
+    for name in (*program.inputs, *program.outputs, *program.temporaries):
+        tensors.setdefault(name, f"T{len(tensors)}")
+    for name in program.params:
+        params.setdefault(name, f"p{len(params)}")
     return {**tensors, **indices, **params}
 
 

@@ -311,8 +311,11 @@ def _pad_rows(op: Op, bound, arrays: list, chosen: tuple, total: float) -> tuple
     from ..op import permuted_strides
     strides = _strides(op, bound, arrays, chosen)
     given = {r.tensor: r for r in chosen if isinstance(r, Layout)}
+    used = set().union(*(_tensors(bs) for bs in bound.statements))
     padded = {}
     for pos, name in enumerate(op.inputs):
+        if name not in used:  # a gradient op's unused input: never copied
+            continue
         info, size = bound.tensors[name], ITEMSIZE[bound.tensors[name].dtype]
         perm = given[name].perm if name in given else tuple(range(len(info.shape)))
         dense = len(perm) >= 2 and strides[name] == permuted_strides(info.shape, perm, size)
