@@ -142,15 +142,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from .autotune import database
+    from .runtime import jit
     if args.action == "list":
         rows = database.entries() if database.db_path().exists() else []
         print(f"# {len(rows)} tuned entries in {database.db_path()}")
         for r in rows:
             op = r["op"].replace("\n", "; ")
             print(f"{r['best_s'] * 1e3:10.3f} ms  {op}  {r['signature']}\n{'':15s}{r['schedule']}")
+        objects = jit.cached_objects()
+        size = sum(f.stat().st_size for f in objects)
+        print(f"# {len(objects)} compiled kernels ({size / 1e6:.1f} MB) in {database.cache_dir() / 'objects'}")
     elif args.action == "clear":
         n = database.clear() if database.db_path().exists() else 0
-        print(f"removed {n} entries from {database.db_path()}")
+        print(f"removed {n} entries from {database.db_path()} and {jit.clear_objects()} compiled kernels")
     elif args.action == "export":
         print(f"wrote {database.export(args.file)} entries to {args.file}")
     else:
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--budget", type=float, default=60.0, help="seconds (default 60)")
     tune.add_argument("--trials", type=int, default=None, help="at most this many candidate schedules")
     tune.set_defaults(run=cmd_tune)
-    cache = sub.add_parser("cache", help="the tuning database: list, clear, export FILE, import FILE")
+    cache = sub.add_parser("cache", help="the tuning database and compiled kernels: list, clear, export FILE, import FILE")
     cache.add_argument("action", choices=["list", "clear", "export", "import"])
     cache.add_argument("file", nargs="?", help="JSON file for export/import")
     cache.set_defaults(run=cmd_cache)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 import ctypes
-import itertools
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from .schedule.inline import inline_elementwise
 from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
-_names = itertools.count()
 _KERNELS: dict[tuple, "Kernel"] = {}  # shared by equal ops, so re-creating an op does not recompile
 # while ``autotune.hot.profile()`` is active: (op, input signature) -> [op, inputs, params, seconds, calls]
 _PROFILE: dict[tuple, list] | None = None
@@ -413,7 +411,7 @@ class Op:
         if shared is not None:
             return shared
         bound, schedule, layouts, nest = self._plan(specs, kinds, params)
-        name = f"tc_kernel_{next(_names)}"  # one JIT engine holds every kernel: names must differ
+        name = "tc_kernel"  # renamed after a hash of the IR (see runtime.jit.compile_kernel)
         ir_text = codegen.generate(nest, bound, self._buffers(bound), layouts, name, ARRAY_DATA_OFFSET)
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
         compiled = compile_kernel(ir_text, name, len(self._buffers(bound)), param_types, len(nest.body))

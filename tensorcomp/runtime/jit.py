@@ -1,13 +1,21 @@
 """JIT-compile LLVM IR for the host CPU and hand back callable kernels.
 
-One MCJIT engine per process holds every kernel's module. Compilation runs
+One MCJIT engine per process holds every kernel's object code. Compilation runs
 LLVM's -O3 pipeline for the host CPU's name and features (AVX2/AVX-512 when
 present), so the loop vectorizer targets the machine it runs on.
+
+Object code is cached on disk under ``$TENSORCOMP_CACHE_DIR/objects`` (next to the
+tuning database), one file per kernel named by a hash of its IR and of everything
+else its code depends on (LLVM version, target CPU and features, vector math
+library): a new process loads a kernel it has compiled before instead of running
+LLVM again. ``TENSORCOMP_OBJECT_CACHE=0`` turns the cache off.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -110,6 +118,97 @@ def _array_data_offset() -> int | None:
 ARRAY_DATA_OFFSET = _array_data_offset()
 
 
+OBJECT_FORMAT = 1  # part of every object's key: bump when what an object file holds changes
+MAX_OBJECT_BYTES = 512 << 20  # past this, the least recently used half of the objects is removed
+
+
+def _objects_dir():
+    """The object-code cache directory, or None when the cache is off."""
+    if os.environ.get("TENSORCOMP_OBJECT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    from ..autotune.database import cache_dir  # the tuning database's directory
+    return cache_dir() / "objects"
+
+
+def _object_key(ir_text: str) -> str:
+    """Hash of a kernel's IR and of all else its object code depends on."""
+    tm, _ = _init()
+    import llvmlite
+    h = hashlib.sha256()
+    for part in (str(OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
+                 llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+                 repr(sorted(_veclib().items())), ir_text):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _read_object(path) -> bytes | None:
+    """The object in ``path`` if it is whole (its first 32 bytes are the SHA-256 of the rest); a
+    damaged file is removed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
+        try:
+            os.utime(path)  # recently used: kept when the directory is trimmed
+        except OSError:
+            pass
+        return data[32:]
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
+
+
+def _write_object(directory, path, obj: bytes) -> None:
+    """Write ``obj`` atomically (several processes may write the same kernel); trim the directory
+    when it has grown past ``MAX_OBJECT_BYTES``. A cache that cannot be written is skipped."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(hashlib.sha256(obj).digest() + obj)
+        os.replace(tmp, path)
+        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in directory.glob("*.o")]
+        if sum(size for _, size, _ in files) > MAX_OBJECT_BYTES:
+            for _, _, f in sorted(files, key=lambda t: t[0])[:len(files) // 2]:
+                f.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def cached_objects() -> list:
+    """The object-code cache's files (none when the cache is off or empty)."""
+    directory = _objects_dir()
+    return sorted(directory.glob("*.o")) if directory is not None and directory.is_dir() else []
+
+
+def clear_objects() -> int:
+    """Remove the object-code cache's files; returns how many were removed."""
+    files = cached_objects()
+    for f in files:
+        f.unlink(missing_ok=True)
+    return len(files)
+
+
+def _object_code(ir_text: str, key: str) -> bytes:
+    """Object code for ``ir_text``: from the cache, or optimized and emitted (and cached)."""
+    directory = _objects_dir()
+    path = directory / f"{key}.o" if directory is not None else None
+    obj = _read_object(path) if path is not None else None
+    if obj is None:
+        tm, _ = _init()
+        obj = tm.emit_object(optimize(ir_text))
+        _state["llvm"] = int(_state.get("llvm", 0)) + 1  # type: ignore[arg-type]
+        if path is not None:
+            _write_object(directory, path, obj)
+    else:
+        _state["loaded"] = int(_state.get("loaded", 0)) + 1  # type: ignore[arg-type]
+    return obj
+
+
 @dataclass
 class Compiled:
     """A JIT-compiled kernel.
@@ -127,15 +226,29 @@ class Compiled:
 
 
 def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, nstages: int = 0) -> Compiled:
-    """Compile kernel ``name`` (and its ``{name}_py`` entry, if the IR has one) from LLVM IR text."""
+    """Compile kernel ``name`` (and its ``{name}_py`` and ``{name}_stage{j}`` entries, if the IR has
+    them) from LLVM IR text. Every symbol of the IR starting with ``name`` is renamed after a hash of
+    the IR: equal kernels share one copy in the process, and the object-code cache's key does not
+    depend on the name."""
+    key = _object_key(ir_text)
+    final = f"tc_{key}"
     with _lock:
         _, engine = _init()
-        mod = optimize(ir_text)
-        engine.add_module(mod)
-        engine.finalize_object()
-        address = engine.get_function_address(name)
-        py_address = engine.get_function_address(f"{name}_py")  # 0 when the IR has no Python entry
-        stage_addresses = [engine.get_function_address(f"{name}_stage{j}") for j in range(nstages)]
+        loaded: dict = _state.setdefault("symbols", {})  # type: ignore[assignment]
+        if final not in loaded:
+            text = ir_text.replace(f'@"{name}', f'@"{final}').replace(f"@{name}", f"@{final}")
+            obj = _object_code(text, key)
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            engine.finalize_object()
+            loaded[final] = (engine.get_function_address(final),
+                             engine.get_function_address(f"{final}_py"),  # 0 when the IR has no Python entry
+                             [engine.get_function_address(f"{final}_stage{j}") for j in range(nstages)])
+        address, py_address, stage_addresses = loaded[final]
+        if not address or not all(stage_addresses):
+            from ..errors import TensorcompError
+            raise TensorcompError(f"kernel {name}: its object code has no entry '{name}' or stages "
+                                  f"0..{nstages - 1}; hint: this is a bug in code generation, please report it")
+        name = final
         _state["compiled"] = int(_state["compiled"]) + 1  # type: ignore[arg-type]
     fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + param_types))(address)
     pyfn = ctypes.CFUNCTYPE(None, *([ctypes.py_object] * nbuffers + param_types))(py_address) \
@@ -144,7 +257,14 @@ def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, ns
     return Compiled(name, address, fn, pyfn, [staged(a) for a in stage_addresses])
 
 
+def object_counts() -> dict[str, int]:
+    """Kernels this process ran LLVM for (``llvm``) and loaded from the object-code cache instead
+    (``loaded``); kernels equal to one already loaded take neither."""
+    return {"llvm": int(_state.get("llvm", 0)), "loaded": int(_state.get("loaded", 0))}  # type: ignore[arg-type]
+
+
 def compile_count() -> int:
-    """How many kernels this process has compiled, CPU and GPU (to check that caching works)."""
+    """How many kernels this process has built, CPU and GPU, whether LLVM compiled their code or it
+    came from the object-code cache (to check that an op's kernel cache works)."""
     from . import cuda
     return int(_state.get("compiled", 0)) + cuda.modules_loaded()  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""The on-disk cache of compiled kernels: a new process loads object code instead of running LLVM."""
+
+import os
+import subprocess
+import sys
+
+from tensorcomp.cli import main
+
+CODE = """
+import numpy as np, tensorcomp as tc
+from tensorcomp.runtime import object_counts
+a = np.arange(48, dtype=np.float32).reshape(6, 8)
+out = tc.op("S[i] += A[i, j] * A[i, j] + 1.5")(a)
+assert np.allclose(out, (a * a + 1.5).sum(1))
+print(object_counts()["llvm"], object_counts()["loaded"], out.tolist())
+"""
+
+
+def run(cache, **env) -> tuple[int, int, str]:
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(cache), **env))
+    assert out.returncode == 0, out.stderr
+    llvm, loaded, values = out.stdout.strip().split(" ", 2)
+    return int(llvm), int(loaded), values
+
+
+def test_a_new_process_loads_compiled_kernels_and_a_damaged_one_is_rebuilt(tmp_path, monkeypatch, capsys):
+    first = run(tmp_path)
+    assert first[:2] == (1, 0)
+    objects = list((tmp_path / "objects").glob("*.o"))
+    assert len(objects) == 1
+    second = run(tmp_path)
+    assert second == (0, 1, first[2])
+    # a damaged file (its checksum no longer matches) is never loaded: the kernel is compiled again
+    data = bytearray(objects[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    objects[0].write_bytes(bytes(data))
+    assert run(tmp_path) == (1, 0, first[2])
+    assert run(tmp_path) == (0, 1, first[2])
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    assert main(["cache", "list"]) == 0
+    assert "# 1 compiled kernels" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    assert "and 1 compiled kernels" in capsys.readouterr().out
+    assert not list((tmp_path / "objects").glob("*.o"))
+
+
+def test_the_object_cache_can_be_turned_off(tmp_path):
+    assert run(tmp_path, TENSORCOMP_OBJECT_CACHE="0")[:2] == (1, 0)
+    assert run(tmp_path, TENSORCOMP_OBJECT_CACHE="0")[:2] == (1, 0)
+    assert not (tmp_path / "objects").exists()
