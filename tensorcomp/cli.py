@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--budget", type=float, default=60.0, help="seconds (default 60)")
     tune.add_argument("--trials", type=int, default=None, help="at most this many candidate schedules")
     tune.set_defaults(run=cmd_tune)
-    cache = sub.add_parser("cache", help="the tuning database and compiled kernels: list, clear, export FILE, import FILE")
+    cache = sub.add_parser("cache",
+                           help="the tuning database and compiled kernels: list, clear, export FILE, import FILE")
     cache.add_argument("action", choices=["list", "clear", "export", "import"])
     cache.add_argument("file", nargs="?", help="JSON file for export/import")
     cache.set_defaults(run=cmd_cache)
