@@ -245,3 +245,38 @@ def test_tuner_tries_each_tile_also_with_its_reduction_blocked_to_fit_l1():
         I.astype(np.float64), (3, 3), axis=(1, 2))[:, ::2, ::2], W.astype(np.float64))
     for c in cands[:4]:
         np.testing.assert_allclose(op.with_schedule(c)(I, W), ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiles_with_peeled_tails_cover_rows_and_columns_that_do_not_divide(dtype):
+    """100 rows in tiles of 6 leave 4; 88 float32 columns in tiles of 16 (44 float64 ones in tiles of
+    8) leave one vector: each remainder runs as a smaller tile of its own, in vector code."""
+    a = rng.standard_normal((100, 40)).astype(dtype)
+    b = rng.standard_normal((40, 88 if dtype == np.float32 else 44)).astype(dtype)
+    op = tc.op(MATMUL)
+    bound = bound_of(op, [a, b])
+    strides = search._strides(op, bound, [a, b], ())
+    plain = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound))
+    tailed = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), tails=True)
+    extent = {"i": 100, "j": b.shape[1]}
+
+    def leaves_tail(schedule):
+        return any(isinstance(r, Split) and r.index in extent and extent[r.index] % r.factor for r in schedule)
+    assert not any(leaves_tail(s) for _, s in plain)
+    with_tails = [s for _, s in tailed if leaves_tail(s)]
+    assert with_tails and len(tailed) > len(plain)
+    for schedule in with_tails:
+        np.testing.assert_allclose(op.with_schedule(schedule)(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    lanes = 8 if dtype == np.float32 else 4
+    six = (Split(0, "i", 6), Split(0, "j", 2 * lanes), Reorder(0, ("i_o", "j_o", "k", "i_i", "j_i")))
+    nest = str(op.with_schedule(six).loopnest(a, b))
+    assert "min(" not in nest and nest.count("for k in range(0, 40)") == 4  # full, and three tails
+    assert "for i_i in range(0, 4)" in nest and f"for j_i in range(0, {lanes})" in nest
+    code = op.with_schedule(six).code(a, b).split("define")[1]
+    ty = "float" if dtype == np.float32 else "double"
+    # accumulators: 6 x 2 vectors, 6 x 1 (column tail), 4 x 2 (row tail), 4 x 1
+    assert code.count(f"alloca <{lanes} x {ty}>") == 12 + 6 + 8 + 4
+    np.testing.assert_allclose(op.with_schedule(six)(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    # the tuner tries them after the tiles without tails
+    cands = search.tile_candidates(op, bound, [a, b], [])
+    assert any(leaves_tail(c) for c in cands) and not leaves_tail(cands[0])

@@ -65,6 +65,25 @@ def _box(shape: tuple[int, ...]) -> isl.Set:
     return isl.Set(f"{{ [{names}] : {cons} }}" if cons else f"{{ [{names}] }}")
 
 
+def _peeled(domain: isl.Set, dims: list) -> list[isl.Set]:
+    """``domain`` cut at each split whose factor does not divide its loop: the full iterations of the
+    outer loop, then the last, partial one (for two such splits, four pieces). Each piece runs as a
+    nest of its own after the one before, so every inner loop of a tile has constant bounds (the
+    tail's are the remainder) and the tile is generated for both: peeled tails. Pieces of one
+    statement write the same elements only when the split loop is a reduction's, and a reduction
+    is taken as associative, so running them in turn is legal."""
+    cuts = [d for d in dims if d.full]
+    if not cuts:
+        return [domain]
+    names = ", ".join(f"d{j}" for j in range(domain.dim(isl.dim_type.set)))
+    pieces = [domain.set_tuple_name("P")]
+    for d in cuts:
+        full = isl.Set(f"{{ P[{names}] : {d.expr} < {d.full} }}")
+        tail = isl.Set(f"{{ P[{names}] : {d.expr} >= {d.full} }}")
+        pieces = [p.intersect(c) for p in pieces for c in (full, tail)]
+    return [p for p in pieces if not p.is_empty()]
+
+
 def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]] | None = None,
           target: str = "cpu") -> LoopNest:
     """The loop nest of ``bound`` under ``schedule`` (records; the default heuristic fills in the rest).
@@ -97,8 +116,10 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
         gather = is_conflicting_scatter(bs) and (target == "cuda" or all(
             lin.plain_var is None for lin in bs.stmt.index))
         dims, safe = plan(k, bs, records, strides, itemsize, gather, target)
-        pieces.append((name, bs.domain.set_tuple_name(name), [d.expr for d in dims], [d.name for d in dims]))
-        parallel_safe[name] = safe
+        for j, dom in enumerate(_peeled(bs.domain, dims) if target == "cpu" else [bs.domain]):
+            piece = name if j == 0 else f"{name}t{j}"
+            pieces.append((piece, dom.set_tuple_name(piece), [d.expr for d in dims], [d.name for d in dims]))
+            parallel_safe[piece] = safe
 
     width = max(len(p[2]) for p in pieces) + 1
     domain = None
@@ -191,7 +212,7 @@ class _Converter:
             if name.startswith("F"):
                 tensor, value = self.fills[name]
                 return (Fill(tensor, args, value),)
-            k = int(name[1:])
+            k = int(name[1:].split("t")[0])  # S3, or S3t1: a peeled tail of statement 3
             names = self.bound.statements[k].names
             return (Compute(k, tuple(zip(names, args))),)
         if t == isl.ast_node_type.mark:

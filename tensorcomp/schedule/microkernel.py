@@ -43,23 +43,30 @@ VECTOR_REGISTERS = 16  # AVX2: accumulators + one row of operand vectors + a bro
 ROW_FACTORS = (2, 3, 4, 6, 8)
 
 
-def _column_split(cols: list[str], extent: dict[str, int], width: int):
-    """(split or None, column loop names, outer names) making the innermost run exactly ``width``."""
+def _column_split(cols: list[str], extent: dict[str, int], width: int, lanes: int, tails: bool):
+    """(split or None, column loop names, outer names, tail) making the innermost run exactly
+    ``width``. When the split does not divide its loop, the last columns form a narrower tile of their
+    own (a peeled tail, see ``schedule.lower``), which must still be whole vectors of ``lanes``;
+    ``tail`` is (the part of the columns it holds, its vectors), else None."""
     run = 1
     for j in range(len(cols) - 1, -1, -1):
         c = cols[j]
         if run * extent[c] == width:
-            return None, cols[j:], cols[:j]
+            return None, cols[j:], cols[:j], None
         if run * extent[c] > width:
-            if width % run or extent[c] % (width // run):
-                return "bad", [], []
-            return Split(-1, c, width // run), [f"{c}_i"] + cols[j + 1:], cols[:j] + [f"{c}_o"]
+            rest = extent[c] % (width // run) if width % run == 0 else 0
+            if width % run or rest * run % lanes or (rest and not tails):
+                return "bad", [], [], None
+            tail = (rest / extent[c], rest * run // lanes) if rest else None
+            return Split(-1, c, width // run), [f"{c}_i"] + cols[j + 1:], cols[:j] + [f"{c}_o"], tail
         run *= extent[c]
-    return "bad", [], []
+    return "bad", [], [], None
 
 
-def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[str, int], ...]]:
-    """Row sets: () or one or two (index, rows) pairs with at most MAX_ROWS rows in all."""
+def _row_choices(names: list[str], extent: dict[str, int], tails: bool) -> list[tuple[tuple[str, int], ...]]:
+    """Row sets: () or one or two (index, rows) pairs with at most MAX_ROWS rows in all. With
+    ``tails``, a row count need not divide its loop: the last rows form a smaller tile of their own
+    (a peeled tail)."""
     single: list[tuple[str, int]] = []
     for n in names:
         e = extent[n]
@@ -67,7 +74,7 @@ def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[s
             continue
         if e <= MAX_ROWS:
             single.append((n, e))
-        single += [(n, f) for f in ROW_FACTORS if f < e and e % f == 0]
+        single += [(n, f) for f in ROW_FACTORS if f < e and (e % f == 0 or tails and e >= 2 * f)]
     out: list[tuple[tuple[str, int], ...]] = [()] + [(s,) for s in single]
     for a, b in itertools.combinations(single, 2):
         if a[0] != b[0] and a[1] * b[1] <= MAX_ROWS:
@@ -77,13 +84,16 @@ def _row_choices(names: list[str], extent: dict[str, int]) -> list[tuple[tuple[s
 
 def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
                    base: tuple[Record, ...] = (), max_footprint: int | None = None, min_reuse: float = 0.0,
-                   block: int | None = None) -> list[tuple[float, tuple[Record, ...]]]:
+                   block: int | None = None, tails: bool = False) -> list[tuple[float, tuple[Record, ...]]]:
     """(score, schedule) for the vector tiles of statement ``k`` under the layouts in ``base``;
     with ``max_footprint``, only tiles whose (blocked) reduction reads at most that many bytes, and
     only those doing at least ``min_reuse`` multiply-adds per load (plus the size bonus). The score
     is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add. ``block``: block
     every reduction reading more than that many bytes into inner loops reading at most that much
-    (see ``_block_reduction``)."""
+    (see ``_block_reduction``). ``tails``: also tiles whose row or column count does not divide its
+    loop (the remainder runs as a smaller tile: ``schedule.lower`` peels it); the tuner tries them,
+    the default does not (a conv2d 3x3's 56-wide rows as 2 x 24 + 8 columns measured 1.7-2x slower
+    than 7 x 8)."""
     from ..codegen.llvm import MAX_VECTOR_REGS, VECTOR_BYTES
     st = bs.stmt
     if st.reduce != "sum" or itemsize.get(st.target) not in (4, 8):
@@ -105,26 +115,21 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     names = set(bs.names)
     out: list[tuple[float, tuple[Record, ...]]] = []
     for vectors in (1, 2, 3, 4):
-        split, col_loops, col_outer = _column_split(cols, extent, vectors * lanes)
+        split, col_loops, col_outer, col_tail = _column_split(cols, extent, vectors * lanes, lanes, tails)
         if split == "bad":
             continue
         others = [n for n in order if n in written and n not in cols]
-        for rows in _row_choices([n for n in others if n in plain], extent):
+        for rows in _row_choices([n for n in others if n in plain], extent, tails):
             nrows = 1
             for _, f in rows:
                 nrows *= f
             if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
                     nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
                 continue
-            loads, sweeps = 0, []
-            for tensor, index in reads:
-                used = {n for lin in index for n in lin.names()}
-                per_row = 1
-                for n, f in rows:
-                    per_row *= f if n in used else 1
-                loads += per_row * (vectors if used & set(cols) else 1)
-                sweeps.append(_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
-                                     reductions, strides, itemsize))
+            loads = _loads(reads, rows, vectors, set(cols))
+            sweeps = [_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
+                             reductions, strides, itemsize)
+                      for tensor, index in reads for used in [{n for lin in index for n in lin.names()}]]
             blocked = _block_reduction(reductions, extent, sweeps, block)
             if blocked is None:
                 continue
@@ -168,12 +173,51 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             records.append(Reorder(k, tuple(loops)))
             records += [Fuse(k, "", "")] * (len(col_loops) - 1)
             fmas = nrows * vectors
-            if fmas / loads + 0.01 * fmas < min_reuse:
+            reuse = _tail_reuse(reads, rows, vectors, set(cols), extent, col_tail, fmas / loads)
+            if reuse + 0.01 * fmas < min_reuse:
                 continue
             last = (red_inner or reductions)[-1]  # the loop each reduction step advances
             lines = sum(step * per[last] for step, per in sweeps if last in per)  # new bytes per step
-            out.append((fmas / loads + 0.01 * fmas - LINE_COST * lines / fmas, tuple(records)))
+            out.append((reuse + 0.01 * fmas - LINE_COST * lines / fmas, tuple(records)))
     return out
+
+
+def _loads(reads: list, rows, vectors: int, cols: set[str]) -> int:
+    """Loads per reduction step of a tile: an operand that depends on the columns is one vector
+    load per column vector and per row it depends on, any other a broadcast per row it depends on."""
+    loads = 0
+    for _, index in reads:
+        used = {n for lin in index for n in lin.names()}
+        per_row = 1
+        for n, f in rows:
+            per_row *= f if n in used else 1
+        loads += per_row * (vectors if used & cols else 1)
+    return loads
+
+
+def _tail_reuse(reads: list, rows, vectors: int, cols: set[str], extent: dict[str, int], col_tail,
+                full: float) -> float:
+    """Multiply-adds per load over the whole statement when row or column counts leave peeled tails:
+    each piece's reuse weighted by the part of the work it does (``full``: the whole tile's)."""
+    if col_tail is None and all(extent[n] % f == 0 for n, f in rows):
+        return full
+    total = 0.0
+    choices = [[(f, (extent[n] // f) * f / extent[n]), (extent[n] % f, extent[n] % f / extent[n])] for n, f in rows]
+    pieces = [(vectors, 1.0)] if col_tail is None else [(vectors, 1 - col_tail[0]), (col_tail[1], col_tail[0])]
+    for cv, cshare in pieces:
+        for piece in itertools.product(*choices):
+            share = cshare
+            sizes = []
+            for (n, _), (f, part) in zip(rows, piece):
+                share *= part
+                sizes.append((n, f))
+            if share == 0 or any(f == 0 for _, f in sizes):
+                continue
+            nrows = 1
+            for _, f in sizes:
+                nrows *= f
+            total += share * nrows * cv / _loads(reads, tuple(sizes), cv, cols)
+    return total
 
 
 LINE = 64  # cache line bytes

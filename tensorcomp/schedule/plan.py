@@ -22,6 +22,7 @@ class Dim:
     lo: int
     extent: int
     sources: frozenset[str]  # the statement indices it is made of
+    full: int = 0  # outer loop of a split whose factor does not divide the loop: its full iterations
 
 
 def _accesses(bs: BoundStatement):
@@ -169,7 +170,8 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
                 raise ScheduleError(f"Split: factor must be >= 1, got {r.factor}")
             d = dims[pos]
             base = f"(({d.expr}) - ({d.lo}))"
-            outer = Dim(f"{d.name}_o", f"floor({base}/{r.factor})", 0, -(-d.extent // r.factor), d.sources)
+            full = d.extent // r.factor if d.extent % r.factor and d.extent > r.factor else 0
+            outer = Dim(f"{d.name}_o", f"floor({base}/{r.factor})", 0, -(-d.extent // r.factor), d.sources, full)
             inner = Dim(f"{d.name}_i", f"({base} mod {r.factor})", 0, min(r.factor, d.extent), d.sources)
             dims[pos:pos + 1] = [outer, inner]
     reorders = [r for r in mine if isinstance(r, Reorder)]
