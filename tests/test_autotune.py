@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tensorcomp as tc
-from tensorcomp.autotune import database, stored_schedule
+from tensorcomp.autotune import database, search, stored_schedule
 from tensorcomp.autotune.canon import canonical_source, rename_records
 from tensorcomp.cli import main
 
@@ -182,3 +182,20 @@ def test_train_tunes_the_kernels_of_its_second_step(cache):
     assert len(database.entries()) >= result["tuned_ops"]
     # the step that compiled the tuned schedules is reported as compiling, the profiled one is in neither
     assert result["compiling_steps"] >= 2 and result["steps"] == 6
+
+
+def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduction_blocks(cache):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((8, 2048)).astype(np.float32)
+    b = rng.standard_normal((2048, 16)).astype(np.float32)
+    result = tc.tune(op, a, b, budget_s=60, progress=False)
+    assert result.tuning_s < 50  # it ran out of candidates, not of time
+    kinds = op._check_call((a, b), {})
+    bound = op._kernel_bound([tc.ArraySpec.of(x) for x in (a, b)], kinds)
+    layouts = [c for _, c in search.candidates(op, bound, [a, b]) if c]
+    first = {search.to_json(c) for c in search.tile_candidates(op, bound, [a, b], layouts)}
+    extra = {search.to_json(c) for c in search.tile_candidates(op, bound, [a, b], layouts,
+                                                               blocks=search.EXTRA_BLOCKS)} - first
+    logged = {t["schedule"] for t in result.trials}
+    assert extra and extra <= logged
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-3)

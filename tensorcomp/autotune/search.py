@@ -35,13 +35,14 @@ import numpy as np
 from ..errors import ArgumentError, TensorcompError
 from ..op import ArraySpec, Op
 from ..runtime import host_target
+from ..schedule.microkernel import L1_BYTES, neighbours
 from ..schedule.records import Layout, Record, from_json, to_json
 
 from . import canon, database
-from ..schedule.microkernel import neighbours
 
 WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with the window loop order
 TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
+EXTRA_BLOCKS = (L1_BYTES // 2, 2 * L1_BYTES, 4 * L1_BYTES)  # ... and these, when budget is left at the end
 TILES_PER_LAYOUT = 3  # best-scoring vector tiles tried under each
 FIRST_TRIALS = 24  # candidates measured before the local search around the best one
 FINALISTS = 3  # the fastest candidates timed again (with the default) in the last part of the budget
@@ -227,14 +228,16 @@ def _with_window_orders(op: Op, bound, arrays: list, cands: list) -> list:
     return out + cands[WINDOW_VARIANTS:]
 
 
-def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Record, ...]]:
+def tile_candidates(op: Op, bound, arrays: list, layouts: list, blocks: tuple = (None, L1_BYTES)
+                    ) -> list[tuple[Record, ...]]:
     """Vector-tile schedules (see schedule.microkernel) under the default layouts and the first
     layout candidates, for each statement doing at least a quarter of the heaviest one's work: the
     best few of each, in layout-candidate order, each followed by the same tile with its reduction
     blocked to fit the L1 cache (the blocks' outer loops outside the tile loops, so the tiles that
     follow reuse each block of the operands from L1: capsule kernel 11.5-12.9 -> 8.2-8.7 ms). Then
-    the same for tiles whose rows or columns leave peeled tails (matmul 1024²: 6 x 16, 4 x 24)."""
-    from ..schedule.microkernel import L1_BYTES, tile_schedules
+    the same for tiles whose rows or columns leave peeled tails (matmul 1024²: 6 x 16, 4 x 24).
+    ``blocks``: the reduction blocks each tile is generated with (None: the default's rule)."""
+    from ..schedule.microkernel import tile_schedules
     heaviest = _work(bound.statements[_heaviest(bound)])
     itemsize = _itemsizes(bound)
     out: list = []
@@ -245,7 +248,7 @@ def tile_candidates(op: Op, bound, arrays: list, layouts: list) -> list[tuple[Re
                 if _work(bs) * 4 < heaviest:
                     continue
                 pairs = [sorted(tile_schedules(bs, k, strides, itemsize, tuple(base), block=block, tails=tails),
-                                key=lambda sc: -sc[0])[:TILES_PER_LAYOUT] for block in (None, L1_BYTES)]
+                                key=lambda sc: -sc[0])[:TILES_PER_LAYOUT] for block in blocks]
                 for found in itertools.zip_longest(*pairs):
                     out += [sc[1] for sc in found if sc is not None]
     return list(dict.fromkeys(out))
@@ -434,8 +437,8 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         return _pad_rows(op, bound, arrays, cand, flops / 2)
     cands = list(dict.fromkeys(padded(c) for c in cands))
     first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
-    limit = len(cands) if trials is None else trials
-    bar = _progress(limit, progress)
+    limit = float("inf") if trials is None else trials  # no trial limit: the budget decides
+    bar = _progress(len(cands) if trials is None else trials, progress)
     tried: set[str] = {"[]"}
     k = _heaviest(bound)
     rng = random.Random(0)
@@ -481,9 +484,15 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             if seconds is not None and seconds < best_s:
                 best_s, best, improved = seconds, cand, True
                 break
+    if left():  # last, while budget lasts: the tiles again with other reduction blocks (matmul 1024²
+        # runs out of candidates in ~12 s of a 60 s budget)
+        extra = [c for c in map(padded, tile_candidates(op, bound, arrays, layouts, blocks=EXTRA_BLOCKS))
+                 if to_json(c) not in tried]
+        later += extra
     for cand in later:
         if not left():
             break
+        cand = padded(cand)
         if to_json(cand) in tried:
             continue
         seconds = attempt(cand)
