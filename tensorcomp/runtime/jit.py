@@ -171,9 +171,9 @@ def _write_object(directory, path, obj: bytes) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(hashlib.sha256(obj).digest() + obj)
         os.replace(tmp, path)
-        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in directory.glob("*.o")]
-        if sum(size for _, size, _ in files) > MAX_OBJECT_BYTES:
-            for _, _, f in sorted(files, key=lambda t: t[0])[:len(files) // 2]:
+        files = [(f.stat(), f) for f in directory.glob("*.o")]
+        if sum(st.st_size for st, _ in files) > MAX_OBJECT_BYTES:
+            for _, f in sorted(files, key=lambda t: t[0].st_mtime)[:len(files) // 2]:
                 f.unlink(missing_ok=True)
     except OSError:
         pass

@@ -29,6 +29,7 @@ byte of new cache lines per multiply-add: rows whose broadcasts share lines win 
 from __future__ import annotations
 
 import itertools
+import math
 
 from .plan import default_order
 from .records import Fuse, Record, Reorder, Split
@@ -126,7 +127,6 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
                     nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
                 continue
-            loads = _loads(reads, rows, vectors, set(cols))
             sweeps = [_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
                              reductions, strides, itemsize)
                       for tensor, index in reads for used in [{n for lin in index for n in lin.names()}]]
@@ -173,7 +173,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             records.append(Reorder(k, tuple(loops)))
             records += [Fuse(k, "", "")] * (len(col_loops) - 1)
             fmas = nrows * vectors
-            reuse = _tail_reuse(reads, rows, vectors, set(cols), extent, col_tail, fmas / loads)
+            reuse = _tail_reuse(reads, rows, vectors, set(cols), extent, col_tail)
             if reuse + 0.01 * fmas < min_reuse:
                 continue
             last = (red_inner or reductions)[-1]  # the loop each reduction step advances
@@ -195,28 +195,18 @@ def _loads(reads: list, rows, vectors: int, cols: set[str]) -> int:
     return loads
 
 
-def _tail_reuse(reads: list, rows, vectors: int, cols: set[str], extent: dict[str, int], col_tail,
-                full: float) -> float:
-    """Multiply-adds per load over the whole statement when row or column counts leave peeled tails:
-    each piece's reuse weighted by the part of the work it does (``full``: the whole tile's)."""
-    if col_tail is None and all(extent[n] % f == 0 for n, f in rows):
-        return full
+def _tail_reuse(reads: list, rows, vectors: int, cols: set[str], extent: dict[str, int], col_tail) -> float:
+    """Multiply-adds per load over the whole statement: with row or column counts that leave peeled
+    tails, each piece's reuse weighted by the part of the work it does."""
+    row_parts = [[(f, (extent[n] // f) * f / extent[n]), (extent[n] % f, extent[n] % f / extent[n])] for n, f in rows]
+    col_parts = [(vectors, 1.0)] if col_tail is None else [(vectors, 1 - col_tail[0]), (col_tail[1], col_tail[0])]
     total = 0.0
-    choices = [[(f, (extent[n] // f) * f / extent[n]), (extent[n] % f, extent[n] % f / extent[n])] for n, f in rows]
-    pieces = [(vectors, 1.0)] if col_tail is None else [(vectors, 1 - col_tail[0]), (col_tail[1], col_tail[0])]
-    for cv, cshare in pieces:
-        for piece in itertools.product(*choices):
-            share = cshare
-            sizes = []
-            for (n, _), (f, part) in zip(rows, piece):
-                share *= part
-                sizes.append((n, f))
-            if share == 0 or any(f == 0 for _, f in sizes):
-                continue
-            nrows = 1
-            for _, f in sizes:
-                nrows *= f
-            total += share * nrows * cv / _loads(reads, tuple(sizes), cv, cols)
+    for cv, share in col_parts:
+        for piece in itertools.product(*row_parts):
+            if all(f for f, _ in piece):  # a loop that divides has no tail piece
+                sizes = tuple((n, f) for (n, _), (f, _) in zip(rows, piece))
+                weight = share * math.prod(part for _, part in piece)
+                total += weight * math.prod(f for _, f in sizes) * cv / _loads(reads, sizes, cv, cols)
     return total
 
 
