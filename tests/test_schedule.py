@@ -232,6 +232,26 @@ def test_layout_pad_keeps_the_values_and_rejects_bad_pads():
         tc.op(src, schedule=(Layout("A", (0, 1), pad=-1),))
 
 
+def test_relaid_inputs_reuse_their_buffers_across_calls_and_threads():
+    src = "C[i, j] += A[i, k] * B[k, j]"
+    op = tc.op(src, schedule=(Layout("A", (1, 0), pad=3), Layout("B", (1, 0))))
+    gen = np.random.default_rng(12)
+    pairs = [(gen.standard_normal((40, 24)), gen.standard_normal((24, 8))) for _ in range(6)]
+    for a, b in pairs[:3]:  # new values each call: nothing stale from the kept buffers
+        np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-12)
+    (kernel,) = op._cache.values()
+    assert len(kernel.spare_relaid) == 1  # one set of buffers, taken and put back by each call
+    kept = [buf.ctypes.data for buf in kernel.spare_relaid[0]]
+    assert [buf.shape for buf in kernel.spare_relaid[0]] == [(24, 43), (8, 24)]
+    op(*pairs[0])
+    assert [buf.ctypes.data for buf in kernel.spare_relaid[0]] == kept
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(3) as pool:  # calls at once each take a set of their own
+        outs = list(pool.map(lambda ab: op(*ab), pairs * 20))
+    for (a, b), out in zip(pairs * 20, outs):
+        np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+
+
 def test_default_pads_rows_that_alias_in_the_cache_and_only_those():
     from tensorcomp.op import ArraySpec
     mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
