@@ -1,9 +1,12 @@
 """Default-schedule kernels and their derived gradients beside NumPy / torch, in one run.
 
-    python bench/kernels.py            # all rows
+    python bench/kernels.py            # all rows, default schedules
+    python bench/kernels.py --tune 60  # also each tensorcomp kernel tuned for 60 s (tc.tune)
     python bench/kernels.py --quick    # smaller shapes
 
-Prints GFLOP/s and, for every tensorcomp row, checks the result against the peer.
+Prints GFLOP/s and the fraction of the sgemm ceiling measured in the same run and, for every
+tensorcomp row, checks the result against the peer. With ``--tune`` the tuned schedules are stored in
+the tuning database (``$TENSORCOMP_CACHE_DIR``; point it at an empty folder for a cold start).
 """
 
 from __future__ import annotations
@@ -28,8 +31,28 @@ except ImportError:  # torch is a peer, never a dependency
     torch = None
 
 
+CEILING = [float("nan")]  # GFLOP/s of numpy's sgemm, measured in main()
+TUNE_S = [0.0]  # seconds of tuning per tensorcomp kernel (--tune)
+
+
 def row(name: str, flops: float, seconds: float, extra: str = "") -> None:
-    print(f"| {name} | {seconds * 1e3:9.2f} | {flops / seconds / 1e9:7.1f} | {extra} |", flush=True)
+    gflops = flops / seconds / 1e9
+    print(f"| {name} | {seconds * 1e3:9.2f} | {gflops:7.1f} | {gflops / CEILING[0]:.2f} | {extra} |", flush=True)
+
+
+def ours(name: str, op, args: tuple, flops: float, repeats: int = 3) -> float:
+    """Time ``op`` on its default schedule (a row), and with ``--tune`` also tuned (a second row);
+    returns the time of the schedule the op now runs."""
+    default = op.with_schedule(())
+    default._no_database = True
+    seconds = best_of(lambda: default(*args), repeats)
+    row(f"{name} tensorcomp" + (", untuned" if TUNE_S[0] else ""), flops, seconds)
+    if TUNE_S[0]:
+        res = tc.tune(op, *args, budget_s=TUNE_S[0], progress=False)
+        seconds = best_of(lambda: op(*args), repeats)
+        row(f"{name} tensorcomp, tuned", flops, seconds,
+            f"tuning {res.tuning_s:.0f} s, {len(res.trials) - 1} schedules; in-tuner best {res.best_s * 1e3:.2f} ms")
+    return seconds
 
 
 def check(got: np.ndarray, ref: np.ndarray, rtol: float = 1e-3) -> None:
@@ -51,7 +74,8 @@ def matmul(n: int) -> None:
     mm = ops.matmul()
     check(mm(a, b), a @ b)
     fl = 2 * n ** 3
-    row(f"matmul {n}² tensorcomp", fl, best_of(lambda: mm(a, b), 3))
+    ours(f"matmul {n}²", mm, (a, b), fl)
+    check(mm(a, b), a @ b)
     row(f"matmul {n}² numpy (OpenBLAS)", fl, best_of(lambda: a @ b, 3))
 
 
@@ -64,15 +88,16 @@ def conv3x3(n: int, c: int, hw: int) -> None:
     fl = 2 * n * hw * hw * c * c * 9
     dO = rng.standard_normal(out.shape, dtype=np.float32)
     gI, gW = tc.grad(conv, "I"), tc.grad(conv, "W")
-    t_f = best_of(lambda: conv(x, w), 3)
-    t_i = best_of(lambda: gI(x, w, dO), 3)
-    t_w = best_of(lambda: gW(x, w, dO), 3)
+    name = f"conv2d 3x3 N={n} C=F={c} {hw}x{hw} pad 1"
+    t_f = ours(f"{name} forward (NHWC)", conv, (x, w), fl)
+    t_i = ours(f"{name} dI (derived)", gI, (x, w, dO), fl)
+    t_w = ours(f"{name} dW (derived)", gW, (x, w, dO), fl)
     if torch is not None:
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
         tdo = torch.from_numpy(dO).permute(0, 3, 1, 2).contiguous()
         ref = torch.nn.functional.conv2d(tx, tw, padding=1)
-        check(out, ref.detach().permute(0, 2, 3, 1).numpy())
+        check(conv(x, w), ref.detach().permute(0, 2, 3, 1).numpy())
         ref.backward(tdo)
         check(gI(x, w, dO), tx.grad.permute(0, 2, 3, 1).numpy())
         check(gW(x, w, dO), tw.grad.permute(2, 3, 1, 0).numpy())
@@ -84,10 +109,6 @@ def conv3x3(n: int, c: int, hw: int) -> None:
         def torch_both():
             tx.grad = tw.grad = None
             torch.nn.functional.conv2d(tx, tw, padding=1).backward(tdo)
-    name = f"conv2d 3x3 N={n} C=F={c} {hw}x{hw} pad 1"
-    row(f"{name} forward tensorcomp (NHWC)", fl, t_f)
-    row(f"{name} dI tensorcomp (derived)", fl, t_i)
-    row(f"{name} dW tensorcomp (derived)", fl, t_w)
     if torch is not None:
         row(f"{name} forward torch eager (oneDNN, NCHW)", fl, best_of(torch_fwd, 3))
         t_b = best_of(torch_both, 3)
@@ -104,13 +125,10 @@ def capsule(n: int) -> None:
     fl = 2 * out.size * 3 * 3 * 32 * 4
     dO = rng.standard_normal(out.shape, dtype=np.float32)
     gI, gW = tc.grad(caps, "I"), tc.grad(caps, "W")
-    t_f = best_of(lambda: caps(I, W), 3)
-    t_i = best_of(lambda: gI(I, W, dO), 2)
-    t_w = best_of(lambda: gW(I, W, dO), 2)
     name = f"capsule conv N={n}"
-    row(f"{name} forward tensorcomp", fl, t_f)
-    row(f"{name} dI tensorcomp (derived)", fl, t_i)
-    row(f"{name} dW tensorcomp (derived)", fl, t_w)
+    t_f = ours(f"{name} forward", caps, (I, W), fl)
+    t_i = ours(f"{name} dI (derived)", gI, (I, W, dO), fl, 2)
+    t_w = ours(f"{name} dW (derived)", gW, (I, W, dO), fl, 2)
     if torch is not None:
         tI = torch.from_numpy(I).requires_grad_()
         tW = torch.from_numpy(W).requires_grad_()
@@ -122,7 +140,7 @@ def capsule(n: int) -> None:
             return torch.einsum("nyxcpqab,abcdqr->nyxdpr", patches, tW)
 
         ref = fwd()
-        check(out, ref.detach().numpy())
+        check(caps(I, W), ref.detach().numpy())
         ref.backward(tdO)
         check(gI(I, W, dO), tI.grad.numpy())
         check(gW(I, W, dO), tW.grad.numpy())
@@ -142,12 +160,16 @@ def capsule(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tune", type=float, default=0.0, metavar="SECONDS",
+                        help="also tune each tensorcomp kernel for this long and time it again")
     args = parser.parse_args()
+    TUNE_S[0] = args.tune
     print(f"machine: {machine()}; {tc.runtime.threads.num_threads()} threads; "
           f"torch {torch.__version__ if torch else 'not installed'}")
     t0 = time.perf_counter()
-    print(f"sgemm ceiling (numpy 2048², this run): {sgemm_ceiling():.1f} GFLOP/s\n")
-    print("| kernel | ms | GFLOP/s | note |\n|---|---:|---:|---|")
+    CEILING[0] = sgemm_ceiling()
+    print(f"sgemm ceiling (numpy 2048², this run): {CEILING[0]:.1f} GFLOP/s\n")
+    print("| kernel | ms | GFLOP/s | fraction of ceiling | note |\n|---|---:|---:|---:|---|")
     matmul(256 if args.quick else 1024)
     conv3x3(2 if args.quick else 8, 64, 28 if args.quick else 56)
     capsule(4 if args.quick else 32)
