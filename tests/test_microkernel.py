@@ -72,6 +72,29 @@ def test_capsule_tiles_under_a_layout_match_the_default():
         np.testing.assert_allclose(op.with_schedule(schedule)(I, W), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_scatter_tiles_take_rows_over_a_compound_written_axis_one_per_axis():
+    # dI[n, ky + 2*y, kx + 2*x, ci, p, q] += dO[n, y, x, co, p, r] * W[ky, kx, ci, co, q, r]: rows over
+    # y or x write distinct elements (ky, kx stay outside the tile); rows over y and ky together would not
+    I = rng.standard_normal((2, 9, 9, 4, 2, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 3, 4, 8, 4, 4)).astype(np.float32)
+    dO = rng.standard_normal((2, 4, 4, 8, 2, 4)).astype(np.float32)
+    g = tc.grad(tc.op(CAPS), "I")
+    ref = g.with_schedule(())(I, W, dO)
+    base = (Layout("W", (0, 1, 3, 5, 2, 4)), Layout("dI", (0, 1, 2, 4, 3, 5)))  # (ci, q) innermost
+    _, found = tiles(g, [I, W, dO], base)
+    inner = []
+    orders = [next(r.order for r in schedule if isinstance(r, Reorder)) for _, schedule in found]
+    for order in orders:
+        rows = order[order.index("r") + 1:]  # the tile loops right inside the reduction (co, r)
+        inner.append({n.split("_")[0] for n in rows} & {"n", "y", "x", "ky", "kx", "p"})
+    assert {"y"} in inner and {"x"} in inner
+    assert not any({"y", "ky"} <= rows or {"x", "kx"} <= rows for rows in inner)
+    scatter_rows = [sc for sc, rows in zip(found, inner) if rows & {"y", "x"}]
+    assert scatter_rows
+    for _, schedule in scatter_rows[:4]:
+        np.testing.assert_allclose(g.with_schedule(schedule)(I, W, dO), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_neighbours_keep_the_tile_and_the_outer_loop_and_compute_the_same():
     a = rng.standard_normal((16, 64)).astype(np.float32)
     b = rng.standard_normal((64, 32)).astype(np.float32)

@@ -102,7 +102,11 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     extent = {n: hi - lo for n, lo, hi in bs.extents}
     order, group = default_order(bs, strides, itemsize)
     written = [n for n in st.write_names() if n in extent]
-    plain = {lin.plain_var for lin in st.index} - {None}  # rows and columns: plain written indices
+    plain = {lin.plain_var for lin in st.index} - {None}  # columns: plain written indices
+    # rows: those, or an index of one compound written axis (a scatter's x in dI[.., kx + 2*x, ..],
+    # the rows of a gradient's tile: capsule dI 6 x 16 over x like the forward's); distinct rows
+    # write distinct elements as long as no two share an axis
+    axes = {n: {d for d, lin in enumerate(st.index) if n in lin.names()} for n in written}
     if set(st.write_names()) - set(written):
         return []
     cols = list(group) or [order[-1]]
@@ -120,7 +124,9 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
         if split == "bad":
             continue
         others = [n for n in order if n in written and n not in cols]
-        for rows in _row_choices([n for n in others if n in plain], extent, tails):
+        for rows in _row_choices([n for n in others if n in plain or len(axes[n]) == 1], extent, tails):
+            if len(rows) == 2 and axes[rows[0][0]] & axes[rows[1][0]]:
+                continue  # two rows in one written axis (dI[ky + 2*y]) would write the same elements
             nrows = 1
             for _, f in rows:
                 nrows *= f
