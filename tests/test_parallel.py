@@ -50,3 +50,22 @@ def test_reduction_outermost_is_not_parallel():
     np.testing.assert_allclose(op(a), a.sum(0), rtol=1e-10)
     nest = kernel_of(op).nest
     assert nest.body[-1].var == "i" and nest.body[-1].kind == "serial"
+
+
+def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread():
+    import threading
+
+    from tensorcomp.runtime.threads import CHUNKS_PER_THREAD, run_stages
+    seen, who = [], set()
+
+    def entry(ptr, lo, hi, scale):
+        assert (ptr, scale) == (7, 0.5)
+        seen.append((lo, hi))
+        who.add(threading.get_ident())
+        threading.Event().wait(0.01)  # long enough that each thread takes a slice
+    run_stages([(entry, 3, 103, True), (entry, 0, 5, False)], [7], [0.5], 2)
+    serial = seen.pop()
+    assert serial == (0, 5)  # a serial stage runs whole, after the parallel one
+    assert len(seen) == 2 * CHUNKS_PER_THREAD and len(who) == 2
+    covered = sorted(i for lo, hi in seen for i in range(lo, hi))
+    assert covered == list(range(3, 103))

@@ -37,17 +37,32 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
+# Slices per thread of a parallel loop. With another process busy on one of 2 cores, 4 took the
+# capsule kernel's median call from 23.0 to 19.6 ms and matmul 1024²'s from 48.4 to 39.7 (one slice
+# per thread: the stage waits for the slowed thread's half); alone, no change beyond noise.
+CHUNKS_PER_THREAD = 4
+
+
+def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
+    for a, b in slices:  # next() on a shared iterator hands each slice to one thread
+        fn(*ptrs, a, b, *scalars)
+
+
 def run_stages(stages: Sequence[tuple[Callable, int, int, bool]], ptrs: list[int], scalars: list,
                threads: int) -> None:
-    """Run each stage in order; split the parallel ones into ``threads`` slices."""
+    """Run each stage in order; split the parallel ones into ``threads`` x ``CHUNKS_PER_THREAD``
+    slices that the threads take in turn, so a thread whose core is shared with another process
+    leaves its slices to the others instead of holding up the stage."""
     for fn, lo, hi, parallel in stages:
         n = min(threads, hi - lo) if parallel else 1
         if n <= 1:
             fn(*ptrs, lo, hi, *scalars)
             continue
         pool = _get_pool(n - 1)
-        bounds = [lo + (hi - lo) * t // n for t in range(n + 1)]
-        futures = [pool.submit(fn, *ptrs, bounds[t], bounds[t + 1], *scalars) for t in range(1, n)]
-        fn(*ptrs, bounds[0], bounds[1], *scalars)  # this thread takes the first slice
+        c = min(hi - lo, n * CHUNKS_PER_THREAD)
+        bounds = [lo + (hi - lo) * t // c for t in range(c + 1)]
+        slices = iter(list(zip(bounds[:-1], bounds[1:])))
+        futures = [pool.submit(_take, fn, ptrs, scalars, slices) for _ in range(1, n)]
+        _take(fn, ptrs, scalars, slices)  # this thread takes slices too
         for f in futures:
             f.result()
