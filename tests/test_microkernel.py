@@ -303,3 +303,43 @@ def test_tiles_with_peeled_tails_cover_rows_and_columns_that_do_not_divide(dtype
     # the tuner tries them after the tiles without tails
     cands = search.tile_candidates(op, bound, [a, b], [])
     assert any(leaves_tail(c) for c in cands) and not leaves_tail(cands[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [10, 13, 20])
+def test_columns_that_are_not_whole_vectors_end_in_a_masked_vector(dtype, cols):
+    """A tile's last vector of columns, when they are not whole vectors, is loaded, updated and
+    stored under a mask: lanes past the last column touch no memory."""
+    a = rng.standard_normal((12, 40)).astype(dtype)
+    b = rng.standard_normal((40, cols)).astype(dtype)
+    op = tc.op(MATMUL, schedule=(Split(0, "i", 4), Reorder(0, ("i_o", "k", "i_i", "j"))))
+    lanes = 8 if dtype == np.float32 else 4
+    vectors = -(-cols // lanes)
+    code = op.code(a, b).split("define")[1]  # the serial entry point
+    ty = "float" if dtype == np.float32 else "double"
+    bits = 32 if dtype == np.float32 else 64
+    if 4 * vectors > 12:  # more accumulators than the registers hold: no vector tile
+        assert "alloca <" not in code
+    else:
+        assert code.count(f"alloca <{lanes} x {ty}>") == 4 * vectors
+        # per row: a masked load of the accumulator and of B's row in the loop (LLVM merges the rows'
+        # equal loads), a masked store
+        calls = [line for line in code.splitlines() if " call " in line]
+        assert sum(f"llvm.masked.load.v{lanes}f{bits}" in line for line in calls) == 4 + 4
+        assert sum(f"llvm.masked.store.v{lanes}f{bits}" in line for line in calls) == 4
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-5, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_without_a_dividing_tile_the_default_takes_one_with_tails_and_masked_columns():
+    a = rng.standard_normal((37, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 45)).astype(np.float32)  # 45 columns: no tile of whole vectors divides
+    op = tc.op(MATMUL)
+    bound = bound_of(op, [a, b])
+    strides = search._strides(op, bound, [a, b], ())
+    assert not tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound))
+    masked = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), tails=True)
+    widths = {r.factor for _, s in masked for r in s if isinstance(r, Split) and r.index == "j"}
+    assert widths and all(45 % w % 8 for w in widths)  # every column split leaves a partial vector
+    code = op.code(a, b)
+    assert "llvm.masked.store" in code and "alloca <8 x float>" in code
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-5, atol=1e-5)

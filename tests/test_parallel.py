@@ -19,8 +19,10 @@ def test_parallel_matmul_matches_numpy():
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-12)
     k = kernel_of(op)
     assert k.threads == num_threads()
-    # the fill of C (5,917 elements) is too small to hand out; the product (770k points) is shared
-    assert [kind for *_, kind in k.stages] == [False, True]
+    # the fill of C (5,917 elements) is too small to hand out; the product (770k points) is shared;
+    # the peeled tails of its vector tile (97 rows, 61 columns do not divide) are small again
+    kinds = [kind for *_, kind in k.stages]
+    assert kinds[:2] == [False, True] and not any(kinds[2:])
 
 
 def test_parallel_multi_statement_softmax():

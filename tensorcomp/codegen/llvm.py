@@ -111,6 +111,7 @@ class _FunctionBuilder:
         self.vars: dict[str, ir.Value] = {}
         self.slice: tuple[ir.Value, ir.Value] | None = None
         self.loop_env: dict[str, Lin] | None = None  # the current statement's indices in loop variables
+        self._lane_mask: ir.Value | None = None  # inside a vector tile's partial last vector: its lanes
         self.fn = self.function(name, ranged=False)
 
     def function(self, name: str, ranged: bool) -> ir.Function:
@@ -583,6 +584,8 @@ class _FunctionBuilder:
                 return self._padded_vector_read(e, info, lins, var, t, vty)
             off = self._offset_lin(e.tensor, e.index, lins)
             ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
+            if self._lane_mask is not None:  # a tile's last, partial vector of columns
+                return self._masked_load(ptr, vty, self._lane_mask, ir.Constant(vty, None))
             return b.load(ptr, typ=vty, align=ITEMSIZE[t])
         args = [self._vexpr(a, lins, var, t, vty) for a in e.args]
         if e.fn == "neg":
@@ -601,7 +604,7 @@ class _FunctionBuilder:
         width = vty.count
         lanes = ir.Constant(ir.VectorType(I64, width), list(range(width)))
         mty = ir.VectorType(I1, width)
-        mask: ir.Value = ir.Constant(mty, [1] * width)
+        mask: ir.Value = self._lane_mask or ir.Constant(mty, [1] * width)
         off = Lin()
         for lin, n, (lo, hi), stride in zip(e.index, info.shape, info.pad, self.layouts[e.tensor].strides):
             lin = lin.rename(lins).expand_mod()
@@ -616,11 +619,23 @@ class _FunctionBuilder:
             mask = b.and_(mask, inside)
         # no inbounds: a masked-off lane's address may lie outside the array
         ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8)
-        name = f"llvm.masked.load.v{width}f{ITEMSIZE[t] * 8}.p0"
+        return self._masked_load(ptr, vty, mask, _splat(b, self.constant(info.pad_value, t), width))
+
+    def _masked_load(self, ptr: ir.Value, vty: ir.VectorType, mask: ir.Value, fill: ir.Value) -> ir.Value:
+        """Lanes of ``mask`` read from ``ptr`` on, the others are ``fill`` (and touch no memory)."""
+        bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
+        name = f"llvm.masked.load.v{vty.count}f{bits}.p0"
         fn = self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(vty, [ptr.type, I32, mty, vty]), name=name)
-        fill = _splat(b, self.constant(info.pad_value, t), width)
-        return b.call(fn, [ptr, ir.Constant(I32, ITEMSIZE[t]), mask, fill])
+            self.module, ir.FunctionType(vty, [ptr.type, I32, mask.type, vty]), name=name)
+        return self.builder.call(fn, [ptr, ir.Constant(I32, bits // 8), mask, fill])
+
+    def _masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+        vty = value.type
+        bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
+        name = f"llvm.masked.store.v{vty.count}f{bits}.p0"
+        fn = self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [vty, ptr.type, I32, mask.type]), name=name)
+        self.builder.call(fn, [value, ptr, ir.Constant(I32, bits // 8), mask])
 
     def vector_sum(self, found: Tile) -> bool:
         """A one-element tile whose innermost reduction loop walks its operands contiguously (or
@@ -679,9 +694,10 @@ class _FunctionBuilder:
         inner = tile.tile[-1]
         width = VECTOR_BYTES // ITEMSIZE[t]
         extent = inner.hi.value - inner.lo.value
-        if extent % width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
+        if extent < width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
             return False
-        if tile.size // width > MAX_VECTOR_REGS:
+        rem = extent % width  # columns of the last vector when they are not whole vectors: it is masked
+        if tile.size // extent * -(-extent // width) > MAX_VECTOR_REGS:
             return False
         lins = {name: to_lin(e) for name, e in tile.compute.env}
         if not self._vectorizable(st.expr, lins, inner.var, t):
@@ -690,6 +706,8 @@ class _FunctionBuilder:
         vty = ir.VectorType(REG[t], width)
         outer_points = list(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in tile.tile[:-1]]))
         chunks = range(inner.lo.value, inner.hi.value, width)
+        partial = chunks[-1] if rem else None
+        mask = ir.Constant(ir.VectorType(I1, width), [1] * rem + [0] * (width - rem))
         slots = []
         with b.goto_entry_block():
             for _ in range(len(outer_points) * len(chunks)):
@@ -703,20 +721,28 @@ class _FunctionBuilder:
                     self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
                 for start in chunks:
                     self.vars[inner.var] = ir.Constant(I64, start)
+                    self._lane_mask = mask if start == partial else None
                     yield slots[k]
                     k += 1
+            self._lane_mask = None
 
         def element() -> ir.Value:
             return b.gep(self.ptr[st.target], [self.lin(tile.offset, self.vars)], source_etype=I8, inbounds=True)
         for slot in each():
-            b.store(b.load(element(), typ=vty, align=ITEMSIZE[t]), slot)
+            if self._lane_mask is None:
+                b.store(b.load(element(), typ=vty, align=ITEMSIZE[t]), slot)
+            else:
+                b.store(self._masked_load(element(), vty, self._lane_mask, ir.Constant(vty, None)), slot)
         chain: Node = _VectorTileBody(tile, tuple(slots), vty, lins, tuple(outer_points), tuple(chunks))
         for lp in reversed(tile.reduction):
             chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
         self._vector_each = each
         self.loop(chain)
         for slot in each():
-            b.store(b.load(slot, typ=vty), element(), align=ITEMSIZE[t])
+            if self._lane_mask is None:
+                b.store(b.load(slot, typ=vty), element(), align=ITEMSIZE[t])
+            else:
+                self._masked_store(b.load(slot, typ=vty), element(), self._lane_mask)
         for var, v in saved.items():
             if v is None:
                 self.vars.pop(var, None)

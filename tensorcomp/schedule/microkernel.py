@@ -45,10 +45,11 @@ ROW_FACTORS = (2, 3, 4, 6, 8)
 
 
 def _column_split(cols: list[str], extent: dict[str, int], width: int, lanes: int, tails: bool):
-    """(split or None, column loop names, outer names, tail) making the innermost run exactly
-    ``width``. When the split does not divide its loop, the last columns form a narrower tile of their
-    own (a peeled tail, see ``schedule.lower``), which must still be whole vectors of ``lanes``;
-    ``tail`` is (the part of the columns it holds, its vectors), else None."""
+    """(split or None, column loop names, outer names, tail) making the innermost run ``width``.
+    When the split does not divide its loop, the last columns form a narrower tile of their own (a
+    peeled tail, see ``schedule.lower``); ``tail`` is (the part of the columns it holds, its
+    vectors), else None. With ``tails``, columns that are not whole vectors (the tail's, or a whole
+    run narrower than ``width``: 10 classes as 8 + 2) end in a masked vector (``codegen.llvm``)."""
     run = 1
     for j in range(len(cols) - 1, -1, -1):
         c = cols[j]
@@ -56,11 +57,13 @@ def _column_split(cols: list[str], extent: dict[str, int], width: int, lanes: in
             return None, cols[j:], cols[:j], None
         if run * extent[c] > width:
             rest = extent[c] % (width // run) if width % run == 0 else 0
-            if width % run or rest * run % lanes or (rest and not tails):
+            if width % run or (rest and not tails):
                 return "bad", [], [], None
-            tail = (rest / extent[c], rest * run // lanes) if rest else None
+            tail = (rest / extent[c], -(-rest * run // lanes)) if rest else None
             return Split(-1, c, width // run), [f"{c}_i"] + cols[j + 1:], cols[:j] + [f"{c}_o"], tail
         run *= extent[c]
+    if tails and run >= lanes and run > width - lanes:  # the whole run, its last vector masked
+        return None, cols, [], None
     return "bad", [], [], None
 
 
@@ -299,10 +302,13 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     reduction reads (blocked by ``_block_reduction`` when it would not fit) fits in ``CACHE_BYTES``."""
     if reduction_steps(bs) < MIN_REDUCTION:
         return None
-    found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES,
-                                         min_reuse=MIN_DEFAULT_SCORE)
-             if columns_contiguous(bs, sc[1], strides, itemsize)]
-    return max(found, key=lambda sc: sc[0])[1] if found else None
+    for tails in (False, True):  # tiles that leave tails only where no other tile fits
+        found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES,
+                                             min_reuse=MIN_DEFAULT_SCORE, tails=tails)
+                 if columns_contiguous(bs, sc[1], strides, itemsize)]
+        if found:
+            return max(found, key=lambda sc: sc[0])[1]
+    return None
 
 
 def reduction_steps(bs) -> int:
