@@ -19,7 +19,7 @@ from .errors import ArgumentError, DtypeError, ScheduleError, UnknownNameError, 
 from .lang import parse
 from .runtime import Compiled, compile_kernel
 from .runtime.jit import ARRAY_DATA_OFFSET
-from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages
+from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages, slices_per_thread
 from .schedule import For, IConst, If, LoopNest, lower
 from .schedule.inline import inline_elementwise
 from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
@@ -37,7 +37,7 @@ class Kernel:
     bound: Bound
     nest: LoopNest
     compiled: Compiled
-    stages: tuple[tuple[Any, int, int, bool], ...]  # (entry, lo, hi, parallel) per top-level loop nest
+    stages: tuple[tuple[Any, int, int, int], ...]  # (entry, lo, hi, slices per thread; 0: serial) per loop nest
     threads: int  # > 1: run through the stages, parallel ones on this many threads
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -110,6 +110,13 @@ def _instances(node) -> float:
     if isinstance(node, If):
         return max(sum(_instances(c) for c in node.then), sum(_instances(c) for c in node.orelse))
     return 1
+
+
+def _slices(node: For) -> int:
+    """Slices per thread for a parallel loop nest; 0 (run whole on the calling thread) when it is too
+    small to repay handing slices to the pool."""
+    instances = _instances(node)
+    return slices_per_thread(instances) if instances >= PARALLEL_MIN_POINTS else 0
 
 
 def _padded(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
@@ -422,8 +429,8 @@ class Op:
         param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
         compiled = compile_kernel(ir_text, name, len(self._buffers(bound)), param_types, len(nest.body))
         # a parallel stage too small to repay handing slices to the pool runs whole on the caller's thread
-        stages = tuple((fn, node.lo.value, node.hi.value, _instances(node) >= PARALLEL_MIN_POINTS)
-                       if isinstance(node, For) and node.kind == "parallel" else (fn, 0, 1, False)
+        stages = tuple((fn, node.lo.value, node.hi.value, _slices(node))
+                       if isinstance(node, For) and node.kind == "parallel" else (fn, 0, 1, 0)
                        for fn, node in zip(compiled.stages, nest.body))
         points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in bound.statements)
         threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(p for *_, p in stages) else 1

@@ -57,7 +57,7 @@ def test_reduction_outermost_is_not_parallel():
 def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread():
     import threading
 
-    from tensorcomp.runtime.threads import CHUNKS_PER_THREAD, run_stages
+    from tensorcomp.runtime.threads import SLICE_POINTS, run_stages, slices_per_thread
     seen, who = [], set()
 
     def entry(ptr, lo, hi, scale):
@@ -65,9 +65,11 @@ def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread
         seen.append((lo, hi))
         who.add(threading.get_ident())
         threading.Event().wait(0.01)  # long enough that each thread takes a slice
-    run_stages([(entry, 3, 103, True), (entry, 0, 5, False)], [7], [0.5], 2)
+    run_stages([(entry, 3, 103, 4), (entry, 0, 5, 0)], [7], [0.5], 2)
     serial = seen.pop()
     assert serial == (0, 5)  # a serial stage runs whole, after the parallel one
-    assert len(seen) == 2 * CHUNKS_PER_THREAD and len(who) == 2
+    assert len(seen) == 2 * 4 and len(who) == 2
     covered = sorted(i for lo, hi in seen for i in range(lo, hi))
     assert covered == list(range(3, 103))
+    # big stages get more slices (each is one more call), up to four per thread
+    assert [slices_per_thread(k * SLICE_POINTS) for k in (0.5, 1, 3, 9)] == [1, 1, 3, 4]

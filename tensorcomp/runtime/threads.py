@@ -37,10 +37,18 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
-# Slices per thread of a parallel loop. With another process busy on one of 2 cores, 4 took the
-# capsule kernel's median call from 23.0 to 19.6 ms and matmul 1024²'s from 48.4 to 39.7 (one slice
-# per thread: the stage waits for the slowed thread's half); alone, no change beyond noise.
-CHUNKS_PER_THREAD = 4
+# Slices per thread of a big parallel loop (``slices_per_thread``). With another process busy on one
+# of 2 cores, 4 took the capsule kernel's median call from 23.0 to 19.6 ms and matmul 1024²'s from
+# 48.4 to 39.7 (one slice per thread: the stage waits for the slowed thread's half); alone, no change
+# beyond noise. Each slice is one more call through ctypes (a few microseconds), so a stage gets one
+# more slice per thread for every SLICE_POINTS statement instances, up to MAX_SLICES_PER_THREAD.
+MAX_SLICES_PER_THREAD = 4
+SLICE_POINTS = 1 << 23
+
+
+def slices_per_thread(instances: float) -> int:
+    """How many slices per thread a parallel stage of this many statement instances is cut into."""
+    return int(max(1, min(MAX_SLICES_PER_THREAD, instances // SLICE_POINTS)))
 
 
 def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
@@ -48,18 +56,18 @@ def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
         fn(*ptrs, a, b, *scalars)
 
 
-def run_stages(stages: Sequence[tuple[Callable, int, int, bool]], ptrs: list[int], scalars: list,
+def run_stages(stages: Sequence[tuple[Callable, int, int, int]], ptrs: list[int], scalars: list,
                threads: int) -> None:
-    """Run each stage in order; split the parallel ones into ``threads`` x ``CHUNKS_PER_THREAD``
-    slices that the threads take in turn, so a thread whose core is shared with another process
-    leaves its slices to the others instead of holding up the stage."""
-    for fn, lo, hi, parallel in stages:
-        n = min(threads, hi - lo) if parallel else 1
+    """Run each stage ``(entry, lo, hi, slices per thread)`` in order; a parallel one (slices > 0)
+    in ``threads`` x ``slices`` slices that the threads take in turn, so a thread whose core is
+    shared with another process leaves its slices to the others instead of holding up the stage."""
+    for fn, lo, hi, slices in stages:
+        n = min(threads, hi - lo) if slices else 1
         if n <= 1:
             fn(*ptrs, lo, hi, *scalars)
             continue
         pool = _get_pool(n - 1)
-        c = min(hi - lo, n * CHUNKS_PER_THREAD)
+        c = min(hi - lo, n * slices)
         bounds = [lo + (hi - lo) * t // c for t in range(c + 1)]
         slices = iter(list(zip(bounds[:-1], bounds[1:])))
         futures = [pool.submit(_take, fn, ptrs, scalars, slices) for _ in range(1, n)]
