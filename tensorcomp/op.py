@@ -46,7 +46,7 @@ class Kernel:
     out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
     # Sets of temporaries (and of buffers for the relaid inputs) from earlier calls, reused: fresh
     # large arrays cost a page fault per 4 KB on first touch every call (matmul 1024² with both inputs
-    # relaid: ~1,500 faults, 28 -> 17 ms). A call takes a set off its list and puts it back after.
+    # relaid: ~1,500 faults, 28 -> 23 ms). A call takes a set off its list and puts it back after.
     spare: list = field(default_factory=list)
     spare_relaid: list = field(default_factory=list)
 

@@ -48,7 +48,9 @@ SLICE_POINTS = 1 << 23
 
 def slices_per_thread(instances: float) -> int:
     """How many slices per thread a parallel stage of this many statement instances is cut into."""
-    return int(max(1, min(MAX_SLICES_PER_THREAD, instances // SLICE_POINTS)))
+    if instances >= MAX_SLICES_PER_THREAD * SLICE_POINTS:  # (also a nest with run-time bounds: inf)
+        return MAX_SLICES_PER_THREAD
+    return max(1, int(instances // SLICE_POINTS))
 
 
 def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
