@@ -22,7 +22,8 @@ from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages, slices_per_thread
 from .schedule import For, IConst, If, LoopNest, lower
 from .schedule.inline import inline_elementwise
-from .schedule.records import Block, Fuse, Layout, Reorder, Split, Stage, Threads, to_json
+from .schedule.rfactor import apply_rfactor, default_rfactor
+from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 _KERNELS: dict[tuple, "Kernel"] = {}  # shared by equal ops, so re-creating an op does not recompile
@@ -240,9 +241,9 @@ class Op:
 
     def _check_schedule(self, schedule: tuple) -> tuple:
         for r in schedule:
-            if not isinstance(r, (Split, Reorder, Fuse, Layout, Block, Threads, Stage)):
+            if not isinstance(r, (Split, Reorder, Fuse, Layout, Rfactor, Block, Threads, Stage)):
                 raise ScheduleError(f"{self.label}: {r!r} is not a schedule record (Split, Reorder, Fuse, Layout, "
-                                    f"Block, Threads, Stage)")
+                                    f"Rfactor, Block, Threads, Stage)")
             if isinstance(r, Block):
                 if not isinstance(r.threads, int) or r.threads % 32 or not 32 <= r.threads <= 1024:
                     raise ScheduleError(f"{self.label}: Block threads must be a multiple of 32 between 32 and 1024, "
@@ -263,6 +264,9 @@ class Op:
                                              or int(np.prod(r.shape)) > 1024):
                 raise ScheduleError(f"{self.label}: Threads shape must be positive thread counts with a product of "
                                     f"at most 1024, got {r.shape!r}")
+            elif isinstance(r, Rfactor) and (not isinstance(r.parts, int) or r.parts < 2):
+                raise ScheduleError(f"{self.label}: Rfactor parts must be an integer >= 2 (the pieces the "
+                                    f"reduction over '{r.index}' is cut into), got {r.parts!r}")
             elif isinstance(r, Stage) and r.tensor not in [t for t, _ in self.program.ranks]:
                 raise ScheduleError(f"{self.label}: Stage names tensor '{r.tensor}', which the op does not use; "
                                     f"its tensors are: {', '.join(t for t, _ in self.program.ranks)}")
@@ -309,7 +313,7 @@ class Op:
         from .autotune.search import default_layouts
         if bound is None:
             bound = self._kernel_bound(list(specs), self._check_call(tuple(specs), params))
-        return default_layouts(self, bound, list(specs))
+        return default_rfactor(bound, num_threads(), default_layouts(self, bound, list(specs)))
 
     def _forget_kernels(self) -> None:
         """Drop compiled kernels (after tuning, so the next call picks up the new schedule)."""
@@ -395,9 +399,10 @@ class Op:
                                     f"{len(bound.statements)} (numbered from 0) once temporaries computed "
                                     "elementwise and read once are folded into their readers; op.loopnest(...) "
                                     "shows them")
-        layouts = self._layouts(bound, specs, schedule)
         with self._labelled():
-            nest = lower(bound, schedule, {t: lay.strides for t, lay in layouts.items()}, target)
+            bound, records = apply_rfactor(bound, schedule)
+            layouts = self._layouts(bound, specs, schedule)
+            nest = lower(bound, records, {t: lay.strides for t, lay in layouts.items()}, target)
         return bound, schedule, layouts, nest
 
     @contextlib.contextmanager

@@ -41,6 +41,9 @@ STAGED = [
                                                   S.Stage(0, "I", "ky"), S.Stage(0, "K", "ky")), ((7, 10), (3, 3))),
     # a thread box without staging
     (MATMUL, (S.Threads(0, (2, 16)),), ((9, 5), (5, 33))),
+    # reductions factored into pieces (one thread per piece and output element), then combined
+    ("s += A[i] * B[i]", (S.Rfactor(0, "i", 4),), ((1000,), (1000,))),
+    ("y[a] += X[a, k] * v[k]", (S.Rfactor(0, "k", 3), S.Threads(0, (3, 2))), ((2, 301), (301,))),
 ]
 
 

@@ -9,7 +9,7 @@ back to each op's own names.
 from __future__ import annotations
 
 from ..lang.ir import Access, Call, Expr, Index, Lin, Param, Program, Statement, walk
-from ..schedule.records import Block, Fuse, Layout, Record, Reorder, Split, Stage, Threads
+from ..schedule.records import Block, Fuse, Layout, Record, Reorder, Rfactor, Split, Stage, Threads
 
 
 def names_map(program: Program) -> dict[str, str]:
@@ -74,6 +74,8 @@ def rename_records(records: tuple[Record, ...], m: dict[str, str]) -> tuple[Reco
             out.append(Reorder(r.stmt, tuple(loop(n) for n in r.order)))
         elif isinstance(r, Fuse):
             out.append(Fuse(r.stmt, loop(r.outer), loop(r.inner)))
+        elif isinstance(r, Rfactor):
+            out.append(Rfactor(r.stmt, loop(r.index), r.parts))
         elif isinstance(r, Stage):
             out.append(Stage(r.stmt, m[r.tensor], loop(r.loop)))
         elif isinstance(r, (Block, Threads)):

@@ -35,8 +35,10 @@ import numpy as np
 from ..errors import ArgumentError, TensorcompError
 from ..op import ArraySpec, Op
 from ..runtime import host_target
+from ..runtime.threads import num_threads
 from ..schedule.microkernel import L1_BYTES, neighbours
 from ..schedule.records import Layout, Record, from_json, to_json
+from ..schedule.rfactor import default_rfactor
 
 from . import canon, database
 
@@ -433,8 +435,8 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     layouts = [c for _, c in candidates(op, bound, arrays) if c]
     cands = tile_candidates(op, bound, arrays, layouts) + _with_window_orders(op, bound, arrays, layouts)
 
-    def padded(cand: tuple) -> tuple:  # every candidate pads rows as the default does
-        return _pad_rows(op, bound, arrays, cand, flops / 2)
+    def padded(cand: tuple) -> tuple:  # every candidate pads rows and factors reductions as the default does
+        return default_rfactor(bound, num_threads(), _pad_rows(op, bound, arrays, cand, flops / 2))
     cands = list(dict.fromkeys(padded(c) for c in cands))
     first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
     limit = float("inf") if trials is None else trials  # no trial limit: the budget decides

@@ -24,6 +24,24 @@ of them.
   ``pad`` (inputs only) adds that many unused elements after each run of the
   innermost physical axis, so rows whose byte stride is a multiple of a large
   power of two do not all map to the same few cache sets.
+* ``Rfactor(stmt, index, parts)``: the reduction index ``index`` is cut into
+  ``parts`` pieces of ``c = ceil(extent / parts)`` consecutive values,
+  ``index == lo + c*index_o + index_i``, and each piece reduces into its own
+  copy of the target: the statement becomes ``T[index_o, w...] += f(...)``
+  into a temporary ``T`` (named ``<target>_rf<stmt>``) with one leading axis
+  per piece, and a statement after it combines the copies,
+  ``target[w...] += T[p, w...]`` (the same reduction: ``+=``, ``max``, ...).
+  ``index_o`` is then a written index, so the pieces run on different
+  threads: a reduction with nothing else to run in parallel (a dot product,
+  a sum over a whole tensor, a matrix-vector product with a short output)
+  runs on all cores. The statement's loops are then named ``index_o`` and
+  ``index_i`` (other records of it use those names); records naming later
+  statements keep their numbers (the combining statement is scheduled by
+  default)::
+
+      s[] += A[i]          ->   s_rf0[i_o] += A[c*i_o + i_i]    (i_o runs on threads)
+                                s[] += s_rf0[i_o]
+
 * ``Block(threads)``: GPU only: threads per block of every launch (a multiple
   of 32, at most 1024); the CPU ignores it.
 * ``Threads(stmt, shape)``: GPU only: each block of the statement's launch
@@ -84,6 +102,13 @@ class Layout:
 
 
 @dataclass(frozen=True, slots=True)
+class Rfactor:
+    stmt: int
+    index: str
+    parts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     threads: int
 
@@ -101,8 +126,8 @@ class Stage:
     loop: str
 
 
-Record = Union[Split, Reorder, Fuse, Layout, Block, Threads, Stage]
-_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout, Block, Threads, Stage)}
+Record = Union[Split, Reorder, Fuse, Layout, Rfactor, Block, Threads, Stage]
+_KINDS = {cls.__name__: cls for cls in (Split, Reorder, Fuse, Layout, Rfactor, Block, Threads, Stage)}
 
 
 def to_json(schedule: tuple[Record, ...]) -> str:

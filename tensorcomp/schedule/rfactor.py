@@ -1,0 +1,162 @@
+"""Rfactor: a reduction cut into pieces that each reduce into a copy of the target, then combined.
+
+``Rfactor(k, i, parts)`` (see ``records``) rewrites the bound op before it is
+lowered: statement ``k``, ``X[w...] += f(i, ...)``, becomes
+
+    X_rfk[i_o, w...] += f(lo + c*i_o + i_i, ...)     # c = ceil(extent(i) / parts)
+    X[w...] += X_rfk[i_o, w...]                      # the same reduction (+=, max, min, prod)
+
+with ``0 <= i_o < parts`` and ``0 <= i_i < c`` and the statement's own
+constraints on ``i`` (``lo + c*i_o + i_i`` stays in ``i``'s domain, an isl
+preimage). ``i_o`` is a plain written index of the first statement, so its
+iterations write disjoint elements and the loop over it runs on threads; the
+second reads each copy once. A reduction is taken as associative (the language
+says so), so the result equals the original up to rounding.
+
+The default CPU schedule factors the reductions that have nothing else to run in
+parallel (``default_rfactor``): every written index is shorter than the thread
+count (a scalar sum, a dot product, a matrix-vector product with two outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import islpy as isl
+
+from ..domain.bind import Bound, BoundStatement, TensorInfo, _interval, _set
+from ..errors import ScheduleError
+from ..lang.ir import Access, Lin, Statement
+from .records import Fuse, Record, Reorder, Rfactor, Split
+
+# A statement is factored by default only when it runs at least this many instances: below, the
+# extra pass that combines the copies and the hand-off to the threads cost more than they save.
+RFACTOR_MIN_POINTS = 1 << 18
+# ... and when filling and combining the copies reads and writes at most one element per this many
+# statement instances.
+COMBINE_SHARE = 16
+
+
+def apply_rfactor(bound: Bound, schedule: tuple[Record, ...]) -> tuple[Bound, tuple[Record, ...]]:
+    """``bound`` with every ``Rfactor`` record of ``schedule`` applied, and the other records renumbered
+    for the statements it inserts (a record naming original statement ``j`` names it still)."""
+    facts = {}
+    for r in schedule:
+        if isinstance(r, Rfactor):
+            if r.stmt in facts:
+                raise ScheduleError(f"Rfactor: statement {r.stmt} is factored twice ({facts[r.stmt]} and {r}); "
+                                    "a statement's reduction can be cut along one index")
+            if not 0 <= r.stmt < len(bound.statements):
+                raise ScheduleError(f"Rfactor names statement {r.stmt}; the kernel runs {len(bound.statements)} "
+                                    "(numbered from 0)")
+            facts[r.stmt] = r
+    if not facts:
+        return bound, schedule
+    statements: list[BoundStatement] = []
+    tensors = dict(bound.tensors)
+    program = bound.program
+    new_index = {}
+    for k, bs in enumerate(bound.statements):
+        new_index[k] = len(statements)
+        if k not in facts:
+            statements.append(bs)
+            continue
+        partial, combine, info = _factor(bound, k, bs, facts[k], tensors)
+        statements += [partial, combine]
+        tensors[info.name] = info
+        program = replace(program, temporaries=program.temporaries + (info.name,),
+                          ranks=program.ranks + ((info.name, len(info.shape)),))
+    program = replace(program, statements=tuple(s.stmt for s in statements))
+    rest = tuple(replace(r, stmt=new_index[r.stmt]) if getattr(r, "stmt", None) is not None else r
+                 for r in schedule if not isinstance(r, Rfactor))
+    return Bound(program, tensors, tuple(statements), bound.param_types), rest
+
+
+def _factor(bound: Bound, k: int, bs: BoundStatement, r: Rfactor, tensors: dict[str, TensorInfo]):
+    """The partial and the combining statement of ``bs`` under ``r``, and the copies' tensor."""
+    st = bs.stmt
+    if st.reduce is None:
+        raise ScheduleError(f"Rfactor: statement {k} ({st}) does not reduce; only a statement that combines "
+                            "several values into each element (+=, max(...), ...) can be factored")
+    reductions = st.reduction_names()
+    if r.index not in reductions:
+        known = ", ".join(reductions) if reductions else "none"
+        why = (f"'{r.index}' is written by it (it indexes {st.target})" if r.index in st.write_names()
+               else f"it has no index '{r.index}'")
+        raise ScheduleError(f"Rfactor: statement {k} ({st}): {why}; its reduction indices are: {known}")
+    if not isinstance(r.parts, int) or r.parts < 2:
+        raise ScheduleError(f"Rfactor: parts must be an integer >= 2, got {r.parts!r}")
+    lo, hi = next((a, b) for n, a, b in bs.extents if n == r.index)
+    extent = hi - lo
+    if r.parts > extent:
+        raise ScheduleError(f"Rfactor: statement {k} cannot cut '{r.index}' ({extent} values) into {r.parts} "
+                            f"parts; use at most {extent}")
+    chunk = -(-extent // r.parts)
+    parts = -(-extent // chunk)  # pieces that are not empty
+    outer, inner = f"{r.index}_o", f"{r.index}_i"
+    clash = {outer, inner} & set(bs.names)
+    if clash:
+        raise ScheduleError(f"Rfactor: statement {k} already has an index named {sorted(clash)[0]}, the name a "
+                            f"piece of '{r.index}' takes; rename that index")
+    name = f"{st.target}_rf{k}"
+    while name in tensors:
+        name += "_"
+    renamed = st.rename_indices({r.index: Lin.var(outer) * chunk + Lin.var(inner) + lo})
+    pst = Statement(name, (Lin.var(outer),) + renamed.index, st.reduce, renamed.expr, st.line)
+    names = pst.index_names()
+    nd = {n: f"d{j}" for j, n in enumerate(names)}
+    old = [f"{lo} + {chunk}*{nd[outer]} + {nd[inner]}" if n == r.index else nd[n] for n in bs.names]
+    to_old = isl.Map(f"{{ [{', '.join(nd[n] for n in names)}] -> [{', '.join(old)}] : "
+                     f"0 <= {nd[outer]} < {parts} and 0 <= {nd[inner]} < {chunk} }}")
+    domain = to_old.intersect_range(bs.domain).domain().coalesce()
+    extents = tuple((n, *_interval(domain, j)) for j, n in enumerate(names))
+    box = _set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
+    if domain.is_equal(box):
+        domain = box  # the same set without redundant constraints (simpler loops)
+    partial = BoundStatement(pst, names, domain, extents, bs.dtype, bs.expr_type)
+
+    shape = tensors[st.target].shape
+    plain = [lin.plain_var for lin in st.index]  # the statement's own names where they name an axis
+    axes = [p if p is not None and plain.count(p) == 1 else f"{st.target.lower()}{j}" for j, p in enumerate(plain)]
+    axes = [a if a != outer and axes.count(a) == 1 else f"{a}_{j}" for j, a in enumerate(axes)]
+    cst = Statement(st.target, tuple(Lin.var(a) for a in axes), st.reduce,
+                    Access(name, tuple(Lin.var(n) for n in [outer] + axes)), st.line)
+    cnames = cst.index_names()
+    bounds = dict(zip(axes, shape)) | {outer: parts}
+    cext = tuple((n, 0, bounds[n]) for n in cnames)
+    combine = BoundStatement(cst, cnames, _set(len(cnames), [f"0 <= d{j} < {b}" for j, (_, _, b) in enumerate(cext)]),
+                             cext, bs.dtype, bs.dtype)
+    return partial, combine, TensorInfo(name, (parts,) + tuple(shape), bs.dtype, "temporary")
+
+
+def default_rfactor(bound: Bound, threads: int, schedule: tuple[Record, ...] = ()) -> tuple[Record, ...]:
+    """``schedule`` with an ``Rfactor`` for each heavy reduction that nothing else runs in parallel (and
+    that ``schedule`` does not schedule itself): every index it writes (plainly) is shorter than
+    ``threads``. The index cut is its longest reduction index, into ``threads`` pieces (more, up to
+    four per thread, for large statements, so a thread slowed by another process leaves pieces to the
+    others), as long as the copies stay small next to the work."""
+    from ..runtime.threads import slices_per_thread
+    if threads < 2:
+        return schedule
+    own = {r.stmt for r in schedule if isinstance(r, (Split, Reorder, Fuse, Rfactor))}
+    out = tuple(schedule)
+    for k, bs in enumerate(bound.statements):
+        st = bs.stmt
+        if st.reduce is None or k in own:
+            continue
+        extent = {n: b - a for n, a, b in bs.extents}
+        if any(not lin.is_const and (lin.plain_var is None or extent[lin.plain_var] >= threads) for lin in st.index):
+            continue
+        instances = 1
+        for n in bs.names:
+            instances *= extent[n]
+        if instances < RFACTOR_MIN_POINTS:
+            continue
+        index = max(st.reduction_names(), key=lambda n: extent[n])
+        size = 1
+        for n in bound.tensors[st.target].shape:
+            size *= n
+        parts = min(threads * slices_per_thread(instances), extent[index], instances // (COMBINE_SHARE * size))
+        if parts >= 2:
+            out += (Rfactor(k, index, parts),)
+    return out
