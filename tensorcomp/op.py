@@ -17,7 +17,7 @@ from .codegen.llvm import ITEMSIZE, BufferLayout
 from .domain import Bound, bind
 from .errors import ArgumentError, DtypeError, ScheduleError, UnknownNameError, op_label
 from .lang import parse
-from .runtime import Compiled, compile_kernel
+from .runtime import Compiled, compile_kernel, jit
 from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages, slices_per_thread
 from .schedule import For, IConst, If, LoopNest, lower
@@ -35,8 +35,8 @@ _PROFILE: dict[tuple, list] | None = None
 class Kernel:
     """Everything compiled for one input signature of an op."""
 
-    bound: Bound
-    nest: LoopNest
+    bound: Bound | None  # None: loaded from a manifest (op.loopnest(...) plans it again)
+    nest: LoopNest | None
     compiled: Compiled
     stages: tuple[tuple[Any, int, int, int], ...]  # (entry, lo, hi, slices per thread; 0: serial) per loop nest
     threads: int  # > 1: run through the stages, parallel ones on this many threads
@@ -118,6 +118,16 @@ def _slices(node: For) -> int:
     small to repay handing slices to the pool."""
     instances = _instances(node)
     return slices_per_thread(instances) if instances >= PARALLEL_MIN_POINTS else 0
+
+
+def _manifest(kernel: "Kernel", buffers: int) -> dict:
+    """What ``Op._from_manifest`` needs to rebuild ``kernel`` in a new process (JSON-ready)."""
+    return {"object": kernel.compiled.name[len("tc_"):], "buffers": buffers,
+            "stages": [[lo, hi, s] for _, lo, hi, s in kernel.stages], "threads": kernel.threads,
+            "outputs": [[list(sh), dt.str] for sh, dt in kernel.outputs],
+            "temporaries": [[list(sh), dt.str] for sh, dt in kernel.temporaries],
+            "relayout": [[pos, list(perm), pad] for pos, perm, pad in kernel.relayout],
+            "out_perms": [None if p is None else list(p) for p in kernel.out_perms]}
 
 
 def _padded(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
@@ -428,6 +438,48 @@ class Op:
         shared = _KERNELS.get((self._ident, key))
         if shared is not None:
             return shared
+        mkey = self._manifest_key(specs, kinds, params)
+        kernel = self._from_manifest(mkey, kinds) if mkey else None
+        if kernel is None:
+            kernel = self._build(specs, kinds, params)
+            if mkey:
+                jit.write_manifest(mkey, _manifest(kernel, len(self._buffers(kernel.bound))))
+        _KERNELS[(self._ident, key)] = kernel
+        return kernel
+
+    def _manifest_key(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any]) -> str | None:
+        """Key of the kernel manifest for these inputs (see ``runtime.jit.read_manifest``): the op, the
+        call signature, the thread count and the tuned schedule stored for them, if any."""
+        stored = ""
+        if not self.schedule and not getattr(self, "_no_database", False):
+            from .autotune import stored_schedule
+            found = stored_schedule(self, list(specs), params, "cpu")
+            stored = to_json(found) if found else ""
+        sig = [(s.shape, s.strides, s.dtype.str) for s in specs]
+        return jit.manifest_key((repr(self._ident), repr(sig), repr(sorted(kinds.items())), str(num_threads()),
+                                 stored))
+
+    def _from_manifest(self, mkey: str, kinds: dict[str, str]) -> Kernel | None:
+        """The kernel a manifest describes, with its object code from the cache (None when either is
+        missing or unreadable): a new process runs a kernel it has run before at once."""
+        m = jit.read_manifest(mkey)
+        try:
+            param_types = [ctypes.c_double if kinds[p] == "float" else ctypes.c_int64 for p in self.params]
+            compiled = jit.load_compiled(m["object"], m["buffers"], param_types, len(m["stages"])) if m else None
+            if compiled is None:
+                return None
+            return Kernel(None, None, compiled, tuple((fn, lo, hi, s) for fn, (lo, hi, s) in
+                                                      zip(compiled.stages, m["stages"])), m["threads"],
+                          tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["outputs"]),
+                          tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["temporaries"]),
+                          tuple(float if kinds[p] == "float" else int for p in self.params),
+                          tuple((pos, tuple(perm), pad) for pos, perm, pad in m["relayout"]),
+                          tuple(None if p is None else tuple(p) for p in m["out_perms"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _build(self, specs: list[ArraySpec], kinds: dict[str, str], params: dict[str, Any]) -> Kernel:
+        """Bind, schedule, lower, generate IR and compile it (the object code may come from the cache)."""
         bound, schedule, layouts, nest = self._plan(specs, kinds, params)
         name = "tc_kernel"  # renamed after a hash of the IR (see runtime.jit.compile_kernel)
         ir_text = codegen.generate(nest, bound, self._buffers(bound), layouts, name, ARRAY_DATA_OFFSET)
@@ -440,13 +492,11 @@ class Op:
         points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in bound.statements)
         threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(p for *_, p in stages) else 1
         t = bound.tensors
-        kernel = Kernel(bound, nest, compiled, stages, threads,
-                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
-                        tuple((t[n].shape, np.dtype(t[n].dtype)) for n in bound.program.temporaries),
-                        tuple(float if kinds[p] == "float" else int for p in self.params),
-                        *self._relayouts(schedule))
-        _KERNELS[(self._ident, key)] = kernel
-        return kernel
+        return Kernel(bound, nest, compiled, stages, threads,
+                      tuple((t[n].shape, np.dtype(t[n].dtype)) for n in self.outputs),
+                      tuple((t[n].shape, np.dtype(t[n].dtype)) for n in bound.program.temporaries),
+                      tuple(float if kinds[p] == "float" else int for p in self.params),
+                      *self._relayouts(schedule))
 
     def _compile_cuda(self, specs: list[ArraySpec], kinds: dict[str, str], key: tuple,
                       params: dict[str, Any], aligned: bool = True) -> CudaKernel:

@@ -7,8 +7,13 @@ import sys
 from tensorcomp.cli import main
 
 CODE = """
+import os, sys
 import numpy as np, tensorcomp as tc
 from tensorcomp.runtime import object_counts
+if os.environ.get("FORBID_PLANNING"):  # a kernel run before must come from its manifest
+    def planned(*args, **kwargs):
+        raise AssertionError("planned")
+    sys.modules["tensorcomp.op"].Op._plan = planned
 a = np.arange(48, dtype=np.float32).reshape(6, 8)
 out = tc.op("S[i] += A[i, j] * A[i, j] + 1.5")(a)
 assert np.allclose(out, (a * a + 1.5).sum(1))
@@ -49,3 +54,21 @@ def test_the_object_cache_can_be_turned_off(tmp_path):
     assert run(tmp_path, TENSORCOMP_OBJECT_CACHE="0")[:2] == (1, 0)
     assert run(tmp_path, TENSORCOMP_OBJECT_CACHE="0")[:2] == (1, 0)
     assert not (tmp_path / "objects").exists()
+
+
+def test_a_new_process_runs_a_kernel_from_its_manifest_without_planning(tmp_path):
+    first = run(tmp_path)
+    assert len(list((tmp_path / "objects").glob("*.kernel.json"))) == 1
+    assert run(tmp_path, FORBID_PLANNING="1") == (0, 1, first[2])
+    # another thread count is another kernel (the default schedule depends on it): planned again
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path), FORBID_PLANNING="1",
+                                  TENSORCOMP_NUM_THREADS="3"))
+    assert "AssertionError: planned" in out.stderr
+    # a manifest whose object code is gone is passed over: the kernel is compiled again
+    for f in (tmp_path / "objects").glob("*.o"):
+        f.unlink()
+    assert run(tmp_path) == (1, 0, first[2])
+    for f in (tmp_path / "objects").glob("*.kernel.json"):
+        f.write_text("{not json")
+    assert run(tmp_path)[2] == first[2]

@@ -130,17 +130,74 @@ def _objects_dir():
     return cache_dir() / "objects"
 
 
-def _object_key(ir_text: str) -> str:
-    """Hash of a kernel's IR and of all else its object code depends on."""
-    tm, _ = _init()
-    import llvmlite
+def _hash(parts) -> str:
     h = hashlib.sha256()
-    for part in (str(OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
-                 llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-                 repr(sorted(_veclib().items())), ir_text):
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def _environment() -> tuple[str, ...]:
+    """Everything besides its IR that a kernel's object code depends on."""
+    tm, _ = _init()
+    import llvmlite
+    return (str(OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
+            llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), repr(sorted(_veclib().items())))
+
+
+def _object_key(ir_text: str) -> str:
+    """Hash of a kernel's IR and of all else its object code depends on."""
+    return _hash((*_environment(), ir_text))
+
+
+def _code_fingerprint() -> str:
+    """Hash of this package's source: a kernel manifest made by other code is never used."""
+    if "fingerprint" not in _state:
+        from pathlib import Path
+        root = Path(__file__).resolve().parent.parent
+        files = sorted(root.rglob("*.py"))
+        _state["fingerprint"] = _hash([str(f.relative_to(root)) + "\0" + f.read_text(errors="replace")
+                                       for f in files])
+    return _state["fingerprint"]  # type: ignore[return-value]
+
+
+def manifest_key(parts) -> str | None:
+    """Key of a kernel manifest (see ``read_manifest``) for an op and call signature described by
+    ``parts`` (strings), or None when the cache is off."""
+    if _objects_dir() is None:
+        return None
+    return _hash((*_environment(), _code_fingerprint(), *parts))
+
+
+def read_manifest(key: str) -> dict | None:
+    """The manifest stored under ``key``: what a new process needs to run a kernel compiled before
+    (its object code's key, stages, output and temporary shapes) without binding, scheduling,
+    lowering or generating IR again. None when there is none or it cannot be read."""
+    import json
+    directory = _objects_dir()
+    if directory is None:
+        return None
+    try:
+        return json.loads((directory / f"{key}.kernel.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(key: str, manifest: dict) -> None:
+    """Store ``manifest`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
+    import json
+    directory = _objects_dir()
+    if directory is None:
+        return
+    path = directory / f"{key}.kernel.json"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(manifest))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _read_object(path) -> bytes | None:
@@ -186,10 +243,15 @@ def cached_objects() -> list:
 
 
 def clear_objects() -> int:
-    """Remove the object-code cache's files; returns how many were removed."""
+    """Remove the object-code cache's files (and the kernel manifests); returns how many objects were
+    removed."""
     files = cached_objects()
     for f in files:
         f.unlink(missing_ok=True)
+    directory = _objects_dir()
+    if directory is not None and directory.is_dir():
+        for f in directory.glob("*.kernel.json"):
+            f.unlink(missing_ok=True)
     return len(files)
 
 
@@ -232,12 +294,38 @@ def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, ns
     depend on the name."""
     key = _object_key(ir_text)
     final = f"tc_{key}"
+
+    def code() -> bytes:
+        text = ir_text.replace(f'@"{name}', f'@"{final}').replace(f"@{name}", f"@{final}")
+        return _object_code(text, key)
+    compiled = _link(key, code, name, nbuffers, param_types, nstages)
+    assert compiled is not None
+    return compiled
+
+
+def load_compiled(key: str, nbuffers: int, param_types: list, nstages: int) -> Compiled | None:
+    """The kernel whose object code is cached under ``key`` (``Compiled.name`` is ``tc_<key>``), or None
+    when it is not (any more) in the cache."""
+    def code() -> bytes | None:
+        directory = _objects_dir()
+        obj = _read_object(directory / f"{key}.o") if directory is not None else None
+        if obj is not None:
+            _state["loaded"] = int(_state.get("loaded", 0)) + 1  # type: ignore[arg-type]
+        return obj
+    return _link(key, code, f"tc_{key}", nbuffers, param_types, nstages)
+
+
+def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list, nstages: int) -> Compiled | None:
+    """Add the object code ``code()`` gives (None: give up) for kernel ``tc_<key>`` to the engine unless
+    it is there already, and wrap its entries."""
+    final = f"tc_{key}"
     with _lock:
         _, engine = _init()
         loaded: dict = _state.setdefault("symbols", {})  # type: ignore[assignment]
         if final not in loaded:
-            text = ir_text.replace(f'@"{name}', f'@"{final}').replace(f"@{name}", f"@{final}")
-            obj = _object_code(text, key)
+            obj = code()
+            if obj is None:
+                return None
             engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             engine.finalize_object()
             loaded[final] = (engine.get_function_address(final),
