@@ -200,3 +200,34 @@ def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduc
     logged = {t["schedule"] for t in result.trials}
     assert extra and extra <= logged
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-3)
+
+
+def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, monkeypatch):
+    from tensorcomp.autotune.precompile import Precompiler
+    from tensorcomp.op import Op
+    from tensorcomp.schedule import Reorder, Split
+    monkeypatch.setenv("TENSORCOMP_NUM_THREADS", "2")
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))
+    cands = [(Split(0, "i", 4), Reorder(0, ("i_o", "j", "k", "i_i"))), (Reorder(0, ("j", "i", "k")),)]
+    pre = Precompiler(op, [a, b], {})
+    assert len(pre.workers) == 2
+    pre.ready(cands, deadline=float("inf"))
+    assert len(list((cache / "objects").glob("*.kernel.json"))) == 2
+    monkeypatch.setattr(Op, "_plan", lambda *args, **kwargs: pytest.fail("planned in the tuning process"))
+    for cand in cands:  # loaded from what the workers compiled
+        trial = op.with_schedule(cand)
+        trial._no_database = True
+        np.testing.assert_allclose(trial(a, b), a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_tuning_from_a_script_without_a_main_guard_runs_the_script_once(tmp_path):
+    script = tmp_path / "tune_me.py"
+    script.write_text("import numpy as np, tensorcomp as tc\nprint('script ran', flush=True)\n"
+                      "a = np.ones((64, 64), np.float32)\n"
+                      "tc.tune(tc.op('C[i, j] += A[i, k] * B[k, j]'), a, a, budget_s=3, progress=False)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path), TENSORCOMP_NUM_THREADS="2"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("script ran") == 1
+    assert list(tmp_path.glob("objects/*.kernel.json"))  # the workers compiled candidates

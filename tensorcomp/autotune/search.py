@@ -17,7 +17,8 @@ The space, for the statement doing the most work (no per-op templates):
   none is faster or the budget is spent.
 
 The cost model's first picks are measured first, then the local search, then the rest of the
-layout candidates while budget remains. Every candidate's output is compared with the
+layout candidates while budget remains. Candidates compile a batch at a time in worker processes
+(``precompile``), one per core, before they are timed. Every candidate's output is compared with the
 default schedule's before its time counts; candidates that fail to compile or verify are
 skipped with the reason recorded.
 """
@@ -41,6 +42,7 @@ from ..schedule.records import Layout, Record, from_json, to_json
 from ..schedule.rfactor import default_rfactor
 
 from . import canon, database
+from .precompile import Precompiler
 
 WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with the window loop order
 TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
@@ -427,11 +429,6 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
 
     default = op.with_schedule(())
     default._no_database = True
-    ref = default(*arrays, **params)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    default_s = _measure(lambda: default(*arrays, **params), 3, float("inf"))
-    best_s, best = default_s, ()
-    log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
     layouts = [c for _, c in candidates(op, bound, arrays) if c]
     cands = tile_candidates(op, bound, arrays, layouts) + _with_window_orders(op, bound, arrays, layouts)
 
@@ -439,13 +436,24 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         return default_rfactor(bound, num_threads(), _pad_rows(op, bound, arrays, cand, flops / 2))
     cands = list(dict.fromkeys(padded(c) for c in cands))
     first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
+    deadline = t_start + budget * (1 - FINAL_SHARE)
+    pre = Precompiler(op, arrays, params)
+    pre.submit(first)  # the workers compile the first batch while this process compiles the default
+    ref = default(*arrays, **params)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    pre.wait(deadline)
+    default_s = _measure(lambda: default(*arrays, **params), 3, float("inf"))
+    best_s, best = default_s, ()
+    log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
     limit = float("inf") if trials is None else trials  # no trial limit: the budget decides
     bar = _progress(len(cands) if trials is None else trials, progress)
     tried: set[str] = {"[]"}
     k = _heaviest(bound)
     rng = random.Random(0)
 
-    def attempt(cand: tuple) -> float | None:
+    def attempt(cand: tuple, upcoming: list) -> float | None:
+        """Compile (with the candidates after it, see ``Precompiler``), verify and time ``cand``."""
+        pre.ready([cand] + [c for c in upcoming[:8] if to_json(c) not in tried], deadline)
         entry: dict[str, Any] = {"schedule": to_json(cand)}
         tried.add(entry["schedule"])
         seconds = None
@@ -468,10 +476,10 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         return time.perf_counter() - t_start < budget * (1 - FINAL_SHARE) and len(log) - 1 < limit
 
     # the cost model's first picks, then a local search around the best, then the rest
-    for cand in first:
+    for i, cand in enumerate(first):
         if not left():
             break
-        seconds = attempt(cand)
+        seconds = attempt(cand, first[i + 1:])
         if seconds is not None and seconds < best_s:
             best_s, best = seconds, cand
     improved = True
@@ -479,10 +487,10 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         improved = False
         steps = [c for c in map(padded, neighbours(best, bound.statements[k], k)) if to_json(c) not in tried]
         rng.shuffle(steps)
-        for cand in steps:
+        for i, cand in enumerate(steps):
             if not left():
                 break
-            seconds = attempt(cand)
+            seconds = attempt(cand, steps[i + 1:])
             if seconds is not None and seconds < best_s:
                 best_s, best, improved = seconds, cand, True
                 break
@@ -491,13 +499,13 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         extra = [c for c in map(padded, tile_candidates(op, bound, arrays, layouts, blocks=EXTRA_BLOCKS))
                  if to_json(c) not in tried]
         later += extra
-    for cand in later:
+    later = list(dict.fromkeys(map(padded, later)))
+    for i, cand in enumerate(later):
         if not left():
             break
-        cand = padded(cand)
         if to_json(cand) in tried:
             continue
-        seconds = attempt(cand)
+        seconds = attempt(cand, later[i + 1:])
         if seconds is not None and seconds < best_s:
             best_s, best = seconds, cand
     if bar is not None:

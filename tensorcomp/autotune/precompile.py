@@ -1,0 +1,185 @@
+"""Compiling tuning candidates on all cores at once, in worker processes.
+
+Most of a CPU tuning trial is compiling it: for the capsule kernel ~0.9 s of LLVM and ~0.3 s of
+planning and IR generation against ~0.1 s of timing. Candidates are compiled a batch at a time,
+one per core, each by a worker process (LLVM's calls and the planner hold the GIL or share
+LLVM's context, so processes, not threads). A worker writes the object code and the kernel
+manifest to the object cache (``runtime.jit``); the tuner then loads each candidate from there
+when it measures it. A batch is waited for before the next timing, so compiling never runs
+while a candidate is timed.
+
+The workers are plain ``python -m tensorcomp.autotune.precompile`` processes reading one task
+per line on stdin and answering one line on stdout (not ``multiprocessing``, whose spawned
+children import the caller's main module again: a script without a ``__main__`` guard would run
+once more in each). They are kept for later ``tc.tune`` calls in the process and replaced after
+``MAX_TASKS_PER_WORKER`` tasks (their kernel caches only grow).
+
+Without the object cache (``TENSORCOMP_OBJECT_CACHE=0``) or with one thread, nothing changes:
+each candidate compiles in the tuning process when it is measured.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..runtime import jit
+from ..runtime.threads import num_threads
+from ..schedule.records import Record, from_json, to_json
+
+MAX_TASKS_PER_WORKER = 64
+# settings a kernel's object code, manifest or default schedule depend on: sent with each task (a
+# worker outlives the tuning call that started it)
+_ENV = ("TENSORCOMP_CACHE_DIR", "TENSORCOMP_OBJECT_CACHE", "TENSORCOMP_NUM_THREADS")
+_workers: list["_Worker"] = []
+
+
+class _Worker:
+    """One worker process and its pipes."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tensorcomp.autotune.precompile"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=dict(os.environ))
+        self.tasks = 0
+        self.busy = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.tasks < MAX_TASKS_PER_WORKER
+
+    def send(self, task: dict) -> bool:
+        try:
+            self.proc.stdin.write(json.dumps(task) + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        self.tasks += 1
+        self.busy = True
+        return True
+
+    def receive(self, deadline: float) -> bool:
+        """Wait for the answer to the task sent (until ``deadline``; a worker still busy then is
+        stopped). True when it compiled."""
+        self.busy = False
+        wait = None if deadline == float("inf") else max(0.0, deadline - time.perf_counter())
+        ready, _, _ = select.select([self.proc.stdout], [], [], wait)
+        if not ready:
+            self.stop()
+            return False
+        return self.proc.stdout.readline().startswith("ok")
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _pool(n: int) -> list[_Worker]:
+    """``n`` live workers (started now if needed; they import tensorcomp meanwhile)."""
+    for w in [w for w in _workers if not w.alive()]:
+        w.stop()
+        _workers.remove(w)
+    while len(_workers) < n:
+        try:
+            _workers.append(_Worker())
+        except OSError:
+            break
+    return _workers[:n]
+
+
+@atexit.register
+def _stop_all() -> None:
+    for w in _workers:
+        w.stop()
+    _workers.clear()
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class Precompiler:
+    """Compiles an op's candidate schedules ahead of their timing, a batch (one per core) at once."""
+
+    def __init__(self, op, arrays: list, params: dict[str, Any]) -> None:
+        n = num_threads()
+        self.workers = _pool(n) if n > 1 and jit.manifest_key(()) else []
+        self.base = [op.source, op._ranges, op._pad, op._pad_value]
+        self.specs = [[list(a.shape), a.dtype.str, list(a.strides)] for a in arrays]
+        self.params = {k: _plain(v) for k, v in params.items()}
+        self.submitted: set[str] = set()
+
+    def submit(self, cands: list[tuple[Record, ...]]) -> None:
+        """Start compiling those of ``cands`` not started yet, one per idle worker."""
+        idle = [w for w in self.workers if not w.busy]
+        for cand in cands:
+            key = to_json(cand)
+            if key in self.submitted:
+                continue
+            if not idle:
+                break
+            task = {"base": self.base, "schedule": key, "specs": self.specs, "params": self.params,
+                    "env": {k: os.environ.get(k) for k in _ENV}}
+            if idle.pop().send(task):
+                self.submitted.add(key)
+
+    def wait(self, deadline: float) -> None:
+        """Wait until every batch started has compiled (or ``deadline`` has passed)."""
+        for w in self.workers:
+            if w.busy:
+                w.receive(deadline)
+
+    def ready(self, upcoming: list[tuple[Record, ...]], deadline: float) -> None:
+        """Before ``upcoming[0]`` is timed: unless an earlier batch compiled it, compile it and the
+        candidates after it, one per worker, and wait for the batch, so nothing compiles while it is
+        timed. A candidate that fails in a worker fails again, with its reason, when the tuner
+        compiles it itself."""
+        if not self.workers or not upcoming or to_json(upcoming[0]) in self.submitted:
+            return
+        self.submit(upcoming)
+        self.wait(deadline)
+
+
+def _compile_task(task: dict) -> None:
+    """In a worker: compile the op a task describes under its schedule (into the object cache)."""
+    import numpy as np
+
+    from ..op import ArraySpec, Op
+    for k, v in task["env"].items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    source, ranges, pad, pad_value = task["base"]
+    op = Op(source, ranges=ranges or None, pad=pad or None, pad_value=pad_value or None,
+            schedule=from_json(task["schedule"]))
+    op._no_database = True
+    arrays = [ArraySpec(tuple(shape), np.dtype(dtype), tuple(strides)) for shape, dtype, strides in task["specs"]]
+    params = task["params"]
+    op._compile(arrays, op._check_call(tuple(arrays), params), ("precompiled",), params)
+
+
+def _serve() -> None:
+    """A worker's loop: one JSON task per line in, ``ok`` or ``error <kind>`` per line out."""
+    out, sys.stdout = sys.stdout, sys.stderr  # nothing else may write to the answer pipe
+    for line in sys.stdin:
+        try:
+            _compile_task(json.loads(line))
+            answer = "ok"
+        except Exception as exc:  # noqa: BLE001 - the tuner compiles it again and reports the reason
+            answer = f"error {type(exc).__name__}"
+        out.write(answer + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _serve()
