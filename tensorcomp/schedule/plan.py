@@ -51,9 +51,11 @@ def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], items
     inside, and innermost the index that walks the most tensors contiguously
     (a unit-coefficient index on the axis of stride one element; reads weigh
     more than the write). With ``gathers`` (the order of a statement without a
-    vector tile), an index also loses that weight for each tensor it strides
-    across: innermost, that is a load per element and everything computed from
-    it per element, while a tensor it does not index stays put. That innermost
+    vector tile), an index also loses a read's weight for each tensor it strides
+    across: innermost, that is a load per element (for the written tensor a load
+    and a store: LeNet's first convolution's input gradient with the batch index
+    innermost, which only the reads walk contiguously, ran 120 ms) and everything
+    computed from it per element, while a tensor it does not index stays put. That innermost
     index is then grown into a group of indices that together walk one
     contiguous run in every tensor they index (``stride(outer) == extent(inner)
     * stride(inner)``), up to 128 elements; the group is fused into one loop so
@@ -75,9 +77,9 @@ def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], items
                 break
         for name in walks:
             score[name] += weight
-        if gathers:
+        if gathers:  # a strided write costs a load and a store per element: as much as a strided read
             for name in {n for lin in index for n in lin.names()} - walks:
-                score[name] -= weight
+                score[name] -= 2
     written = bs.stmt.write_names()
     candidates = [n for n in bs.names if extent[n] > 1 and score[n] > 0]
     if not candidates:
