@@ -44,9 +44,11 @@ class _Worker:
     """One worker process and its pipes."""
 
     def __init__(self) -> None:
+        # the worker imports tensorcomp from where this process did (a source checkout on sys.path too)
+        path = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self.proc = subprocess.Popen([sys.executable, "-m", "tensorcomp.autotune.precompile"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=dict(os.environ))
+                                     text=True, env=dict(os.environ, PYTHONPATH=path))
         self.tasks = 0
         self.busy = False
 
