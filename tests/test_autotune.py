@@ -231,3 +231,16 @@ def test_tuning_from_a_script_without_a_main_guard_runs_the_script_once(tmp_path
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("script ran") == 1
     assert list(tmp_path.glob("objects/*.kernel.json"))  # the workers compiled candidates
+
+
+def test_the_search_ends_when_its_best_is_near_the_machine_ceiling(cache, monkeypatch):
+    monkeypatch.setattr(search, "gemm_ceiling", lambda dtype, again=False: 1e-3)  # any kernel is near it
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    result = tc.tune(op, a, a, budget_s=30, progress=False)
+    assert len(result.trials) == 1 and result.tuning_s < 15  # the default alone: it already "reaches" it
+    assert result.stopped.startswith("the best, ") and result.stopped.endswith(
+        " of this machine's gemm (0.0 GFLOP/s)")
+    assert "stopped early: the best, " in result.summary()
+    monkeypatch.undo()
+    assert search.gemm_ceiling("float32") > 1.0 and search.gemm_ceiling("int32") is None

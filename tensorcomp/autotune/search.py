@@ -64,6 +64,7 @@ class TuneResult:
     flops: float
     tuning_s: float
     trials: list[dict] = field(default_factory=list)
+    stopped: str = ""  # why the search ended before the budget did, if it did
 
     @property
     def speedup(self) -> float:
@@ -76,7 +77,26 @@ class TuneResult:
                  f"default {self.default_s * 1e3:.2f} ms -> best {self.best_s * 1e3:.2f} ms "
                  f"({self.speedup:.1f}x; {self.flops / self.best_s / 1e9:.1f} GFLOP/s)",
                  f"best schedule: {list(self.schedule) or 'the default'}"]
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
         return "\n".join(lines)
+
+
+NEAR_CEILING = 0.95  # the search ends once its best reaches this fraction of the machine's gemm speed
+_CEILINGS: dict[str, float] = {}
+
+
+def gemm_ceiling(dtype: str, again: bool = False) -> float | None:
+    """GFLOP/s of numpy's (BLAS) 1024² matrix product in ``dtype`` on this machine, best of 3, measured
+    once per process (``again``: measured again, the best of both kept: a busy moment only ever
+    lowers it); None for dtypes without one."""
+    if dtype not in ("float32", "float64"):
+        return None
+    if dtype not in _CEILINGS or again:
+        a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(dtype)
+        best = _measure(lambda: a @ a, 3, float("inf"))
+        _CEILINGS[dtype] = max(_CEILINGS.get(dtype, 0.0), 2 * 1024 ** 3 / best / 1e9)
+    return _CEILINGS[dtype]
 
 
 def signature(arrays: list[np.ndarray], params: dict[str, Any]) -> tuple:
@@ -472,8 +492,17 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             bar.update(1)
         return seconds
 
+    ceiling = gemm_ceiling(bound.statements[k].dtype)
+    stopped = ""
+
     def left() -> bool:
-        return time.perf_counter() - t_start < budget * (1 - FINAL_SHARE) and len(log) - 1 < limit
+        nonlocal stopped
+        if ceiling is not None and not stopped and flops / best_s / 1e9 >= NEAR_CEILING * ceiling:
+            again = gemm_ceiling(bound.statements[k].dtype, again=True)  # (not lowered by a busy moment)
+            if flops / best_s / 1e9 >= NEAR_CEILING * again:
+                stopped = (f"the best, {flops / best_s / 1e9:.1f} GFLOP/s, is {flops / best_s / 1e9 / again:.2f} of "
+                           f"this machine's gemm ({again:.1f} GFLOP/s)")
+        return not stopped and time.perf_counter() - t_start < budget * (1 - FINAL_SHARE) and len(log) - 1 < limit
 
     # the cost model's first picks, then a local search around the best, then the rest
     for i, cand in enumerate(first):
@@ -510,7 +539,8 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             best_s, best = seconds, cand
     if bar is not None:
         bar.close()
-    times = _final_round(default, arrays, params, log, best, t_start + budget)
+    times = _final_round(default, arrays, params, log, best,
+                         t_start + budget if not stopped else time.perf_counter() + FINAL_SHARE * budget)
     winner = min(times, key=times.__getitem__)
     best, best_s, default_s = from_json(winner), times[winner], times["[]"]
     m = canon.names_map(op.program)
@@ -518,7 +548,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
                    "cpu " + host_target(), to_json(canon.rename_records(best, m)), best_s, log)
     op._forget_kernels()
     op(*arrays, **params)  # compiled under the stored schedule, with a manifest: a new process starts at once
-    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)
+    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log, stopped)
 
 
 def _final_round(default: Op, arrays: list, params: dict, log: list[dict], best: tuple,
