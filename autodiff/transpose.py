@@ -244,9 +244,17 @@ class DerivedOp(Op):
     def with_schedule(self, schedule) -> "DerivedOp":
         """The same derived op run with another schedule."""
         copy = DerivedOp(*self._init_args)
+        copy._wrt = self._wrt
         copy.schedule = copy._check_schedule(tuple(schedule))
         copy._ident = ("derived", copy.source, self.base._ident, to_json(copy.schedule))
         return copy
+
+    _wrt: str | list[str] | None = None  # what tc.grad was asked for (see recipe)
+
+    def recipe(self) -> list | None:
+        """``tc.grad(base, wrt)`` as JSON-ready data (see ``Op.recipe``)."""
+        base = self.base.recipe()
+        return None if base is None or self._wrt is None else ["grad", base, self._wrt]
 
     def canonical(self) -> str:
         """Its own canonical statements plus its base op's: the base op fixes the domains."""
@@ -337,5 +345,7 @@ def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:
     except KeyError as exc:
         raise ArgumentError(f"tc.grad: {op.label}: no derivative rule for '{exc.args[0]}'") from None
     inputs = tuple(op.inputs) + tuple(d_out.values())
-    return DerivedOp(op, derived, inputs, tuple(outputs), {v: k for k, v in d_out.items()},
-                     as_tuple=not isinstance(wrt, str))
+    out = DerivedOp(op, derived, inputs, tuple(outputs), {v: k for k, v in d_out.items()},
+                    as_tuple=not isinstance(wrt, str))
+    out._wrt = wrt if isinstance(wrt, str) else list(wrt)
+    return out

@@ -287,6 +287,13 @@ class Op:
                                     f"{len(self.program.statements)} (numbered from 0)")
         return schedule
 
+    def recipe(self) -> list | None:
+        """JSON-ready data from which ``from_recipe`` makes this op again, in another process (the
+        tuner's compile workers); None when it cannot be."""
+        if type(self) is not Op:
+            return None
+        return ["op", self.source, self._ranges, self._pad, self._pad_value, to_json(self.schedule)]
+
     def canonical(self) -> str:
         """The op's canonical source (names renamed in order of appearance): the tuning database key."""
         from .autotune.canon import canonical_source
@@ -667,6 +674,17 @@ class Op:
 
     def __repr__(self) -> str:
         return f"tc.op({self.source!r})"
+
+
+def from_recipe(recipe: list) -> "Op":
+    """The op an ``Op.recipe()`` describes."""
+    if recipe[0] == "grad":
+        from .autodiff import grad
+        return grad(from_recipe(recipe[1]), recipe[2])
+    from .schedule.records import from_json
+    _, source, ranges, pad, pad_value, schedule = recipe
+    return Op(source, ranges=ranges or None, pad=pad or None, pad_value=pad_value or None,
+              schedule=from_json(schedule))
 
 
 _COPIES: dict[tuple[int, tuple[int, ...]], "Op"] = {}

@@ -219,6 +219,18 @@ def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, mon
         trial = op.with_schedule(cand)
         trial._no_database = True
         np.testing.assert_allclose(trial(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    # a gradient op: the workers make it as tc.grad of its base op (Op.recipe)
+    g = tc.grad(op, "A")
+    assert g.recipe() == ["grad", ["op", "C[i, j] += A[i, k] * B[k, j]", {}, {}, {}, "[]"], "A"]
+    d = rng.standard_normal((40, 20))
+    cands = [(Reorder(0, ("k", "i", "j")),), (Split(0, "i", 4), Reorder(0, ("i_o", "k", "j", "i_i")))]
+    pre = Precompiler(g, [a, b, d], {})
+    pre.ready(cands, deadline=float("inf"))
+    assert pre.workers  # what they compiled is what this process looks up
+    for cand in cands:
+        trial = g.with_schedule(cand)
+        trial._no_database = True
+        np.testing.assert_allclose(trial(a, b, d), d @ b.T, rtol=1e-12, atol=1e-12)
 
 
 def test_tuning_from_a_script_without_a_main_guard_runs_the_script_once(tmp_path):

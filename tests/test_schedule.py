@@ -1,6 +1,7 @@
 """Schedule records: every schedule computes what the default one does, and replays identically."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -289,3 +290,15 @@ def test_an_untiled_scatter_does_not_write_strided_in_its_innermost_loop():
     refs = (dip[:, :, 2:-2, 2:-2], np.einsum("nfyx,ncyxab->fcab", d, win), d.sum(axis=(0, 2, 3)))
     for got, ref in zip(g(*args), refs):
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_fill_loops_stay_loops_in_the_optimized_code():
+    # LLVM turns a fill's innermost runs into memsets and, left alone, unrolls the loops around them
+    # whole: the capsule input gradient's zero fill became 3,584 memset calls (~8 s of code generation)
+    caps = tc.op("O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]")
+    g = tc.grad(caps, "I")
+    shapes = ((2, 14, 14, 32, 4, 4), (3, 3, 32, 32, 4, 4), (2, 6, 6, 32, 4, 4))
+    text = g.code(*shapes)
+    assert re.search(r"^(![0-9]+) = distinct !\{ \1, ![0-9]+ \}$", text, flags=re.M)
+    assert '!{ !"llvm.loop.unroll.disable" }' in text
+    assert g.code(*shapes, optimized=True).count("@llvm.memset") <= 8

@@ -114,11 +114,14 @@ class Precompiler:
 
     def __init__(self, op, arrays: list, params: dict[str, Any]) -> None:
         n = num_threads()
-        self.workers = _pool(n) if n > 1 and jit.manifest_key(()) else []
-        self.base = [op.source, op._ranges, op._pad, op._pad_value]
+        self.op = op
+        self.recipe = op.recipe()  # how a worker makes the op (a gradient: tc.grad of its base)
+        self.workers = _pool(n) if n > 1 and self.recipe is not None and jit.manifest_key(()) else []
+        self.arrays = arrays
         self.specs = [[list(a.shape), a.dtype.str, list(a.strides)] for a in arrays]
         self.params = {k: _plain(v) for k, v in params.items()}
         self.submitted: set[str] = set()
+        self.checked = False
 
     def submit(self, cands: list[tuple[Record, ...]]) -> None:
         """Start compiling those of ``cands`` not started yet, one per idle worker."""
@@ -129,7 +132,7 @@ class Precompiler:
                 continue
             if not idle:
                 break
-            task = {"base": self.base, "schedule": key, "specs": self.specs, "params": self.params,
+            task = {"recipe": self.recipe, "schedule": key, "specs": self.specs, "params": self.params,
                     "env": {k: os.environ.get(k) for k in _ENV}}
             if idle.pop().send(task):
                 self.submitted.add(key)
@@ -149,21 +152,31 @@ class Precompiler:
             return
         self.submit(upcoming)
         self.wait(deadline)
+        if not self.checked:  # the first batch: did the workers make what this process will look up?
+            self.checked = True
+            if to_json(upcoming[0]) in self.submitted and not self._found(upcoming[0]):
+                self.workers = []  # (an op they cannot make alike): compile here, not twice
+
+    def _found(self, cand: tuple[Record, ...]) -> bool:
+        from ..op import ArraySpec
+        trial = self.op.with_schedule(cand)
+        trial._no_database = True
+        specs = [ArraySpec(a.shape, a.dtype, a.strides) for a in self.arrays]
+        key = trial._manifest_key(specs, trial._check_call(tuple(specs), self.params), self.params)
+        return key is not None and jit.read_manifest(key) is not None
 
 
 def _compile_task(task: dict) -> None:
     """In a worker: compile the op a task describes under its schedule (into the object cache)."""
     import numpy as np
 
-    from ..op import ArraySpec, Op
+    from ..op import ArraySpec, from_recipe
     for k, v in task["env"].items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    source, ranges, pad, pad_value = task["base"]
-    op = Op(source, ranges=ranges or None, pad=pad or None, pad_value=pad_value or None,
-            schedule=from_json(task["schedule"]))
+    op = from_recipe(task["recipe"]).with_schedule(from_json(task["schedule"]))
     op._no_database = True
     arrays = [ArraySpec(tuple(shape), np.dtype(dtype), tuple(strides)) for shape, dtype, strides in task["specs"]]
     params = task["params"]
