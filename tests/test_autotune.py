@@ -219,6 +219,12 @@ def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, mon
         trial = op.with_schedule(cand)
         trial._no_database = True
         np.testing.assert_allclose(trial(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    # an op the workers cannot make alike (here: told to make another one): the tuner compiles alone
+    other = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    monkeypatch.setattr(other, "recipe", lambda: ["op", "C[i, j] += 2.0 * A[i, k] * B[k, j]", {}, {}, {}, "[]"])
+    pre = Precompiler(other, [a, b], {})
+    pre.ready([(Reorder(0, ("i", "k", "j")),)], deadline=float("inf"))
+    assert pre.checked and pre.workers == []
     # a gradient op: the workers make it as tc.grad of its base op (Op.recipe)
     g = tc.grad(op, "A")
     assert g.recipe() == ["grad", ["op", "C[i, j] += A[i, k] * B[k, j]", {}, {}, {}, "[]"], "A"]

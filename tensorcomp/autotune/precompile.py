@@ -121,6 +121,8 @@ class Precompiler:
         self.specs = [[list(a.shape), a.dtype.str, list(a.strides)] for a in arrays]
         self.params = {k: _plain(v) for k, v in params.items()}
         self.submitted: set[str] = set()
+        self.pending: dict[_Worker, tuple[Record, ...]] = {}  # what each busy worker compiles
+        self.compiled: list[tuple[Record, ...]] = []  # candidates the workers compiled
         self.checked = False
 
     def submit(self, cands: list[tuple[Record, ...]]) -> None:
@@ -134,27 +136,31 @@ class Precompiler:
                 break
             task = {"recipe": self.recipe, "schedule": key, "specs": self.specs, "params": self.params,
                     "env": {k: os.environ.get(k) for k in _ENV}}
-            if idle.pop().send(task):
+            worker = idle.pop()
+            if worker.send(task):
                 self.submitted.add(key)
+                self.pending[worker] = cand
 
     def wait(self, deadline: float) -> None:
         """Wait until every batch started has compiled (or ``deadline`` has passed)."""
         for w in self.workers:
-            if w.busy:
-                w.receive(deadline)
+            if w.busy and w.receive(deadline) and w in self.pending:
+                self.compiled.append(self.pending[w])
+        self.pending.clear()
 
     def ready(self, upcoming: list[tuple[Record, ...]], deadline: float) -> None:
         """Before ``upcoming[0]`` is timed: unless an earlier batch compiled it, compile it and the
         candidates after it, one per worker, and wait for the batch, so nothing compiles while it is
         timed. A candidate that fails in a worker fails again, with its reason, when the tuner
         compiles it itself."""
-        if not self.workers or not upcoming or to_json(upcoming[0]) in self.submitted:
+        if not self.workers or not upcoming:
             return
-        self.submit(upcoming)
-        self.wait(deadline)
-        if not self.checked:  # the first batch: did the workers make what this process will look up?
+        if to_json(upcoming[0]) not in self.submitted:
+            self.submit(upcoming)
+            self.wait(deadline)
+        if not self.checked and self.compiled:  # did the workers make what this process looks up?
             self.checked = True
-            if to_json(upcoming[0]) in self.submitted and not self._found(upcoming[0]):
+            if not self._found(self.compiled[0]):
                 self.workers = []  # (an op they cannot make alike): compile here, not twice
 
     def _found(self, cand: tuple[Record, ...]) -> bool:
