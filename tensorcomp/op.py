@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-
 import ctypes
+import mmap
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -134,6 +134,29 @@ def _padded(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
     return shape[:-1] + (shape[-1] + pad,) if pad and shape else shape
 
 
+HUGE_PAGE = 2 << 20
+HUGE_MIN_BYTES = 4 << 20  # buffers this large are backed by huge pages where the system allows
+
+
+def kept_buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array for a buffer the kernel keeps across calls (relaid inputs, temporaries).
+    A large one is a mapping of its own, aligned to 2 MB and advised to use transparent huge pages:
+    a tile walking a column panel down rows 4 KB apart takes a TLB miss per row on 4 KB pages (matmul
+    1024², both inputs relaid: 23.6-27.3 -> 17.9-19.7 ms). Elsewhere, or when that fails, np.empty."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(shape, dtype)
+    try:
+        m = mmap.mmap(-1, nbytes + HUGE_PAGE)
+        m.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):
+        return np.empty(shape, dtype)
+    raw = np.frombuffer(m, np.uint8)
+    start = -raw.__array_interface__["data"][0] % HUGE_PAGE
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int, bufs: list, k: int) -> np.ndarray:
     """``arr`` copied into physical axis order ``perm`` with ``pad`` elements after each innermost run
     (the same logical array: a strided view of the buffer). The buffer is ``bufs[k]``, made (C order,
@@ -143,7 +166,7 @@ def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int, bufs: list, k: int
         return arr
     buf = bufs[k]
     if buf is None:
-        buf = bufs[k] = np.empty(_padded(phys.shape, pad), arr.dtype)
+        buf = bufs[k] = kept_buffer(_padded(phys.shape, pad), arr.dtype)
     view = buf[..., :phys.shape[-1]] if pad else buf
     np.copyto(view, phys)
     return view.transpose(np.argsort(perm))
@@ -605,7 +628,7 @@ class Op:
             outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
         if kernel.temporaries:
             spare = kernel.spare
-            temps = spare.pop() if spare else [np.empty(shape, dtype) for shape, dtype in kernel.temporaries]
+            temps = spare.pop() if spare else [kept_buffer(shape, dtype) for shape, dtype in kernel.temporaries]
         else:
             temps = None
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])

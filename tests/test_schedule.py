@@ -302,3 +302,17 @@ def test_fill_loops_stay_loops_in_the_optimized_code():
     assert re.search(r"^(![0-9]+) = distinct !\{ \1, ![0-9]+ \}$", text, flags=re.M)
     assert '!{ !"llvm.loop.unroll.disable" }' in text
     assert g.code(*shapes, optimized=True).count("@llvm.memset") <= 8
+
+
+def test_large_kept_buffers_are_aligned_to_huge_pages_and_small_ones_are_plain():
+    from tensorcomp.op import HUGE_MIN_BYTES, HUGE_PAGE, kept_buffer
+    big = kept_buffer((HUGE_MIN_BYTES // 4 + 3,), np.float32)
+    assert big.shape == (HUGE_MIN_BYTES // 4 + 3,) and big.dtype == np.float32 and big.flags.writeable
+    assert big.__array_interface__["data"][0] % HUGE_PAGE == 0 or big.base is None  # (np.empty fallback)
+    big[:] = 1.5
+    assert float(big.sum()) == 1.5 * big.size
+    small = kept_buffer((3, 5), np.float64)
+    assert small.shape == (3, 5) and small.base is None
+    # matmul 1024² relays both inputs into such buffers, kept with the kernel: the result is right
+    a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    np.testing.assert_allclose(tc.op("C[i, j] += A[i, k] * B[k, j]")(a, a), a @ a, rtol=2e-3, atol=2e-3)
