@@ -509,53 +509,41 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
                            f"this machine's gemm ({again:.1f} GFLOP/s)")
         return not stopped and time.perf_counter() - t_start < budget * (1 - FINAL_SHARE) and len(log) - 1 < limit
 
-    # the cost model's first picks, then a local search around the best, then the rest
-    for i, cand in enumerate(first):
-        if not left():
-            break
-        seconds = attempt(cand, first[i + 1:])
-        if seconds is not None and seconds < best_s:
-            best_s, best = seconds, cand
-    improved = True
-    while improved and left():
-        improved = False
-        steps = [c for c in map(padded, neighbours(best, bound.statements[k], k)) if to_json(c) not in tried]
-        rng.shuffle(steps)
-        for i, cand in enumerate(steps):
+    def measure_all(cands: list, until_better: bool = False) -> bool:
+        """Measure those of ``cands`` not tried yet, in turn, while budget lasts; True when one beat the
+        best so far (with ``until_better``, the search stops there)."""
+        nonlocal best_s, best
+        better = False
+        for i, cand in enumerate(cands):
             if not left():
                 break
-            seconds = attempt(cand, steps[i + 1:])
+            if to_json(cand) in tried:
+                continue
+            seconds = attempt(cand, cands[i + 1:])
             if seconds is not None and seconds < best_s:
-                best_s, best, improved = seconds, cand, True
-                break
+                best_s, best, better = seconds, cand, True
+                if until_better:
+                    break
+        return better
+
+    # the cost model's first picks, then a local search around the best, then the rest
+    measure_all(first)
+    while left():
+        steps = [c for c in map(padded, neighbours(best, bound.statements[k], k)) if to_json(c) not in tried]
+        rng.shuffle(steps)
+        if not measure_all(steps, until_better=True):
+            break
     if left():  # last, while budget lasts: the tiles again with other reduction blocks (matmul 1024²
         # runs out of candidates in ~12 s of a 60 s budget)
-        extra = [c for c in map(padded, tile_candidates(op, bound, arrays, layouts, blocks=EXTRA_BLOCKS))
-                 if to_json(c) not in tried]
-        later += extra
-    later = list(dict.fromkeys(map(padded, later)))
-    for i, cand in enumerate(later):
-        if not left():
-            break
-        if to_json(cand) in tried:
-            continue
-        seconds = attempt(cand, later[i + 1:])
-        if seconds is not None and seconds < best_s:
-            best_s, best = seconds, cand
+        later += tile_candidates(op, bound, arrays, layouts, blocks=EXTRA_BLOCKS)
+    measure_all(list(dict.fromkeys(map(padded, later))))
     # budget left after every candidate (matmul 1024²: all tried in ~19 s of 60): one step from each
     # of the runners-up too, the fastest first
     ranked = sorted((e["seconds"], e["schedule"]) for e in log if e.get("seconds") is not None)
     for _, sched in ranked[1:1 + RUNNERS_UP]:
         if not left():
             break
-        steps = [c for c in map(padded, neighbours(from_json(sched), bound.statements[k], k))
-                 if to_json(c) not in tried]
-        for i, cand in enumerate(steps):
-            if not left():
-                break
-            seconds = attempt(cand, steps[i + 1:])
-            if seconds is not None and seconds < best_s:
-                best_s, best = seconds, cand
+        measure_all([c for c in map(padded, neighbours(from_json(sched), bound.statements[k], k))])
     if bar is not None:
         bar.close()
     times = _final_round(default, arrays, params, log, best,
