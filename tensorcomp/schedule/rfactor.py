@@ -84,8 +84,6 @@ def _factor(bound: Bound, k: int, bs: BoundStatement, r: Rfactor, tensors: dict[
         why = (f"'{r.index}' is written by it (it indexes {st.target})" if r.index in st.write_names()
                else f"it has no index '{r.index}'")
         raise ScheduleError(f"Rfactor: statement {k} ({st}): {why}; its reduction indices are: {known}")
-    if not isinstance(r.parts, int) or r.parts < 2:
-        raise ScheduleError(f"Rfactor: parts must be an integer >= 2, got {r.parts!r}")
     lo, hi = next((a, b) for n, a, b in bs.extents if n == r.index)
     extent = hi - lo
     if r.parts > extent:
