@@ -22,6 +22,7 @@ from .runtime.jit import ARRAY_DATA_OFFSET
 from .runtime.threads import PARALLEL_MIN_POINTS, num_threads, run_stages, slices_per_thread
 from .schedule import For, IConst, If, LoopNest, lower
 from .schedule.inline import inline_elementwise
+from .schedule.blocking import apply_blocks, blocked_shape, check_blocks
 from .schedule.rfactor import apply_rfactor, default_rfactor
 from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, to_json
 
@@ -43,7 +44,8 @@ class Kernel:
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
     param_casts: tuple[type, ...]
-    relayout: tuple[tuple[int, tuple[int, ...], int], ...] = ()  # (input position, physical axis order, pad)
+    # (input position, physical axis order, pad, blocks) per input copied into a scheduled layout
+    relayout: tuple[tuple[int, tuple[int, ...], int, tuple], ...] = ()
     out_perms: tuple[tuple[int, ...] | None, ...] = ()  # per output: physical axis order, or None (C order)
     # Sets of temporaries (and of buffers for the relaid inputs) from earlier calls, reused: fresh
     # large arrays cost a page fault per 4 KB on first touch every call (matmul 1024² with both inputs
@@ -126,7 +128,8 @@ def _manifest(kernel: "Kernel", buffers: int) -> dict:
             "stages": [[lo, hi, s] for _, lo, hi, s in kernel.stages], "threads": kernel.threads,
             "outputs": [[list(sh), dt.str] for sh, dt in kernel.outputs],
             "temporaries": [[list(sh), dt.str] for sh, dt in kernel.temporaries],
-            "relayout": [[pos, list(perm), pad] for pos, perm, pad in kernel.relayout],
+            "relayout": [[pos, list(perm), pad, [list(b) for b in blocks]]
+                         for pos, perm, pad, blocks in kernel.relayout],
             "out_perms": [None if p is None else list(p) for p in kernel.out_perms]}
 
 
@@ -157,10 +160,13 @@ def kept_buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int, bufs: list, k: int) -> np.ndarray:
+def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int, blocks: tuple, bufs: list, k: int) -> np.ndarray:
     """``arr`` copied into physical axis order ``perm`` with ``pad`` elements after each innermost run
-    (the same logical array: a strided view of the buffer). The buffer is ``bufs[k]``, made (C order,
+    (the same logical array: a strided view of the buffer), its axes first cut as ``blocks`` says
+    (then the blocked array, see ``schedule.blocking``). The buffer is ``bufs[k]``, made (C order,
     padded) when that is None and stored there for the next call."""
+    if blocks:
+        arr = _blocked(arr, blocks)
     phys = arr.transpose(perm)
     if not pad and phys.flags.c_contiguous:
         return arr
@@ -170,6 +176,18 @@ def _relaid(arr: np.ndarray, perm: tuple[int, ...], pad: int, bufs: list, k: int
     view = buf[..., :phys.shape[-1]] if pad else buf
     np.copyto(view, phys)
     return view.transpose(np.argsort(perm))
+
+
+def _blocked(arr: np.ndarray, blocks: tuple) -> np.ndarray:
+    """``arr`` with each (axis, size) of ``blocks`` cut into (blocks, size) axes (a reshaped view where
+    numpy can make one; a copy, zero-filled past the end, where the size does not divide the axis)."""
+    sizes = dict(blocks)
+    if any(arr.shape[a] % b for a, b in blocks):
+        full = np.zeros(tuple(-(-n // sizes[a]) * sizes[a] if a in sizes else n for a, n in enumerate(arr.shape)),
+                        arr.dtype)
+        full[tuple(slice(0, n) for n in arr.shape)] = arr
+        arr = full
+    return arr.reshape(blocked_shape(arr.shape, blocks))
 
 
 def _param_kind(name: str, value: Any, label: str) -> str:
@@ -287,9 +305,16 @@ class Op:
                     raise ScheduleError(f"{self.label}: Layout names tensor '{r.tensor}', which the op does not "
                                         f"use; its tensors are: {', '.join(names)}")
                 rank = self.program.rank(r.tensor)
+                if r.blocks:
+                    check_blocks(self.label, r.tensor, rank, r.blocks)
+                    if r.tensor not in self.inputs:
+                        raise ScheduleError(f"{self.label}: Layout blocks {r.tensor}, which is not an input; only "
+                                            "inputs (copied into the blocked layout per call) can be blocked")
+                    rank += len(r.blocks)
                 if sorted(r.perm) != list(range(rank)):
+                    blocked = f" (its axes once blocked by {r.blocks})" if r.blocks else ""
                     raise ScheduleError(f"{self.label}: Layout of {r.tensor} must be a permutation of "
-                                        f"{tuple(range(rank))}, got {r.perm}")
+                                        f"{tuple(range(rank))}{blocked}, got {r.perm}")
                 if not isinstance(r.pad, int) or r.pad < 0 or (r.pad and r.tensor not in self.inputs):
                     raise ScheduleError(f"{self.label}: Layout pad of {r.tensor} must be a count of elements >= 0, "
                                         f"and only inputs (copied per call) are padded; got {r.pad!r}")
@@ -404,7 +429,8 @@ class Op:
 
     def _relayouts(self, schedule: tuple) -> tuple[tuple, tuple]:
         perms, pads = self._layout_perms(schedule), self._layout_pads(schedule)
-        ins = tuple((k, perms[n], pads.get(n, 0)) for k, n in enumerate(self.inputs) if n in perms)
+        blocks = {r.tensor: r.blocks for r in schedule if isinstance(r, Layout) and r.blocks}
+        ins = tuple((k, perms[n], pads.get(n, 0), blocks.get(n, ())) for k, n in enumerate(self.inputs) if n in perms)
         outs = tuple(perms.get(n) for n in self.outputs)
         if not ins and not any(p is not None for p in outs):
             return (), ()
@@ -440,7 +466,7 @@ class Op:
                                     "elementwise and read once are folded into their readers; op.loopnest(...) "
                                     "shows them")
         with self._labelled():
-            bound, records = apply_rfactor(bound, schedule)
+            bound, records = apply_blocks(*apply_rfactor(bound, schedule))
             layouts = self._layouts(bound, specs, schedule)
             nest = lower(bound, records, {t: lay.strides for t, lay in layouts.items()}, target)
         return bound, schedule, layouts, nest
@@ -503,7 +529,8 @@ class Op:
                           tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["outputs"]),
                           tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["temporaries"]),
                           tuple(float if kinds[p] == "float" else int for p in self.params),
-                          tuple((pos, tuple(perm), pad) for pos, perm, pad in m["relayout"]),
+                          tuple((pos, tuple(perm), pad, tuple(tuple(b) for b in blocks))
+                                for pos, perm, pad, blocks in m["relayout"]),
                           tuple(None if p is None else tuple(p) for p in m["out_perms"]))
         except (KeyError, TypeError, ValueError):
             return None
@@ -567,9 +594,10 @@ class Op:
             specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
             kernel = self._compile_cuda(specs, kinds, key, params, aligned)
             self._cache[key] = kernel
-        for pos, perm, pad in kernel.relayout:
-            if pad:
-                raise ScheduleError(f"{self.label}: Layout pad is built for the CPU only; drop it for target='cuda'")
+        for pos, perm, pad, blocks in kernel.relayout:
+            if pad or blocks:
+                raise ScheduleError(f"{self.label}: Layout {'pad' if pad else 'blocks'} is built for the CPU only; "
+                                    "drop it for target='cuda'")
             devs[pos] = _device_relayout(devs[pos], perm)
             inputs[pos] = int(devs[pos].gpudata)
         outs = [rc.empty(shape, dtype, None if perm is None else permuted_strides(shape, perm, dtype.itemsize))
@@ -619,8 +647,8 @@ class Op:
         if kernel.relayout or kernel.out_perms:
             if kernel.relayout:
                 relaid = kernel.spare_relaid.pop() if kernel.spare_relaid else [None] * len(kernel.relayout)
-            for k, (pos, perm, pad) in enumerate(kernel.relayout):  # copied into the scheduled layout
-                arrs[pos] = _relaid(arrs[pos], perm, pad, relaid, k)
+            for k, (pos, perm, pad, blocks) in enumerate(kernel.relayout):  # copied into the scheduled layout
+                arrs[pos] = _relaid(arrs[pos], perm, pad, blocks, relaid, k)
             outs = [np.empty(shape, dtype) if perm is None else
                     np.empty(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
                     for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms)]

@@ -67,7 +67,7 @@ def rename_records(records: tuple[Record, ...], m: dict[str, str]) -> tuple[Reco
     out: list[Record] = []
     for r in records:
         if isinstance(r, Layout):
-            out.append(Layout(m[r.tensor], r.perm, r.pad))
+            out.append(Layout(m[r.tensor], r.perm, r.pad, r.blocks))
         elif isinstance(r, Split):
             out.append(Split(r.stmt, loop(r.index), r.factor))
         elif isinstance(r, Reorder):

@@ -32,7 +32,7 @@ import itertools
 import math
 
 from .plan import default_order
-from .records import Fuse, Record, Reorder, Split
+from .records import Fuse, Layout, Record, Reorder, Split
 
 MAX_ROWS = 8
 MIN_REDUCTION = 16  # reduction steps around a default tile
@@ -400,3 +400,54 @@ def neighbours(schedule: tuple[Record, ...], bs, k: int) -> list[tuple[Record, .
                 new.insert(1, f"{n}_o")
                 out.append(with_order(new, (Split(k, n, f),)))
     return out
+
+
+def packed_schedules(bs, k: int, schedule: tuple[Record, ...], copyable: set[str]) -> list[tuple[Record, ...]]:
+    """``schedule`` (a tile of statement ``k``) with its operands packed: each input of ``copyable``
+    that the tile reads down a reduction (on plain indices only) stored in the order the tile's loops
+    visit it, each axis whose index the schedule splits into a tile loop cut into blocks of that
+    split (``Layout(..., blocks=...)``, see ``schedule.blocking``): a matrix product's column panel
+    ``B[k, j]`` as ``B'[j_o][k][j_i]``, one contiguous run per panel instead of 16 floats per row 4 KB
+    apart, and its row operand as ``A'[i_o][k][i_i]``. Only splits that divide their loop are blocked
+    (a blocked tail has no constant tile bounds). Two variants: the operands that the columns index,
+    and every one; [] when nothing is packed."""
+    reorder = next((r for r in schedule if isinstance(r, Reorder) and r.stmt == k), None)
+    if reorder is None:
+        return []
+    names = set(bs.names)
+    written = set(bs.stmt.write_names())
+    order = list(reorder.order)
+    pos = {n: j for j, n in enumerate(order)}
+    reds = [j for j, n in enumerate(order) if _source(n, names) not in written]
+    if not reds:
+        return []
+    tile = set(order[reds[-1] + 1:])
+    fused = sum(1 for r in schedule if isinstance(r, Fuse) and r.stmt == k)
+    cols = {_source(n, names) for n in order[len(order) - 1 - fused:]}
+    splits = {r.index: r.factor for r in schedule if isinstance(r, Split) and r.stmt == k}
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    reads = list(dict.fromkeys(bs.stmt.accesses()))
+    packs: dict[str, tuple[bool, Record]] = {}
+    for a in reads:
+        plain = [lin.plain_var for lin in a.index]
+        if a.tensor not in copyable or None in plain or len(set(plain)) < len(plain) or \
+                sum(1 for b in reads if b.tensor == a.tensor) > 1 or not any(v not in written for v in plain):
+            continue
+        blocks, keys = [], []  # (axis, size); per axis of the blocked tensor: its loop's position
+        for axis, v in enumerate(plain):
+            if v in splits and f"{v}_i" in tile and extent[v] % splits[v] == 0:
+                blocks.append((axis, splits[v]))
+                keys += [pos[f"{v}_o"], pos[f"{v}_i"]]
+            else:
+                keys.append(pos.get(v, pos.get(f"{v}_i", -1)))
+        if not blocks:
+            continue
+        perm = tuple(sorted(range(len(keys)), key=lambda e: keys[e]))
+        packs[a.tensor] = (bool(cols & set(plain)), Layout(a.tensor, perm, 0, tuple(blocks)))
+    out = []
+    for only_cols in (True, False):
+        chosen = {t: lay for t, (is_col, lay) in packs.items() if is_col or not only_cols}
+        if chosen:
+            out.append(tuple(r for r in schedule if not (isinstance(r, Layout) and r.tensor in chosen))
+                       + tuple(chosen.values()))
+    return list(dict.fromkeys(out))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import islpy as isl
+
 from ..domain import BoundStatement
 from ..errors import ScheduleError
 from .records import Fuse, Record, Reorder, Split
@@ -207,5 +209,18 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
         a, b = dims[pos], dims[pos + 1]
         expr = f"(({a.expr}) - ({a.lo})) * {b.extent} + (({b.expr}) - ({b.lo}))"
         dims[pos:pos + 2] = [Dim(f"{a.name}_{b.name}", expr, 0, a.extent * b.extent, a.sources | b.sources)]
-    safe = {d.name for d in dims if d.sources <= written_plain}
+    safe = {d.name for d in dims if d.sources <= written_plain or d.sources <= disjoint_writers(bs)}
     return dims, safe
+
+
+def disjoint_writers(bs: BoundStatement) -> set[str]:
+    """The statement's indices whose distinct values never write one element: plain written indices,
+    and those of compound written axes that determine them (``j_o`` in ``C[i, 16*j_o + j_i]`` with
+    ``0 <= j_i < 16``, after a blocked layout), from the isl write map."""
+    from ..domain.bind import write_map
+    names = bs.names
+    writes = write_map(names, bs.stmt.index, bs.domain)
+    same = writes.apply_range(writes.reverse())  # pairs of instances writing one element
+    ins, outs = ", ".join(f"d{j}" for j in range(len(names))), ", ".join(f"e{j}" for j in range(len(names)))
+    return {n for j, n in enumerate(names)
+            if same.intersect(isl.Map(f"{{ [{ins}] -> [{outs}] : d{j} != e{j} }}")).is_empty()}

@@ -17,13 +17,20 @@ of them.
 * ``Fuse(stmt, outer, inner)``: two adjacent loops become one,
   ``f == (outer - lo_o) * extent_inner + (inner - lo_i)`` (named
   ``outer_inner``); used when both walk one contiguous run of memory.
-* ``Layout(tensor, perm, pad=0)``: the tensor is stored with its axes in
+* ``Layout(tensor, perm, pad=0, blocks=())``: the tensor is stored with its axes in
   physical order ``perm`` (outermost first), e.g. ``Layout("W", (0, 1, 2, 4,
   3, 5))`` swaps axes 3 and 4 in memory. Inputs are copied into that layout
   per call; outputs are allocated in it and returned as (strided) views.
   ``pad`` (inputs only) adds that many unused elements after each run of the
   innermost physical axis, so rows whose byte stride is a multiple of a large
   power of two do not all map to the same few cache sets.
+  ``blocks`` (inputs only) cuts axes into blocks, a packed layout: each
+  ``(axis, size)`` pair replaces that axis by two, ``axis // size`` and
+  ``axis % size`` (in place, so later axes move up), and ``perm`` orders the
+  axes of that blocked tensor; ``Layout("B", (1, 0, 2), blocks=((1, 16),))``
+  stores a matrix ``B[k, j]`` as 16-column panels, ``B'[j // 16, k, j % 16]``.
+  The statements reading it then loop over ``j_o`` and ``j_i`` (see
+  ``schedule.blocking``).
 * ``Rfactor(stmt, index, parts)``: the reduction index ``index`` is cut into
   ``parts`` pieces of ``c = ceil(extent / parts)`` consecutive values,
   ``index == lo + c*index_o + index_i``, and each piece reduces into its own
@@ -99,6 +106,7 @@ class Layout:
     tensor: str
     perm: tuple[int, ...]
     pad: int = 0
+    blocks: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,5 +151,7 @@ def from_json(text: str) -> tuple[Record, ...]:
         for key in ("order", "perm", "shape"):
             if key in item:
                 item[key] = tuple(item[key])
+        if "blocks" in item:
+            item["blocks"] = tuple(tuple(p) for p in item["blocks"])
         out.append(cls(**item))
     return tuple(out)
