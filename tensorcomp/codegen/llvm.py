@@ -99,6 +99,7 @@ class _VectorSumBody:
     slot: ir.Value
     vty: ir.Type
     lins: dict
+    lanes: int = 0  # the last, partial vector of the reduction: this many lanes (0: a whole vector)
 
 
 class _FunctionBuilder:
@@ -642,7 +643,8 @@ class _FunctionBuilder:
     def vector_sum(self, found: Tile) -> bool:
         """A one-element tile whose innermost reduction loop walks its operands contiguously (or
         leaves them put): partial sums in one SIMD vector across the whole reduction, added up once
-        at the end, instead of a chain of scalar additions one latency apart."""
+        at the end, instead of a chain of scalar additions one latency apart. A reduction that is
+        not whole vectors ends in one masked vector (its other lanes touch no memory and add 0)."""
         st = self.bound.statements[found.compute.stmt].stmt
         t = self.bound.tensors[st.target].dtype
         if st.reduce != "sum" or t not in ("float32", "float64"):
@@ -653,7 +655,7 @@ class _FunctionBuilder:
         width = VECTOR_BYTES // ITEMSIZE[t]
         extent = inner.hi.value - inner.lo.value
         lins = {name: to_lin(e) for name, e in found.compute.env}
-        if extent < width or extent % width or not self._varies(st.expr, lins, inner.var) or \
+        if extent < width or not self._varies(st.expr, lins, inner.var) or \
                 not self._vectorizable(st.expr, lins, inner.var, t):
             return False
         b = self.builder
@@ -661,10 +663,18 @@ class _FunctionBuilder:
         with b.goto_entry_block():
             slot = b.alloca(vty, name="vsum")
         b.store(ir.Constant(vty, [0.0] * width), slot)
-        chain: Node = For(inner.var, inner.lo, inner.hi, width, (_VectorSumBody(found, slot, vty, lins),), inner.kind)
+        whole = inner.lo.value + extent - extent % width
+        chain: tuple[Node, ...] = ()
+        if whole > inner.lo.value:
+            chain = (For(inner.var, inner.lo, IConst(whole), width, (_VectorSumBody(found, slot, vty, lins),),
+                         inner.kind),)
+        if extent % width:  # the last, partial vector: a loop of one trip at its first element
+            chain += (For(inner.var, IConst(whole), IConst(whole + 1), 1,
+                          (_VectorSumBody(found, slot, vty, lins, extent % width),), inner.kind),)
         for lp in reversed(found.reduction[:-1]):
-            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
-        self.loop(chain)
+            chain = (For(lp.var, lp.lo, lp.hi, lp.step, chain, lp.kind),)
+        for node in chain:
+            self.loop(node)
         total = b.load(slot, typ=vty)
         while width > 1:  # add the halves until one lane is left
             width //= 2
@@ -683,7 +693,15 @@ class _FunctionBuilder:
         b = self.builder
         st = self.bound.statements[body.tile.compute.stmt].stmt
         t = self.bound.tensors[st.target].dtype
-        value = self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty)
+        width = body.vty.count
+        if body.lanes:
+            mask = ir.Constant(ir.VectorType(I1, width), [1] * body.lanes + [0] * (width - body.lanes))
+            self._lane_mask = mask
+            value = b.select(mask, self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty),
+                             ir.Constant(body.vty, [0.0] * width))
+            self._lane_mask = None
+        else:
+            value = self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty)
         b.store(b.fadd(b.load(body.slot, typ=body.vty), value, flags=FAST), body.slot)
 
     def vector_tile(self, tile: Tile) -> bool:
