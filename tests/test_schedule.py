@@ -175,6 +175,21 @@ def test_vector_sum_along_a_padded_axis_masks_the_lanes_in_the_pad(dtype):
     np.testing.assert_allclose(op(x, w), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [5, 13, 21, 1003])
+def test_vector_sum_of_a_reduction_not_whole_vectors_ends_in_a_masked_vector(dtype, k):
+    # 13 float32: one vector of 8, then 5 lanes of a masked one (the other 3 touch no memory, add 0)
+    rs = np.random.default_rng(k)
+    x, v = rs.standard_normal((7, k)).astype(dtype), rs.standard_normal(k).astype(dtype)
+    op = tc.op("y[a] += X[a, k] * v[k]")
+    code = op.code(x, v)
+    width = 8 if dtype == np.float32 else 4
+    if k >= width:
+        assert "vsum" in code and "llvm.masked.load" in code
+    want = x.astype(np.float64) @ v
+    np.testing.assert_allclose(op(x, v), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_padded_batch_innermost_weight_gradient_vectorizes_with_masked_reads():
     # LeNet's first convolution, weight gradient, with the batch innermost: the padded spatial axes
     # do not vary along the vector (one condition per vector), the batch axis does
