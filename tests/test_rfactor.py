@@ -116,3 +116,31 @@ def test_default_schedule_runs_a_big_dot_product_in_pieces(monkeypatch):
     dot = tc.op("s += A[i] * B[i]")
     assert "s_rf0[i_o]" in str(dot.loopnest(a, b))
     np.testing.assert_allclose(dot(a, b), np.dot(a, b), rtol=1e-10)
+
+
+def test_the_tuner_tries_each_reduction_index_in_more_and_fewer_pieces():
+    from tensorcomp.op import ArraySpec
+    from tensorcomp.schedule.rfactor import rfactor_variants
+    op = tc.op("s[a] += X[a, i, j]")
+    bound = op._kernel_bound([ArraySpec.of((2, 512, 1024))], {})
+    variants = rfactor_variants(bound, 2, (Rfactor(0, "j", 8),))
+    assert {(v[-1].index, v[-1].parts) for v in variants} == {
+        ("i", 2), ("i", 4), ("i", 8), ("i", 16), ("j", 2), ("j", 4), ("j", 16)}
+    assert all(len(v) == 1 for v in variants)  # the base's own Rfactor replaced
+    # many written elements (a matrix product's): nothing to factor; one thread: nothing either
+    mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    assert rfactor_variants(mm._kernel_bound([ArraySpec.of((256, 256))] * 2, {}), 2, ()) == []
+    assert rfactor_variants(bound, 1, ()) == []
+
+
+def test_tuning_a_dot_product_times_other_pieces_and_keeps_a_verified_one(tmp_path, monkeypatch):
+    from tensorcomp.runtime.threads import num_threads
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    if num_threads() < 2:
+        pytest.skip("one thread: nothing to factor")
+    a = rng.standard_normal(1 << 20).astype(np.float32)
+    op = tc.op("s += A[i] * B[i]")
+    result = tc.tune(op, a, a, budget_s=10, progress=False)
+    tried = [from_json(t["schedule"]) for t in result.trials if "seconds" in t]
+    assert any(s and isinstance(s[-1], Rfactor) and s[-1].parts == num_threads() for s in tried)
+    np.testing.assert_allclose(op(a, a), np.dot(a.astype(np.float64), a), rtol=1e-4)

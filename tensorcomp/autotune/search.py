@@ -39,7 +39,7 @@ from ..runtime import host_target
 from ..runtime.threads import num_threads
 from ..schedule.microkernel import L1_BYTES, neighbours
 from ..schedule.records import Layout, Record, from_json, to_json
-from ..schedule.rfactor import default_rfactor
+from ..schedule.rfactor import default_rfactor, rfactor_variants
 
 from . import canon, database
 from .precompile import Precompiler
@@ -496,6 +496,8 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     default._no_database = True
     layouts = [c for _, c in candidates(op, bound, arrays) if c]
     cands = tile_candidates(op, bound, arrays, layouts) + _with_window_orders(op, bound, arrays, layouts)
+    # other pieces for the reductions writing few elements (a dot product, a sum): first, few and cheap
+    cands = rfactor_variants(bound, num_threads(), default_layouts(op, bound, arrays)) + cands
 
     def padded(cand: tuple) -> tuple:  # every candidate pads rows and factors reductions as the default does
         return default_rfactor(bound, num_threads(), _pad_rows(op, bound, arrays, cand, flops / 2))

@@ -158,3 +158,39 @@ def default_rfactor(bound: Bound, threads: int, schedule: tuple[Record, ...] = (
         if parts >= 2:
             out += (Rfactor(k, index, parts),)
     return out
+
+
+FEW_WRITTEN = 64  # the tuner tries Rfactor on reductions writing at most this many elements per thread
+
+
+def rfactor_variants(bound: Bound, threads: int, base: tuple[Record, ...]) -> list[tuple[Record, ...]]:
+    """``base`` with other ``Rfactor`` choices for its heavy reductions that write at most ``FEW_WRITTEN``
+    elements per thread (the tuner's search over Rfactor):
+    each reduction index cut into 1, 2, 4 and 8 pieces per thread, where the copies stay small next
+    to the work (filling and combining them reads and writes at most one element per
+    ``COMBINE_SHARE`` statement instances). Statements ``base`` schedules itself (Split, Reorder,
+    Fuse) are left as they are."""
+    if threads < 2:
+        return []
+    own = {r.stmt for r in base if isinstance(r, (Split, Reorder, Fuse))}
+    out: list[tuple[Record, ...]] = []
+    for k, bs in enumerate(bound.statements):
+        st = bs.stmt
+        if st.reduce is None or k in own:
+            continue
+        extent = {n: b - a for n, a, b in bs.extents}
+        instances = 1
+        for n in bs.names:
+            instances *= extent[n]
+        size = 1
+        for n in bound.tensors[st.target].shape:
+            size *= n
+        if instances < RFACTOR_MIN_POINTS or size > FEW_WRITTEN * threads:
+            continue
+        rest = tuple(r for r in base if not (isinstance(r, Rfactor) and r.stmt == k))
+        for index in st.reduction_names():
+            for per in (1, 2, 4, 8):
+                parts = threads * per
+                if parts <= extent[index] and parts * size * COMBINE_SHARE <= instances:
+                    out.append(rest + (Rfactor(k, index, parts),))
+    return [c for c in out if c != tuple(base)]
