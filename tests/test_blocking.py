@@ -159,3 +159,19 @@ def test_manifest_keeps_the_blocks():
     kernel = next(iter(op._cache.values()))
     assert kernel.relayout == ((1, (1, 0, 2), 0, ((1, 16),)),)
     assert json.loads(json.dumps(_manifest(kernel, 3)))["relayout"] == [[1, [1, 0, 2], 0, [[1, 16]]]]
+
+
+def test_inputs_read_with_pad_are_never_packed():
+    # X is read with zero padding on a plain index: blocking would need the padded extent, so neither
+    # the default nor the tuner packs it (and an explicit block says why)
+    from tensorcomp.autotune.search import _packable
+    src = "Y[i, j] += X[i, k] * W[k, j]"
+    x, w = rng.standard_normal((64, 30)).astype(np.float32), rng.standard_normal((32, 64)).astype(np.float32)
+    op = tc.op(src, pad={"X": ((0, 0), (1, 1))})
+    bound = op._kernel_bound([ArraySpec.of(x), ArraySpec.of(w)], {})
+    assert "X" not in _packable(op, bound, [x, w], 0)
+    want = np.pad(x, ((0, 0), (1, 1))).astype(np.float64) @ w
+    np.testing.assert_allclose(op(x, w), want, rtol=1e-4, atol=1e-4)
+    blocked = tc.op(src, pad={"X": ((0, 0), (1, 1))}, schedule=(Layout("X", (0, 1, 2), blocks=((1, 8),)),))
+    with pytest.raises(ScheduleError, match="Layout blocks X, which is read with pad="):
+        blocked(x, w)

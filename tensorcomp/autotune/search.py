@@ -291,11 +291,13 @@ def tile_candidates(op: Op, bound, arrays: list, layouts: list, blocks: tuple = 
 
 def _packable(op: Op, bound, arrays: list, k: int) -> set[str]:
     """The inputs statement ``k`` may pack (``microkernel.packed_schedules``): read by no other statement
-    (blocking rewrites every reader) and copied per call at most one byte per ``RELAYOUT_FLOPS`` flops."""
+    (blocking rewrites every reader), not read with ``pad=`` and copied per call at most one byte per
+    ``RELAYOUT_FLOPS`` flops."""
     others = set().union(*(_tensors(b) for j, b in enumerate(bound.statements) if j != k))
     work = _work(bound.statements[k])
     return {name for name, a in zip(op.inputs, arrays)
-            if name in _tensors(bound.statements[k]) and name not in others and a.nbytes * RELAYOUT_FLOPS <= 2 * work}
+            if name in _tensors(bound.statements[k]) and name not in others and not bound.tensors[name].pad
+            and a.nbytes * RELAYOUT_FLOPS <= 2 * work}
 
 
 RELAYOUT_FLOPS = 20  # a default may copy an input to a new layout when the op does this many flops per byte copied
@@ -357,10 +359,8 @@ def _pack_tiles(op: Op, bound, arrays: list, chosen: tuple, heavy: list[int]) ->
     itemsize = _itemsizes(bound)
     out = tuple(chosen)
     for k in heavy:
-        # (a tensor that other statements read too stays as it is: blocking rewrites every reader)
         permuted = {r.tensor for r in out if isinstance(r, Layout) and not r.pad and not r.blocks
-                    and r.perm != tuple(range(len(r.perm)))
-                    and all(r.tensor not in _tensors(b) for j, b in enumerate(bound.statements) if j != k)}
+                    and r.perm != tuple(range(len(r.perm))) and r.tensor in _packable(op, bound, arrays, k)}
         if any(getattr(r, "stmt", None) == k for r in out) or not permuted:
             continue
         tile = default_tile(bound.statements[k], k, _strides(op, bound, arrays, out), itemsize)
