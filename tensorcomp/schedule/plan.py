@@ -209,7 +209,11 @@ def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, t
         a, b = dims[pos], dims[pos + 1]
         expr = f"(({a.expr}) - ({a.lo})) * {b.extent} + (({b.expr}) - ({b.lo}))"
         dims[pos:pos + 2] = [Dim(f"{a.name}_{b.name}", expr, 0, a.extent * b.extent, a.sources | b.sources)]
-    safe = {d.name for d in dims if d.sources <= written_plain or d.sources <= disjoint_writers(bs)}
+    safe = {d.name for d in dims if d.sources <= written_plain}
+    written = set(bs.stmt.write_names())  # (a reduction index's values all write the same elements)
+    if any(d.sources <= written and not d.sources <= written_plain for d in dims):
+        disjoint = disjoint_writers(bs)  # an isl check, once per statement
+        safe |= {d.name for d in dims if d.sources <= disjoint}
     return dims, safe
 
 
