@@ -360,7 +360,7 @@ def _pack_tiles(op: Op, bound, arrays: list, chosen: tuple, heavy: list[int]) ->
     out = tuple(chosen)
     for k in heavy:
         permuted = {r.tensor for r in out if isinstance(r, Layout) and not r.pad and not r.blocks
-                    and r.perm != tuple(range(len(r.perm))) and r.tensor in _packable(op, bound, arrays, k)}
+                    and r.perm != tuple(range(len(r.perm)))} & _packable(op, bound, arrays, k)
         if any(getattr(r, "stmt", None) == k for r in out) or not permuted:
             continue
         tile = default_tile(bound.statements[k], k, _strides(op, bound, arrays, out), itemsize)

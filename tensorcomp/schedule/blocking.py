@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import islpy as isl
-
-from ..domain.bind import Bound, BoundStatement, _interval, _set
+from ..domain.bind import Bound, BoundStatement
 from ..errors import ScheduleError
 from ..lang.ir import Access, Call, Expr, Index, Lin, Statement
 from .records import Layout, Record, Split
+from .rfactor import split_statement
 
 
 def blocked_shape(shape: tuple[int, ...], blocks: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -125,14 +124,4 @@ def _blocked_statement(bs: BoundStatement, blocks: dict[str, dict[int, int]],
             return Call(expr.fn, tuple(sub(a) for a in expr.args))
         return expr
     new = Statement(st.target, tuple(lin.rename(mapping) for lin in st.index), st.reduce, sub(st.expr), st.line)
-    names = new.index_names()
-    nd = {n: f"d{j}" for j, n in enumerate(names)}
-    old = [f"{splits[n]}*{nd[n + '_o']} + {nd[n + '_i']}" if n in splits else nd[n] for n in bs.names]
-    inner = " and ".join(f"0 <= {nd[v + '_i']} < {b}" for v, b in splits.items())
-    to_old = isl.Map(f"{{ [{', '.join(nd[n] for n in names)}] -> [{', '.join(old)}] : {inner} }}")
-    domain = to_old.intersect_range(bs.domain).domain().coalesce()
-    extents = tuple((n, *_interval(domain, j)) for j, n in enumerate(names))
-    box = _set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
-    if domain.is_equal(box):
-        domain = box
-    return BoundStatement(new, names, domain, extents, bs.dtype, bs.expr_type)
+    return split_statement(bs, new, {v: (0, b, None) for v, b in splits.items()})

@@ -101,17 +101,7 @@ def _factor(bound: Bound, k: int, bs: BoundStatement, r: Rfactor, tensors: dict[
         name += "_"
     renamed = st.rename_indices({r.index: Lin.var(outer) * chunk + Lin.var(inner) + lo})
     pst = Statement(name, (Lin.var(outer),) + renamed.index, st.reduce, renamed.expr, st.line)
-    names = pst.index_names()
-    nd = {n: f"d{j}" for j, n in enumerate(names)}
-    old = [f"{lo} + {chunk}*{nd[outer]} + {nd[inner]}" if n == r.index else nd[n] for n in bs.names]
-    to_old = isl.Map(f"{{ [{', '.join(nd[n] for n in names)}] -> [{', '.join(old)}] : "
-                     f"0 <= {nd[outer]} < {parts} and 0 <= {nd[inner]} < {chunk} }}")
-    domain = to_old.intersect_range(bs.domain).domain().coalesce()
-    extents = tuple((n, *_interval(domain, j)) for j, n in enumerate(names))
-    box = _set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
-    if domain.is_equal(box):
-        domain = box  # the same set without redundant constraints (simpler loops)
-    partial = BoundStatement(pst, names, domain, extents, bs.dtype, bs.expr_type)
+    partial = split_statement(bs, pst, {r.index: (lo, chunk, parts)})
 
     shape = tensors[st.target].shape
     plain = [lin.plain_var for lin in st.index]  # the statement's own names where they name an axis
@@ -125,6 +115,26 @@ def _factor(bound: Bound, k: int, bs: BoundStatement, r: Rfactor, tensors: dict[
     combine = BoundStatement(cst, cnames, _set(len(cnames), [f"0 <= d{j} < {b}" for j, (_, _, b) in enumerate(cext)]),
                              cext, bs.dtype, bs.dtype)
     return partial, combine, TensorInfo(name, (parts,) + tuple(shape), bs.dtype, "temporary")
+
+
+def split_statement(bs: BoundStatement, st: Statement, splits: dict[str, tuple[int, int, int | None]]
+                    ) -> BoundStatement:
+    """``st`` bound over the domain of ``bs`` with each index ``n`` of ``splits`` (``n: (lo, factor,
+    parts)``) replaced by ``lo + factor*n_o + n_i``, ``0 <= n_i < factor`` (and ``0 <= n_o < parts``
+    unless None): the isl preimage of ``bs``'s domain, so every instance maps to one of ``bs``."""
+    names = st.index_names()
+    nd = {n: f"d{j}" for j, n in enumerate(names)}
+    old = [f"{splits[n][0]} + {splits[n][1]}*{nd[n + '_o']} + {nd[n + '_i']}" if n in splits else nd[n]
+           for n in bs.names]
+    bounds = [f"0 <= {nd[n + '_i']} < {f}" + (f" and 0 <= {nd[n + '_o']} < {p}" if p is not None else "")
+              for n, (_, f, p) in splits.items()]
+    to_old = isl.Map(f"{{ [{', '.join(nd[n] for n in names)}] -> [{', '.join(old)}] : {' and '.join(bounds)} }}")
+    domain = to_old.intersect_range(bs.domain).domain().coalesce()
+    extents = tuple((n, *_interval(domain, j)) for j, n in enumerate(names))
+    box = _set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
+    if domain.is_equal(box):
+        domain = box  # the same set without redundant constraints (simpler loops)
+    return BoundStatement(st, names, domain, extents, bs.dtype, bs.expr_type)
 
 
 def default_rfactor(bound: Bound, threads: int, schedule: tuple[Record, ...] = ()) -> tuple[Record, ...]:
