@@ -98,8 +98,16 @@ def square(a: Expr) -> Expr:
 # ---------------------------------------------------------------- the rule table
 
 
+class MissingRule(Exception):
+    """No derivative rule for function ``fn`` (``grad`` reports it with the op's name)."""
+
+    def __init__(self, fn: str) -> None:
+        super().__init__(fn)
+        self.fn = fn
+
+
 def derivative(e: Expr, a: Access) -> Expr | None:
-    """d e / d a (None when it is identically zero)."""
+    """d e / d a (None when it is identically zero); MissingRule for a function without a rule."""
     if isinstance(e, Access):
         return ONE if e == a else None
     if not isinstance(e, Call):
@@ -110,7 +118,7 @@ def derivative(e: Expr, a: Access) -> Expr | None:
         return None
     rule = RULES.get(e.fn)
     if rule is None:
-        raise KeyError(e.fn)
+        raise MissingRule(e.fn)
     return rule(e, args, ds)
 
 

@@ -29,11 +29,12 @@ import itertools
 from dataclasses import dataclass
 
 from tensorcomp.domain import Bound, BoundStatement, TensorInfo
-from tensorcomp.domain.bind import _set
+from tensorcomp.domain.bind import index_set
 from tensorcomp.errors import ArgumentError, DtypeError, ShapeError, UnknownNameError, op_label
 from tensorcomp.lang import types
 from tensorcomp.lang.ir import Access, Call, Const, Expr, Lin, Program, Statement, walk
-from tensorcomp.op import ArraySpec, Op
+from tensorcomp.compiler import ArraySpec
+from tensorcomp.opdef import Op
 from tensorcomp.schedule.records import to_json
 
 from . import rules
@@ -177,7 +178,7 @@ class _Transposer:
         final = self.fresh(f"d{tensor}")
         finals[tensor] = final
         parts = self.contribs.get(tensor, [])
-        pad = self.base._pad.get(tensor)
+        pad = self.base.pad_widths.get(tensor)
         if len(parts) == 1 and not (pad and any(lo or hi for lo, hi in pad)):
             self._rename_target(parts[0], final)
         else:
@@ -234,19 +235,22 @@ class DerivedOp(Op):
         self.source = "\n".join(lines)
         self.label = op_label(self.source)
         self.inputs, self.outputs, self.params = inputs, outputs, base.params
-        self._ranges, self._pad, self._pad_value = {}, {}, {}
+        self.given_ranges, self.pad_widths, self.pad_values = {}, {}, {}
         self.schedule = ()
-        self._ident = ("derived", self.source, base._ident, to_json(self.schedule))
+        self.use_tuned = True
+        self.ident = ("derived", self.source, base.ident, to_json(self.schedule), True)
         self._cache = {}
         self._n_in = len(inputs)
         self._init_args = (base, derived, inputs, outputs, extra_inputs, as_tuple)
 
-    def with_schedule(self, schedule) -> "DerivedOp":
-        """The same derived op run with another schedule."""
+    def with_schedule(self, schedule, use_tuned: bool | None = None) -> "DerivedOp":
+        """The same derived op run with another schedule (``use_tuned``: see ``Op.with_schedule``)."""
         copy = DerivedOp(*self._init_args)
         copy._wrt = self._wrt
-        copy.schedule = copy._check_schedule(tuple(schedule))
-        copy._ident = ("derived", copy.source, self.base._ident, to_json(copy.schedule))
+        copy.schedule = copy.check_schedule(tuple(schedule))
+        copy.use_tuned = self.use_tuned if use_tuned is None else bool(use_tuned)
+        copy.ident = ("derived", copy.source, self.base.ident, to_json(copy.schedule),
+                      copy.use_tuned and not copy.schedule)
         return copy
 
     _wrt: str | list[str] | None = None  # what tc.grad was asked for (see recipe)
@@ -264,9 +268,10 @@ class DerivedOp(Op):
         out = super().__call__(*arrays, **params)
         return (out,) if self.as_tuple and not isinstance(out, tuple) else out
 
-    def _bind(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
+    def bind_specs(self, specs: list[ArraySpec], kinds: dict[str, str]) -> Bound:
+        """Bound to the base op's domains (see the module docstring)."""
         nb = len(self.base.inputs)
-        base_bound = self.base._bind(specs[:nb], kinds)
+        base_bound = self.base.bind_specs(specs[:nb], kinds)
         tensors: dict[str, TensorInfo] = {}
         for name in self.base.inputs:
             tensors[name] = base_bound.tensors[name]
@@ -289,7 +294,7 @@ class DerivedOp(Op):
             else:
                 shape = base_bound.tensors[d.domain[1]].shape
                 names = st.index_names()
-                domain = _set(len(names), [f"0 <= d{k} < {n}" for k, n in enumerate(shape)])
+                domain = index_set(len(names), [f"0 <= d{k} < {n}" for k, n in enumerate(shape)])
                 extents = tuple((n, 0, m) for n, m in zip(names, shape))
             expr_type = types.infer(st.expr, {t: i.dtype for t, i in tensors.items()}, kinds)
             if d.grad_of is not None:
@@ -342,8 +347,8 @@ def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:
     t = _Transposer(op, names)
     try:
         derived, d_out, outputs = t.run()
-    except KeyError as exc:
-        raise ArgumentError(f"tc.grad: {op.label}: no derivative rule for '{exc.args[0]}'") from None
+    except rules.MissingRule as exc:
+        raise ArgumentError(f"tc.grad: {op.label}: no derivative rule for '{exc.fn}'") from None
     inputs = tuple(op.inputs) + tuple(d_out.values())
     out = DerivedOp(op, derived, inputs, tuple(outputs), {v: k for k, v in d_out.items()},
                     as_tuple=not isinstance(wrt, str))

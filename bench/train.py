@@ -67,7 +67,7 @@ def _torch_models(device: str = "cpu"):
 def torch_train(model_name: str, epochs: int, seed: int = 0, device: str = "cpu") -> dict:
     """The same model and recipe in torch eager (on the CPU with as many threads as tensorcomp uses)."""
     import torch
-    from tensorcomp.runtime.threads import num_threads
+    from tensorcomp.target import num_threads
     torch.manual_seed(seed)
     torch.set_num_threads(num_threads())
     build, loss_fn = _torch_models(device)[model_name]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tensorcomp.op import Op
+from tensorcomp.opdef import Op
 
 from ._util import join, names
 

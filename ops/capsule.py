@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tensorcomp.op import Op
+from tensorcomp.opdef import Op
 
 from ._util import affine
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from tensorcomp.op import Op
+from tensorcomp.opdef import Op
 
 from ._util import join, names
 

@@ -40,7 +40,8 @@ def _range_arg(text: str) -> tuple[str, object]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .op import ArraySpec, Op
+    from .compiler import ArraySpec
+    from .opdef import Op
     from .codegen import contiguous
     op = Op(args.source, ranges=dict(args.range) or None)
     shapes = dict(args.shape)
@@ -124,7 +125,7 @@ def caps_demo() -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from . import tune
-    from .op import Op
+    from .opdef import Op
     op = Op(args.source, ranges=dict(args.range) or None)
     shapes, dtypes = dict(args.shape), dict(args.dtype)
     rng = np.random.default_rng(0)

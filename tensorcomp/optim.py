@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError
-from .op import Op
+from .opdef import Op
 
 
 @lru_cache(maxsize=None)

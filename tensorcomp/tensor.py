@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import ArgumentError, DeviceError, ShapeError
-from .op import Op
+from .opdef import Op
 
 _grad_enabled = [True]
 _grad_ops: dict[tuple[int, tuple[str, ...]], Op] = {}

@@ -204,7 +204,7 @@ def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduc
 
 def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, monkeypatch):
     from tensorcomp.autotune.precompile import Precompiler
-    from tensorcomp.op import Op
+    from tensorcomp.opdef import Op
     from tensorcomp.schedule import Reorder, Split
     monkeypatch.setenv("TENSORCOMP_NUM_THREADS", "2")
     op = tc.op("C[i, j] += A[i, k] * B[k, j]")

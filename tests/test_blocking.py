@@ -10,7 +10,7 @@ import pytest
 import tensorcomp as tc
 from tensorcomp.autotune import canon
 from tensorcomp.errors import ScheduleError
-from tensorcomp.op import ArraySpec
+from tensorcomp.compiler import ArraySpec
 from tensorcomp.schedule import Layout, Reorder, Split, from_json, to_json
 from tensorcomp.schedule.microkernel import packed_schedules
 

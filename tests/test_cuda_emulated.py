@@ -60,7 +60,7 @@ def test_shared_memory_tiles_match_the_cpu(case):
 
 def test_tuner_shared_memory_variants_match_the_cpu():
     from tensorcomp.autotune import gpu
-    from tensorcomp.op import ArraySpec
+    from tensorcomp.compiler import ArraySpec
     op = tc.op(CAPSULE)
     arrays = _random_like([np.zeros((2, 9, 9, 16, 4, 4), np.float32), np.zeros((3, 3, 16, 8, 4, 4), np.float32)], 7)
     specs = [ArraySpec.of(a) for a in arrays]

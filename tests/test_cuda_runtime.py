@@ -75,7 +75,7 @@ def test_tuning_on_the_gpu_stores_a_verified_schedule():
     assert len(result.trials) >= 2
     _close(op(I, W, target="cuda"), tc.op(CAPSULE)(I, W))
     from tensorcomp.autotune import stored_schedule
-    from tensorcomp.op import ArraySpec
+    from tensorcomp.compiler import ArraySpec
     found = stored_schedule(op, [ArraySpec.of(I), ArraySpec.of(W)], {}, "cuda")
     assert found == result.schedule
 

@@ -6,7 +6,7 @@ import pytest
 import tensorcomp as tc
 from tensorcomp.autotune import search
 from tensorcomp.schedule.microkernel import neighbours, tile_schedules
-from tensorcomp.op import ArraySpec
+from tensorcomp.compiler import ArraySpec
 from tensorcomp.schedule.records import Fuse, Layout, Reorder, Split
 
 rng = np.random.default_rng(11)

@@ -3,7 +3,7 @@
 import numpy as np
 
 import tensorcomp as tc
-from tensorcomp.runtime.threads import num_threads
+from tensorcomp.target import num_threads
 from tensorcomp.schedule import For
 
 rng = np.random.default_rng(3)
@@ -57,7 +57,8 @@ def test_reduction_outermost_is_not_parallel():
 def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread():
     import threading
 
-    from tensorcomp.runtime.threads import SLICE_POINTS, run_stages, slices_per_thread
+    from tensorcomp.runtime.threads import run_stages
+    from tensorcomp.target import SLICE_POINTS, slices_per_thread
     seen, who = [], set()
 
     def entry(ptr, lo, hi, scale):

@@ -119,7 +119,7 @@ def test_default_schedule_runs_a_big_dot_product_in_pieces(monkeypatch):
 
 
 def test_the_tuner_tries_each_reduction_index_in_more_and_fewer_pieces():
-    from tensorcomp.op import ArraySpec
+    from tensorcomp.compiler import ArraySpec
     from tensorcomp.schedule.rfactor import rfactor_variants
     op = tc.op("s[a] += X[a, i, j]")
     bound = op._kernel_bound([ArraySpec.of((2, 512, 1024))], {})
@@ -134,7 +134,7 @@ def test_the_tuner_tries_each_reduction_index_in_more_and_fewer_pieces():
 
 
 def test_tuning_a_dot_product_times_other_pieces_and_keeps_a_verified_one(tmp_path, monkeypatch):
-    from tensorcomp.runtime.threads import num_threads
+    from tensorcomp.target import num_threads
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
     if num_threads() < 2:
         pytest.skip("one thread: nothing to factor")

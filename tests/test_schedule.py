@@ -270,7 +270,7 @@ def test_relaid_inputs_reuse_their_buffers_across_calls_and_threads():
 
 
 def test_default_pads_rows_that_alias_in_the_cache_and_only_those():
-    from tensorcomp.op import ArraySpec
+    from tensorcomp.compiler import ArraySpec
     mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
     rs = np.random.default_rng(11)
     a, b = rs.standard_normal((256, 1024)).astype(np.float32), rs.standard_normal((1024, 256)).astype(np.float32)

@@ -1,5 +1,12 @@
-"""Schedule search (``tune``) and the tuning database."""
+"""Schedule search, split by concept (as TVM's meta_schedule names them):
 
-from .search import TuneResult, stored_schedule, tune
+* ``space``    the candidate schedules, generated from the op itself (layouts, vector tiles, window
+               orders, Rfactor pieces), starting from the default schedule (``schedule.default``);
+* ``measure``  timing, verification against the default's output, the machine's gemm ceiling;
+* ``search``   ``tc.tune``: the search over the space within a budget, and its result;
+* ``database`` the tuning database (sqlite), keyed by the canonical op (``canon``) and signature;
+* ``precompile`` compile workers that build a batch of candidates ahead of their timing;
+* ``gpu``      the same for the CUDA target; ``hot``: profile a program, tune its hottest ops.
 
-__all__ = ["TuneResult", "stored_schedule", "tune"]
+This package imports nothing on its own: ``from tensorcomp.autotune.search import tune``.
+"""

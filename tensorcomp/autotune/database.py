@@ -16,15 +16,12 @@ import time
 import warnings
 from pathlib import Path
 
+from ..runtime import jit
+from ..runtime.objects import cache_dir
+from ..schedule.records import Record, from_json, to_json
+from . import canon
+
 SCHEMA_VERSION = 2  # 2: statements are numbered after elementwise temporaries are folded (schedule.inline)
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("TENSORCOMP_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tensorcomp"
 
 
 def db_path() -> Path:
@@ -136,3 +133,43 @@ def import_(path: str) -> int:
     finally:
         con.close()
     return len(items)
+
+
+def signature(arrays: list, params: dict) -> tuple:
+    """The part of a key the inputs make: shapes, strides, dtypes, and the parameters' types."""
+    return (tuple((a.shape, a.strides, a.dtype.str) for a in arrays),
+            tuple(sorted((k, type(v).__name__) for k, v in params.items())))
+
+
+def target_key(target: str = "cpu") -> str:
+    """What a tuned schedule is specific to: the CPU model and features, or the GPU and its driver."""
+    if target == "cuda":
+        from ..runtime import cuda  # (pycuda: the cuda extra)
+        return cuda.device_key()
+    return "cpu " + jit.host_target()
+
+
+def op_key(op, arrays: list, params: dict, target: str = "cpu") -> str:
+    """The database key of ``op`` (its canonical form) on inputs like ``arrays`` for ``target``."""
+    return make_key(op.canonical(), signature(arrays, params), target_key(target))
+
+
+def stored_schedule(op, arrays: list, params: dict, target: str = "cpu") -> tuple[Record, ...] | None:
+    """The tuned schedule for these inputs from the database, in the op's own names."""
+    if target == "cuda":
+        from ..runtime import cuda
+        if not cuda.available():  # op.code(target="cuda") without a GPU: the default schedule
+            return None
+    hit = lookup(op_key(op, arrays, params, target))
+    if hit is None:
+        return None
+    back = {v: k for k, v in canon.names_map(op.program).items()}
+    return canon.rename_records(from_json(hit[0]), back)
+
+
+def store_result(op, arrays: list, params: dict, target: str, best: tuple[Record, ...], best_s: float,
+                 trials: list) -> None:
+    """Store a tuning result for ``op`` on these inputs (the records in canonical names)."""
+    m = canon.names_map(op.program)
+    store(op_key(op, arrays, params, target), op.canonical(), signature(arrays, params), target_key(target),
+          to_json(canon.rename_records(best, m)), best_s, trials)

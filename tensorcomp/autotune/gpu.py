@@ -27,13 +27,20 @@ from typing import Any
 
 import numpy as np
 
+from .. import compiler
+from ..compiler import ArraySpec
 from ..errors import TensorcompError
-from ..op import ArraySpec, Op
+from ..opdef import Op
+from ..runtime import cuda as rc
+from ..schedule.default import layout_candidates
 from ..schedule.records import Block, Record, Reorder, Split, Stage, Threads, to_json
-from . import canon, database
+from ..strides import contiguous
+from ..target import CUDA_MAX_TILE
+from . import database
+from .measure import flops as count_flops, verify
+from .result import TuneResult, progress_bar
 
 BLOCKS = (64, 128, 256)
-MAX_TILE = 64
 STAGED_TILES = 8  # the best tiles that also get shared-memory variants
 BOX_THREADS = 128  # threads in a shared-memory variant's box
 LOOKAHEAD = 24  # candidates compiling ahead of the one being measured
@@ -84,7 +91,7 @@ def tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]) -> list[
             if len(set(sources)) != size:
                 continue
             tile = int(np.prod([p[1] for p in combo]))
-            if not 2 <= tile <= MAX_TILE:
+            if not 2 <= tile <= CUDA_MAX_TILE:
                 continue
             splits = tuple(Split(k, p[2], p[3]) for p in combo if p[2] is not None)
             factor = {p[2]: p[3] for p in combo if p[2] is not None}
@@ -168,10 +175,8 @@ def staged_variants(bound, k: int, records: tuple[Record, ...]) -> list[tuple[Re
 
 
 def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple[Record, ...]]]:
-    from ..codegen import contiguous
-    from .search import candidates as layout_candidates
     k = max(range(len(bound.statements)), key=lambda j: _work(bound.statements[j]))
-    layouts = [()] + [c for _, c in layout_candidates(op, bound, arrays)[:2] if c]
+    layouts = [()] + [c for _, c in layout_candidates(op.inputs, bound, arrays)[:2] if c]
     strides = {name: tuple(spec.strides) for name, spec in zip(op.inputs, arrays)}
     for name, info in bound.tensors.items():
         strides.setdefault(name, contiguous(info.logical_shape, np.dtype(info.dtype).itemsize))
@@ -195,8 +200,7 @@ def candidates(op: Op, bound, arrays: list, sms: int) -> list[tuple[float, tuple
 
 
 def _time(fn, repeats: int) -> float:
-    from ..runtime import cuda as rc
-    import pycuda.driver as drv
+    import pycuda.driver as drv  # (the cuda extra)
     fn()
     rc.synchronize()
     start, end = drv.Event(), drv.Event()
@@ -213,21 +217,18 @@ def _time(fn, repeats: int) -> float:
 
 def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress: bool,
               params: dict[str, Any]):
-    from ..runtime import cuda as rc
-    from .search import TuneResult, _flops, _progress, db_key, signature, verify
     t_start = time.perf_counter()
     devs = [rc.as_device(a) for a in inputs]
     specs = [ArraySpec(tuple(d.shape), d.dtype, tuple(d.strides)) for d in devs]
-    kinds = op._check_call(tuple(devs), params)
-    bound = op._kernel_bound(specs, kinds)
-    flops = _flops(bound)
-    default = op.with_schedule(())
-    default._no_database = True
-    ref = default._call_cuda(tuple(devs), params)
+    kinds = op.check_call(tuple(devs), params)
+    bound = compiler.plan(op, specs, kinds, params, "cuda", upto="fold_elementwise").bound
+    flops = count_flops(bound)
+    default = op.with_schedule((), use_tuned=False)
+    ref = default.call_cuda(tuple(devs), params)
     refs = [rc.to_host(r) for r in (ref if isinstance(ref, tuple) else (ref,))]
-    first = _time(lambda: default._call_cuda(tuple(devs), params), 1)
+    first = _time(lambda: default.call_cuda(tuple(devs), params), 1)
     repeats = max(3, min(200, int(0.02 / max(first, 1e-6))))
-    default_s = _time(lambda: default._call_cuda(tuple(devs), params), repeats)
+    default_s = _time(lambda: default.call_cuda(tuple(devs), params), repeats)
     best_s, best = default_s, ()
     log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
     cands = [c for _, c in candidates(op, bound, specs, rc.device_info()["sms"])]
@@ -240,13 +241,12 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
         while len(trial_ops) < min(upto, len(cands)):
             cand = cands[len(trial_ops)]
             trial = default.with_schedule(cand)
-            trial._no_database = True
             try:
                 rc.prefetch(trial.cuda_source(specs, params))
                 trial_ops.append((cand, trial, None))
             except TensorcompError as exc:
                 trial_ops.append((cand, None, str(exc)))
-    bar = _progress(len(cands), progress)
+    bar = progress_bar(len(cands), progress)
     for i in range(len(cands)):
         if time.perf_counter() - t_start > budget:
             break
@@ -256,9 +256,9 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
         try:
             if error is not None:
                 raise TensorcompError(error)
-            out = trial._call_cuda(tuple(devs), params)
+            out = trial.call_cuda(tuple(devs), params)
             verify([rc.to_host(o) for o in (out if isinstance(out, tuple) else (out,))], refs)
-            seconds = _time(lambda: trial._call_cuda(tuple(devs), params), repeats)
+            seconds = _time(lambda: trial.call_cuda(tuple(devs), params), repeats)
             entry["seconds"] = seconds
             if seconds < best_s:
                 best_s, best = seconds, cand
@@ -271,8 +271,6 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
     if bar is not None:
         bar.close()
     rc.cancel_prefetches()
-    m = canon.names_map(op.program)
-    database.store(db_key(op, specs, params, "cuda"), op.canonical(), signature(specs, params),
-                   rc.device_key(), to_json(canon.rename_records(best, m)), best_s, log)
-    op._forget_kernels()
+    database.store_result(op, specs, params, "cuda", best, best_s, log)
+    op.forget_kernels()
     return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log)

@@ -11,14 +11,12 @@ processes) run them at once. ``tensorcomp train --tune S`` does this after its f
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from typing import Iterator
 
 from ..errors import TensorcompError
+from ..opdef import profiling
 from .search import tune
-
-op_module = sys.modules["tensorcomp.op"]  # the module (``tensorcomp.op`` the attribute is the function)
 
 MIN_OP_BUDGET_S = 2.0  # the least time one op is tuned for
 MIN_SHARE = 0.02  # ops taking less of the profiled time than this are left alone
@@ -26,14 +24,9 @@ MIN_SHARE = 0.02  # ops taking less of the profiled time than this are left alon
 
 @contextlib.contextmanager
 def profile() -> Iterator[dict]:
-    """Time every CPU op call inside the block; yields the profile (see ``op._PROFILE``)."""
-    previous = op_module._PROFILE
-    prof: dict = {}
-    op_module._PROFILE = prof
-    try:
+    """Time every CPU op call inside the block; yields the profile (see ``opdef.profiling``)."""
+    with profiling({}) as prof:
         yield prof
-    finally:
-        op_module._PROFILE = previous
 
 
 def hottest(prof: dict) -> list[tuple[float, object, list, dict]]:

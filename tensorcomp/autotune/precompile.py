@@ -29,9 +29,15 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
+from .. import compiler
+from ..autodiff import grad
+from ..compiler import ArraySpec
+from ..opdef import Op
 from ..runtime import jit
-from ..runtime.threads import num_threads
 from ..schedule.records import Record, from_json, to_json
+from ..target import num_threads
 
 MAX_TASKS_PER_WORKER = 64
 # settings a kernel's object code, manifest or default schedule depend on: sent with each task (a
@@ -164,29 +170,31 @@ class Precompiler:
                 self.workers = []  # (an op they cannot make alike): compile here, not twice
 
     def _found(self, cand: tuple[Record, ...]) -> bool:
-        from ..op import ArraySpec
-        trial = self.op.with_schedule(cand)
-        trial._no_database = True
+        trial = self.op.with_schedule(cand, use_tuned=False)
         specs = [ArraySpec(a.shape, a.dtype, a.strides) for a in self.arrays]
-        key = trial._manifest_key(specs, trial._check_call(tuple(specs), self.params), self.params)
-        return key is not None and jit.read_manifest(key) is not None
+        return compiler.has_manifest(trial, specs, trial.check_call(tuple(specs), self.params), self.params)
+
+
+def from_recipe(recipe: list) -> Op:
+    """The op an ``Op.recipe()`` describes."""
+    if recipe[0] == "grad":
+        return grad(from_recipe(recipe[1]), recipe[2])
+    _, source, ranges, pad, pad_value, schedule, use_tuned = recipe
+    return Op(source, ranges=ranges or None, pad=pad or None, pad_value=pad_value or None,
+              schedule=from_json(schedule), use_tuned=use_tuned)
 
 
 def _compile_task(task: dict) -> None:
     """In a worker: compile the op a task describes under its schedule (into the object cache)."""
-    import numpy as np
-
-    from ..op import ArraySpec, from_recipe
     for k, v in task["env"].items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    op = from_recipe(task["recipe"]).with_schedule(from_json(task["schedule"]))
-    op._no_database = True
+    op = from_recipe(task["recipe"]).with_schedule(from_json(task["schedule"]), use_tuned=False)
     arrays = [ArraySpec(tuple(shape), np.dtype(dtype), tuple(strides)) for shape, dtype, strides in task["specs"]]
     params = task["params"]
-    op._compile(arrays, op._check_call(tuple(arrays), params), ("precompiled",), params)
+    compiler.kernel(op, arrays, op.check_call(tuple(arrays), params), params, ("precompiled",))
 
 
 def _serve() -> None:

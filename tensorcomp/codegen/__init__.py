@@ -1,5 +1,5 @@
-"""Code generators: loop nest -> LLVM IR (CPU)."""
+"""Code generators: loop nest -> LLVM IR (CPU), CUDA C (GPU)."""
 
-from .llvm import BufferLayout, contiguous, generate
+from .llvm import generate
 
-__all__ = ["BufferLayout", "contiguous", "generate"]
+__all__ = ["generate"]

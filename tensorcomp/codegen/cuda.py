@@ -43,17 +43,13 @@ from ..lang.ir import Access, Call, Const, Expr, FloorDiv, Index, Lin, Param
 from ..errors import ScheduleError
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 from ..schedule.records import Block, Stage, Threads
-from ..schedule.lower import to_lin
-from .llvm import ITEMSIZE, BufferLayout
+from ..schedule.loopnest import to_lin
+from ..strides import ITEMSIZE, BufferStrides
+from ..target import CUDA_BLOCK, CUDA_MAX_GRID, CUDA_MAX_TILE, CUDA_SHARED_BYTES, CUDA_UNROLL
 from .tiles import register_tile
 
 CTYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
 MEMTYPE = {**CTYPE, "bool": "unsigned char"}
-BLOCK = 256  # threads per block unless a Block record says otherwise
-MAX_GRID = 1 << 20  # blocks per launch; the grid-stride loop covers the rest
-MAX_TILE = 64  # elements in one thread's register tile
-UNROLL = 16  # reduction steps unrolled inside a register tile (lets nvcc merge loads into vectors)
-SHARED_BYTES = 48 * 1024  # static shared memory per block (every architecture since sm_20)
 
 
 @dataclass(frozen=True)
@@ -147,10 +143,10 @@ def _iexpr_c(e: IExpr) -> str:
 
 
 class _CudaBuilder:
-    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
                  name: str, schedule: tuple, aligned: bool) -> None:
         self.nest, self.bound, self.buffers, self.layouts, self.name = nest, bound, buffers, layouts, name
-        self.block = next((r.threads for r in schedule if isinstance(r, Block)), BLOCK)
+        self.block = next((r.threads for r in schedule if isinstance(r, Block)), CUDA_BLOCK)
         self.threads = {r.stmt: r.shape for r in schedule if isinstance(r, Threads)}
         self.stages = [r for r in schedule if isinstance(r, Stage)]
         self.aligned = aligned
@@ -312,7 +308,7 @@ class _CudaBuilder:
     # -- register tiles ----------------------------------------------------------------------------------
     def tiled(self, node: For, depth: int, box: dict | None = None) -> list[str] | None:
         """A register tile, or None; with ``box`` (a block-box launch), also its shared-memory tiles."""
-        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, MAX_TILE)
+        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, CUDA_MAX_TILE)
         if found is None:
             return None
         reduction, tile, compute, offset = found.reduction, found.tile, found.compute, found.offset
@@ -355,7 +351,7 @@ class _CudaBuilder:
             if lp.var in stage_at or not (isinstance(lp.lo, IConst) and isinstance(lp.hi, IConst)):
                 break
             work *= -(-(lp.hi.value - lp.lo.value) // lp.step)
-            if work > UNROLL:
+            if work > CUDA_UNROLL:
                 break
             unrolled.add(lp.var)
         for lp in reduction:
@@ -446,10 +442,10 @@ class _CudaBuilder:
             fixed = set(names[:pos + 1]) | set(box["fixed_vars"])
             out.append(self.box_of(k, st, found.compute, r, varying, thread_vars, fixed))
         used = sum(sg.size * ITEMSIZE[self.bound.tensors[sg.tensor].dtype] for sg in out)
-        if used > SHARED_BYTES:
+        if used > CUDA_SHARED_BYTES:
             boxes = ", ".join(f"{sg.tensor} {' x '.join(map(str, sg.extents))}" for sg in out)
             raise ScheduleError(f"Stage: the shared tiles of statement {k} ({boxes}) need {used} bytes per block; "
-                                f"at most {SHARED_BYTES} fit (stage at an inner loop, split the staged loop by a "
+                                f"at most {CUDA_SHARED_BYTES} fit (stage at an inner loop, split the staged loop by a "
                                 f"smaller factor, or use fewer threads)")
         return out
 
@@ -621,7 +617,7 @@ class _CudaBuilder:
                 body.append(f"    [[maybe_unused]] const idx {lp.var} = {lp.lo.value}LL + tc_rest % {e}LL; tc_rest /= {e}LL;")
             body += self.nodes(loops[-1].body, 2)
             body.append("  }")
-            launch = Launch(f"{self.name}_stage{j}", min(-(-total // self.block), MAX_GRID), self.block, total)
+            launch = Launch(f"{self.name}_stage{j}", min(-(-total // self.block), CUDA_MAX_GRID), self.block, total)
             comment = f"// launch {launch.name}<<<{launch.grid}, {launch.block}>>>: {total} parallel iterations"
         else:
             body = ["  if (blockIdx.x != 0 || threadIdx.x != 0) return;  // sequential nest"]
@@ -680,7 +676,7 @@ class _CudaBuilder:
         else:
             body += ["    if (tc_active) {", *self.nodes(inner, 3), "    }"]
         body.append("  }")
-        return Launch(f"{self.name}_stage{j}", min(blocks, MAX_GRID), threads, total), body
+        return Launch(f"{self.name}_stage{j}", min(blocks, CUDA_MAX_GRID), threads, total), body
 
     def build(self) -> CudaProgram:
         parts, launches = [PRELUDE], []
@@ -705,7 +701,7 @@ class _CudaBuilder:
         return True
 
 
-def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
                  name: str = "kernel", schedule: tuple = (), aligned: bool = True) -> CudaProgram:
     """CUDA C source for ``nest`` (one ``__global__`` function per top-level nest, each preceded by a
     comment giving its launch configuration) and the launches, in order. ``schedule``: the GPU records
@@ -714,7 +710,7 @@ def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict
     return _CudaBuilder(nest, bound, buffers, layouts, name, schedule, aligned).build()
 
 
-def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
                   name: str = "kernel", schedule: tuple = (), aligned: bool = True) -> str:
     """The CUDA C source text of :func:`cuda_program`."""
     return cuda_program(nest, bound, buffers, layouts, name, schedule, aligned).source

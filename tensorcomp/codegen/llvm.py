@@ -22,7 +22,9 @@ from ..domain import Bound, TensorInfo
 from ..lang import types
 from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, walk
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
-from ..schedule.lower import to_lin
+from ..schedule.loopnest import to_lin
+from ..strides import ITEMSIZE, BufferStrides
+from ..target import MAX_SCALAR_TILE, MAX_VECTOR_ACCUMULATORS, MAX_VECTOR_TILE, VECTOR_BYTES
 from .tiles import Tile, register_tile
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -30,7 +32,6 @@ F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
 REG = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
 MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
-ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
 FAST = ("reassoc", "contract")
 
 
@@ -45,23 +46,6 @@ def _splat(b: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
     return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
 
 
-@dataclass(frozen=True)
-class BufferLayout:
-    """Where a tensor's elements live: byte strides per axis and the pointer's alignment."""
-
-    strides: tuple[int, ...]
-    align: int
-
-
-def contiguous(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, acc = [], itemsize
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-MAX_TILE = 16  # written elements in one register tile (larger tiles measured slower: LLVM loads them as scalars)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,9 +58,6 @@ class _TileBody:
     points: tuple[tuple[int, ...], ...]
 
 
-MAX_VECTOR_REGS = 12  # accumulator vectors in one vector tile (of 16 AVX2 registers; the rest hold operands)
-MAX_VECTOR_TILE = 96  # written elements in one vector tile (12 AVX2 registers of float32)
-VECTOR_BYTES = 32  # SIMD width the vector tiles use (AVX2; LLVM splits or merges for other targets)
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +84,7 @@ class _VectorSumBody:
 
 
 class _FunctionBuilder:
-    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
                  name: str) -> None:
         self.nest, self.bound, self.layouts = nest, bound, layouts
         self.buffers, self.name = buffers, name
@@ -486,7 +467,7 @@ class _FunctionBuilder:
         wide = register_tile(node, self.bound, strides, MAX_VECTOR_TILE)
         if wide is not None and self.vector_tile(wide):
             return True
-        found = register_tile(node, self.bound, strides, MAX_TILE)
+        found = register_tile(node, self.bound, strides, MAX_SCALAR_TILE)
         if found is None:
             return False
         if not found.tile and self.vector_sum(found):
@@ -717,7 +698,7 @@ class _FunctionBuilder:
         if extent < width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
             return False
         rem = extent % width  # columns of the last vector when they are not whole vectors: it is masked
-        if tile.size // extent * -(-extent // width) > MAX_VECTOR_REGS:
+        if tile.size // extent * -(-extent // width) > MAX_VECTOR_ACCUMULATORS:
             return False
         lins = {name: to_lin(e) for name, e in tile.compute.env}
         if not self._vectorizable(st.expr, lins, inner.var, t):
@@ -916,7 +897,7 @@ def _fills_only(node: Node) -> bool:
     return False
 
 
-def generate(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferLayout],
+def generate(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
              name: str = "kernel", array_data_offset: int | None = None) -> str:
     """LLVM IR text of the kernel for ``nest`` (plus its Python entry when an offset is given)."""
     text = str(_FunctionBuilder(nest, bound, buffers, layouts, name).build(array_data_offset))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..domain import Bound
 from ..lang.ir import Lin
 from ..schedule.loopnest import Compute, For, IConst, Node
-from ..schedule.lower import to_lin
+from ..schedule.loopnest import to_lin
 
 
 @dataclass(frozen=True)

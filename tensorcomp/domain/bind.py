@@ -71,7 +71,7 @@ class Bound:
     param_types: dict[str, str]
 
 
-def _interval(domain: isl.Set, pos: int) -> tuple[int | None, int | None]:
+def dim_interval(domain: isl.Set, pos: int) -> tuple[int | None, int | None]:
     lo, hi = domain.dim_min_val(pos), domain.dim_max_val(pos)
     lo_v = None if lo.is_infty() or lo.is_neginfty() or lo.is_nan() else lo.to_python()
     hi_v = None if hi.is_infty() or hi.is_neginfty() or hi.is_nan() else hi.to_python() + 1
@@ -85,7 +85,7 @@ def write_map(names: tuple[str, ...], index: tuple[Lin, ...], domain: isl.Set) -
                    f"[{', '.join(lin.to_isl(dim) for lin in index)}] }}").intersect_domain(domain)
 
 
-def _set(dims: int, constraints: list[str]) -> isl.Set:
+def index_set(dims: int, constraints: list[str]) -> isl.Set:
     names = ", ".join(f"d{k}" for k in range(dims))
     body = " and ".join(constraints) if constraints else ""
     return isl.Set(f"{{ [{names}] : {body} }}" if body else f"{{ [{names}] }}")
@@ -168,7 +168,7 @@ class _Binder:
         self.check_extents(st, target_shape)
 
         constraints = self._constraints(st, dim, target_shape)
-        P = _set(len(names), constraints)
+        P = index_set(len(names), constraints)
 
         # Indices bounded directly: reduction indices, and written indices that index a read axis on
         # their own. Each gets the bounding box of P's projection onto it.
@@ -184,7 +184,7 @@ class _Binder:
             if name in plain_extent:  # the whole axis it indexes (extents were checked to agree)
                 lo, hi = 0, plain_extent[name]
             else:
-                lo, hi = _interval(P, names.index(name))
+                lo, hi = dim_interval(P, names.index(name))
             if lo is None or hi is None:
                 self.fail(RangeError, f"index '{name}' on line {st.line} has no "
                           f"{'lower' if lo is None else 'upper'} bound; it must index a tensor axis on its own "
@@ -201,15 +201,15 @@ class _Binder:
             order = free + [n for n in names if n not in free]
             odim = {n: f"d{k}" for k, n in enumerate(order)}
             nf, nq = len(free), len(order) - len(free)
-            P2 = _set(len(order), [c for c in self._constraints(st, odim, target_shape)])
+            P2 = index_set(len(order), [c for c in self._constraints(st, odim, target_shape)])
             qbox = [f"{boxes[n][0]} <= {odim[n]} < {boxes[n][1]}" for n in order[nf:]]
             if target_shape is None and nq:
-                bad = _set(len(order), qbox).subtract(P2).project_out(isl.dim_type.set, nf, nq)
-                good = _set(nf, []).subtract(bad).intersect(P2.project_out(isl.dim_type.set, nf, nq))
+                bad = index_set(len(order), qbox).subtract(P2).project_out(isl.dim_type.set, nf, nq)
+                good = index_set(nf, []).subtract(bad).intersect(P2.project_out(isl.dim_type.set, nf, nq))
             else:
                 good = P2.project_out(isl.dim_type.set, nf, nq)
             for k, name in enumerate(free):
-                lo, hi = _interval(good, k)
+                lo, hi = dim_interval(good, k)
                 if good.is_empty() or (lo is not None and hi is not None and hi <= lo):
                     self.fail(RangeError, f"index '{name}' of {st.target} has an empty range on line {st.line}: "
                               f"no value keeps every read in bounds; check the shapes ({self.shapes_text(st)})")
@@ -227,14 +227,14 @@ class _Binder:
             if name in self.ranges:
                 boxes.setdefault(name, self.ranges[name])
         box = [f"{boxes[n][0]} <= {dim[n]} < {boxes[n][1]}" for n in names if n in boxes]
-        boxed = _set(len(names), box)
+        boxed = index_set(len(names), box)
         domain = P.intersect(boxed).coalesce()
         if domain.is_equal(boxed):
             domain = boxed  # the same set, stated without redundant constraints (simpler loops)
         if domain.is_empty():
             self.fail(RangeError, f"statement on line {st.line} has an empty iteration domain: no point keeps "
                       f"every access in bounds; check the shapes ({self.shapes_text(st)}) and ranges")
-        extents = tuple((n, *_interval(domain, k)) for k, n in enumerate(names))
+        extents = tuple((n, *dim_interval(domain, k)) for k, n in enumerate(names))
 
         tensor_types = {t: info.dtype for t, info in self.tensors.items()}
         expr_type = types.infer(st.expr, tensor_types, self.param_types)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ArgumentError, ShapeError
-from ..op import Op
+from ..opdef import Op
 from ..tensor import Tensor, apply
 
 
@@ -175,7 +175,7 @@ def _conv_op(rank: int, stride: tuple, padding: tuple, dilation: tuple, groups: 
     ys = ", ".join(f"y{k}" for k in range(rank))
     out = f"n, {ys}, f" if channels_last else f"n, f, {ys}"
     src = conv.source.replace("O[", "C[", 1) + f"\nO[{out}] = C[{out}] + B[f]"
-    return Op(src, pad=conv._pad or None)
+    return Op(src, pad=conv.pad_widths or None)
 
 
 def _per_axis(value: Any, rank: int, what: str, layer: str) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError
-from ..op import Op
+from ..opdef import Op
 from ..tensor import Tensor, apply
 from . import Module, Parameter, _check_input, _class_targets, _rng, _uniform
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.llvm import contiguous
+from ..strides import contiguous
 from ..errors import DeviceError
 
 INSTALL_HINT = ("install the cuda extra on a machine with an NVIDIA driver and the CUDA toolkit: "

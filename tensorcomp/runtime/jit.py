@@ -22,6 +22,9 @@ from typing import Callable
 
 import llvmlite.binding as llvm
 
+from ..errors import TensorcompError
+from . import objects
+
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -118,154 +121,40 @@ def _array_data_offset() -> int | None:
 ARRAY_DATA_OFFSET = _array_data_offset()
 
 
-OBJECT_FORMAT = 1  # part of every object's key: bump when what an object file holds changes
-MAX_OBJECT_BYTES = 512 << 20  # past this, the least recently used half of the objects is removed
-
-
-def _objects_dir():
-    """The object-code cache directory, or None when the cache is off."""
-    if os.environ.get("TENSORCOMP_OBJECT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    from ..autotune.database import cache_dir  # the tuning database's directory
-    return cache_dir() / "objects"
-
-
-def _hash(parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:32]
 
 
 def _environment() -> tuple[str, ...]:
     """Everything besides its IR that a kernel's object code depends on."""
     tm, _ = _init()
     import llvmlite
-    return (str(OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
+    return (str(objects.OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
             llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), repr(sorted(_veclib().items())))
 
 
 def _object_key(ir_text: str) -> str:
     """Hash of a kernel's IR and of all else its object code depends on."""
-    return _hash((*_environment(), ir_text))
-
-
-def _code_fingerprint() -> str:
-    """Hash of this package's source: a kernel manifest made by other code is never used."""
-    if "fingerprint" not in _state:
-        from pathlib import Path
-        root = Path(__file__).resolve().parent.parent
-        files = sorted(root.rglob("*.py"))
-        _state["fingerprint"] = _hash([str(f.relative_to(root)) + "\0" + f.read_text(errors="replace")
-                                       for f in files])
-    return _state["fingerprint"]  # type: ignore[return-value]
+    return objects.hash_parts((*_environment(), ir_text))
 
 
 def manifest_key(parts) -> str | None:
     """Key of a kernel manifest (see ``read_manifest``) for an op and call signature described by
     ``parts`` (strings), or None when the cache is off."""
-    if _objects_dir() is None:
+    if objects.objects_dir() is None:
         return None
-    return _hash((*_environment(), _code_fingerprint(), *parts))
-
-
-def read_manifest(key: str) -> dict | None:
-    """The manifest stored under ``key``: what a new process needs to run a kernel compiled before
-    (its object code's key, stages, output and temporary shapes) without binding, scheduling,
-    lowering or generating IR again. None when there is none or it cannot be read."""
-    import json
-    directory = _objects_dir()
-    if directory is None:
-        return None
-    try:
-        return json.loads((directory / f"{key}.kernel.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_manifest(key: str, manifest: dict) -> None:
-    """Store ``manifest`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
-    import json
-    directory = _objects_dir()
-    if directory is None:
-        return
-    path = directory / f"{key}.kernel.json"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(manifest))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def _read_object(path) -> bytes | None:
-    """The object in ``path`` if it is whole (its first 32 bytes are the SHA-256 of the rest); a
-    damaged file is removed."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]:
-        try:
-            os.utime(path)  # recently used: kept when the directory is trimmed
-        except OSError:
-            pass
-        return data[32:]
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    return None
-
-
-def _write_object(directory, path, obj: bytes) -> None:
-    """Write ``obj`` atomically (several processes may write the same kernel); trim the directory
-    when it has grown past ``MAX_OBJECT_BYTES``. A cache that cannot be written is skipped."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(hashlib.sha256(obj).digest() + obj)
-        os.replace(tmp, path)
-        files = [(f.stat(), f) for f in directory.glob("*.o")]
-        if sum(st.st_size for st, _ in files) > MAX_OBJECT_BYTES:
-            for _, f in sorted(files, key=lambda t: t[0].st_mtime)[:len(files) // 2]:
-                f.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def cached_objects() -> list:
-    """The object-code cache's files (none when the cache is off or empty)."""
-    directory = _objects_dir()
-    return sorted(directory.glob("*.o")) if directory is not None and directory.is_dir() else []
-
-
-def clear_objects() -> int:
-    """Remove the object-code cache's files (and the kernel manifests); returns how many objects were
-    removed."""
-    files = cached_objects()
-    for f in files:
-        f.unlink(missing_ok=True)
-    directory = _objects_dir()
-    if directory is not None and directory.is_dir():
-        for f in directory.glob("*.kernel.json"):
-            f.unlink(missing_ok=True)
-    return len(files)
+    return objects.hash_parts((*_environment(), objects.code_fingerprint(), *parts))
 
 
 def _object_code(ir_text: str, key: str) -> bytes:
     """Object code for ``ir_text``: from the cache, or optimized and emitted (and cached)."""
-    directory = _objects_dir()
+    directory = objects.objects_dir()
     path = directory / f"{key}.o" if directory is not None else None
-    obj = _read_object(path) if path is not None else None
+    obj = objects.read_object(path) if path is not None else None
     if obj is None:
         tm, _ = _init()
         obj = tm.emit_object(optimize(ir_text))
         _state["llvm"] = int(_state.get("llvm", 0)) + 1  # type: ignore[arg-type]
         if path is not None:
-            _write_object(directory, path, obj)
+            objects.write_object(directory, path, obj)
     else:
         _state["loaded"] = int(_state.get("loaded", 0)) + 1  # type: ignore[arg-type]
     return obj
@@ -307,8 +196,8 @@ def load_compiled(key: str, nbuffers: int, param_types: list, nstages: int) -> C
     """The kernel whose object code is cached under ``key`` (``Compiled.name`` is ``tc_<key>``), or None
     when it is not (any more) in the cache."""
     def code() -> bytes | None:
-        directory = _objects_dir()
-        obj = _read_object(directory / f"{key}.o") if directory is not None else None
+        directory = objects.objects_dir()
+        obj = objects.read_object(directory / f"{key}.o") if directory is not None else None
         if obj is not None:
             _state["loaded"] = int(_state.get("loaded", 0)) + 1  # type: ignore[arg-type]
         return obj
@@ -333,7 +222,6 @@ def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list,
                              [engine.get_function_address(f"{final}_stage{j}") for j in range(nstages)])
         address, py_address, stage_addresses = loaded[final]
         if not address or not all(stage_addresses):
-            from ..errors import TensorcompError
             raise TensorcompError(f"kernel {name}: its object code has no entry '{name}' or stages "
                                   f"0..{nstages - 1}; hint: this is a bug in code generation, please report it")
         name = final

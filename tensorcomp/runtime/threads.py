@@ -4,29 +4,16 @@ Each top-level loop nest of a kernel has an entry point that runs a slice
 ``[lo, hi)`` of its outermost loop. For a nest whose outer loop is marked
 ``parallel`` (its iterations write disjoint elements), the slices go to a
 persistent thread pool; ctypes releases the GIL during each call, so the
-slices run at once. Small kernels skip all this: below ``PARALLEL_MIN_POINTS``
-iterations the threading costs more than it saves.
+slices run at once. Small kernels skip all this: below ``target.PARALLEL_MIN_POINTS``
+iterations the threading costs more than it saves (the thread count and slice rule live in
+``tensorcomp.target``).
 """
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-
-def num_threads() -> int:
-    """Threads used for parallel loops: $TENSORCOMP_NUM_THREADS, else the cores this process may use."""
-    env = os.environ.get("TENSORCOMP_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-PARALLEL_MIN_POINTS = 1 << 16
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -35,22 +22,6 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     if _pool is None or _pool._max_workers < n:  # noqa: SLF001 - grow only
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tensorcomp")
     return _pool
-
-
-# Slices per thread of a big parallel loop (``slices_per_thread``). With another process busy on one
-# of 2 cores, 4 took the capsule kernel's median call from 23.0 to 19.6 ms and matmul 1024²'s from
-# 48.4 to 39.7 (one slice per thread: the stage waits for the slowed thread's half); alone, no change
-# beyond noise. Each slice is one more call through ctypes (a few microseconds), so a stage gets one
-# more slice per thread for every SLICE_POINTS statement instances, up to MAX_SLICES_PER_THREAD.
-MAX_SLICES_PER_THREAD = 4
-SLICE_POINTS = 1 << 23
-
-
-def slices_per_thread(instances: float) -> int:
-    """How many slices per thread a parallel stage of this many statement instances is cut into."""
-    if instances >= MAX_SLICES_PER_THREAD * SLICE_POINTS:  # (also a nest with run-time bounds: inf)
-        return MAX_SLICES_PER_THREAD
-    return max(1, int(instances // SLICE_POINTS))
 
 
 def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:

@@ -2,7 +2,7 @@
 
 from .loopnest import Compute, Fill, For, IConst, If, IOp, IVar, LoopNest
 from .lower import lower
-from .plan import default_order
+from .order import default_order
 from .records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, from_json, to_json
 
 __all__ = ["Compute", "Fill", "For", "IConst", "If", "IOp", "IVar", "LoopNest", "default_order", "lower", "Block", "Fuse", "Layout", "Reorder", "Rfactor", "Split", "Stage", "Threads", "from_json", "to_json"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Union
 
-from ..lang.ir import Statement
+from ..lang.ir import Lin, Statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,6 @@ class LoopNest:
 
     def compute_text(self, node: Compute) -> str:
         """The statement with its indices replaced by the loop expressions."""
-        from .lower import substitute_statement
         st = substitute_statement(self.statements[node.stmt], dict(node.env))
         text = str(st)
         if st.reduce in ("max", "min", "prod"):
@@ -151,3 +150,39 @@ class LoopNest:
             body = text.split(" = ", 1)[1][len(st.reduce) + 1:-1]
             text = f"{target} = {st.reduce}({target}, {body})" if st.reduce != "prod" else f"{target} *= {body}"
         return text
+
+
+def to_lin(e: IExpr) -> Lin | None:
+    """An affine loop expression as a Lin (None if it is not affine)."""
+    if isinstance(e, IVar):
+        return Lin.var(e.name)
+    if isinstance(e, IConst):
+        return Lin.of(e.value)
+    args = [to_lin(a) for a in e.args]
+    if any(a is None for a in args):
+        return None
+    if e.op == "add":
+        return args[0] + args[1]
+    if e.op == "sub":
+        return args[0] - args[1]
+    if e.op == "neg":
+        return -args[0]
+    if e.op == "mul":
+        if args[0].is_const:
+            return args[1] * args[0].const
+        if args[1].is_const:
+            return args[0] * args[1].const
+    if e.op in ("floordiv", "mod") and args[1].is_const and args[1].const > 0:
+        return args[0].floordiv(args[1].const) if e.op == "floordiv" else args[0].mod(args[1].const)
+    return None
+
+
+def substitute_statement(st: Statement, env: dict[str, IExpr]) -> Statement:
+    """The statement with its indices replaced (for printing loop nests)."""
+    mapping = {}
+    for name, e in env.items():
+        lin = to_lin(e)
+        if lin is None:
+            return st
+        mapping[name] = lin
+    return st.rename_indices(mapping)

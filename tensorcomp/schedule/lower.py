@@ -16,7 +16,9 @@ import islpy as isl
 from ..domain import Bound, BoundStatement, TensorInfo
 from ..domain.bind import write_map
 from ..lang.ir import Lin, Statement
-from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+from ..strides import ITEMSIZE, contiguous
+from .plan import plan
+from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node, substitute_statement, to_lin
 
 IDENTITY = {"sum": 0, "prod": 1, None: 0}
 
@@ -48,6 +50,15 @@ def is_conflicting_scatter(bs: BoundStatement) -> bool:
     if st.reduce is None or all(lin.plain_var is not None for lin in st.index):
         return False
     return not write_map(bs.names, st.index, bs.domain).is_injective()
+
+
+def gather_form(bs: BoundStatement, target: str) -> bool:
+    """Whether the statement runs in gather form (loops over the written element's coordinates
+    outermost): on the CPU only when it is a conflicting scatter and no plain written index can carry
+    the parallel loop (a batch index n already gives disjoint writes, and the scatter order is the
+    cheaper, contiguous one); on the GPU for every conflicting scatter, so every written coordinate
+    maps to threads."""
+    return is_conflicting_scatter(bs) and (target == "cuda" or all(lin.plain_var is None for lin in bs.stmt.index))
 
 
 def needs_fill(bs: BoundStatement, info: TensorInfo) -> bool:
@@ -90,8 +101,6 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
 
     ``strides`` gives each tensor's byte strides (its layout); C order when omitted.
     """
-    from ..codegen.llvm import ITEMSIZE, contiguous
-    from .plan import plan
     itemsize = {t: ITEMSIZE[info.dtype] for t, info in bound.tensors.items()}
     if strides is None:
         strides = {t: contiguous(info.logical_shape, itemsize[t]) for t, info in bound.tensors.items()}
@@ -110,11 +119,7 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
             parallel_safe[name] = set(loop_names)
         name = f"S{k}"
-        # gather form where it is needed: on the CPU only when no plain written index can carry the
-        # parallel loop (a batch index n already gives disjoint writes, and the scatter order is the
-        # cheaper, contiguous one); on the GPU always, so every written coordinate maps to threads
-        gather = is_conflicting_scatter(bs) and (target == "cuda" or all(
-            lin.plain_var is None for lin in bs.stmt.index))
+        gather = gather_form(bs, target)
         dims, safe = plan(k, bs, records, strides, itemsize, gather, target)
         for j, dom in enumerate(_peeled(bs.domain, dims) if target == "cpu" else [bs.domain]):
             piece = name if j == 0 else f"{name}t{j}"
@@ -258,39 +263,3 @@ class _Converter:
 
 def _ast_list(lst: isl.AstNodeList) -> list[isl.AstNode]:
     return [lst.get_at(j) for j in range(lst.n_ast_node())]
-
-
-def to_lin(e: IExpr) -> Lin | None:
-    """An affine loop expression as a Lin (None if it is not affine)."""
-    if isinstance(e, IVar):
-        return Lin.var(e.name)
-    if isinstance(e, IConst):
-        return Lin.of(e.value)
-    args = [to_lin(a) for a in e.args]
-    if any(a is None for a in args):
-        return None
-    if e.op == "add":
-        return args[0] + args[1]
-    if e.op == "sub":
-        return args[0] - args[1]
-    if e.op == "neg":
-        return -args[0]
-    if e.op == "mul":
-        if args[0].is_const:
-            return args[1] * args[0].const
-        if args[1].is_const:
-            return args[0] * args[1].const
-    if e.op in ("floordiv", "mod") and args[1].is_const and args[1].const > 0:
-        return args[0].floordiv(args[1].const) if e.op == "floordiv" else args[0].mod(args[1].const)
-    return None
-
-
-def substitute_statement(st: Statement, env: dict[str, IExpr]) -> Statement:
-    """The statement with its indices replaced (for printing loop nests)."""
-    mapping = {}
-    for name, e in env.items():
-        lin = to_lin(e)
-        if lin is None:
-            return st
-        mapping[name] = lin
-    return st.rename_indices(mapping)

@@ -14,13 +14,13 @@ shape of a BLAS micro-kernel, found here for any statement:
 * order: the other written loops outside (in the default order, outer parts of splits where
   the indices were; outermost one over a plain written index, so the cores can share it), then
   every reduction loop, then the rows, then the fused columns;
-* blocking: when the whole reduction reads more than ``CACHE_BYTES`` (counted in cache lines),
+* blocking: when the whole reduction reads more than ``TILE_CACHE_BYTES`` (counted in cache lines),
   only its innermost loops reading at most ``TILE_BYTES`` stay around the tile; the rest move
   right inside the outermost loop (``_block_reduction``).
 
 Candidates are ranked by multiply-adds per load in one reduction step: an operand that depends
 on the columns is one vector load per column vector and per row it depends on, any other a
-broadcast per row it depends on; at most ``MAX_VECTOR_REGS`` accumulator vectors, and the
+broadcast per row it depends on; at most ``MAX_VECTOR_ACCUMULATORS`` accumulator vectors, and the
 accumulators, one row's operand vectors and a broadcast must fit the 16 vector registers (3 x 32
 floats measured 2x slower than 6 x 16 on the capsule kernel: LLVM spills). Less ``LINE_COST`` per
 byte of new cache lines per multiply-add: rows whose broadcasts share lines win ties.
@@ -31,16 +31,14 @@ from __future__ import annotations
 import itertools
 import math
 
-from .plan import default_order
+from ..target import L1_BYTES, LINE_BYTES, MAX_VECTOR_ACCUMULATORS, TILE_CACHE_BYTES, VECTOR_BYTES, VECTOR_REGISTERS
+from .order import default_order
 from .records import Fuse, Layout, Record, Reorder, Split
 
 MAX_ROWS = 8
 MIN_REDUCTION = 16  # reduction steps around a default tile
-CACHE_BYTES = 256 * 1024  # what a default tile's reduction may read (half of a Zen 3 core's L2)
-L1_BYTES = 32 * 1024  # the tuner also tries each tile with its reduction blocked to fit this
 TILE_BYTES = 64 * 1024  # ... else it is blocked to read this much (_block_reduction; 9x9 conv: 35 -> 120 GFLOP/s)
 MIN_DEFAULT_SCORE = 1.2  # multiply-adds per load (plus the size bonus) for a default tile
-VECTOR_REGISTERS = 16  # AVX2: accumulators + one row of operand vectors + a broadcast must fit
 ROW_FACTORS = (2, 3, 4, 6, 8)
 
 
@@ -98,7 +96,6 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     loop (the remainder runs as a smaller tile: ``schedule.lower`` peels it); the tuner tries them,
     the default does not (a conv2d 3x3's 56-wide rows as 3 x 16 + 8 columns with 64 channels as
     21 x 3 + 1 rows measured 1.7-2x slower than its 8-column, 2 x 4-row tile)."""
-    from ..codegen.llvm import MAX_VECTOR_REGS, VECTOR_BYTES
     st = bs.stmt
     if st.reduce != "sum" or itemsize.get(st.target) not in (4, 8):
         return []
@@ -133,7 +130,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             nrows = 1
             for _, f in rows:
                 nrows *= f
-            if nrows * vectors > MAX_VECTOR_REGS or nrows * vectors < 2 or \
+            if nrows * vectors > MAX_VECTOR_ACCUMULATORS or nrows * vectors < 2 or \
                     nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
                 continue
             sweeps = [_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
@@ -219,7 +216,6 @@ def _tail_reuse(reads: list, rows, vectors: int, cols: set[str], extent: dict[st
     return total
 
 
-LINE = 64  # cache line bytes
 LINE_COST = 0.05  # score lost per byte of new cache lines per multiply-add (rows over adjacent channels
 #                   of a weight gradient's input, one line, beat rows over window offsets, one line each: 2x)
 
@@ -236,15 +232,15 @@ def _sweep(tensor: str, index, used: set, rows, width: int, reductions: list[str
     stride apart share lines (a weight gradient's rows over adjacent channels: one line; over
     window offsets: one line each), and so do the steps of the innermost reduction loop when it
     walks the tensor in small strides."""
-    lines = max(1.0, width * itemsize[tensor] / LINE)  # the vector columns, or one broadcast
+    lines = max(1.0, width * itemsize[tensor] / LINE_BYTES)  # the vector columns, or one broadcast
     for n, f in rows:
         if n in used:
-            lines *= min(f, max(1.0, f * _byte_stride(tensor, index, n, strides) / LINE))
+            lines *= min(f, max(1.0, f * _byte_stride(tensor, index, n, strides) / LINE_BYTES))
     inner = [n for n in reductions if n in used]
     per = {n: 1.0 for n in inner}
     if inner:
-        per[inner[-1]] = min(1.0, _byte_stride(tensor, index, inner[-1], strides) / LINE) or 1.0
-    return lines * LINE, per
+        per[inner[-1]] = min(1.0, _byte_stride(tensor, index, inner[-1], strides) / LINE_BYTES) or 1.0
+    return lines * LINE_BYTES, per
 
 
 def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int]) -> float:
@@ -260,7 +256,7 @@ def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int])
 
 def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, block: int | None = None):
     """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
-    what it reads fits ``CACHE_BYTES`` (``block``, when given); else the innermost reduction loops
+    what it reads fits ``TILE_CACHE_BYTES`` (``block``, when given); else the innermost reduction loops
     that together read at most ``TILE_BYTES`` (``block``) (whole loops, then the next one split by
     the largest factor that fits, as ``split`` = (index, factor)), the others moved outside the
     tile's outer loops, so each block of the operands is reused from cache by the tiles that
@@ -268,7 +264,7 @@ def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list
     stride inside the block measured up to 2x slower (9x9 conv: 8 channels x 81 window steps 59
     GFLOP/s, 256 channels 115). None when no inner part of ``MIN_REDUCTION`` steps fits."""
     footprint = _reads(sweeps, extent)
-    if footprint <= (CACHE_BYTES if block is None else block):
+    if footprint <= (TILE_CACHE_BYTES if block is None else block):
         return None, [], list(reductions), footprint
     limit = TILE_BYTES if block is None else block
     inner: dict[str, int] = {}
@@ -299,11 +295,11 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     """The default schedule's tile for statement ``k`` (no layout changes): the best-scoring one when
     it reuses every load for more than one multiply-add on average, the reduction it runs around
     is long enough (``MIN_REDUCTION`` steps) to pay for loading and storing the tile, and what that
-    reduction reads (blocked by ``_block_reduction`` when it would not fit) fits in ``CACHE_BYTES``."""
+    reduction reads (blocked by ``_block_reduction`` when it would not fit) fits in ``TILE_CACHE_BYTES``."""
     if reduction_steps(bs) < MIN_REDUCTION:
         return None
     for tails in (False, True):  # tiles that leave tails only where no other tile fits
-        found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=CACHE_BYTES,
+        found = [sc for sc in tile_schedules(bs, k, strides, itemsize, max_footprint=TILE_CACHE_BYTES,
                                              min_reuse=MIN_DEFAULT_SCORE, tails=tails)
                  if columns_contiguous(bs, sc[1], strides, itemsize)]
         if found:

@@ -24,9 +24,10 @@ from dataclasses import replace
 
 import islpy as isl
 
-from ..domain.bind import Bound, BoundStatement, TensorInfo, _interval, _set
+from ..domain.bind import Bound, BoundStatement, TensorInfo, dim_interval, index_set
 from ..errors import ScheduleError
 from ..lang.ir import Access, Lin, Statement
+from ..target import slices_per_thread
 from .records import Fuse, Record, Reorder, Rfactor, Split
 
 # A statement is factored by default only when it runs at least this many instances: below, the
@@ -112,7 +113,7 @@ def _factor(bound: Bound, k: int, bs: BoundStatement, r: Rfactor, tensors: dict[
     cnames = cst.index_names()
     bounds = dict(zip(axes, shape)) | {outer: parts}
     cext = tuple((n, 0, bounds[n]) for n in cnames)
-    combine = BoundStatement(cst, cnames, _set(len(cnames), [f"0 <= d{j} < {b}" for j, (_, _, b) in enumerate(cext)]),
+    combine = BoundStatement(cst, cnames, index_set(len(cnames), [f"0 <= d{j} < {b}" for j, (_, _, b) in enumerate(cext)]),
                              cext, bs.dtype, bs.dtype)
     return partial, combine, TensorInfo(name, (parts,) + tuple(shape), bs.dtype, "temporary")
 
@@ -130,8 +131,8 @@ def split_statement(bs: BoundStatement, st: Statement, splits: dict[str, tuple[i
               for n, (_, f, p) in splits.items()]
     to_old = isl.Map(f"{{ [{', '.join(nd[n] for n in names)}] -> [{', '.join(old)}] : {' and '.join(bounds)} }}")
     domain = to_old.intersect_range(bs.domain).domain().coalesce()
-    extents = tuple((n, *_interval(domain, j)) for j, n in enumerate(names))
-    box = _set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
+    extents = tuple((n, *dim_interval(domain, j)) for j, n in enumerate(names))
+    box = index_set(len(names), [f"{a} <= d{j} < {b}" for j, (_, a, b) in enumerate(extents)])
     if domain.is_equal(box):
         domain = box  # the same set without redundant constraints (simpler loops)
     return BoundStatement(st, names, domain, extents, bs.dtype, bs.expr_type)
@@ -143,7 +144,6 @@ def default_rfactor(bound: Bound, threads: int, schedule: tuple[Record, ...] = (
     ``threads``. The index cut is its longest reduction index, into ``threads`` pieces (more, up to
     four per thread, for large statements, so a thread slowed by another process leaves pieces to the
     others), as long as the copies stay small next to the work."""
-    from ..runtime.threads import slices_per_thread
     if threads < 2:
         return schedule
     own = {r.stmt for r in schedule if isinstance(r, (Split, Reorder, Fuse, Rfactor))}

@@ -1,0 +1,65 @@
+"""What the compiler knows about the machines it generates code for, in one place.
+
+Schedule and codegen both read these facts (the schedule decides tile shapes from them, codegen
+prints the tiles the schedule decided); nothing else in the package states a register count,
+a vector width, a cache size or a CUDA limit. The CPU facts describe the x86-64 AVX2 machines the
+defaults were measured on (Zen 3/Zen 4: 16 vector registers of 32 bytes, 32 KB L1d, 512 KB L2);
+LLVM splits or merges vectors for other hosts, so they stay correct there, only less tuned.
+The host's thread count is read at run time (``num_threads``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# -- CPU: vector unit and registers -------------------------------------------------------------------
+VECTOR_BYTES = 32  # SIMD register width the vector tiles use (AVX2)
+VECTOR_REGISTERS = 16  # vector registers (AVX2): accumulators + one row of operand vectors + a broadcast
+MAX_VECTOR_ACCUMULATORS = 12  # accumulator vectors in one vector tile (of the 16; the rest hold operands)
+MAX_VECTOR_TILE = 96  # written elements in one vector tile (12 registers of float32)
+MAX_SCALAR_TILE = 16  # written elements in one scalar register tile (larger: LLVM loads them as scalars)
+
+# -- CPU: caches ------------------------------------------------------------------------------------
+LINE_BYTES = 64  # cache line
+L1_BYTES = 32 * 1024  # L1 data cache per core
+TILE_CACHE_BYTES = 256 * 1024  # what a default tile's reduction may read (half of a Zen 3 core's L2)
+ALIASED_ROW_BYTES = 1024  # rows this many bytes apart (or a multiple) fall into at most 4 of L1's 64 sets
+HUGE_PAGE_BYTES = 2 << 20  # a transparent huge page
+
+# -- CPU: threads -----------------------------------------------------------------------------------
+PARALLEL_MIN_POINTS = 1 << 16  # below this many loop iterations, threading costs more than it saves
+# Slices per thread of a big parallel loop (``slices_per_thread``). With another process busy on one
+# of 2 cores, 4 took the capsule kernel's median call from 23.0 to 19.6 ms and matmul 1024²'s from
+# 48.4 to 39.7 (one slice per thread: the stage waits for the slowed thread's half); alone, no change
+# beyond noise. Each slice is one more call through ctypes (a few microseconds), so a stage gets one
+# more slice per thread for every SLICE_POINTS statement instances, up to MAX_SLICES_PER_THREAD.
+MAX_SLICES_PER_THREAD = 4
+SLICE_POINTS = 1 << 23
+
+
+def num_threads() -> int:
+    """Threads used for parallel loops: $TENSORCOMP_NUM_THREADS, else the cores this process may use."""
+    env = os.environ.get("TENSORCOMP_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def slices_per_thread(instances: float) -> int:
+    """How many slices per thread a parallel stage of this many statement instances is cut into."""
+    if instances >= MAX_SLICES_PER_THREAD * SLICE_POINTS:  # (also a nest with run-time bounds: inf)
+        return MAX_SLICES_PER_THREAD
+    return max(1, int(instances // SLICE_POINTS))
+
+
+# -- CUDA -------------------------------------------------------------------------------------------
+CUDA_WARP = 32
+CUDA_MAX_BLOCK_THREADS = 1024  # threads per block (every architecture since sm_20)
+CUDA_BLOCK = 256  # threads per block unless a Block record says otherwise
+CUDA_MAX_GRID = 1 << 20  # blocks per launch; the grid-stride loop covers the rest
+CUDA_MAX_TILE = 64  # elements in one thread's register tile
+CUDA_UNROLL = 16  # reduction steps unrolled inside a register tile (lets nvcc merge loads into vectors)
+CUDA_SHARED_BYTES = 48 * 1024  # static shared memory per block (every architecture since sm_20)
