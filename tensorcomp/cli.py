@@ -42,7 +42,7 @@ def _range_arg(text: str) -> tuple[str, object]:
 def cmd_show(args: argparse.Namespace) -> int:
     from .compiler import ArraySpec
     from .opdef import Op
-    from .codegen import contiguous
+    from .strides import contiguous
     op = Op(args.source, ranges=dict(args.range) or None)
     shapes = dict(args.shape)
     dtypes = dict(args.dtype)
@@ -143,19 +143,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from .autotune import database
-    from .runtime import jit
+    from .runtime import objects as disk
     if args.action == "list":
         rows = database.entries() if database.db_path().exists() else []
         print(f"# {len(rows)} tuned entries in {database.db_path()}")
         for r in rows:
             op = r["op"].replace("\n", "; ")
             print(f"{r['best_s'] * 1e3:10.3f} ms  {op}  {r['signature']}\n{'':15s}{r['schedule']}")
-        objects = jit.cached_objects()
+        objects = disk.cached_objects()
         size = sum(f.stat().st_size for f in objects)
-        print(f"# {len(objects)} compiled kernels ({size / 1e6:.1f} MB) in {database.cache_dir() / 'objects'}")
+        print(f"# {len(objects)} compiled kernels ({size / 1e6:.1f} MB) in {disk.cache_dir() / 'objects'}")
     elif args.action == "clear":
         n = database.clear() if database.db_path().exists() else 0
-        print(f"removed {n} entries from {database.db_path()} and {jit.clear_objects()} compiled kernels")
+        print(f"removed {n} entries from {database.db_path()} and {disk.clear_objects()} compiled kernels")
     elif args.action == "export":
         print(f"wrote {database.export(args.file)} entries to {args.file}")
     else:

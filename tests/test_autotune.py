@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import tensorcomp as tc
-from tensorcomp.autotune import database, search, stored_schedule
+from tensorcomp.autotune import database, search, space
+from tensorcomp.autotune.database import stored_schedule
 from tensorcomp.autotune.canon import canonical_source, rename_records
 from tensorcomp.cli import main
+from tensorcomp.schedule.default import layout_candidates
 
 rng = np.random.default_rng(5)
 CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
@@ -66,7 +68,7 @@ def test_a_new_process_uses_the_database(cache):
     result = tc.tune(op, I, W, trials=6, progress=False)
     code = (
         "import numpy as np, tensorcomp as tc\n"
-        "from tensorcomp.autotune import stored_schedule\n"
+        "from tensorcomp.autotune.database import stored_schedule\n"
         f"rng = np.random.default_rng(0)\n"
         f"I = rng.standard_normal({I.shape}).astype(np.float32)\n"
         f"W = rng.standard_normal({W.shape}).astype(np.float32)\n"
@@ -191,12 +193,11 @@ def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduc
     b = rng.standard_normal((2048, 16)).astype(np.float32)
     result = tc.tune(op, a, b, budget_s=60, progress=False)
     assert result.tuning_s < 50  # it ran out of candidates, not of time
-    kinds = op._check_call((a, b), {})
-    bound = op._kernel_bound([tc.ArraySpec.of(x) for x in (a, b)], kinds)
-    layouts = [c for _, c in search.candidates(op, bound, [a, b]) if c]
-    first = {search.to_json(c) for c in search.tile_candidates(op, bound, [a, b], layouts)}
-    extra = {search.to_json(c) for c in search.tile_candidates(op, bound, [a, b], layouts,
-                                                               blocks=search.EXTRA_BLOCKS)} - first
+    bound = tc.compiler.plan(op, [tc.ArraySpec.of(x) for x in (a, b)], {}, {}, upto="fold_elementwise").bound
+    layouts = [c for _, c in layout_candidates(op.inputs, bound, [a, b]) if c]
+    first = {search.to_json(c) for c in space.tile_candidates(op, bound, [a, b], layouts)}
+    extra = {search.to_json(c) for c in space.tile_candidates(op, bound, [a, b], layouts,
+                                                              blocks=space.EXTRA_BLOCKS)} - first
     logged = {t["schedule"] for t in result.trials}
     assert extra and extra <= logged
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-3)
@@ -204,7 +205,6 @@ def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduc
 
 def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, monkeypatch):
     from tensorcomp.autotune.precompile import Precompiler
-    from tensorcomp.opdef import Op
     from tensorcomp.schedule import Reorder, Split
     monkeypatch.setenv("TENSORCOMP_NUM_THREADS", "2")
     op = tc.op("C[i, j] += A[i, k] * B[k, j]")
@@ -214,28 +214,26 @@ def test_candidates_compile_in_worker_processes_before_they_are_timed(cache, mon
     assert len(pre.workers) == 2
     pre.ready(cands, deadline=float("inf"))
     assert len(list((cache / "objects").glob("*.kernel.json"))) == 2
-    monkeypatch.setattr(Op, "_plan", lambda *args, **kwargs: pytest.fail("planned in the tuning process"))
+    monkeypatch.setattr(tc.compiler, "run", lambda *args, **kwargs: pytest.fail("planned in the tuning process"))
     for cand in cands:  # loaded from what the workers compiled
-        trial = op.with_schedule(cand)
-        trial._no_database = True
+        trial = op.with_schedule(cand, use_tuned=False)
         np.testing.assert_allclose(trial(a, b), a @ b, rtol=1e-12, atol=1e-12)
     # an op the workers cannot make alike (here: told to make another one): the tuner compiles alone
     other = tc.op("C[i, j] += A[i, k] * B[k, j]")
-    monkeypatch.setattr(other, "recipe", lambda: ["op", "C[i, j] += 2.0 * A[i, k] * B[k, j]", {}, {}, {}, "[]"])
+    monkeypatch.setattr(other, "recipe", lambda: ["op", "C[i, j] += 2.0 * A[i, k] * B[k, j]", {}, {}, {}, "[]", True])
     pre = Precompiler(other, [a, b], {})
     pre.ready([(Reorder(0, ("i", "k", "j")),)], deadline=float("inf"))
     assert pre.checked and pre.workers == []
     # a gradient op: the workers make it as tc.grad of its base op (Op.recipe)
     g = tc.grad(op, "A")
-    assert g.recipe() == ["grad", ["op", "C[i, j] += A[i, k] * B[k, j]", {}, {}, {}, "[]"], "A"]
+    assert g.recipe() == ["grad", ["op", "C[i, j] += A[i, k] * B[k, j]", {}, {}, {}, "[]", True], "A"]
     d = rng.standard_normal((40, 20))
     cands = [(Reorder(0, ("k", "i", "j")),), (Split(0, "i", 4), Reorder(0, ("i_o", "k", "j", "i_i")))]
     pre = Precompiler(g, [a, b, d], {})
     pre.ready(cands, deadline=float("inf"))
     assert pre.workers  # what they compiled is what this process looks up
     for cand in cands:
-        trial = g.with_schedule(cand)
-        trial._no_database = True
+        trial = g.with_schedule(cand, use_tuned=False)
         np.testing.assert_allclose(trial(a, b, d), d @ b.T, rtol=1e-12, atol=1e-12)
 
 

@@ -14,6 +14,18 @@ from tensorcomp.compiler import ArraySpec
 from tensorcomp.schedule import Layout, Reorder, Split, from_json, to_json
 from tensorcomp.schedule.microkernel import packed_schedules
 
+
+def _chosen(op, specs):
+    """The records the compiler's choose_schedule pass picks (own, tuned or the default's)."""
+    from tensorcomp import compiler
+    return compiler.plan(op, specs, op.check_call(tuple(specs), {}), {}, upto="choose_schedule").schedule
+
+
+def _kernel_bound(op, specs, kinds):
+    """The bound op its kernels run (after elementwise folding)."""
+    from tensorcomp import compiler
+    return compiler.plan(op, specs, kinds, {}, upto="fold_elementwise").bound
+
 rng = np.random.default_rng(11)
 MM = "C[i, j] += A[i, k] * B[k, j]"
 CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
@@ -69,12 +81,13 @@ def test_a_new_process_runs_a_blocked_kernel_from_its_manifest(tmp_path):
 import numpy as np, tensorcomp as tc
 from tensorcomp.schedule import Layout, Reorder, Split
 import sys
-o = sys.modules["tensorcomp.op"]
+
+o = sys.modules["tensorcomp.compiler"]
 a = np.arange(48 * 40, dtype=np.float32).reshape(48, 40) % 7
 b = np.arange(40 * 64, dtype=np.float32).reshape(40, 64) % 5
 op = tc.op("{MM}", schedule={PANELS!r})
 if __import__("sys").argv[1] == "second":
-    o.Op._build = None  # planning again would fail: the manifest must carry the blocks
+    o.run = None  # planning again would fail: the manifest must carry the blocks
 print(float(np.abs(op(a, b) - a.astype(np.float64) @ b).max()))
 """
     env = {"TENSORCOMP_CACHE_DIR": str(tmp_path)}
@@ -88,7 +101,7 @@ print(float(np.abs(op(a, b) - a.astype(np.float64) @ b).max()))
 
 def test_packed_schedules_follow_the_tiles_loop_order():
     op = tc.op(MM)
-    bs = op._kernel_bound([ArraySpec.of((64, 64))] * 2, {}).statements[0]
+    bs = _kernel_bound(op, [ArraySpec.of((64, 64))] * 2, {}).statements[0]
     tile = (Split(0, "j", 16), Split(0, "k", 16), Split(0, "i", 4),
             Reorder(0, ("j_o", "k_o", "i_o", "k_i", "i_i", "j_i")))
     cols, every = packed_schedules(bs, 0, tile, {"A", "B"})
@@ -101,7 +114,7 @@ def test_packed_schedules_follow_the_tiles_loop_order():
 def test_the_default_packs_the_capsule_weights_it_permutes():
     op = tc.op(CAPS)
     specs = [ArraySpec.of((32, 14, 14, 32, 4, 4)), ArraySpec.of((3, 3, 32, 32, 4, 4))]
-    schedule = op._effective_schedule(specs, {})
+    schedule = _chosen(op, specs)
     packed = [r for r in schedule if isinstance(r, Layout) and r.blocks]
     assert [(r.tensor, r.blocks) for r in packed] == [("W", ((3, 16),))]
 
@@ -152,7 +165,7 @@ def test_blocks_are_built_for_the_cpu_only():
 
 
 def test_manifest_keeps_the_blocks():
-    from tensorcomp.op import _manifest
+    from tensorcomp.runtime.kernel import to_manifest as _manifest
     a = np.zeros((32, 32), np.float32)
     op = tc.op(MM, schedule=PANELS)
     op(a, a)
@@ -164,12 +177,12 @@ def test_manifest_keeps_the_blocks():
 def test_inputs_read_with_pad_are_never_packed():
     # X is read with zero padding on a plain index: blocking would need the padded extent, so neither
     # the default nor the tuner packs it (and an explicit block says why)
-    from tensorcomp.autotune.search import _packable
+    from tensorcomp.schedule.default import packable
     src = "Y[i, j] += X[i, k] * W[k, j]"
     x, w = rng.standard_normal((64, 30)).astype(np.float32), rng.standard_normal((32, 64)).astype(np.float32)
     op = tc.op(src, pad={"X": ((0, 0), (1, 1))})
-    bound = op._kernel_bound([ArraySpec.of(x), ArraySpec.of(w)], {})
-    assert "X" not in _packable(op, bound, [x, w], 0)
+    bound = _kernel_bound(op, [ArraySpec.of(x), ArraySpec.of(w)], {})
+    assert "X" not in packable(op.inputs, bound, [x, w], 0)
     want = np.pad(x, ((0, 0), (1, 1))).astype(np.float64) @ w
     np.testing.assert_allclose(op(x, w), want, rtol=1e-4, atol=1e-4)
     blocked = tc.op(src, pad={"X": ((0, 0), (1, 1))}, schedule=(Layout("X", (0, 1, 2), blocks=((1, 8),)),))

@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 
 import tensorcomp as tc
-from tensorcomp.autotune import search
+from tensorcomp.autotune import space
+from tensorcomp.schedule.default import itemsizes, strides_under
 from tensorcomp.schedule.microkernel import neighbours, tile_schedules
 from tensorcomp.compiler import ArraySpec
 from tensorcomp.schedule.records import Fuse, Layout, Reorder, Split
+
+
+def _chosen(op, specs):
+    """The records the compiler's choose_schedule pass picks (own, tuned or the default's)."""
+    from tensorcomp import compiler
+    return compiler.plan(op, specs, op.check_call(tuple(specs), {}), {}, upto="choose_schedule").schedule
 
 rng = np.random.default_rng(11)
 MATMUL = "C[i, j] += A[i, k] * B[k, j]"
@@ -15,14 +22,14 @@ CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, c
 
 
 def bound_of(op, arrays):
-    kinds = op._check_call(tuple(arrays), {})
-    return op._bind([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
+    kinds = op.check_call(tuple(arrays), {})
+    return op.bind_specs([ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds)
 
 
 def tiles(op, arrays, base=()):
     bound = bound_of(op, arrays)
-    strides = search._strides(op, bound, list(arrays), base)
-    found = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), base)
+    strides = strides_under(op.inputs, bound, list(arrays), base)
+    found = tile_schedules(bound.statements[0], 0, strides, itemsizes(bound), base)
     return bound, sorted(found, key=lambda sc: -sc[0])
 
 
@@ -140,7 +147,7 @@ def test_default_schedule_relays_out_when_that_gives_the_only_statement_a_tile()
     W = rng.standard_normal((3, 3, 16, 16, 4, 4)).astype(np.float32)
     op = tc.op(CAPS)  # (W, copied to a new layout per call, is small next to the work: 1 byte per 20 flops)
     specs = [ArraySpec.of(a) for a in (I, W)]
-    chosen = op._effective_schedule(specs, {})
+    chosen = _chosen(op, specs)
     # co innermost in O and W (the 4 x 4 poses outside it): no tile under the caller's layouts
     assert chosen == (Layout("O", (0, 1, 2, 4, 5, 3)), Layout("W", (0, 1, 2, 4, 5, 3)))
     loops = [line.split()[1] for line in str(op.loopnest(I, W)).splitlines() if line.lstrip().startswith("for ")]
@@ -155,7 +162,7 @@ def test_default_schedule_relays_out_when_that_gives_the_only_statement_a_tile()
     from tensorcomp.nn.capsule import _em_primary_op
     em = _em_primary_op(8)
     arrays = [np.zeros(s, np.float32) for s in [(64, 64, 12, 12), (8, 4, 4, 64), (8, 4, 4), (8, 64), (8,)]]
-    assert em._effective_schedule([ArraySpec.of(a) for a in arrays], {}) == (Layout("I", (0, 2, 3, 1)),)
+    assert _chosen(em, [ArraySpec.of(a) for a in arrays]) == (Layout("I", (0, 2, 3, 1)),)
 
 
 def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
@@ -166,7 +173,7 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
     W = rng.standard_normal((3, 3, 16, 16, 4, 4)).astype(np.float32)
     grad = tc.grad(tc.op(CAPS), ["I", "W"])
     dO = rng.standard_normal((16, 4, 4, 16, 4, 4)).astype(np.float32)
-    chosen = grad._effective_schedule([ArraySpec.of(a) for a in (I, W, dO)], {})
+    chosen = _chosen(grad, [ArraySpec.of(a) for a in (I, W, dO)])
     assert [r.tensor for r in chosen] == ["W", "dI", "dO", "dW"]  # dI's statement first, then dW's
     dI, dW = grad(I, W, dO)
     ref_I, ref_W = tc.grad(tc.op(CAPS, schedule=(Reorder(0, ("n", "y", "x", "co", "p", "r", "ky", "kx", "ci",
@@ -176,7 +183,7 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
     conv = tc.op("O[n, f, y0, y1] += I[n, c, y0 + k0, y1 + k1] * W[f, c, k0, k1]")
     gw = tc.grad(conv, "W")
     x, w, g = (rng.standard_normal(s).astype(np.float32) for s in [(64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10)])
-    assert gw._effective_schedule([ArraySpec.of(a) for a in (x, w, g)], {}) == (
+    assert _chosen(gw, [ArraySpec.of(a) for a in (x, w, g)]) == (
         Layout("I", (1, 2, 3, 0)), Layout("dO", (1, 2, 3, 0)))
     assert str(gw.loopnest(x, w, g)).splitlines()[-2].strip() == "for n in range(0, 64):"
     want = np.zeros((16, 6, 5, 5))
@@ -186,7 +193,7 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
     np.testing.assert_allclose(gw(x, w, g), want, rtol=1e-3, atol=1e-3)
     # too little work per byte of the inputs to copy them: the caller's layouts
     small = [np.zeros(s, np.float32) for s in [(64, 6, 6, 6), (16, 6, 5, 5), (64, 16, 2, 2)]]
-    assert gw._effective_schedule([ArraySpec.of(a) for a in small], {}) == ()
+    assert _chosen(gw, [ArraySpec.of(a) for a in small]) == ()
 
 
 def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out():
@@ -254,7 +261,7 @@ def test_tuner_tries_each_tile_also_with_its_reduction_blocked_to_fit_l1():
     op = tc.op(CAPS)
     base = (Layout("O", (0, 1, 2, 4, 5, 3)), Layout("W", (0, 1, 2, 4, 5, 3)))
     bound = bound_of(op, [I, W])
-    cands = search.tile_candidates(op, bound, [I, W], [base])
+    cands = space.tile_candidates(op, bound, [I, W], [base])
     orders = [next(r.order for r in c if isinstance(r, Reorder)) for c in cands if c[:2] == base]
     whole = [o for o in orders if o.index("ky") > 1]
     blocked = [o for o in orders if o[1:3] == ("ky", "kx")]
@@ -278,9 +285,9 @@ def test_tiles_with_peeled_tails_cover_rows_and_columns_that_do_not_divide(dtype
     b = rng.standard_normal((40, 88 if dtype == np.float32 else 44)).astype(dtype)
     op = tc.op(MATMUL)
     bound = bound_of(op, [a, b])
-    strides = search._strides(op, bound, [a, b], ())
-    plain = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound))
-    tailed = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), tails=True)
+    strides = strides_under(op.inputs, bound, [a, b], ())
+    plain = tile_schedules(bound.statements[0], 0, strides, itemsizes(bound))
+    tailed = tile_schedules(bound.statements[0], 0, strides, itemsizes(bound), tails=True)
     extent = {"i": 100, "j": b.shape[1]}
 
     def leaves_tail(schedule):
@@ -301,7 +308,7 @@ def test_tiles_with_peeled_tails_cover_rows_and_columns_that_do_not_divide(dtype
     assert code.count(f"alloca <{lanes} x {ty}>") == 12 + 6 + 8 + 4
     np.testing.assert_allclose(op.with_schedule(six)(a, b), a @ b, rtol=1e-4, atol=1e-4)
     # the tuner tries them after the tiles without tails
-    cands = search.tile_candidates(op, bound, [a, b], [])
+    cands = space.tile_candidates(op, bound, [a, b], [])
     assert any(leaves_tail(c) for c in cands) and not leaves_tail(cands[0])
 
 
@@ -335,9 +342,9 @@ def test_without_a_dividing_tile_the_default_takes_one_with_tails_and_masked_col
     b = rng.standard_normal((40, 45)).astype(np.float32)  # 45 columns: no tile of whole vectors divides
     op = tc.op(MATMUL)
     bound = bound_of(op, [a, b])
-    strides = search._strides(op, bound, [a, b], ())
-    assert not tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound))
-    masked = tile_schedules(bound.statements[0], 0, strides, search._itemsizes(bound), tails=True)
+    strides = strides_under(op.inputs, bound, [a, b], ())
+    assert not tile_schedules(bound.statements[0], 0, strides, itemsizes(bound))
+    masked = tile_schedules(bound.statements[0], 0, strides, itemsizes(bound), tails=True)
     widths = {r.factor for _, s in masked for r in s if isinstance(r, Split) and r.index == "j"}
     assert widths and all(45 % w % 8 for w in widths)  # every column split leaves a partial vector
     code = op.code(a, b)

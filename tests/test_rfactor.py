@@ -9,6 +9,12 @@ from tensorcomp.errors import ScheduleError
 from tensorcomp.schedule import Reorder, Rfactor, Split, from_json, to_json
 from tensorcomp.schedule.rfactor import default_rfactor
 
+
+def _kernel_bound(op, specs, kinds):
+    """The bound op its kernels run (after elementwise folding)."""
+    from tensorcomp import compiler
+    return compiler.plan(op, specs, kinds, {}, upto="fold_elementwise").bound
+
 rng = np.random.default_rng(7)
 
 
@@ -122,14 +128,14 @@ def test_the_tuner_tries_each_reduction_index_in_more_and_fewer_pieces():
     from tensorcomp.compiler import ArraySpec
     from tensorcomp.schedule.rfactor import rfactor_variants
     op = tc.op("s[a] += X[a, i, j]")
-    bound = op._kernel_bound([ArraySpec.of((2, 512, 1024))], {})
+    bound = _kernel_bound(op, [ArraySpec.of((2, 512, 1024))], {})
     variants = rfactor_variants(bound, 2, (Rfactor(0, "j", 8),))
     assert {(v[-1].index, v[-1].parts) for v in variants} == {
         ("i", 2), ("i", 4), ("i", 8), ("i", 16), ("j", 2), ("j", 4), ("j", 16)}
     assert all(len(v) == 1 for v in variants)  # the base's own Rfactor replaced
     # many written elements (a matrix product's): nothing to factor; one thread: nothing either
     mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
-    assert rfactor_variants(mm._kernel_bound([ArraySpec.of((256, 256))] * 2, {}), 2, ()) == []
+    assert rfactor_variants(_kernel_bound(mm, [ArraySpec.of((256, 256))] * 2, {}), 2, ()) == []
     assert rfactor_variants(bound, 1, ()) == []
 
 

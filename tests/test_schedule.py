@@ -9,6 +9,12 @@ import pytest
 import tensorcomp as tc
 from tensorcomp.schedule import Fuse, Layout, Reorder, Split, from_json, to_json
 
+
+def _chosen(op, specs):
+    """The records the compiler's choose_schedule pass picks (own, tuned or the default's)."""
+    from tensorcomp import compiler
+    return compiler.plan(op, specs, op.check_call(tuple(specs), {}), {}, upto="choose_schedule").schedule
+
 rng = np.random.default_rng(11)
 CAPS = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
 
@@ -275,11 +281,11 @@ def test_default_pads_rows_that_alias_in_the_cache_and_only_those():
     rs = np.random.default_rng(11)
     a, b = rs.standard_normal((256, 1024)).astype(np.float32), rs.standard_normal((1024, 256)).astype(np.float32)
     # A's rows are 4 KB apart (one cache set for a whole column panel); B's 1 KB: padded by a line
-    assert mm._effective_schedule([ArraySpec.of(a), ArraySpec.of(b)], {}) == (
+    assert _chosen(mm, [ArraySpec.of(a), ArraySpec.of(b)]) == (
         Layout("A", (0, 1), pad=16), Layout("B", (0, 1), pad=16))
     np.testing.assert_allclose(mm(a, b), a.astype(np.float64) @ b, rtol=1e-3, atol=1e-3)
     c = rs.standard_normal((1000, 200)).astype(np.float32)  # 800-byte rows: no padding
-    assert not any(r.pad for r in mm._effective_schedule([ArraySpec.of(c[:, :200].T.copy()), ArraySpec.of(c)], {})
+    assert not any(r.pad for r in _chosen(mm, [ArraySpec.of(c[:, :200].T.copy()), ArraySpec.of(c)])
                    if isinstance(r, Layout))
 
 
@@ -320,7 +326,8 @@ def test_fill_loops_stay_loops_in_the_optimized_code():
 
 
 def test_large_kept_buffers_are_aligned_to_huge_pages_and_small_ones_are_plain():
-    from tensorcomp.op import HUGE_MIN_BYTES, HUGE_PAGE, kept_buffer
+    from tensorcomp.runtime.kernel import HUGE_MIN_BYTES, kept_buffer
+    from tensorcomp.target import HUGE_PAGE_BYTES as HUGE_PAGE
     big = kept_buffer((HUGE_MIN_BYTES // 4 + 3,), np.float32)
     assert big.shape == (HUGE_MIN_BYTES // 4 + 3,) and big.dtype == np.float32 and big.flags.writeable
     assert big.__array_interface__["data"][0] % HUGE_PAGE == 0 or big.base is None  # (np.empty fallback)

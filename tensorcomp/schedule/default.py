@@ -92,7 +92,7 @@ def layout_candidates(inputs: tuple[str, ...], bound, arrays: list[np.ndarray], 
                 moved += sizes.get(tensor, 0)
         if not covered:
             continue
-        score = min(run, 64) * covered - 4.0 * moved / max(work, 1)
+        score = min(run, 64) * covered - 4.0 * moved / max(amount, 1)
         schedule = tuple(Layout(t, p) for t, p in sorted(layouts.items()))
         key = to_json(schedule)
         if key not in scored or scored[key][0] < score:
