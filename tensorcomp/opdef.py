@@ -25,7 +25,7 @@ from .runtime import kernel as cpu_kernel
 from .runtime import launch
 from .schedule import LoopNest
 from .schedule.blocking import check_blocks
-from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, from_json, to_json
+from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 # while ``profiling()`` is active: (op, input signature) -> [op, inputs, params, seconds, calls]

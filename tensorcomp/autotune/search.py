@@ -36,7 +36,7 @@ from ..compiler import ArraySpec
 from ..errors import ArgumentError, TensorcompError
 from ..opdef import Op
 from ..schedule.default import heaviest
-from ..schedule.records import Record, from_json, to_json
+from ..schedule.records import from_json, to_json
 from . import database, space
 from .measure import NEAR_CEILING, flops as count_flops, gemm_ceiling, measure, verify
 from .gpu import tune_cuda

@@ -21,7 +21,8 @@ from .. import ops
 from ..errors import ShapeError
 from ..opdef import Op
 from ..tensor import Tensor, apply
-from . import Module, Parameter, _check_input, _class_targets, _rng, _uniform
+from .layers import Conv, _class_targets
+from .module import Module, Parameter, _check_input, _rng, _uniform
 
 
 @lru_cache(maxsize=None)
@@ -43,7 +44,6 @@ class PrimaryCaps(Module):
     def __init__(self, in_channels: int, types: int, dim: int, kernel_size: int, stride: int = 1,
                  channels_last: bool = False) -> None:
         super().__init__()
-        from . import Conv
         self.in_channels, self.types, self.dim = in_channels, types, dim
         self.kernel_size, self.stride, self.channels_last = kernel_size, stride, channels_last
         self.conv = Conv(2, in_channels, types * dim, kernel_size, stride, channels_last=channels_last)

@@ -14,8 +14,6 @@ LLVM again. ``TENSORCOMP_OBJECT_CACHE=0`` turns the cache off.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from typing import Callable

@@ -15,10 +15,9 @@ import islpy as isl
 
 from ..domain import Bound, BoundStatement, TensorInfo
 from ..domain.bind import write_map
-from ..lang.ir import Lin, Statement
 from ..strides import ITEMSIZE, contiguous
 from .plan import plan
-from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node, substitute_statement, to_lin
+from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 
 IDENTITY = {"sum": 0, "prod": 1, None: 0}
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from ..target import L1_BYTES, LINE_BYTES, MAX_VECTOR_ACCUMULATORS, TILE_CACHE_BYTES, VECTOR_BYTES, VECTOR_REGISTERS
+from ..target import LINE_BYTES, MAX_VECTOR_ACCUMULATORS, TILE_CACHE_BYTES, VECTOR_BYTES, VECTOR_REGISTERS
 from .order import default_order
 from .records import Fuse, Layout, Record, Reorder, Split
 

@@ -1,0 +1,136 @@
+"""Parameters, ``Module`` (parameters, state dicts, train/eval, devices) and ``Sequential``."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ArgumentError, ShapeError
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a Module owns and an optimizer updates."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(np.asarray(data, dtype=np.float32), requires_grad=True)
+
+
+class Module:
+    """Base class: ``forward``, parameters, train/eval, zero_grad, state dicts."""
+
+    def __init__(self) -> None:
+        self.training = True
+
+    def forward(self, *args: Any) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any) -> Tensor:
+        return self.forward(*args)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)):
+                for k, v in enumerate(value):
+                    if isinstance(v, Module):
+                        yield from v.named_parameters(f"{prefix}{name}.{k}.")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def children(self) -> Iterator["Module"]:
+        for value in vars(self).values():
+            if isinstance(value, Module):
+                yield value
+            elif isinstance(value, (list, tuple)):
+                yield from (v for v in value if isinstance(v, Module))
+
+    def train(self, mode: bool = True) -> "Module":
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, device: str) -> "Module":
+        """Move every parameter to ``device`` ('cpu' or 'cuda'), in place; returns self."""
+        for p in self.parameters():
+            p.data = p.to(device).data
+            p.grad = None
+        return self
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((name, np.array(p.numpy())) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ArgumentError(f"load_state_dict: missing {missing or 'nothing'}, unexpected "
+                                f"{unexpected or 'nothing'}")
+        for name, p in own.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ShapeError(f"load_state_dict: {name} has shape {value.shape} but the module's is {p.shape}")
+            p.data = Tensor(value.astype(p.dtype), device=p.device).data
+
+    def save(self, path: str) -> None:
+        np.savez(path, **self.state_dict())
+
+    def load(self, path: str) -> None:
+        with np.load(path) as z:
+            self.load_state_dict({k: z[k] for k in z.files})
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        kids = [f"  ({name}): {repr(m).replace(chr(10), chr(10) + '  ')}" for name, m in vars(self).items()
+                if isinstance(m, Module)]
+        if isinstance(getattr(self, "layers", None), list):
+            kids += [f"  ({k}): {repr(m).replace(chr(10), chr(10) + '  ')}" for k, m in enumerate(self.layers)]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ("\n" + "\n".join(kids) + "\n)" if kids else ")")
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
+_rng = [np.random.default_rng(0)]
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initialises parameters."""
+    _rng[0] = np.random.default_rng(seed)
+
+
+def _check_input(layer: str, x: Tensor, rank: int, axis: int, size: int) -> None:
+    if x.ndim != rank:
+        raise ShapeError(f"{layer}: expected an input of rank {rank}, got shape {x.shape}")
+    if x.shape[axis] != size:
+        raise ShapeError(f"{layer}: expected {size} features on axis {axis}, got shape {x.shape}")
