@@ -8,7 +8,7 @@ import time
 from typing import Callable
 
 
-from tensorcomp.benchmarks.capsule import QUIET_S
+QUIET_S = 0.3  # a pause before each timing: a peer's BLAS/OpenMP threads spin on after its call
 
 
 def best_of(fn: Callable[[], object], repeats: int = 5, inner: int = 1, warmup: int = 1) -> float:

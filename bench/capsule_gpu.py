@@ -141,8 +141,7 @@ def main() -> None:
         notes["torch.compile"] = f"compile {time.perf_counter() - t0:.1f} s"
         add("torch.compile", "fwd", lambda: compiled(tI, tW), lambda o: {"fwd": host(o)})
 
-    untuned = tc.op(SRC)
-    untuned._no_database = True
+    untuned = tc.op(SRC, use_tuned=False)
     add("tensorcomp untuned (default GPU schedule)", "fwd", lambda: untuned(gI, gW), lambda o: {"fwd": host(o)})
     op = tc.op(SRC)
     result = tc.tune(op, gI, gW, target="cuda", budget_s=args.budget, progress=False)
@@ -160,8 +159,7 @@ def main() -> None:
         lambda g: {"dI": host(g[0]), "dW": host(g[1])})
     g_i, g_w = tc.grad(op, "I"), tc.grad(op, "W")
     for name, g in (("dI", g_i), ("dW", g_w)):
-        d = g.with_schedule(())
-        d._no_database = True
+        d = g.with_schedule((), use_tuned=False)
         add(f"tensorcomp {name} untuned", "grad", lambda d=d: d(gI, gW, gdO), lambda o, k=name: {k: host(o)})
     for name, g in (("dI", g_i), ("dW", g_w)):
         res = tc.tune(g, gI, gW, gdO, target="cuda", budget_s=args.grad_budget, progress=False)

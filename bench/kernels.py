@@ -47,8 +47,7 @@ def ours(name: str, op, args: tuple, flops: float, repeats: int = 3) -> float:
     """Time ``op`` on its default schedule (a row), and with ``--tune`` also tuned (a second row; the
     two are then timed in turns, ``ROUNDS`` rounds, so a busy moment of a shared machine does not
     land on one of them only); returns the time of the schedule the op now runs."""
-    default = op.with_schedule(())
-    default._no_database = True
+    default = op.with_schedule((), use_tuned=False)
     if not TUNE_S[0]:
         seconds = best_of(lambda: default(*args), repeats)
         row(f"{name} tensorcomp", flops, seconds)

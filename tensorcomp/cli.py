@@ -163,12 +163,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmarks.capsule import run
-    print(run(args.budget, 5, not args.no_compile, args.png))
-    return 0
-
-
 def _time(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -201,12 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("action", choices=["list", "clear", "export", "import"])
     cache.add_argument("file", nargs="?", help="JSON file for export/import")
     cache.set_defaults(run=cmd_cache)
-    bench = sub.add_parser("bench", help="run a benchmark experiment: capsule")
-    bench.add_argument("name", choices=["capsule"])
-    bench.add_argument("--budget", type=float, default=60.0, help="tuning budget in seconds")
-    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    bench.add_argument("--png", default=None, help="write a bar chart (needs matplotlib)")
-    bench.set_defaults(run=cmd_bench)
     train = sub.add_parser("train", help="train a model on MNIST (the bundled subset unless --data)")
     train.add_argument("model", choices=["lenet", "capsnet", "capsnet-small", "capsnet-em"])
     train.add_argument("--epochs", type=int, default=1)

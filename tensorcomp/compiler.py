@@ -38,6 +38,7 @@ from .codegen.cuda import cuda_program
 from .domain import Bound
 from .errors import ScheduleError
 from .runtime import jit
+from .runtime import cuda
 from .runtime import kernel as cpu_kernel
 from .runtime import launch, objects
 from .schedule.blocking import apply_blocks
@@ -189,7 +190,6 @@ def generate_cuda(u: Unit, name: str = "tc_kernel", aligned: bool = True) -> Uni
 
 
 def build_cuda(u: Unit) -> Unit:
-    from .runtime import cuda  # (pycuda itself is imported only when a module is built)
     fmt = "P" * len(buffers(u.op, u.bound)) + "".join("d" if u.kinds[p] == "float" else "q" for p in u.op.params)
     return replace(u, compiled=cuda.Module(u.code.source, [launch.name for launch in u.code.launches], fmt))
 

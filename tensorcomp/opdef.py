@@ -21,6 +21,7 @@ from .domain import Bound, bind
 from .errors import ArgumentError, DtypeError, ScheduleError, UnknownNameError, op_label
 from .lang import parse
 from .runtime import jit
+from .runtime import cuda
 from .runtime import kernel as cpu_kernel
 from .runtime import launch
 from .schedule import LoopNest
@@ -265,7 +266,6 @@ class Op:
 
     def call_cuda(self, arrays: tuple, params: dict[str, Any]):
         """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
-        from .runtime import cuda
         host = not any(cuda.is_device_array(a) for a in arrays)
         devs = [cuda.as_device(a) for a in arrays]
         key = launch.signature(devs)

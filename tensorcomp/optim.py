@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import ArgumentError
 from .opdef import Op
+from .tensor import _zeros_like
 
 
 @lru_cache(maxsize=None)
@@ -41,7 +42,6 @@ def _check(name: str, value: float, lo: float, hi: float | None = None, open_lo:
 
 def _state(p) -> Any:
     """A flat zero buffer beside parameter ``p`` (on its device)."""
-    from .tensor import _zeros_like
     return _zeros_like(p.data.reshape(-1))
 
 

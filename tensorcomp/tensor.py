@@ -14,8 +14,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import ops
+from .autodiff import grad as derive
 from .errors import ArgumentError, DeviceError, ShapeError
 from .opdef import Op
+from .runtime import cuda
 
 _grad_enabled = [True]
 _grad_ops: dict[tuple[int, tuple[str, ...]], Op] = {}
@@ -47,7 +50,6 @@ def _on_device(a: Any) -> bool:
 def _to(a: Any, device: str, dtype: Any = None):
     """``a`` as an array on ``device`` ('cpu': numpy; 'cuda': a pycuda GPUArray)."""
     if device == "cuda":
-        from .runtime import cuda
         if _on_device(a) and (dtype is None or np.dtype(dtype) == a.dtype):
             return cuda.as_device(a)
         host = cuda.to_host(cuda.as_device(a)) if _on_device(a) else a
@@ -55,14 +57,12 @@ def _to(a: Any, device: str, dtype: Any = None):
     if device != "cpu":
         raise DeviceError(f"unknown device '{device}'; devices: cpu, cuda")
     if _on_device(a):
-        from .runtime import cuda
         a = cuda.to_host(cuda.as_device(a))
     return np.asarray(a, dtype=dtype)
 
 
 def _zeros_like(a: Any):
     if _on_device(a):
-        from .runtime import cuda
         out = cuda.empty(tuple(a.shape), a.dtype)
         out.fill(0)
         return out
@@ -71,7 +71,6 @@ def _zeros_like(a: Any):
 
 def _ones_like(a: Any):
     if _on_device(a):
-        from .runtime import cuda
         out = cuda.empty(tuple(a.shape), a.dtype)
         out.fill(1)
         return out
@@ -224,17 +223,14 @@ class Tensor:
         other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
         if self.ndim != 2 or other.ndim != 2 or self.shape[1] != other.shape[0]:
             raise ShapeError(f"matmul: expected matrices (M, K) @ (K, N), got shapes {self.shape} and {other.shape}")
-        from . import ops
         return apply(ops.matmul(), self, other)
 
     def sum(self) -> "Tensor":
         """The sum of every element (a rank-0 tensor)."""
-        from . import ops
         return apply(ops.reduce("sum", self.ndim, tuple(range(self.ndim))), self)
 
     def mean(self) -> "Tensor":
         """The mean of every element (a rank-0 tensor)."""
-        from . import ops
         count = max(1, int(np.prod(self.shape)))
         return apply(ops.reduce("mean", self.ndim, tuple(range(self.ndim))), self, inv_count=1.0 / count)
 
@@ -264,7 +260,6 @@ class Tensor:
             key = (id(node.op), wrt)
             gop = _grad_ops.get(key)
             if gop is None:
-                from .autodiff import grad as derive
                 gop = _grad_ops[key] = derive(node.op, list(wrt))
             d_outs = [g if g is not None else _zeros_like(o.data) for g, o in zip(outs, node.outputs)]
             results = gop(*[t.data for t in node.inputs], *d_outs, **node.params)

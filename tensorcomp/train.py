@@ -11,6 +11,8 @@ import numpy as np
 from . import nn, optim
 from .data import DataLoader, mnist
 from .runtime import compile_count
+from .runtime import cuda
+from .autotune.hot import profile, tune_hot
 from .tensor import Tensor, no_grad
 
 
@@ -93,7 +95,6 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     tuning database, so a later run with the same shapes uses them at once. Steps that compiled,
     profiled or tuned are left out of ``ms_per_step``.
     """
-    from .autotune.hot import profile, tune_hot
     nn.manual_seed(seed)
     build, make_loss = MODELS[model_name]
     model = build().to(device)
@@ -122,7 +123,6 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
                 loss.backward()
                 opt.step()
             if device == "cuda":  # kernels run asynchronously: time them to the end
-                from .runtime import cuda
                 cuda.synchronize()
             elapsed = time.perf_counter() - t0
             if profiling:  # the profiled step copies every op's inputs: not a timed step

@@ -67,7 +67,7 @@ def test_plain_install_puts_ops_and_autodiff_inside_the_package(tmp_path):
     assert (target / "tensorcomp" / "ops" / "conv.py").exists()
     assert (target / "tensorcomp" / "autodiff" / "__init__.py").exists()
     assert (target / "tensorcomp" / "data" / "mnist_5k.npz").exists()
-    for sub in ("nn", "benchmarks", "schedule", "codegen", "autotune", "lang", "domain", "runtime"):
+    for sub in ("nn", "schedule", "codegen", "autotune", "lang", "domain", "runtime"):
         assert (target / "tensorcomp" / sub / "__init__.py").exists(), sub
     assert not (target / "ops").exists()
     code = ("import tensorcomp, tensorcomp.ops as o; import numpy as np; "

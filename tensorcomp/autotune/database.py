@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from ..runtime import jit
+from ..runtime import cuda
 from ..runtime.objects import cache_dir
 from ..schedule.records import Record, from_json, to_json
 from . import canon
@@ -144,7 +145,6 @@ def signature(arrays: list, params: dict) -> tuple:
 def target_key(target: str = "cpu") -> str:
     """What a tuned schedule is specific to: the CPU model and features, or the GPU and its driver."""
     if target == "cuda":
-        from ..runtime import cuda  # (pycuda: the cuda extra)
         return cuda.device_key()
     return "cpu " + jit.host_target()
 
@@ -157,7 +157,6 @@ def op_key(op, arrays: list, params: dict, target: str = "cpu") -> str:
 def stored_schedule(op, arrays: list, params: dict, target: str = "cpu") -> tuple[Record, ...] | None:
     """The tuned schedule for these inputs from the database, in the op's own names."""
     if target == "cuda":
-        from ..runtime import cuda
         if not cuda.available():  # op.code(target="cuda") without a GPU: the default schedule
             return None
     hit = lookup(op_key(op, arrays, params, target))

@@ -11,7 +11,7 @@ import numpy as np
 from .. import ops
 from ..errors import ArgumentError, ShapeError
 from ..opdef import Op
-from ..tensor import Tensor, apply
+from ..tensor import Tensor, apply, no_grad
 from .module import Module, Parameter, _check_input, _rng, _uniform
 
 
@@ -363,7 +363,6 @@ class BatchNorm(Module):
             return apply(evaluate, x, rm, rv, self.weight, self.bias, eps=self.eps)
         m = int(np.prod(x.shape)) // self.num_features
         y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=self.eps)
-        from ..tensor import no_grad
         with no_grad():
             rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),
                            var.detach(), momentum=self.momentum, unbias=m / max(m - 1, 1))

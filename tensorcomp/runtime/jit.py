@@ -21,7 +21,7 @@ from typing import Callable
 import llvmlite.binding as llvm
 
 from ..errors import TensorcompError
-from . import objects
+from . import cuda, objects
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -240,5 +240,4 @@ def object_counts() -> dict[str, int]:
 def compile_count() -> int:
     """How many kernels this process has built, CPU and GPU, whether LLVM compiled their code or it
     came from the object-code cache (to check that an op's kernel cache works)."""
-    from . import cuda
     return int(_state.get("compiled", 0)) + cuda.modules_loaded()  # type: ignore[arg-type]

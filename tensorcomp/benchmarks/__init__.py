@@ -1,1 +1,0 @@
-"""Benchmarks shipped with the package (run them with ``tensorcomp bench NAME``)."""
