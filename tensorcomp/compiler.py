@@ -13,6 +13,7 @@ returns a new one; ``PLAN`` ends at the loop nest, ``CPU`` and ``CUDA`` go on to
     tile              the default vector tile of each statement without loop records      schedule.default
     lower             isl builds the loop nest under the records (default order for
                       statements without loop records); parallel loops marked                   schedule.lower
+    mark_tiles        register tiles in the nest, each with how it stays in registers      schedule.tiles
     generate_llvm     LLVM IR for the nest (one entry per stage, plus whole-kernel entries) codegen.llvm
     compile_llvm      LLVM -O3 for the host CPU, or the object code from the disk cache    runtime.jit
     (CUDA) generate_cuda, build_cuda: CUDA C, nvcc, one prepared function per stage    codegen.cuda, runtime.cuda
@@ -47,6 +48,7 @@ from .schedule.inline import inline_elementwise
 from .schedule.lower import lower
 from .schedule.records import Layout, to_json
 from .schedule.rfactor import apply_rfactor
+from .schedule.tiles import mark_tiles as find_tiles
 from .strides import ITEMSIZE, BufferStrides, contiguous, permuted_strides
 from .target import PARALLEL_MIN_POINTS, num_threads
 
@@ -171,6 +173,10 @@ def lower_loops(u: Unit) -> Unit:
     return replace(u, nest=nest)
 
 
+def mark_tiles(u: Unit) -> Unit:
+    return replace(u, nest=find_tiles(u.nest, u.bound, {t: s.strides for t, s in u.strides.items()}, u.target))
+
+
 def generate_llvm(u: Unit) -> Unit:
     name = "tc_kernel"  # renamed after a hash of the IR (see runtime.jit.compile_kernel)
     code = codegen.generate(u.nest, u.bound, buffers(u.op, u.bound), u.strides, name, jit.ARRAY_DATA_OFFSET)
@@ -203,7 +209,8 @@ PLAN: tuple[Pass, ...] = (
     ("block", block),  # blocked layouts: v -> (v_o, v_i) in every reader
     ("lay_out", lay_out),  # byte strides of every buffer under the Layout records
     ("tile", tile),  # the default vector tile of every statement without loop records, as records
-    ("lower", lower_loops),  # isl: loop nest under the records; default order/tiles; parallel loops
+    ("lower", lower_loops),  # isl: loop nest under the records; default order; parallel loops
+    ("mark_tiles", mark_tiles),  # register tiles found in the nest, how each is kept in registers decided
 )
 CPU: tuple[Pass, ...] = PLAN + (
     ("generate_llvm", generate_llvm),  # LLVM IR: stage entries, whole-kernel and Python entries
@@ -227,7 +234,7 @@ def run(passes: tuple[Pass, ...], unit: Unit, upto: str | None = None) -> Unit:
     return unit
 
 
-def plan(op, specs, kinds: dict[str, str], params: dict[str, Any], target: str = "cpu", upto: str = "lower"
+def plan(op, specs, kinds: dict[str, str], params: dict[str, Any], target: str = "cpu", upto: str = "mark_tiles"
          ) -> Unit:
     """The passes up to the loop nest (or ``upto``) for inputs of these specs."""
     return run(PLAN, Unit(op, tuple(specs), kinds, params, target), upto)

@@ -255,7 +255,7 @@ class Op:
             inputs[name] = (spec.shape, _DTYPES.get(spec.dtype.num, str(spec.dtype)))
         return bind(self.program, self.source, inputs, kinds, self.given_ranges, self.pad_widths, self.pad_values)
 
-    def _unit(self, arrays: tuple, params: dict[str, Any], target: str = "cpu", upto: str = "lower"):
+    def _unit(self, arrays: tuple, params: dict[str, Any], target: str = "cpu", upto: str = "mark_tiles"):
         kinds = self.check_call(arrays, params)
         return compiler.plan(self, [ArraySpec.of(a) for a in arrays], kinds, params, target, upto)
 

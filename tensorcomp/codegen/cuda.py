@@ -41,12 +41,11 @@ from ..domain import Bound
 from ..lang import types
 from ..lang.ir import Access, Call, Const, Expr, FloorDiv, Index, Lin, Param
 from ..errors import ScheduleError
-from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
+from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node, Tile
 from ..schedule.records import Block, Stage, Threads
 from ..schedule.loopnest import to_lin
 from ..strides import ITEMSIZE, BufferStrides
-from ..target import CUDA_BLOCK, CUDA_MAX_GRID, CUDA_MAX_TILE, CUDA_SHARED_BYTES, CUDA_UNROLL
-from .tiles import register_tile
+from ..target import CUDA_BLOCK, CUDA_MAX_GRID, CUDA_SHARED_BYTES, CUDA_UNROLL
 
 CTYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
 MEMTYPE = {**CTYPE, "bool": "unsigned char"}
@@ -306,11 +305,9 @@ class _CudaBuilder:
         return lines
 
     # -- register tiles ----------------------------------------------------------------------------------
-    def tiled(self, node: For, depth: int, box: dict | None = None) -> list[str] | None:
-        """A register tile, or None; with ``box`` (a block-box launch), also its shared-memory tiles."""
-        found = register_tile(node, self.bound, {t: lay.strides for t, lay in self.layouts.items()}, CUDA_MAX_TILE)
-        if found is None:
-            return None
+    def tiled(self, found: Tile, depth: int, box: dict | None = None) -> list[str]:
+        """A register tile (see ``schedule.tiles``); with ``box`` (a block-box launch), also its
+        shared-memory tiles."""
         reduction, tile, compute, offset = found.reduction, found.tile, found.compute, found.offset
         st = self.bound.statements[compute.stmt].stmt
         staged = self.plan_stages(found, box) if box is not None else []
@@ -555,9 +552,8 @@ class _CudaBuilder:
         pad = "  " * depth
         out: list[str] = []
         for n in nodes:
-            tiled = self.tiled(n, depth) if isinstance(n, For) else None
-            if tiled is not None:
-                out += tiled
+            if isinstance(n, Tile):
+                out += self.tiled(n, depth)
             elif isinstance(n, For):
                 out.append(f"{pad}for (idx {n.var} = {_iexpr_c(n.lo)}; {n.var} < {_iexpr_c(n.hi)}; "
                            f"{n.var} += {n.step}) {{")
@@ -668,7 +664,7 @@ class _CudaBuilder:
         body.append(f"    [[maybe_unused]] const bool tc_active = {box['active']};  // the box may overhang the loops")
         inner = loops[-1].body
         if any(r.stmt in stmts for r in self.stages):
-            tiled = self.tiled(inner[0], 2, box) if len(inner) == 1 and isinstance(inner[0], For) else None
+            tiled = self.tiled(inner[0], 2, box) if len(inner) == 1 and isinstance(inner[0], Tile) else None
             if tiled is None:
                 raise ScheduleError(f"Stage: inside its parallel loops, statement {k} must be reduction loops around "
                                     f"a register tile (Reorder its written indices outside the reduction loops)")

@@ -12,78 +12,22 @@ reassociated, as in every BLAS).
 
 from __future__ import annotations
 
-import itertools
 import re
-from dataclasses import dataclass
 
 from llvmlite import ir
 
 from ..domain import Bound, TensorInfo
 from ..lang import types
-from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv, walk
-from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node
-from ..schedule.loopnest import to_lin
-from ..strides import ITEMSIZE, BufferStrides
-from ..target import MAX_SCALAR_TILE, MAX_VECTOR_ACCUMULATORS, MAX_VECTOR_TILE, VECTOR_BYTES
-from .tiles import Tile, register_tile
-
-I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-F32, F64 = ir.FloatType(), ir.DoubleType()
-PTR = ir.PointerType()
-REG = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I1}
-MEM = {"float32": F32, "float64": F64, "int32": I32, "int64": I64, "bool": I8}
-FAST = ("reassoc", "contract")
+from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv
+from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node, Tile, to_lin
+from ..schedule.tiles import padded
+from ..strides import BufferStrides
+from .llvm_tiles import F64, FAST, I1, I8, I64, MEM, PTR, REG, TileEmitter, _TileBody, _VectorSumBody, _VectorTileBody
 
 
-def _padded(info: TensorInfo) -> bool:
-    return bool(info.pad) and any(lo or hi for lo, hi in info.pad)
+class _FunctionBuilder(TileEmitter):
+    """Builds one kernel's LLVM module: the whole-kernel entry, one entry per stage, the Python entry."""
 
-
-def _splat(b: ir.IRBuilder, x: ir.Value, width: int) -> ir.Value:
-    """A scalar in every lane of a vector."""
-    vty = ir.VectorType(x.type, width)
-    v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(I32, 0))
-    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, width), None))
-
-
-
-
-@dataclass(frozen=True, eq=False)
-class _TileBody:
-    """The innermost body of a register-tiled loop chain: every tile point, unrolled."""
-
-    tile: Tile
-    acc: ir.Value
-    arrty: ir.Type  # the element type of the tile array
-    points: tuple[tuple[int, ...], ...]
-
-
-
-
-@dataclass(frozen=True, eq=False)
-class _VectorTileBody:
-    """The innermost body of a vector-tiled loop chain: one vector update per tile chunk."""
-
-    tile: Tile
-    slots: tuple
-    vty: ir.Type
-    lins: dict
-    outer_points: tuple
-    chunks: tuple
-
-
-@dataclass(frozen=True, eq=False)
-class _VectorSumBody:
-    """The innermost body of a vector reduction: one vector of the operand added to the partial sums."""
-
-    tile: Tile
-    slot: ir.Value
-    vty: ir.Type
-    lins: dict
-    lanes: int = 0  # the last, partial vector of the reduction: this many lanes (0: a whole vector)
-
-
-class _FunctionBuilder:
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
                  name: str) -> None:
         self.nest, self.bound, self.layouts = nest, bound, layouts
@@ -227,7 +171,7 @@ class _FunctionBuilder:
         """A tensor read; padded axes read the pad value outside the real bounds."""
         b = self.builder
         info = self.bound.tensors[access.tensor]
-        if not _padded(info):
+        if not padded(info):
             off = self.folded_offset(access.tensor, access.index)
             if off is not None:
                 return self.load_at(info, off)
@@ -458,315 +402,6 @@ class _FunctionBuilder:
             return b.or_(old, value) if reduce == "sum" else b.and_(old, value)
         return b.add(old, value) if reduce == "sum" else b.mul(old, value)
 
-    def tiled(self, node: For) -> bool:
-        """Emit ``node`` with its register tile (see codegen.tiles) in a stack array that LLVM keeps in
-        registers: the tile loops unrolled, the written elements loaded once and stored once."""
-        if self.slice is not None:
-            return False
-        strides = {t: lay.strides for t, lay in self.layouts.items()}
-        wide = register_tile(node, self.bound, strides, MAX_VECTOR_TILE)
-        if wide is not None and self.vector_tile(wide):
-            return True
-        found = register_tile(node, self.bound, strides, MAX_SCALAR_TILE)
-        if found is None:
-            return False
-        if not found.tile and self.vector_sum(found):
-            return True
-        b = self.builder
-        info = self.bound.tensors[self.bound.statements[found.compute.stmt].stmt.target]
-        elty = REG[info.dtype]
-        with b.goto_entry_block():
-            acc = b.alloca(elty, size=found.size, name="tile")
-        points = list(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in found.tile]))
-
-        def at(k: int, point: tuple[int, ...]) -> ir.Value:
-            for lp, v in zip(found.tile, point):
-                self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
-            return b.gep(acc, [ir.Constant(I64, k)], inbounds=True, source_etype=elty)
-
-        def element() -> ir.Value:
-            offset = self.lin(found.offset, self.vars)
-            return b.gep(self.ptr[info.name], [offset], source_etype=I8, inbounds=True)
-        saved = {lp.var: self.vars.get(lp.var) for lp in found.tile}
-        for k, point in enumerate(points):
-            slot = at(k, point)
-            b.store(self._load(info, element()), slot)
-        body = _TileBody(found, acc, elty, tuple(points))
-        chain: Node = body
-        for lp in reversed(found.reduction):
-            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
-        self.loop(chain)
-        for k, point in enumerate(points):
-            slot = at(k, point)
-            value = b.load(slot, typ=elty)
-            ptr = element()
-            b.store(b.zext(value, I8) if info.dtype == "bool" else value, ptr, align=self.layouts[info.name].align)
-        for var, v in saved.items():
-            if v is None:
-                self.vars.pop(var, None)
-            else:
-                self.vars[var] = v
-        return True
-
-    # -- vector tiles --------------------------------------------------------------------------------
-    def _offset_lin(self, tensor: str, index: tuple[Lin, ...], lins: dict[str, Lin]) -> Lin:
-        total = Lin()
-        for lin, stride in zip(index, self.layouts[tensor].strides):
-            total = total + lin.rename(lins) * stride
-        return total.expand_mod()
-
-    def _varies(self, e: Expr, lins: dict[str, Lin], var: str) -> bool:
-        """Whether ``e`` depends on loop ``var``."""
-        for node in walk(e):
-            if isinstance(node, Access) and var in self._offset_lin(node.tensor, node.index, lins).names():
-                return True
-            if isinstance(node, Index) and var in node.lin.rename(lins).names():
-                return True
-        return False
-
-    def _vectorizable(self, e: Expr, lins: dict[str, Lin], var: str, t: str) -> bool:
-        """Whether ``e`` can be evaluated on vectors along loop ``var``: sums, products and quotients
-        of same-dtype reads that are contiguous along ``var``, and any subexpression that does not
-        depend on ``var`` (evaluated once as a scalar and broadcast)."""
-        if not self._varies(e, lins, var):  # padded reads included: the scalar read checks the pad
-            return types.promote(self.typeof(e), t) == t
-        if isinstance(e, Access):
-            info = self.bound.tensors[e.tensor]
-            if info.dtype != t:
-                return False
-            off = self._offset_lin(e.tensor, e.index, lins)
-            coef = sum(c for atom, c in off.terms if atom == var)
-            inside = any(not isinstance(atom, str) and var in set(atom.num.names()) for atom, _ in off.terms)
-            if inside or coef != ITEMSIZE[t]:
-                return False
-            # a padded read: lanes outside the real bounds masked off (its axes must be plain sums)
-            return not _padded(info) or all(isinstance(atom, str) for lin in e.index
-                                            for atom, _ in lin.rename(lins).expand_mod().terms)
-        if isinstance(e, Call) and e.fn in ("add", "sub", "mul", "neg", "truediv"):
-            return self.typeof(e) == t and all(self._vectorizable(a, lins, var, t) for a in e.args)
-        return False
-
-    def _vexpr(self, e: Expr, lins: dict[str, Lin], var: str, t: str, vty: ir.VectorType) -> ir.Value:
-        b = self.builder
-        width = vty.count
-
-        def splat(x: ir.Value) -> ir.Value:
-            return _splat(b, x, width)
-        if isinstance(e, Const):
-            return ir.Constant(vty, [self.constant(e.value, t).constant] * width)
-        if isinstance(e, Param):
-            return splat(self.emit(e, {}, t))
-        if not self._varies(e, lins, var):  # a scalar per vector (LLVM hoists it out of the loop)
-            self.loop_env = lins
-            env = {name: self.lin(lin, self.vars) for name, lin in lins.items()}
-            scalar = self.value(e, env, t)
-            self.loop_env = None
-            return splat(scalar)
-        if isinstance(e, Access):  # contiguous along var (see _vectorizable)
-            info = self.bound.tensors[e.tensor]
-            if _padded(info):
-                return self._padded_vector_read(e, info, lins, var, t, vty)
-            off = self._offset_lin(e.tensor, e.index, lins)
-            ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8, inbounds=True)
-            if self._lane_mask is not None:  # a tile's last, partial vector of columns
-                return self._masked_load(ptr, vty, self._lane_mask, ir.Constant(vty, None))
-            return b.load(ptr, typ=vty, align=ITEMSIZE[t])
-        args = [self._vexpr(a, lins, var, t, vty) for a in e.args]
-        if e.fn == "neg":
-            return b.fneg(args[0])
-        if e.fn == "truediv":
-            return b.fdiv(args[0], args[1], flags=["contract"])
-        op = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul}[e.fn]
-        return op(args[0], args[1], flags=FAST)
-
-    def _padded_vector_read(self, e: Access, info: TensorInfo, lins: dict[str, Lin], var: str, t: str,
-                            vty: ir.VectorType) -> ir.Value:
-        """A vector of a padded tensor's elements along ``var``: one masked load (lanes whose index
-        falls in the padding read the pad value and touch no memory), so a convolution's zero-padded
-        input vectorizes along its spatial or batch axis (LeNet conv1 weight gradient)."""
-        b = self.builder
-        width = vty.count
-        lanes = ir.Constant(ir.VectorType(I64, width), list(range(width)))
-        mty = ir.VectorType(I1, width)
-        mask: ir.Value = self._lane_mask or ir.Constant(mty, [1] * width)
-        off = Lin()
-        for lin, n, (lo, hi), stride in zip(e.index, info.shape, info.pad, self.layouts[e.tensor].strides):
-            lin = lin.rename(lins).expand_mod()
-            off = off + (lin - lo) * stride
-            if not (lo or hi):
-                continue
-            real = b.sub(self.lin(lin, self.vars), ir.Constant(I64, lo))
-            step = dict(lin.terms).get(var, 0)
-            vec = b.add(_splat(b, real, width), b.mul(lanes, ir.Constant(lanes.type, [step] * width)))
-            inside = b.and_(b.icmp_signed(">=", vec, ir.Constant(lanes.type, [0] * width)),
-                            b.icmp_signed("<", vec, ir.Constant(lanes.type, [n] * width)))
-            mask = b.and_(mask, inside)
-        # no inbounds: a masked-off lane's address may lie outside the array
-        ptr = b.gep(self.ptr[e.tensor], [self.lin(off, self.vars)], source_etype=I8)
-        return self._masked_load(ptr, vty, mask, _splat(b, self.constant(info.pad_value, t), width))
-
-    def _masked_load(self, ptr: ir.Value, vty: ir.VectorType, mask: ir.Value, fill: ir.Value) -> ir.Value:
-        """Lanes of ``mask`` read from ``ptr`` on, the others are ``fill`` (and touch no memory)."""
-        bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
-        name = f"llvm.masked.load.v{vty.count}f{bits}.p0"
-        fn = self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(vty, [ptr.type, I32, mask.type, vty]), name=name)
-        return self.builder.call(fn, [ptr, ir.Constant(I32, bits // 8), mask, fill])
-
-    def _masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
-        vty = value.type
-        bits = 64 if isinstance(vty.element, ir.DoubleType) else 32
-        name = f"llvm.masked.store.v{vty.count}f{bits}.p0"
-        fn = self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(ir.VoidType(), [vty, ptr.type, I32, mask.type]), name=name)
-        self.builder.call(fn, [value, ptr, ir.Constant(I32, bits // 8), mask])
-
-    def vector_sum(self, found: Tile) -> bool:
-        """A one-element tile whose innermost reduction loop walks its operands contiguously (or
-        leaves them put): partial sums in one SIMD vector across the whole reduction, added up once
-        at the end, instead of a chain of scalar additions one latency apart. A reduction that is
-        not whole vectors ends in one masked vector (its other lanes touch no memory and add 0)."""
-        st = self.bound.statements[found.compute.stmt].stmt
-        t = self.bound.tensors[st.target].dtype
-        if st.reduce != "sum" or t not in ("float32", "float64"):
-            return False
-        inner = found.reduction[-1]
-        if inner.step != 1 or not isinstance(inner.lo, IConst) or not isinstance(inner.hi, IConst):
-            return False
-        width = VECTOR_BYTES // ITEMSIZE[t]
-        extent = inner.hi.value - inner.lo.value
-        lins = {name: to_lin(e) for name, e in found.compute.env}
-        if extent < width or not self._varies(st.expr, lins, inner.var) or \
-                not self._vectorizable(st.expr, lins, inner.var, t):
-            return False
-        b = self.builder
-        vty = ir.VectorType(REG[t], width)
-        with b.goto_entry_block():
-            slot = b.alloca(vty, name="vsum")
-        b.store(ir.Constant(vty, [0.0] * width), slot)
-        whole = inner.lo.value + extent - extent % width
-        chain: tuple[Node, ...] = ()
-        if whole > inner.lo.value:
-            chain = (For(inner.var, inner.lo, IConst(whole), width, (_VectorSumBody(found, slot, vty, lins),),
-                         inner.kind),)
-        if extent % width:  # the last, partial vector: a loop of one trip at its first element
-            chain += (For(inner.var, IConst(whole), IConst(whole + 1), 1,
-                          (_VectorSumBody(found, slot, vty, lins, extent % width),), inner.kind),)
-        for lp in reversed(found.reduction[:-1]):
-            chain = (For(lp.var, lp.lo, lp.hi, lp.step, chain, lp.kind),)
-        for node in chain:
-            self.loop(node)
-        total = b.load(slot, typ=vty)
-        while width > 1:  # add the halves until one lane is left
-            width //= 2
-            halves = [b.shuffle_vector(total, ir.Constant(total.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(I32, width), list(range(k, k + width))))
-                      for k in (0, width)]
-            total = b.fadd(halves[0], halves[1], flags=FAST)
-        info = self.bound.tensors[st.target]
-        ptr = b.gep(self.ptr[st.target], [self.lin(found.offset, self.vars)], source_etype=I8, inbounds=True)
-        old = self._load(info, ptr)
-        b.store(b.fadd(old, b.extract_element(total, ir.Constant(I32, 0)), flags=FAST), ptr,
-                align=self.layouts[st.target].align)
-        return True
-
-    def vector_sum_body(self, body: "_VectorSumBody") -> None:
-        b = self.builder
-        st = self.bound.statements[body.tile.compute.stmt].stmt
-        t = self.bound.tensors[st.target].dtype
-        width = body.vty.count
-        if body.lanes:
-            mask = ir.Constant(ir.VectorType(I1, width), [1] * body.lanes + [0] * (width - body.lanes))
-            self._lane_mask = mask
-            value = b.select(mask, self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty),
-                             ir.Constant(body.vty, [0.0] * width))
-            self._lane_mask = None
-        else:
-            value = self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty)
-        b.store(b.fadd(b.load(body.slot, typ=body.vty), value, flags=FAST), body.slot)
-
-    def vector_tile(self, tile: Tile) -> bool:
-        """The tile with its innermost loop evaluated on SIMD vectors (loads of contiguous operands,
-        broadcasts of the others), the accumulators in vector registers across the reduction."""
-        st = self.bound.statements[tile.compute.stmt].stmt
-        t = self.bound.tensors[st.target].dtype
-        if st.reduce != "sum" or t not in ("float32", "float64") or not tile.tile:
-            return False
-        inner = tile.tile[-1]
-        width = VECTOR_BYTES // ITEMSIZE[t]
-        extent = inner.hi.value - inner.lo.value
-        if extent < width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
-            return False
-        rem = extent % width  # columns of the last vector when they are not whole vectors: it is masked
-        if tile.size // extent * -(-extent // width) > MAX_VECTOR_ACCUMULATORS:
-            return False
-        lins = {name: to_lin(e) for name, e in tile.compute.env}
-        if not self._vectorizable(st.expr, lins, inner.var, t):
-            return False
-        b = self.builder
-        vty = ir.VectorType(REG[t], width)
-        outer_points = list(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in tile.tile[:-1]]))
-        chunks = range(inner.lo.value, inner.hi.value, width)
-        partial = chunks[-1] if rem else None
-        mask = ir.Constant(ir.VectorType(I1, width), [1] * rem + [0] * (width - rem))
-        slots = []
-        with b.goto_entry_block():
-            for _ in range(len(outer_points) * len(chunks)):
-                slots.append(b.alloca(vty, name="vtile"))
-        saved = {lp.var: self.vars.get(lp.var) for lp in tile.tile}
-
-        def each():
-            k = 0
-            for point in outer_points:
-                for lp, v in zip(tile.tile[:-1], point):
-                    self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
-                for start in chunks:
-                    self.vars[inner.var] = ir.Constant(I64, start)
-                    self._lane_mask = mask if start == partial else None
-                    yield slots[k]
-                    k += 1
-            self._lane_mask = None
-
-        def element() -> ir.Value:
-            return b.gep(self.ptr[st.target], [self.lin(tile.offset, self.vars)], source_etype=I8, inbounds=True)
-        for slot in each():
-            if self._lane_mask is None:
-                b.store(b.load(element(), typ=vty, align=ITEMSIZE[t]), slot)
-            else:
-                b.store(self._masked_load(element(), vty, self._lane_mask, ir.Constant(vty, None)), slot)
-        chain: Node = _VectorTileBody(tile, tuple(slots), vty, lins, tuple(outer_points), tuple(chunks))
-        for lp in reversed(tile.reduction):
-            chain = For(lp.var, lp.lo, lp.hi, lp.step, (chain,), lp.kind)
-        self._vector_each = each
-        self.loop(chain)
-        for slot in each():
-            if self._lane_mask is None:
-                b.store(b.load(slot, typ=vty), element(), align=ITEMSIZE[t])
-            else:
-                self._masked_store(b.load(slot, typ=vty), element(), self._lane_mask)
-        for var, v in saved.items():
-            if v is None:
-                self.vars.pop(var, None)
-            else:
-                self.vars[var] = v
-        return True
-
-    def vector_tile_body(self, body: "_VectorTileBody") -> None:
-        b = self.builder
-        st = self.bound.statements[body.tile.compute.stmt].stmt
-        t = self.bound.tensors[st.target].dtype
-        for slot in self._vector_each():
-            value = self._vexpr(st.expr, body.lins, body.tile.tile[-1].var, t, body.vty)
-            b.store(b.fadd(b.load(slot, typ=body.vty), value, flags=FAST), slot)
-
-    def tile_body(self, body: "_TileBody") -> None:
-        b = self.builder
-        for k, point in enumerate(body.points):
-            for lp, v in zip(body.tile.tile, point):
-                self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
-            slot = b.gep(body.acc, [ir.Constant(I64, k)], inbounds=True, source_etype=body.arrty)
-            self.compute(body.tile.compute, slot)
-
     def fill(self, node: Fill) -> None:
         info = self.bound.tensors[node.tensor]
         idx = [self.iexpr(e) for e in node.index]
@@ -826,9 +461,10 @@ class _FunctionBuilder:
 
     def nodes(self, nodes: tuple[Node, ...]) -> None:
         for n in nodes:
-            if isinstance(n, For):
-                if not self.tiled(n):
-                    self.loop(n)
+            if isinstance(n, Tile):
+                self.tile(n)
+            elif isinstance(n, For):
+                self.loop(n)
             elif isinstance(n, _TileBody):
                 self.tile_body(n)
             elif isinstance(n, _VectorTileBody):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..schedule.blocking import blocked_shape
-from ..schedule.loopnest import For, IConst, If, LoopNest
+from ..schedule.loopnest import For, IConst, If, LoopNest, Tile
 from ..strides import padded_shape
 from ..target import HUGE_PAGE_BYTES, PARALLEL_MIN_POINTS, slices_per_thread
 from . import jit
@@ -58,6 +58,8 @@ def _instances(node) -> float:
         return trips * sum(_instances(child) for child in node.body)
     if isinstance(node, If):
         return max(sum(_instances(c) for c in node.then), sum(_instances(c) for c in node.orelse))
+    if isinstance(node, Tile):
+        return _instances(node.reduction[0])
     return 1
 
 

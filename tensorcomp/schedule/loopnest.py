@@ -1,12 +1,15 @@
 """The loop-nest IR: what a schedule produces and what code generators consume.
 
 Small frozen nodes: integer expressions over loop variables (``IVar``,
-``IConst``, ``IOp``), loops (``For``, with a ``kind`` for parallel / vector /
-unroll / GPU-binding tags), guards (``If``), and the two leaf operations:
-``Fill`` (initialise an element to the reduction's identity) and ``Compute``
-(one instance of a statement, its indices given as expressions of the loop
-variables). Statement bodies stay in the op IR and are substituted at codegen,
-so layouts, tiling and GPU mapping only ever rewrite the nest.
+``IConst``, ``IOp``), loops (``For``, whose ``kind`` is "serial" or "parallel":
+iterations that write disjoint elements, run on the cores / GPU threads),
+guards (``If``), the two leaf operations: ``Fill`` (initialise an element to
+the reduction's identity) and ``Compute`` (one instance of a statement, its
+indices given as expressions of the loop variables), and ``Tile``: a chain of
+reduction loops around a register tile, with the way codegen keeps it in
+registers decided (``schedule.tiles``), so code generators only print it.
+Statement bodies stay in the op IR and are substituted at codegen, so
+layouts, tiling and GPU mapping only ever rewrite the nest.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _p(e: IExpr) -> str:
 
 @dataclass(frozen=True, slots=True)
 class For:
-    """``for var in range(lo, hi, step)``; ``kind`` is serial, parallel, vector or unroll."""
+    """``for var in range(lo, hi, step)``; ``kind`` is "serial" or "parallel"."""
 
     var: str
     lo: IExpr
@@ -95,7 +98,31 @@ class Compute:
     env: tuple[tuple[str, IExpr], ...]
 
 
-Node = Union[For, If, Fill, Compute]
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """Reduction loops around tile loops around one reduction ``Compute``: the written element depends
+    on the tile loops (constant bounds, unit step) and not on the reductions, so its ``size`` elements
+    stay in registers across the whole reduction (loaded once, stored once). ``kind`` says how:
+
+    * "vector": the innermost tile loop in SIMD vectors of ``lanes`` elements (accumulators in vector
+      registers; contiguous operands loaded as vectors, the others broadcast), the rest unrolled;
+    * "vector_sum": a one-element tile whose innermost reduction loop runs in vectors of ``lanes``
+      partial sums, added up once at the end;
+    * "scalar": the tile unrolled over a stack array that LLVM keeps in registers;
+    * "register": (CUDA) a thread's register array, the tile loops unrolled.
+
+    ``offset`` is the written element's byte offset as a function of the loop variables."""
+
+    kind: str
+    reduction: tuple["For", ...]  # outermost first; reduction[0] is the whole chain
+    tile: tuple["For", ...]
+    compute: Compute
+    offset: Lin
+    size: int
+    lanes: int = 0
+
+
+Node = Union[For, If, Fill, Compute, Tile]
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,8 @@ class LoopNest:
                 elif isinstance(n, If):
                     yield from rec(n.then)
                     yield from rec(n.orelse)
+                elif isinstance(n, Tile):
+                    yield from rec((n.reduction[0],))
         return rec(self.body)
 
     def __str__(self) -> str:
@@ -122,7 +151,12 @@ class LoopNest:
         def emit(nodes: tuple[Node, ...], depth: int) -> None:
             pad = "  " * depth
             for n in nodes:
-                if isinstance(n, For):
+                if isinstance(n, Tile):
+                    lanes = f", vectors of {n.lanes} lanes" if n.lanes else ""
+                    lines.append(f"{pad}# {n.kind} tile: {n.size} element{'s' if n.size != 1 else ''} of "
+                                 f"{self.statements[n.compute.stmt].target} in registers{lanes}")
+                    emit((n.reduction[0],), depth)
+                elif isinstance(n, For):
                     step = f", {n.step}" if n.step != 1 else ""
                     tag = f"  # {n.kind}" if n.kind != "serial" else ""
                     lines.append(f"{pad}for {n.var} in range({n.lo}, {n.hi}{step}):{tag}")
