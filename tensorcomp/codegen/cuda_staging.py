@@ -1,0 +1,160 @@
+"""Shared-memory staging for the CUDA generator (``Threads`` and ``Stage`` records).
+
+``StagingEmitter`` is the part of the kernel builder (``codegen.cuda``) that plans which box of a
+staged tensor each block copies into a ``__shared__`` array at the top of a reduction loop
+(``plan_stages``, ``box_of``) and prints the coalesced, bounds-checked copies (``load_tiles``); see
+``codegen.cuda``'s docstring for the scheme. It uses the builder's ``bound``, ``layouts`` and
+``stages`` and its ``ref``/``constant`` printers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ScheduleError
+from ..schedule.loopnest import Compute, IConst, to_lin
+from ..schedule.records import Stage
+from ..strides import ITEMSIZE
+from ..target import CUDA_SHARED_BYTES
+from .cuda_c import ivars
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A tensor staged in shared memory at one reduction loop: per-axis base expressions (C), the
+    box's extents, its element strides in the shared array, and the order its axes are copied in."""
+
+    tensor: str
+    loop: str
+    bases: tuple[str, ...]  # names of the per-axis base coordinates
+    exprs: tuple[str, ...]  # their values at the top of an iteration of ``loop``
+    extents: tuple[int, ...]
+    sstrides: tuple[int, ...]
+    order: tuple[int, ...]  # axes, innermost (fastest in the copy) first
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for e in self.extents:
+            n *= e
+        return n
+
+
+class StagingEmitter:
+    """Shared-memory tiles, for ``codegen.cuda._CudaBuilder`` (see the module docstring)."""
+
+    def plan_stages(self, found, box: dict) -> list[_Staged]:
+        """The shared-memory boxes of the tensors that ``Stage`` records name for this statement."""
+        k = found.compute.stmt
+        st = self.bound.statements[k].stmt
+        reduction, tile = list(found.reduction), list(found.tile)
+        names = [lp.var for lp in reduction]
+        thread_vars: dict[str, tuple[str, int]] = box["thread_vars"]
+        out = []
+        for r in [r for r in self.stages if r.stmt == k]:
+            if r.loop not in names:
+                raise ScheduleError(f"Stage: statement {k} has no reduction loop '{r.loop}' around its register tile; "
+                                    f"its reduction loops are: {', '.join(names)}")
+            if any(sg.tensor == r.tensor for sg in out):
+                raise ScheduleError(f"Stage: {r.tensor} is staged twice for statement {k}")
+            pos = names.index(r.loop)
+            for lp in reduction[:pos + 1]:
+                shared = (ivars(lp.lo) | ivars(lp.hi)) & set(thread_vars)
+                if shared:
+                    raise ScheduleError(f"Stage: the bounds of loop '{lp.var}' of statement {k} depend on "
+                                        f"{', '.join(sorted(shared))}, which differ between the threads of a block, "
+                                        f"so they cannot meet at the barriers around a shared tile of {r.tensor}")
+            varying = {v: (0, tt - 1) for v, (_, tt) in thread_vars.items()}
+            for lp in reduction[pos + 1:] + tile:
+                if not (isinstance(lp.lo, IConst) and isinstance(lp.hi, IConst)):
+                    raise ScheduleError(f"Stage: loop '{lp.var}' inside '{r.loop}' of statement {k} has bounds "
+                                        f"{lp.lo}..{lp.hi}; the shared tile of {r.tensor} needs constant bounds "
+                                        f"inside the staged loop (split by a factor that divides the extent)")
+                last = lp.lo.value + lp.step * ((lp.hi.value - lp.lo.value - 1) // lp.step)
+                varying[lp.var] = (lp.lo.value, last - lp.lo.value)
+            fixed = set(names[:pos + 1]) | set(box["fixed_vars"])
+            out.append(self.box_of(k, st, found.compute, r, varying, thread_vars, fixed))
+        used = sum(sg.size * ITEMSIZE[self.bound.tensors[sg.tensor].dtype] for sg in out)
+        if used > CUDA_SHARED_BYTES:
+            boxes = ", ".join(f"{sg.tensor} {' x '.join(map(str, sg.extents))}" for sg in out)
+            raise ScheduleError(f"Stage: the shared tiles of statement {k} ({boxes}) need {used} bytes per block; "
+                                f"at most {CUDA_SHARED_BYTES} fit (stage at an inner loop, split the staged loop by a "
+                                f"smaller factor, or use fewer threads)")
+        return out
+
+    def box_of(self, k: int, st, compute: Compute, r: Stage, varying: dict[str, tuple[int, int]],
+               thread_vars: dict[str, tuple[str, int]], fixed: set[str]) -> _Staged:
+        """The hull of statement ``k``'s reads of ``r.tensor`` over ``varying`` loops (lowest value,
+        span), with the other loop variables fixed, as a box in the tensor's coordinates."""
+        lins = {name: to_lin(e) for name, e in compute.env}
+        reads = [a for a in dict.fromkeys(st.accesses()) if a.tensor == r.tensor]
+        if not reads:
+            raise ScheduleError(f"Stage: statement {k} does not read {r.tensor}; it reads "
+                                f"{', '.join(dict.fromkeys(a.tensor for a in st.accesses())) or 'nothing'}")
+        rank = len(reads[0].index)
+        bases, exprs, extents = [], [], []
+        for axis in range(rank):
+            terms, consts = None, []
+            for a in reads:
+                full = a.index[axis].rename(lins).expand_mod()
+                if any(not isinstance(atom, str) for atom, _ in full.terms):
+                    raise ScheduleError(f"Stage: axis {axis} of {r.tensor} in statement {k} is indexed by {full}, "
+                                        f"which is not affine in the loops; it cannot be staged")
+                t = tuple(sorted(full.terms))
+                if terms is not None and t != terms:
+                    raise ScheduleError(f"Stage: statement {k} reads {r.tensor} at indices that differ by more "
+                                        f"than a constant on axis {axis}; it cannot be staged as one box")
+                terms = t
+                consts.append(full.const)
+            const, parts, extent = min(consts), [], max(consts) - min(consts) + 1
+            for var, coef in terms:
+                if var in varying:
+                    lo, span = varying[var]
+                    low = lo if coef > 0 else lo + span  # where coef * var is lowest
+                    if var in thread_vars:
+                        term = thread_vars[var][0] if coef == 1 else f"{coef} * {thread_vars[var][0]}"
+                        parts.append(term + (f" + {coef * low}" if low else ""))
+                    else:
+                        const += coef * low
+                    extent += abs(coef) * span
+                elif var in fixed:
+                    parts.append(var if coef == 1 else f"{coef} * {var}")
+                else:
+                    raise ScheduleError(f"Stage: the reads of {r.tensor} in statement {k} depend on loop '{var}', "
+                                        f"which runs inside '{r.loop}' without constant bounds")
+            bases.append(f"tc_sb_{r.tensor}_{axis}")
+            exprs.append(" + ".join(parts + [str(const)] if const or not parts else parts))
+            extents.append(extent)
+        strides = self.layouts[r.tensor].strides
+        order = tuple(sorted(range(rank), key=lambda ax: (abs(strides[ax]), -ax)))  # physical innermost first
+        sstrides, n = [0] * rank, 1
+        for ax in order:
+            sstrides[ax] = n
+            n *= extents[ax]
+        return _Staged(r.tensor, r.loop, tuple(bases), tuple(exprs), tuple(extents), tuple(sstrides), order)
+
+    def load_tiles(self, tiles: list[_Staged], threads: int, d: int) -> list[str]:
+        """The block's cooperative copies of ``tiles`` into shared memory, between two barriers."""
+        pad = "  " * d
+        names = " and ".join(sg.tensor for sg in tiles)
+        lines = [f"{pad}__syncthreads();  // every thread is done with the previous tile of {names}"]
+        for sg in tiles:
+            info = self.bound.tensors[sg.tensor]
+            for base, expr in zip(sg.bases, sg.exprs):
+                lines.append(f"{pad}const idx {base} = {expr};")
+            lines += [f"{pad}for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{",
+                      f"{pad}  idx tc_r = tc_e;"]
+            for j, axis in enumerate(sg.order):
+                step = f" tc_r /= {sg.extents[axis]};" if j + 1 < len(sg.order) else ""
+                lines.append(f"{pad}  const idx tc_c{axis} = {sg.bases[axis]} + tc_r % {sg.extents[axis]};{step}")
+            pads = info.pad or ((0, 0),) * len(sg.bases)
+            conds = " && ".join(f"tc_c{axis} >= {lo} && tc_c{axis} < {lo + n}" for axis, ((lo, _), n) in
+                                enumerate(zip(pads, info.shape))) or "true"
+            offset = " + ".join(f"(tc_c{axis} - {lo}) * {stride}LL" if lo else f"tc_c{axis} * {stride}LL"
+                                for axis, ((lo, _), stride) in enumerate(zip(pads, self.layouts[sg.tensor].strides)))
+            fill = "0" if info.dtype == "bool" else self.constant(info.pad_value if info.pad else 0, info.dtype)
+            value = self.ref(sg.tensor, offset or "0", read=True)
+            lines.append(f"{pad}  tc_s_{sg.tensor}[tc_e] = ({conds}) ? {value} : {fill};")
+            lines.append(f"{pad}}}")
+        lines.append(f"{pad}__syncthreads();  // the tile of {names} is in shared memory")
+        return lines
