@@ -197,7 +197,7 @@ def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduc
     layouts = [c for _, c in layout_candidates(op.inputs, bound, [a, b]) if c]
     first = {search.to_json(c) for c in space.tile_candidates(op, bound, [a, b], layouts)}
     extra = {search.to_json(c) for c in space.tile_candidates(op, bound, [a, b], layouts,
-                                                              blocks=space.EXTRA_BLOCKS)} - first
+                                                              chunks=space.EXTRA_CHUNKS)} - first
     logged = {t["schedule"] for t in result.trials}
     assert extra and extra <= logged
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-3, atol=1e-3)

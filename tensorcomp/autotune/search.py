@@ -151,7 +151,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
             break
     if left():  # last, while budget lasts: the tiles again with other reduction blocks (matmul 1024²
         # runs out of candidates in ~12 s of a 60 s budget)
-        later += space.tile_candidates(op, bound, arrays, layouts, blocks=space.EXTRA_BLOCKS)
+        later += space.tile_candidates(op, bound, arrays, layouts, chunks=space.EXTRA_CHUNKS)
     measure_all(list(dict.fromkeys(space.finish(op, bound, arrays, c) for c in later)))
     # budget left after every candidate (matmul 1024²: all tried in ~19 s of 60): one step from each
     # of the runners-up too, the fastest first

@@ -30,7 +30,7 @@ from ..target import L1_BYTES, num_threads
 
 WINDOW_VARIANTS = 4  # layout candidates (best first) that are also tried with the window loop order
 TILE_LAYOUTS = 4  # layout candidates (best first) under which vector tiles are generated
-EXTRA_BLOCKS = (L1_BYTES // 2, 2 * L1_BYTES, 4 * L1_BYTES)  # ... and these, when budget is left at the end
+EXTRA_CHUNKS = (L1_BYTES // 2, 2 * L1_BYTES, 4 * L1_BYTES)  # ... and these, when budget is left at the end
 TILES_PER_LAYOUT = 3  # best-scoring vector tiles tried under each
 
 
@@ -98,17 +98,17 @@ def with_window_orders(op, bound, arrays: list, cands: list) -> list:
     return out + cands[WINDOW_VARIANTS:]
 
 
-def tile_candidates(op, bound, arrays: list, layouts: list, blocks: tuple = (None, L1_BYTES)
+def tile_candidates(op, bound, arrays: list, layouts: list, chunks: tuple = (None, L1_BYTES)
                     ) -> list[tuple[Record, ...]]:
     """Vector-tile schedules (see schedule.microkernel) under the default layouts and the first
     layout candidates, for each statement doing at least a quarter of the heaviest one's work: the
     best few of each, in layout-candidate order, each followed by the same tile with its reduction
-    blocked to fit the L1 cache (the blocks' outer loops outside the tile loops, so the tiles that
-    follow reuse each block of the operands from L1: capsule kernel 11.5-12.9 -> 8.2-8.7 ms). Then
+    chunked to fit the L1 cache (the chunks' outer loops outside the tile loops, so the tiles that
+    follow reuse each chunk of the operands from L1: capsule kernel 11.5-12.9 -> 8.2-8.7 ms). Then
     the same for tiles whose rows or columns leave peeled tails (matmul 1024²: 6 x 16, 4 x 24).
     Each tile is followed by its packed variants (``microkernel.packed_schedules``: capsule kernel
     tiles 10.2-14.1 -> 8.5-9.0 ms with the weights in panels).
-    ``blocks``: the reduction blocks each tile is generated with (None: the default's rule)."""
+    ``chunks``: the reduction chunks (bytes read) each tile is generated with (None: the default's rule)."""
     most = work(bound.statements[heaviest(bound)])
     itemsize = itemsizes(bound)
     copyable = [packable(op.inputs, bound, arrays, k) for k in range(len(bound.statements))]
@@ -119,8 +119,8 @@ def tile_candidates(op, bound, arrays: list, layouts: list, blocks: tuple = (Non
             for k, bs in enumerate(bound.statements):  # every statement doing a good part of the work
                 if work(bs) * 4 < most:
                     continue
-                pairs = [sorted(tile_schedules(bs, k, strides, itemsize, tuple(base), block=block, tails=tails),
-                                key=lambda sc: -sc[0])[:TILES_PER_LAYOUT] for block in blocks]
+                pairs = [sorted(tile_schedules(bs, k, strides, itemsize, tuple(base), chunk=chunk, tails=tails),
+                                key=lambda sc: -sc[0])[:TILES_PER_LAYOUT] for chunk in chunks]
                 for found in itertools.zip_longest(*pairs):
                     for sc in found:
                         if sc is not None:  # each tile, then the same with its operands packed

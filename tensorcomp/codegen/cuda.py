@@ -78,9 +78,9 @@ __device__ __forceinline__ i64 tc_imod(i64 a, i64 b) { return (b == 0 || b == -1
 class _CudaBuilder(StagingEmitter):
     """Builds one kernel's CUDA C: one ``__global__`` function per top-level loop nest."""
 
-    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
+    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
                  name: str, schedule: tuple, aligned: bool) -> None:
-        self.nest, self.bound, self.buffers, self.layouts, self.name = nest, bound, buffers, layouts, name
+        self.nest, self.bound, self.buffers, self.buffer_strides, self.name = nest, bound, buffers, buffer_strides, name
         self.block = next((r.threads for r in schedule if isinstance(r, Block)), CUDA_BLOCK)
         self.threads = {r.stmt: r.shape for r in schedule if isinstance(r, Threads)}
         self.stages = [r for r in schedule if isinstance(r, Stage)]
@@ -107,7 +107,7 @@ class _CudaBuilder(StagingEmitter):
         return text if src == dst else f"(({CTYPE[dst]})({text}))"
 
     def offset(self, tensor: str, index: tuple[Lin, ...]) -> str:
-        strides = self.layouts[tensor].strides
+        strides = self.buffer_strides[tensor].strides
         if self.loop_env is not None:
             total = Lin()
             for lin, stride in zip(index, strides):
@@ -140,7 +140,7 @@ class _CudaBuilder(StagingEmitter):
             if lo or hi:
                 conds.append(f"{v} >= 0 && {v} < {n}LL")
         offs = " + ".join(f"({lin_c(lin, lambda x: self.env[x])} - {lo}LL) * {s}LL"
-                          for lin, (lo, _), s in zip(a.index, info.pad, self.layouts[a.tensor].strides))
+                          for lin, (lo, _), s in zip(a.index, info.pad, self.buffer_strides[a.tensor].strides))
         pad = self.constant(info.pad_value, info.dtype)
         return f"(({' && '.join(conds)}) ? {self.ref(a.tensor, offs, read=True)} : {pad})"
 
@@ -295,7 +295,7 @@ class _CudaBuilder(StagingEmitter):
             d += 1
             here = [sg for sg in staged if sg.loop == lp.var]
             if here:
-                out += self.load_tiles(here, box["threads"], d)
+                out += self.load_staged(here, box["threads"], d)
             if lp.var == guard_at and box["active"] != "true":
                 out.append(f"{'  ' * d}if (tc_active) {{")
                 d += 1
@@ -358,7 +358,7 @@ class _CudaBuilder(StagingEmitter):
             if info.dtype != "float32" or (info.pad and any(l or h for l, h in info.pad)) or a.tensor in self.staged:
                 continue
             off = Lin()
-            for lin, stride in zip(a.index, self.layouts[a.tensor].strides):
+            for lin, stride in zip(a.index, self.buffer_strides[a.tensor].strides):
                 off = off + lin.rename(lins) * stride
             off = off.expand_mod()
             coefs = {atom: c for atom, c in off.terms}
@@ -388,7 +388,7 @@ class _CudaBuilder(StagingEmitter):
                 out.append(f"{pad}}}")
             elif isinstance(n, Fill):
                 info = self.bound.tensors[n.tensor]
-                off = " + ".join(f"{iexpr_c(i)} * {s}LL" for i, s in zip(n.index, self.layouts[n.tensor].strides)) \
+                off = " + ".join(f"{iexpr_c(i)} * {s}LL" for i, s in zip(n.index, self.buffer_strides[n.tensor].strides)) \
                     or "0"
                 out.append(f"{pad}{self.ref(n.tensor, off)} = {self.constant(n.value, info.dtype)};")
             else:
@@ -517,16 +517,16 @@ class _CudaBuilder(StagingEmitter):
         return True
 
 
-def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
+def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
                  name: str = "kernel", schedule: tuple = (), aligned: bool = True) -> CudaProgram:
     """CUDA C source for ``nest`` (one ``__global__`` function per top-level nest, each preceded by a
     comment giving its launch configuration) and the launches, in order. ``schedule``: the GPU records
 (``Block``, ``Threads``, ``Stage``) are read here, the others were applied by ``lower``. ``aligned``: every buffer
     starts on a 16-byte boundary (device allocations do; views into them may not)."""
-    return _CudaBuilder(nest, bound, buffers, layouts, name, schedule, aligned).build()
+    return _CudaBuilder(nest, bound, buffers, buffer_strides, name, schedule, aligned).build()
 
 
-def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
+def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
                   name: str = "kernel", schedule: tuple = (), aligned: bool = True) -> str:
     """The CUDA C source text of :func:`cuda_program`."""
-    return cuda_program(nest, bound, buffers, layouts, name, schedule, aligned).source
+    return cuda_program(nest, bound, buffers, buffer_strides, name, schedule, aligned).source

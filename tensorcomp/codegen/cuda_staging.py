@@ -2,8 +2,8 @@
 
 ``StagingEmitter`` is the part of the kernel builder (``codegen.cuda``) that plans which box of a
 staged tensor each block copies into a ``__shared__`` array at the top of a reduction loop
-(``plan_stages``, ``box_of``) and prints the coalesced, bounds-checked copies (``load_tiles``); see
-``codegen.cuda``'s docstring for the scheme. It uses the builder's ``bound``, ``layouts`` and
+(``plan_stages``, ``box_of``) and prints the coalesced, bounds-checked copies (``load_staged``); see
+``codegen.cuda``'s docstring for the scheme. It uses the builder's ``bound``, ``buffer_strides`` and
 ``stages`` and its ``ref``/``constant`` printers.
 """
 
@@ -125,7 +125,7 @@ class StagingEmitter:
             bases.append(f"tc_sb_{r.tensor}_{axis}")
             exprs.append(" + ".join(parts + [str(const)] if const or not parts else parts))
             extents.append(extent)
-        strides = self.layouts[r.tensor].strides
+        strides = self.buffer_strides[r.tensor].strides
         order = tuple(sorted(range(rank), key=lambda ax: (abs(strides[ax]), -ax)))  # physical innermost first
         sstrides, n = [0] * rank, 1
         for ax in order:
@@ -133,7 +133,7 @@ class StagingEmitter:
             n *= extents[ax]
         return _Staged(r.tensor, r.loop, tuple(bases), tuple(exprs), tuple(extents), tuple(sstrides), order)
 
-    def load_tiles(self, tiles: list[_Staged], threads: int, d: int) -> list[str]:
+    def load_staged(self, tiles: list[_Staged], threads: int, d: int) -> list[str]:
         """The block's cooperative copies of ``tiles`` into shared memory, between two barriers."""
         pad = "  " * d
         names = " and ".join(sg.tensor for sg in tiles)
@@ -151,7 +151,7 @@ class StagingEmitter:
             conds = " && ".join(f"tc_c{axis} >= {lo} && tc_c{axis} < {lo + n}" for axis, ((lo, _), n) in
                                 enumerate(zip(pads, info.shape))) or "true"
             offset = " + ".join(f"(tc_c{axis} - {lo}) * {stride}LL" if lo else f"tc_c{axis} * {stride}LL"
-                                for axis, ((lo, _), stride) in enumerate(zip(pads, self.layouts[sg.tensor].strides)))
+                                for axis, ((lo, _), stride) in enumerate(zip(pads, self.buffer_strides[sg.tensor].strides)))
             fill = "0" if info.dtype == "bool" else self.constant(info.pad_value if info.pad else 0, info.dtype)
             value = self.ref(sg.tensor, offset or "0", read=True)
             lines.append(f"{pad}  tc_s_{sg.tensor}[tc_e] = ({conds}) ? {value} : {fill};")

@@ -28,9 +28,9 @@ from .llvm_tiles import F64, FAST, I1, I8, I64, MEM, PTR, REG, TileEmitter, _Til
 class _FunctionBuilder(TileEmitter):
     """Builds one kernel's LLVM module: the whole-kernel entry, one entry per stage, the Python entry."""
 
-    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
+    def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
                  name: str) -> None:
-        self.nest, self.bound, self.layouts = nest, bound, layouts
+        self.nest, self.bound, self.buffer_strides = nest, bound, buffer_strides
         self.buffers, self.name = buffers, name
         self.module = ir.Module(name=name)
         self._loop_ids: list = []
@@ -131,7 +131,7 @@ class _FunctionBuilder(TileEmitter):
     def address(self, tensor: str, index: list[ir.Value]) -> ir.Value:
         b = self.builder
         off: ir.Value = ir.Constant(I64, 0)
-        for v, stride in zip(index, self.layouts[tensor].strides):
+        for v, stride in zip(index, self.buffer_strides[tensor].strides):
             if stride == 0:
                 continue
             term = b.mul(v, ir.Constant(I64, stride), flags=["nsw"])
@@ -146,7 +146,7 @@ class _FunctionBuilder(TileEmitter):
 
     def _load(self, info: TensorInfo, ptr: ir.Value) -> ir.Value:
         b = self.builder
-        value = b.load(ptr, typ=MEM[info.dtype], align=self.layouts[info.name].align)
+        value = b.load(ptr, typ=MEM[info.dtype], align=self.buffer_strides[info.name].align)
         return b.trunc(value, I1) if info.dtype == "bool" else value
 
     def store(self, info: TensorInfo, index: list[ir.Value] | ir.Value, value: ir.Value) -> None:
@@ -155,7 +155,7 @@ class _FunctionBuilder(TileEmitter):
             value = self.builder.zext(value, I8)
         ptr = self.builder.gep(self.ptr[info.name], [index], source_etype=I8, inbounds=True) \
             if isinstance(index, ir.Value) else self.address(info.name, index)
-        self.builder.store(value, ptr, align=self.layouts[info.name].align)
+        self.builder.store(value, ptr, align=self.buffer_strides[info.name].align)
 
     def folded_offset(self, tensor: str, index: tuple[Lin, ...]) -> ir.Value | None:
         """The byte offset as one quasi-affine expression of the loop variables, simplified
@@ -163,7 +163,7 @@ class _FunctionBuilder(TileEmitter):
         if self.loop_env is None:
             return None
         total = Lin()
-        for lin, stride in zip(index, self.layouts[tensor].strides):
+        for lin, stride in zip(index, self.buffer_strides[tensor].strides):
             total = total + lin.rename(self.loop_env) * stride
         return self.lin(total.expand_mod(), self.vars)
 
@@ -533,9 +533,9 @@ def _fills_only(node: Node) -> bool:
     return False
 
 
-def generate(nest: LoopNest, bound: Bound, buffers: list[str], layouts: dict[str, BufferStrides],
+def generate(nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
              name: str = "kernel", array_data_offset: int | None = None) -> str:
     """LLVM IR text of the kernel for ``nest`` (plus its Python entry when an offset is given)."""
-    text = str(_FunctionBuilder(nest, bound, buffers, layouts, name).build(array_data_offset))
+    text = str(_FunctionBuilder(nest, bound, buffers, buffer_strides, name).build(array_data_offset))
     # loop ids: `!7 = !{ !"tc.loop0", !6 }` -> `!7 = distinct !{ !7, !6 }` (see _loop_id)
     return re.sub(r'^(![0-9]+) = !\{ ?!"tc\.loop[0-9]+", ', r"\1 = distinct !{ \1, ", text, flags=re.M)

@@ -4,7 +4,7 @@
 tile unrolled over a stack array LLVM promotes to registers, a "vector" tile with its innermost
 loop in SIMD vectors (contiguous operands loaded as vectors, the others broadcast, a last partial
 vector masked), a "vector_sum" reduction into one vector of partial sums. It uses the builder's
-state (``builder``, ``vars``, ``ptr``, ``layouts``, ``bound``) and its scalar emitters.
+state (``builder``, ``vars``, ``ptr``, ``buffer_strides``, ``bound``) and its scalar emitters.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class TileEmitter:
     """Register tiles, for ``codegen.llvm._FunctionBuilder`` (see the module docstring)."""
 
     def strides(self) -> dict[str, tuple[int, ...]]:
-        return {t: lay.strides for t, lay in self.layouts.items()}
+        return {t: lay.strides for t, lay in self.buffer_strides.items()}
 
     def offset_lin(self, tensor: str, index: tuple[Lin, ...], lins: dict[str, Lin]) -> Lin:
         return offset_lin(self.strides(), tensor, index, lins)
@@ -119,7 +119,7 @@ class TileEmitter:
             slot = at(k, point)
             value = b.load(slot, typ=elty)
             ptr = element()
-            b.store(b.zext(value, I8) if info.dtype == "bool" else value, ptr, align=self.layouts[info.name].align)
+            b.store(b.zext(value, I8) if info.dtype == "bool" else value, ptr, align=self.buffer_strides[info.name].align)
         for var, v in saved.items():
             if v is None:
                 self.vars.pop(var, None)
@@ -171,7 +171,7 @@ class TileEmitter:
         mty = ir.VectorType(I1, width)
         mask: ir.Value = self._lane_mask or ir.Constant(mty, [1] * width)
         off = Lin()
-        for lin, n, (lo, hi), stride in zip(e.index, info.shape, info.pad, self.layouts[e.tensor].strides):
+        for lin, n, (lo, hi), stride in zip(e.index, info.shape, info.pad, self.buffer_strides[e.tensor].strides):
             lin = lin.rename(lins).expand_mod()
             off = off + (lin - lo) * stride
             if not (lo or hi):
@@ -241,7 +241,7 @@ class TileEmitter:
         ptr = b.gep(self.ptr[st.target], [self.lin(found.offset, self.vars)], source_etype=I8, inbounds=True)
         old = self._load(info, ptr)
         b.store(b.fadd(old, b.extract_element(total, ir.Constant(I32, 0)), flags=FAST), ptr,
-                align=self.layouts[st.target].align)
+                align=self.buffer_strides[st.target].align)
 
     def vector_sum_body(self, body: "_VectorSumBody") -> None:
         b = self.builder

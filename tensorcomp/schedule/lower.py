@@ -16,7 +16,7 @@ import islpy as isl
 from ..domain import Bound, BoundStatement, TensorInfo
 from ..domain.bind import write_map
 from ..strides import ITEMSIZE, contiguous
-from .plan import plan
+from .dims import loop_dims
 from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 
 IDENTITY = {"sum": 0, "prod": 1, None: 0}
@@ -119,7 +119,7 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             parallel_safe[name] = set(loop_names)
         name = f"S{k}"
         gather = gather_form(bs, target)
-        dims, safe = plan(k, bs, records, strides, itemsize, gather, target)
+        dims, safe = loop_dims(k, bs, records, strides, itemsize, gather, target)
         for j, dom in enumerate(_peeled(bs.domain, dims) if target == "cpu" else [bs.domain]):
             piece = name if j == 0 else f"{name}t{j}"
             pieces.append((piece, dom.set_tuple_name(piece), [d.expr for d in dims], [d.name for d in dims]))

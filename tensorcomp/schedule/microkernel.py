@@ -6,7 +6,7 @@ the innermost one contiguous in the written tensor). Each reduction step then lo
 operand vectors and broadcasts and does ``rows x columns / lanes`` multiply-adds on them — the
 shape of a BLAS micro-kernel, found here for any statement:
 
-* columns: the default order's innermost contiguous group (see ``schedule.plan.default_order``)
+* columns: the default order's innermost contiguous group (see ``schedule.order.default_order``)
   when every index in it is written; its outer part is split so that the run is one to four
   vectors wide (``co, r`` with ``r`` = 4 and 16-float columns: ``Split(co, 4)``, columns
   ``co_i, r`` fused);
@@ -14,9 +14,9 @@ shape of a BLAS micro-kernel, found here for any statement:
 * order: the other written loops outside (in the default order, outer parts of splits where
   the indices were; outermost one over a plain written index, so the cores can share it), then
   every reduction loop, then the rows, then the fused columns;
-* blocking: when the whole reduction reads more than ``TILE_CACHE_BYTES`` (counted in cache lines),
+* chunking: when the whole reduction reads more than ``TILE_CACHE_BYTES`` (counted in cache lines),
   only its innermost loops reading at most ``TILE_BYTES`` stay around the tile; the rest move
-  right inside the outermost loop (``_block_reduction``).
+  right inside the outermost loop (``_chunk_reduction``).
 
 Candidates are ranked by multiply-adds per load in one reduction step: an operand that depends
 on the columns is one vector load per column vector and per row it depends on, any other a
@@ -37,7 +37,7 @@ from .records import Fuse, Layout, Record, Reorder, Split
 
 MAX_ROWS = 8
 MIN_REDUCTION = 16  # reduction steps around a default tile
-TILE_BYTES = 64 * 1024  # ... else it is blocked to read this much (_block_reduction; 9x9 conv: 35 -> 120 GFLOP/s)
+TILE_BYTES = 64 * 1024  # ... else it is chunked to read this much (_chunk_reduction; 9x9 conv: 35 -> 120 GFLOP/s)
 MIN_DEFAULT_SCORE = 1.2  # multiply-adds per load (plus the size bonus) for a default tile
 ROW_FACTORS = (2, 3, 4, 6, 8)
 
@@ -86,13 +86,13 @@ def _row_choices(names: list[str], extent: dict[str, int], tails: bool) -> list[
 
 def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict[str, int],
                    base: tuple[Record, ...] = (), max_footprint: int | None = None, min_reuse: float = 0.0,
-                   block: int | None = None, tails: bool = False) -> list[tuple[float, tuple[Record, ...]]]:
+                   chunk: int | None = None, tails: bool = False) -> list[tuple[float, tuple[Record, ...]]]:
     """(score, schedule) for the vector tiles of statement ``k`` under the layouts in ``base``;
-    with ``max_footprint``, only tiles whose (blocked) reduction reads at most that many bytes, and
+    with ``max_footprint``, only tiles whose (chunked) reduction reads at most that many bytes, and
     only those doing at least ``min_reuse`` multiply-adds per load (plus the size bonus). The score
-    is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add. ``block``: block
+    is that reuse less ``LINE_COST`` per byte of new cache lines per multiply-add. ``chunk``: chunk
     every reduction reading more than that many bytes into inner loops reading at most that much
-    (see ``_block_reduction``). ``tails``: also tiles whose row or column count does not divide its
+    (see ``_chunk_reduction``). ``tails``: also tiles whose row or column count does not divide its
     loop (the remainder runs as a smaller tile: ``schedule.lower`` peels it); the tuner tries them,
     the default does not (a conv2d 3x3's 56-wide rows as 3 x 16 + 8 columns with 64 channels as
     21 x 3 + 1 rows measured 1.7-2x slower than its 8-column, 2 x 4-row tile)."""
@@ -136,10 +136,10 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             sweeps = [_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
                              reductions, strides, itemsize)
                       for tensor, index in reads for used in [{n for lin in index for n in lin.names()}]]
-            blocked = _block_reduction(reductions, extent, sweeps, block)
-            if blocked is None:
+            chunked = _chunk_reduction(reductions, extent, sweeps, chunk)
+            if chunked is None:
                 continue
-            red_split, red_outer, red_inner, footprint = blocked
+            red_split, red_outer, red_inner, footprint = chunked
             if max_footprint is not None and footprint > max_footprint:
                 continue
             records: list[Record] = list(base)
@@ -172,7 +172,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             pick = wide[0] if wide else max(safe, key=lambda j: trips(seq[j]), default=0)
             if pick > 0:
                 seq.insert(0, seq.pop(pick))
-            if red_outer:  # blocked: the reduction's outer part right inside the outermost loop
+            if red_outer:  # chunked: the reduction's outer part right inside the outermost loop
                 loops = seq[:1] + red_outer + seq[1:] + red_inner + inner + col_loops
             else:
                 loops = seq + reductions + inner + col_loops
@@ -254,19 +254,19 @@ def _reads(sweeps: list[tuple[float, dict[str, float]]], extent: dict[str, int])
     return total
 
 
-def _block_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, block: int | None = None):
+def _chunk_reduction(reductions: list[str], extent: dict[str, int], sweeps: list, chunk: int | None = None):
     """(split, outer loops, inner loops, footprint) of the reduction around a tile: all of it when
-    what it reads fits ``TILE_CACHE_BYTES`` (``block``, when given); else the innermost reduction loops
-    that together read at most ``TILE_BYTES`` (``block``) (whole loops, then the next one split by
+    what it reads fits ``TILE_CACHE_BYTES`` (``chunk``, when given); else the innermost reduction loops
+    that together read at most ``TILE_BYTES`` (``chunk``) (whole loops, then the next one split by
     the largest factor that fits, as ``split`` = (index, factor)), the others moved outside the
-    tile's outer loops, so each block of the operands is reused from cache by the tiles that
+    tile's outer loops, so each chunk of the operands is reused from cache by the tiles that
     follow. Inner loops stay whole from the innermost out: a contiguous run cut short or a long
-    stride inside the block measured up to 2x slower (9x9 conv: 8 channels x 81 window steps 59
+    stride inside the chunk measured up to 2x slower (9x9 conv: 8 channels x 81 window steps 59
     GFLOP/s, 256 channels 115). None when no inner part of ``MIN_REDUCTION`` steps fits."""
     footprint = _reads(sweeps, extent)
-    if footprint <= (TILE_CACHE_BYTES if block is None else block):
+    if footprint <= (TILE_CACHE_BYTES if chunk is None else chunk):
         return None, [], list(reductions), footprint
-    limit = TILE_BYTES if block is None else block
+    limit = TILE_BYTES if chunk is None else chunk
     inner: dict[str, int] = {}
     cut = None
     for n in reversed(reductions):
@@ -295,7 +295,7 @@ def default_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: dict
     """The default schedule's tile for statement ``k`` (no layout changes): the best-scoring one when
     it reuses every load for more than one multiply-add on average, the reduction it runs around
     is long enough (``MIN_REDUCTION`` steps) to pay for loading and storing the tile, and what that
-    reduction reads (blocked by ``_block_reduction`` when it would not fit) fits in ``TILE_CACHE_BYTES``."""
+    reduction reads (chunked by ``_chunk_reduction`` when it would not fit) fits in ``TILE_CACHE_BYTES``."""
     if reduction_steps(bs) < MIN_REDUCTION:
         return None
     for tails in (False, True):  # tiles that leave tails only where no other tile fits

@@ -1,6 +1,6 @@
 """The default loop order of a statement: written indices outside, the most contiguous innermost.
 
-``default_order`` is the rule every unscheduled statement follows (``schedule.plan``) and the base
+``default_order`` is the rule every unscheduled statement follows (``schedule.dims``) and the base
 from which the vector tiles (``schedule.microkernel``) and the tuner's window orders start.
 """
 

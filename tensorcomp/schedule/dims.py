@@ -29,7 +29,7 @@ class Dim:
     full: int = 0  # outer loop of a split whose factor does not divide the loop: its full iterations
 
 
-def plan(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, tuple[int, ...]],
+def loop_dims(k: int, bs: BoundStatement, records: list[Record], strides: dict[str, tuple[int, ...]],
          itemsize: dict[str, int], gather: bool, target: str = "cpu") -> tuple[list[Dim], set[str]]:
     """The statement's loops (outermost first) and the loop names safe to run in parallel."""
     dim = {n: f"d{j}" for j, n in enumerate(bs.names)}
