@@ -117,7 +117,7 @@ def run(budget_s: float = 60.0, rounds: int = 5, compile_torch: bool = True, png
         "nyxcpqab,abcdqr->nyxdpr", sliding_window_view(I, (3, 3), axis=(1, 2))[:, ::2, ::2], W, optimize=True)
     try:
         import torch
-        torch.set_num_threads(tc.runtime.threads.num_threads())
+        torch.set_num_threads(tc.target.num_threads())
         tI, tW = torch.from_numpy(I), torch.from_numpy(W)
 
         def eager():

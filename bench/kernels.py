@@ -26,7 +26,7 @@ from tensorcomp import ops  # noqa: E402
 
 try:
     import torch
-    torch.set_num_threads(tc.runtime.threads.num_threads())
+    torch.set_num_threads(tc.target.num_threads())
 except ImportError:  # torch is a peer, never a dependency
     torch = None
 
@@ -172,7 +172,7 @@ def main() -> None:
                         help="also tune each tensorcomp kernel for this long and time it again")
     args = parser.parse_args()
     TUNE_S[0] = args.tune
-    print(f"machine: {machine()}; {tc.runtime.threads.num_threads()} threads; "
+    print(f"machine: {machine()}; {tc.target.num_threads()} threads; "
           f"torch {torch.__version__ if torch else 'not installed'}")
     t0 = time.perf_counter()
     CEILING[0] = sgemm_ceiling()

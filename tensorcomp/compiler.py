@@ -346,8 +346,8 @@ def cuda_kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: t
     return found
 
 
-def forget(op) -> None:
-    """Drop this process's kernels of ops equal to ``op`` (after tuning: the next call picks up the
-    new schedule)."""
-    for key in [k for k in _KERNELS if k[0] == op.ident]:
-        del _KERNELS[key]
+def forget(op, key: tuple | None = None) -> None:
+    """Drop this process's kernels of ops equal to ``op`` (for the call signature ``key`` only, when
+    given), after tuning: the next call picks up the new schedule."""
+    for k in [k for k in _KERNELS if k[0] == op.ident and (key is None or k[1] == key)]:
+        del _KERNELS[k]

@@ -45,6 +45,18 @@ def profiling(prof: dict) -> Iterator[dict]:
         _PROFILE = previous
 
 
+def _same_strides_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` with its strides (a view into a buffer of its own), so a profiled call is
+    tuned for the signature it was made with (the database and kernel keys include strides)."""
+    if a.flags.c_contiguous or any(s < 0 for s in a.strides) or a.size == 0:
+        return a.copy()
+    span = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides))
+    base = np.empty(-(-span // a.itemsize), a.dtype)
+    out = np.lib.stride_tricks.as_strided(base, a.shape, a.strides)
+    out[...] = a
+    return out
+
+
 def _param_kind(name: str, value: Any, label: str) -> str:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
@@ -212,10 +224,19 @@ class Op:
                   pad_value=self.pad_values or None, schedule=tuple(schedule),
                   use_tuned=self.use_tuned if use_tuned is None else use_tuned)
 
-    def forget_kernels(self) -> None:
-        """Drop compiled kernels (after tuning, so the next call picks up the new schedule)."""
-        self._cache.clear()
-        compiler.forget(self)
+    def forget_kernels(self, *arrays: Any, **params: Any) -> None:
+        """Drop the kernels compiled for these inputs' signature (all of them when none are given), so
+        the next call picks up a new schedule (after tuning)."""
+        if not arrays:
+            self._cache.clear()
+            compiler.forget(self)
+            return
+        arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+        key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])
+        if params:
+            key += tuple([(k, type(v)) for k, v in params.items()])
+        self._cache.pop(key, None)
+        compiler.forget(self, key)
 
     # -- binding ------------------------------------------------------------------------------------
     def check_call(self, arrays: tuple, params: dict[str, Any]) -> dict[str, str]:
@@ -306,7 +327,7 @@ class Op:
         prof = _PROFILE
         if prof is not None:
             t0 = time.perf_counter()
-            inputs = [a.copy() for a in arrs]  # the op's result may be used in place later
+            inputs = [_same_strides_copy(a) for a in arrs]  # the op's result may be used in place later
         if params:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)

@@ -167,7 +167,7 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     winner = min(times, key=times.__getitem__)
     best, best_s, default_s = from_json(winner), times[winner], times["[]"]
     database.store_result(op, arrays, params, "cpu", best, best_s, log)
-    op.forget_kernels()
+    op.forget_kernels(*arrays, **params)  # (its kernels for other signatures are kept)
     op(*arrays, **params)  # compiled under the stored schedule, with a manifest: a new process starts at once
     return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log, stopped)
 
