@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -41,3 +43,15 @@ def machine() -> str:
         pass
     from tensorcomp.runtime import host_target
     return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; LLVM target {host_target()}"
+
+
+def fresh_process_seconds(code: str, cache: str) -> float | None:
+    """Run ``code`` in a new Python process with ``TENSORCOMP_CACHE_DIR=cache``; the number on the last
+    line it prints (seconds), or None when it failed (its stderr's tail goes to ours)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=cache))
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None

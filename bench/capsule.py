@@ -29,6 +29,9 @@ from typing import Callable
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fresh_process_seconds  # noqa: E402
+
 SRC = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
 N, H, CI, CO, P = 32, 14, 32, 32, 4
 OH = (H - 3) // 2 + 1
@@ -203,12 +206,7 @@ def _fresh_process(cache: str, rounds: int) -> float | None:
                 t0 = time.perf_counter(); op(I, W); best = min(best, time.perf_counter() - t0)
         print(best)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=cache))
-    try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+    return fresh_process_seconds(code, cache)
 
 
 def _cpu() -> str:

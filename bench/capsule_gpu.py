@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fresh_process_seconds  # noqa: E402
 
 SRC = "O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]"
 N, H, CI, CO, P = 32, 14, 32, 32, 4
@@ -67,13 +70,7 @@ def _fresh(cache: str, calls: int) -> float | None:
             best = min(best, s.time_till(e) / 1e3 / {calls})
         print(best)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=cache))
-    try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        print(out.stderr[-2000:], file=sys.stderr)
-        return None
+    return fresh_process_seconds(code, cache)
 
 
 def main() -> None:
