@@ -90,3 +90,17 @@ def test_readme_tour_runs_as_written():
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0 and runner.tries >= 8
+
+
+@pytest.mark.parametrize("section, needs", [("## Use it from PyTorch", "torch"), ("## Use it from JAX", "jax")])
+def test_readme_interop_sections_run_as_written(section, needs):
+    import doctest
+    pytest.importorskip(needs)
+    text = (ROOT / "README.md").read_text()
+    part = text[text.index(section):]
+    part = part[:part.index("\n## ", 4)]
+    block = part[part.index("```python") + len("```python"):part.index("```", part.index("```python") + 9)]
+    test = doctest.DocTestParser().get_doctest(block, {}, section, "README.md", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 5

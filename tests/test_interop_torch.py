@@ -154,6 +154,18 @@ def test_capsule_modules_match_a_pure_torch_capsnet_layer():
     assert conv.weight.grad is not None and conv.beta_a.grad is not None
 
 
+def test_capsule_modules_compile_without_graph_breaks():
+    layer = DenseCapsules(6, 4, 3, 5)
+    squash = Squash(3)
+    x = torch.randn(2, 6, 4)
+    eager = layer(squash(x)).sum()
+    compiled = torch.compile(lambda x: layer(squash(x)).sum(), fullgraph=True)
+    assert torch.allclose(compiled(x), eager, rtol=1e-5)
+    with pytest.raises(ShapeError) as e:
+        squash(torch.randn(2, 3))
+    assert str(e.value) == "Squash(rank=3): expected a rank-3 tensor, got shape (2, 3)"
+
+
 def test_bad_inputs_raise_errors_naming_the_op_the_argument_and_the_value():
     f = tct.op("C[i, j] += A[i, k] * B[k, j]")
     a = torch.randn(2, 3)

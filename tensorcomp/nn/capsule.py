@@ -163,7 +163,7 @@ class EMPrimaryCaps(Module):
 
 
 @lru_cache(maxsize=None)
-def _window_votes_op(kernel: int, stride: int) -> Op:
+def window_votes_op(kernel: int, stride: int) -> Op:
     """Votes of each input capsule of a window for each output type, windows flattened:
     V[(n, y, x), (ky, kx, ci), co, (p, r)] and the matching input activations."""
     return Op(f"""
@@ -192,7 +192,7 @@ class ConvCaps(Module):
         if poses.ndim != 6 or poses.shape[3:] != (self.in_types, 4, 4) or activations.shape != poses.shape[:4]:
             raise ShapeError(f"ConvCaps: expected poses (N, H, W, {self.in_types}, 4, 4) and activations "
                              f"(N, H, W, {self.in_types}), got {poses.shape} and {activations.shape}")
-        votes, acts = apply(_window_votes_op(self.kernel_size, self.stride), poses, self.weight, activations)
+        votes, acts = apply(window_votes_op(self.kernel_size, self.stride), poses, self.weight, activations)
         n, oh, ow = votes.shape[:3]
         k = self.kernel_size * self.kernel_size * self.in_types
         v = votes.reshape(n * oh * ow, k, self.out_types, 16)

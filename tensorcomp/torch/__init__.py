@@ -137,7 +137,7 @@ class TorchOp:
 
     def _cpu(self, *args):
         """The kernel on the tensors' memory (no copies in; the output buffers become the tensors)."""
-        arrays = [t.detach().numpy() for t in args[:self.n_in]]
+        arrays = [t.detach().numpy() if t.requires_grad else t.numpy() for t in args[:self.n_in]]
         outs = self.op(*arrays, **self._scalars(args))
         outs = outs if isinstance(outs, tuple) else (outs,)
         result = tuple(torch.from_numpy(o if o.flags.c_contiguous else np.ascontiguousarray(o)) for o in outs)

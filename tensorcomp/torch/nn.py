@@ -16,15 +16,26 @@ import torch
 
 from .. import ops
 from ..errors import ShapeError
-from ..nn.capsule import _window_votes_op
+from ..nn.capsule import window_votes_op
 from . import wrap
 
 
 class Squash(torch.nn.Module):
-    """``v |v|² / ((1 + |v|²) |v|)`` over the last axis (Sabour et al. 2017), any rank."""
+    """``v |v|² / ((1 + |v|²) |v|)`` over the last axis (Sabour et al. 2017) of a rank-``rank`` tensor."""
+
+    def __init__(self, rank: int = 3) -> None:
+        super().__init__()
+        self.rank = rank
+        self.op = wrap(ops.squash(rank))  # made here, not in forward: torch.compile traces forward only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return wrap(ops.squash(x.ndim))(x)
+        if x.ndim != self.rank:
+            raise ShapeError(f"Squash(rank={self.rank}): expected a rank-{self.rank} tensor, got shape "
+                             f"{tuple(x.shape)}")
+        return self.op(x)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}"
 
 
 class DenseCapsules(torch.nn.Module):
@@ -37,13 +48,14 @@ class DenseCapsules(torch.nn.Module):
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = in_caps, in_dim, out_caps, out_dim
         self.iterations = iterations
         self.weight = torch.nn.Parameter(0.05 * torch.randn(in_caps, out_caps, out_dim, in_dim))
+        self.votes = wrap(ops.dense_votes())
+        self.route = wrap(ops.capsule.dynamic_routing(iterations))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.in_caps, self.in_dim):
             raise ShapeError(f"DenseCapsules: expected input capsules of shape (N, {self.in_caps}, {self.in_dim}), "
                              f"got {tuple(x.shape)}")
-        votes = wrap(ops.dense_votes())(x, self.weight)
-        return wrap(ops.capsule.dynamic_routing(self.iterations))(votes, inv_j=1.0 / self.out_caps)
+        return self.route(self.votes(x, self.weight), inv_j=1.0 / self.out_caps)
 
     def extra_repr(self) -> str:
         return f"{self.in_caps}x{self.in_dim} -> {self.out_caps}x{self.out_dim}, iterations={self.iterations}"
@@ -62,17 +74,18 @@ class ConvCapsules(torch.nn.Module):
         self.weight = torch.nn.Parameter(0.5 * torch.randn(kernel_size, kernel_size, in_types, out_types, 4, 4))
         self.beta_u = torch.nn.Parameter(torch.zeros(out_types))
         self.beta_a = torch.nn.Parameter(torch.zeros(out_types))
+        self.votes = wrap(window_votes_op(kernel_size, stride))
+        self.route = wrap(ops.capsule.em_routing(iterations, out_types))
 
     def forward(self, poses: torch.Tensor, activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if poses.ndim != 6 or tuple(poses.shape[3:]) != (self.in_types, 4, 4) or \
                 tuple(activations.shape) != tuple(poses.shape[:4]):
             raise ShapeError(f"ConvCapsules: expected poses (N, H, W, {self.in_types}, 4, 4) and activations "
                              f"(N, H, W, {self.in_types}), got {tuple(poses.shape)} and {tuple(activations.shape)}")
-        votes, acts = wrap(_window_votes_op(self.kernel_size, self.stride))(poses, self.weight, activations)
+        votes, acts = self.votes(poses, self.weight, activations)
         n, oh, ow = votes.shape[:3]
         k = self.kernel_size * self.kernel_size * self.in_types
-        route = wrap(ops.capsule.em_routing(self.iterations, self.out_types))
-        out_a, out_p = route(acts.reshape(n * oh * ow, k), votes.reshape(n * oh * ow, k, self.out_types, 16),
+        out_a, out_p = self.route(acts.reshape(n * oh * ow, k), votes.reshape(n * oh * ow, k, self.out_types, 16),
                              self.beta_u, self.beta_a, lam=self.lam)
         return out_p.reshape(n, oh, ow, self.out_types, 4, 4), out_a.reshape(n, oh, ow, self.out_types)
 
