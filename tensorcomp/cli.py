@@ -124,7 +124,9 @@ def caps_demo() -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from . import tune
+    dist.init()  # under mpiexec: the ranks tune together
     from .opdef import Op
     op = Op(args.source, ranges=dict(args.range) or None)
     shapes, dtypes = dict(args.shape), dict(args.dtype)
@@ -136,8 +138,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             return 2
         arrays.append(rng.standard_normal(shapes[name]).astype(dtypes.get(name, "float32")))
     params = {p: 1.0 for p in op.params}
-    result = tune(op, *arrays, budget_s=args.budget, trials=args.trials, **params)
-    print(result.summary())
+    result = tune(op, *arrays, budget_s=args.budget, trials=args.trials, progress=dist.is_main(), **params)
+    if dist.is_main():  # under mpiexec the ranks tuned together; rank 0 reports (and stored the result)
+        ranks = f" on {dist.size()} ranks" if dist.size() > 1 else ""
+        print(result.summary() + ranks)
     return 0
 
 
@@ -204,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", default=None, help="directory with the MNIST IDX files")
     train.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the kernels run")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the MPI job this process is a rank of (start with mpiexec)")
+    train.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="run N ranks on this host (MPI from the dist extra), data-parallel")
+    train.add_argument("--check-every", type=int, default=0, metavar="K",
+                       help="with several ranks: check every K steps that all ranks hold the same parameters")
     train.add_argument("--tune", type=float, default=None, metavar="S",
                        help="seconds to tune the kernels the second step spends its time in (CPU; default 60; "
                             "0: none). Tuned schedules are stored, so a later run uses them at once")

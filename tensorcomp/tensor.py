@@ -245,7 +245,20 @@ class Tensor:
         grads: dict[int, Any] = {id(self): _to(grad, self.device, self.dtype)}
         nodes = _topological(self)
         leaves = _leaves(self)
-        for node in reversed(nodes):
+        # a leaf's gradient is complete after the last node (in backward order) that reads it: hooks
+        # (data-parallel gradient reduction) can start on it while the rest of the backward runs
+        last = {}
+        if _grad_ready_hooks:
+            for j, node in enumerate(reversed(nodes)):
+                for t in node.inputs:
+                    last[id(t)] = j
+        ready: dict[int, list[Tensor]] = {}
+        for t in leaves:
+            ready.setdefault(last.get(id(t), -1), []).append(t)
+        done = set()
+        for j, node in enumerate(reversed(nodes)):
+            for t in ready.get(j - 1, ()) if _grad_ready_hooks else ():
+                self._finish_leaf(t, grads, done)
             outs = [grads.get(id(o)) for o in node.outputs]
             if all(g is None for g in outs):
                 continue
@@ -267,13 +280,26 @@ class Tensor:
                 t = node.inputs[node.op.inputs.index(name)]
                 grads[id(t)] = grads[id(t)] + g if id(t) in grads else g
         for t in leaves:
-            g = grads.get(id(t))
-            if g is not None:
-                t.grad = g if t.grad is None else t.grad + g
+            self._finish_leaf(t, grads, done)
         for node in nodes:  # free the graph (as PyTorch does): no cycles left for the collector
             for o in node.outputs:
                 o._node = None
             node.inputs, node.outputs = (), []
+
+    @staticmethod
+    def _finish_leaf(t: "Tensor", grads: dict, done: set) -> None:
+        """Add a leaf's completed gradient to its ``.grad`` (once) and tell the grad-ready hooks."""
+        if id(t) in done:
+            return
+        done.add(id(t))
+        g = grads.get(id(t))
+        if g is not None:
+            t.grad = g if t.grad is None else t.grad + g
+            for hook in _grad_ready_hooks:
+                hook(t)
+
+
+_grad_ready_hooks: list = []  # called with each leaf whose .grad a backward() has just completed
 
 
 def _access(name: str, index: list[str]) -> str:

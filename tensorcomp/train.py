@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from . import distributed as dist
 from . import nn, optim
 from .data import DataLoader, mnist
 from .runtime import compile_count
@@ -75,37 +76,64 @@ MODELS = {
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250, device: str = "cpu") -> float:
+    """Test accuracy; with several ranks each scores its shard of the test set and the counts are summed."""
     model.eval()
     correct = 0
+    part = dist.shard(len(x))
+    x, y = x[part], y[part]
     with no_grad():
         for start in range(0, len(x), batch_size):
             logits = model(Tensor(x[start:start + batch_size], device=device)).numpy()
             correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
     model.train()
-    return correct / len(x)
+    return dist.gather_sum(correct) / dist.gather_sum(len(x))
 
 
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
-          tune_s: float = 0.0) -> dict:
-    """Train ``model_name`` on MNIST; returns the summary printed by ``tensorcomp train --json``.
+          tune_s: float = 0.0, distributed: bool = False, check_every: int = 0) -> dict:
+    """Train ``model_name`` on MNIST; returns the summary printed by ``tensorcomp train --json`` (see
+    ``fit``, which also returns the trained model)."""
+    return fit(model_name, epochs, batch_size, lr, seed, data, progress, max_steps, device, tune_s, distributed,
+               check_every)[1]
+
+
+def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+        data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
+        tune_s: float = 0.0, distributed: bool = False, check_every: int = 0) -> tuple[nn.Module, dict]:
+    """Train ``model_name`` on MNIST; returns the model and the summary ``tensorcomp train --json`` prints.
 
     With ``tune_s`` > 0 (CPU), the second step is profiled and the ops it spent its time in are
     tuned for ``tune_s`` seconds in all (``autotune.hot``); the tuned schedules are stored in the
     tuning database, so a later run with the same shapes uses them at once. Steps that compiled,
     profiled or tuned are left out of ``ms_per_step``.
+
+    ``distributed``: data-parallel over the MPI job this process is a rank of (``tensorcomp.distributed``):
+    every rank starts from rank 0's parameters, takes its shard of each global batch of ``batch_size``,
+    and the gradients are summed over the ranks before each step; kernels are not tuned (ranks must run
+    the same kernels to stay bit-identical). ``check_every`` K > 0: every K steps, check that all ranks
+    hold the same parameters. Only rank 0 shows progress.
     """
+    if distributed:
+        dist.init()
+        dist.agree("the training options", (model_name, epochs, batch_size, lr, seed, data, device))
+        if dist.size() > 1:
+            tune_s = 0.0
+    ranks = dist.size()
     nn.manual_seed(seed)
     build, make_loss = MODELS[model_name]
     model = build().to(device)
+    dist.broadcast_parameters(model)
     xtr, ytr, xte, yte = mnist(data)
     opt = optim.Adam(model.parameters(), lr=lr)
+    shared = dist.DistributedOptimizer(opt) if ranks > 1 else None
     loss_fn = make_loss()
-    loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed)
+    loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed, rank=dist.rank(), ranks=ranks)
+    reduce_s, reduced = [], 0
     step_times, losses, hits, steps, compile_s, tuning_s, tuned = [], [], [], 0, 0.0, 0.0, []
     tune_at = 2 if tune_s > 0 and device == "cpu" else None
     bar = None
-    if progress:
+    if progress and dist.is_main():
         try:
             from tqdm import tqdm
             bar = tqdm(total=epochs * len(loader), desc=model_name, unit="step")
@@ -120,8 +148,15 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
                 logits = model(Tensor(xb, device=device))
                 loss = loss_fn(logits, yb)
                 opt.zero_grad()
+                if shared is not None:
+                    shared.set_batch(len(xb), loader.global_batch)
                 loss.backward()
-                opt.step()
+                if shared is not None:
+                    shared.step()
+                    reduce_s.append(shared.reduce_s)
+                    reduced = shared.reduced_bytes
+                else:
+                    opt.step()
             if device == "cuda":  # kernels run asynchronously: time them to the end
                 cuda.synchronize()
             elapsed = time.perf_counter() - t0
@@ -136,6 +171,8 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
             losses.append(loss.item())
             hits.append(float((logits.numpy().argmax(1) == yb).mean()))
             steps += 1
+            if check_every and ranks > 1 and steps % check_every == 0:
+                dist.check_parameters(model, steps)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(hits[-20:]):.3f}")
@@ -148,22 +185,67 @@ def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e
     acc = evaluate(model, xte, yte, device=device)
     # steps that compiled kernels (the first, and the first with each new batch shape) are reported
     # apart: ms_per_step is the mean over the steps that only ran kernels
-    return {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+    return model, {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
             "compiling_steps": steps - len(step_times) - (tune_at is not None and steps >= tune_at),
             "compile_s": compile_s, "tune_s": tuning_s, "tuned_ops": len([t for t in tuned if "tuned_ms" in t]),
-            "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-5:]))}
+            "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-5:])),
+            "ranks": ranks, "allreduce_ms_per_step": 1e3 * float(np.mean(reduce_s)) if reduce_s else 0.0,
+            "reduced_bytes_per_step": reduced}
 
 
 def main(args) -> int:
+    if args.nproc is not None:
+        return launch(args.nproc)
     tune_s = args.tune if args.tune is not None else (DEFAULT_TUNE_S if args.device == "cpu" else 0.0)
-    result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data, progress=not args.json,
-                   device=args.device, tune_s=tune_s)
+    result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data,
+                   progress=not args.json, device=args.device, tune_s=tune_s, distributed=args.distributed,
+                   check_every=args.check_every)
+    if not dist.is_main():
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
+        ranks = f", {result['ranks']} ranks" if result["ranks"] > 1 else ""
         print(f"{result['model']}: test accuracy {result['test_accuracy']:.3f} after {result['epochs']} epoch(s), "
-              f"{result['ms_per_step']:.1f} ms/step ({result['compiling_steps']} steps compiled kernels: "
+              f"{result['ms_per_step']:.1f} ms/step{ranks} ({result['compiling_steps']} steps compiled kernels: "
               f"{result['compile_s']:.1f} s; {result['tuned_ops']} kernels tuned in {result['tune_s']:.1f} s)")
     return 0
+
+
+def launch(nproc: int) -> int:
+    """``tensorcomp train ... --nproc N``: the same command as N ranks on this host, through the MPI
+    launcher of the dist extra (``mpiexec`` beside this Python, else on the PATH); each rank gets
+    an equal share of the cores. Returns the job's exit status (non-zero when any rank failed)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    from .errors import ArgumentError
+    if nproc < 1:
+        raise ArgumentError(f"tensorcomp train: --nproc must be >= 1, got {nproc}")
+    beside = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        raise ArgumentError("tensorcomp train --nproc: no mpiexec found; install the dist extra "
+                            "(pip install 'tensorcomp[dist]': mpi4py and MPICH) or start the ranks with your own "
+                            "launcher: mpiexec -n N tensorcomp train MODEL --distributed")
+    argv = list(sys.argv[1:])
+    k = argv.index("--nproc") if "--nproc" in argv else None
+    if k is not None:
+        del argv[k:k + 2]
+    else:
+        argv = [a for a in argv if not a.startswith("--nproc=")]
+    env = dict(os.environ)
+    env.setdefault("TENSORCOMP_NUM_THREADS", str(dist.local_threads(nproc)))
+    proc = subprocess.Popen([mpiexec, "-n", str(nproc), sys.executable, "-m", "tensorcomp.cli", *argv,
+                             "--distributed"], env=env)
+
+    def stop(signum, frame):  # ending the launcher ends the job
+        proc.terminate()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    return proc.wait()

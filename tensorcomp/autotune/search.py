@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import compiler
+from .. import distributed as dist
 from ..compiler import ArraySpec
 from ..errors import ArgumentError, TensorcompError
 from ..opdef import Op
@@ -77,6 +78,11 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
 
     default = op.with_schedule((), use_tuned=False)
     cands, layouts = space.first_candidates(op, bound, arrays)
+    dist.init()  # under mpiexec: each rank measures its share of the candidates (identical hardware only)
+    if dist.size() > 1:
+        dist.ensure_same_hardware(database.target_key())
+        dist.agree("the op and inputs to tune", (op.canonical(), database.signature(arrays, params)))
+        cands = cands[dist.rank()::dist.size()]
     first, later = cands[:FIRST_TRIALS], cands[FIRST_TRIALS:]
     deadline = t_start + budget * (1 - FINAL_SHARE)
     pre = Precompiler(op, arrays, params)
@@ -165,8 +171,16 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     times = _final_round(default, arrays, params, log, best,
                          t_start + budget if not stopped else time.perf_counter() + FINAL_SHARE * budget)
     winner = min(times, key=times.__getitem__)
+    if dist.size() > 1:  # the fastest over the ranks; every rank's trials in the log
+        every = dist.allgather((times[winner], winner, log))
+        best_rank = min(range(len(every)), key=lambda r: every[r][0])
+        times = {**times, every[best_rank][1]: every[best_rank][0]}
+        winner = every[best_rank][1]
+        log = [dict(entry, rank=r) for r, (_, _, entries) in enumerate(every) for entry in entries]
     best, best_s, default_s = from_json(winner), times[winner], times["[]"]
-    database.store_result(op, arrays, params, "cpu", best, best_s, log)
+    if dist.is_main():  # only rank 0 writes the tuning database
+        database.store_result(op, arrays, params, "cpu", best, best_s, log)
+    dist.barrier()
     op.forget_kernels(*arrays, **params)  # (its kernels for other signatures are kept)
     op(*arrays, **params)  # compiled under the stored schedule, with a manifest: a new process starts at once
     return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log, stopped)

@@ -51,15 +51,27 @@ def mnist(root=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 class DataLoader:
-    """Mini-batches of (x, y) arrays; shuffled with a seeded generator each epoch when ``shuffle``."""
+    """Mini-batches of (x, y) arrays; shuffled with a seeded generator each epoch when ``shuffle``.
+
+    With ``ranks`` > 1 (data-parallel training, see ``tensorcomp.distributed``), ``batch_size`` is the
+    global batch and each rank gets its own contiguous shard of every global batch (sizes differing by
+    at most one; every rank draws the same order from the same seed), so the ranks together see the
+    same samples per step as one process; ``global_batch`` is the size of the last global batch."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False) -> None:
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, ranks: int = 1) -> None:
         if len(x) != len(y):
             raise ValueError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < ranks:
+            raise ValueError(f"DataLoader: rank must be in 0..ranks-1 ({ranks} ranks), got {rank}")
+        if batch_size < ranks:
+            raise ValueError(f"DataLoader: a global batch of {batch_size} cannot be shared by {ranks} ranks; use "
+                             f"batch_size >= {ranks}")
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
+        self.rank, self.ranks = rank, ranks
+        self.global_batch = 0
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -71,4 +83,7 @@ class DataLoader:
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 return
+            self.global_batch = n = len(idx)
+            if self.ranks > 1:
+                idx = idx[n * self.rank // self.ranks:n * (self.rank + 1) // self.ranks]
             yield self.x[idx], self.y[idx]
