@@ -248,6 +248,34 @@ class DistributedOptimizer:
             tape._grad_ready_hooks.remove(self._on_ready)
 
 
+def allreduce_gradients(model_or_params, weight: float | None = None, bucket_bytes: int = BUCKET_BYTES) -> int:
+    """Sum every parameter's ``.grad`` over the ranks in place (blocking, in flat buckets), each rank's
+    weighted by ``weight`` (its share of the global batch; ``1 / size()`` when not given), so the result
+    is the gradient of the global batch's mean loss. Returns the bytes reduced. (``DistributedOptimizer``
+    does the same, overlapped with the backward pass.)"""
+    params = _params(model_or_params)
+    if size() == 1:
+        return 0
+    w = 1.0 / size() if weight is None else weight
+    mpi, comm, nbytes = _state["mpi"], _state["comm"], 0
+    start = 0
+    while start < len(params):
+        group, total = [], 0
+        while start < len(params) and (not group or total < bucket_bytes):
+            group.append(params[start])
+            total += params[start].data.nbytes
+            start += 1
+        flat = np.concatenate([(p.grad if p.grad is not None else np.zeros_like(p.data)).reshape(-1) * w
+                               for p in group])
+        comm.Allreduce(mpi.IN_PLACE, flat, op=mpi.SUM)
+        nbytes += flat.nbytes
+        at = 0
+        for p in group:
+            p.grad = flat[at:at + p.data.size].reshape(p.data.shape).astype(p.data.dtype, copy=False)
+            at += p.data.size
+    return nbytes
+
+
 def shard(n: int, of_rank: int | None = None, ranks: int | None = None) -> slice:
     """The part of a global batch of ``n`` samples that rank ``of_rank`` (this one) takes: contiguous,
     sizes differing by at most one."""

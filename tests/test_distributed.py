@@ -116,6 +116,28 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     assert "ValueError: rank one gives up" in out.stderr
 
 
+REDUCE = """
+import numpy as np
+from tensorcomp import distributed as dist, nn
+dist.init()
+layer = nn.Linear(3, 2)
+for p in layer.parameters():
+    p.grad = np.full(p.data.shape, dist.rank() + 1.0, np.float32)
+assert dist.allreduce_gradients(layer, weight=0.5) == 4 * 8
+assert all(np.all(p.grad == 1.5) for p in layer.parameters())
+print("ok")
+"""
+
+
+@needs_mpi
+def test_allreduce_gradients_sums_weighted_gradients_in_place(tmp_path):
+    script = tmp_path / "reduce.py"
+    script.write_text(REDUCE)
+    out = run([MPIEXEC, "-n", "2", sys.executable, str(script)], tmp_path, timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "ok"]
+
+
 DISAGREE = """
 from tensorcomp import distributed as dist, nn
 dist.init()
