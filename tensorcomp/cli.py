@@ -138,7 +138,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             return 2
         arrays.append(rng.standard_normal(shapes[name]).astype(dtypes.get(name, "float32")))
     params = {p: 1.0 for p in op.params}
-    result = tune(op, *arrays, budget_s=args.budget, trials=args.trials, progress=dist.is_main(), **params)
+    result = tune(op, *arrays, budget_s=args.budget, trials=args.trials, progress=dist.is_main(),
+                  retune=args.retune, **params)
     if dist.is_main():  # under mpiexec the ranks tuned together; rank 0 reports (and stored the result)
         ranks = f" on {dist.size()} ranks" if dist.size() > 1 else ""
         print(result.summary() + ranks)
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--range", action="append", type=_range_arg, default=[], metavar="INDEX=N|LO:HI")
     tune.add_argument("--budget", type=float, default=60.0, help="seconds (default 60)")
     tune.add_argument("--trials", type=int, default=None, help="at most this many candidate schedules")
+    tune.add_argument("--retune", action="store_true", help="search again even when a result is stored")
     tune.set_defaults(run=cmd_tune)
     cache = sub.add_parser("cache",
                            help="the tuning database and compiled kernels: list, clear, export FILE, import FILE")
@@ -214,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="run N ranks on this host (MPI from the dist extra), data-parallel")
     train.add_argument("--check-every", type=int, default=0, metavar="K",
                        help="with several ranks: check every K steps that all ranks hold the same parameters")
+    train.add_argument("--retune", action="store_true",
+                       help="tune kernels again even when the tuning database has a result for them")
     train.add_argument("--tune", type=float, default=None, metavar="S",
-                       help="seconds to tune the kernels the second step spends its time in (CPU; default 60; "
-                            "0: none). Tuned schedules are stored, so a later run uses them at once")
+                       help="seconds of blocking tuning for the kernels the second step spends its time in, before "
+                            "training goes on (CPU; 0: none). Default: up to 60 s of tuning in a background "
+                            "process while training goes on, tuned kernels swapped in between steps. Tuned "
+                            "schedules are stored: a later run uses them at once and never tunes them again")
     train.set_defaults(run=lambda a: __import__("tensorcomp.train", fromlist=["main"]).main(a))
     demo = sub.add_parser("demo", help="run ops on the bundled MNIST subset and time the capsule kernel")
     demo.set_defaults(run=cmd_demo)

@@ -13,6 +13,7 @@ from . import nn, optim
 from .data import DataLoader, mnist
 from .runtime import compile_count
 from .runtime import cuda
+from .autotune.background import BackgroundTuner
 from .autotune.hot import profile, tune_hot
 from .tensor import Tensor, no_grad
 
@@ -91,22 +92,27 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
-          tune_s: float = 0.0, distributed: bool = False, check_every: int = 0) -> dict:
+          tune_s: float = 0.0, distributed: bool = False, check_every: int = 0, background: bool = False,
+          retune: bool = False) -> dict:
     """Train ``model_name`` on MNIST; returns the summary printed by ``tensorcomp train --json`` (see
     ``fit``, which also returns the trained model)."""
     return fit(model_name, epochs, batch_size, lr, seed, data, progress, max_steps, device, tune_s, distributed,
-               check_every)[1]
+               check_every, background, retune)[1]
 
 
 def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
         data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
-        tune_s: float = 0.0, distributed: bool = False, check_every: int = 0) -> tuple[nn.Module, dict]:
+        tune_s: float = 0.0, distributed: bool = False, check_every: int = 0, background: bool = False,
+        retune: bool = False) -> tuple[nn.Module, dict]:
     """Train ``model_name`` on MNIST; returns the model and the summary ``tensorcomp train --json`` prints.
 
     With ``tune_s`` > 0 (CPU), the second step is profiled and the ops it spent its time in are
     tuned for ``tune_s`` seconds in all (``autotune.hot``); the tuned schedules are stored in the
-    tuning database, so a later run with the same shapes uses them at once. Steps that compiled,
-    profiled or tuned are left out of ``ms_per_step``.
+    tuning database, so a later run with the same shapes uses them at once, and ops with a stored
+    result are not tuned again (unless ``retune``). With ``background``, a worker process tunes them
+    while training goes on (``autotune.background``): each tuned kernel is swapped in between steps as it
+    is ready, and the worker is ended with the training (nothing waits for it). Steps that compiled,
+    profiled, tuned or swapped kernels in are left out of ``ms_per_step``.
 
     ``distributed``: data-parallel over the MPI job this process is a rank of (``tensorcomp.distributed``):
     every rank starts from rank 0's parameters, takes its shard of each global batch of ``batch_size``,
@@ -131,6 +137,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed, rank=dist.rank(), ranks=ranks)
     reduce_s, reduced = [], 0
     step_times, losses, hits, steps, compile_s, tuning_s, tuned = [], [], [], 0, 0.0, 0.0, []
+    tuner = None
     tune_at = 2 if tune_s > 0 and device == "cpu" else None
     bar = None
     if progress and dist.is_main():
@@ -141,6 +148,8 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             bar = None
     for _ in range(epochs):
         for xb, yb in loader:
+            if tuner is not None and tuner.poll() and bar is not None:  # tuned kernels swapped in from here
+                bar.set_postfix_str(f"tuned {len([d for d in tuner.done if 'tuning_s' in d])} kernels")
             before = compile_count()
             profiling = steps + 1 == tune_at
             t0 = time.perf_counter()
@@ -160,9 +169,11 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             if device == "cuda":  # kernels run asynchronously: time them to the end
                 cuda.synchronize()
             elapsed = time.perf_counter() - t0
-            if profiling:  # the profiled step copies every op's inputs: not a timed step
+            if profiling and background:  # a worker tunes the profiled ops while training goes on
+                tuner = BackgroundTuner.start(prof, tune_s, retune)
+            elif profiling:  # the profiled step copies every op's inputs: not a timed step
                 t1 = time.perf_counter()
-                tuned = tune_hot(prof, tune_s)
+                tuned = tune_hot(prof, tune_s, retune=retune)
                 tuning_s = time.perf_counter() - t1
             elif compile_count() == before:
                 step_times.append(elapsed)
@@ -182,6 +193,9 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             break
     if bar is not None:
         bar.close()
+    if tuner is not None:  # never waits: what the worker finished is stored, a later run tunes the rest
+        tuner.stop()
+        tuned = tuner.done
     acc = evaluate(model, xte, yte, device=device)
     # steps that compiled kernels (the first, and the first with each new batch shape) are reported
     # apart: ms_per_step is the mean over the steps that only ran kernels
@@ -189,7 +203,9 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
             "compiling_steps": steps - len(step_times) - (tune_at is not None and steps >= tune_at),
-            "compile_s": compile_s, "tune_s": tuning_s, "tuned_ops": len([t for t in tuned if "tuned_ms" in t]),
+            "compile_s": compile_s, "tune_s": tuning_s, "tuned_ops": len([t for t in tuned if "tuning_s" in t]),
+            "stored_ops": len([t for t in tuned if t.get("stored")]),
+            "tuning": "off" if tune_at is None else "background" if background else "blocking",
             "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-5:])),
             "ranks": ranks, "allreduce_ms_per_step": 1e3 * float(np.mean(reduce_s)) if reduce_s else 0.0,
             "reduced_bytes_per_step": reduced}
@@ -198,10 +214,12 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
 def main(args) -> int:
     if args.nproc is not None:
         return launch(args.nproc)
+    # default: tuning in the background (never longer than without); --tune S: a blocking phase of S s
+    background = args.tune is None
     tune_s = args.tune if args.tune is not None else (DEFAULT_TUNE_S if args.device == "cpu" else 0.0)
     result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data,
                    progress=not args.json, device=args.device, tune_s=tune_s, distributed=args.distributed,
-                   check_every=args.check_every)
+                   check_every=args.check_every, background=background, retune=args.retune)
     if not dist.is_main():
         return 0
     if args.json:
@@ -210,7 +228,9 @@ def main(args) -> int:
         ranks = f", {result['ranks']} ranks" if result["ranks"] > 1 else ""
         print(f"{result['model']}: test accuracy {result['test_accuracy']:.3f} after {result['epochs']} epoch(s), "
               f"{result['ms_per_step']:.1f} ms/step{ranks} ({result['compiling_steps']} steps compiled kernels: "
-              f"{result['compile_s']:.1f} s; {result['tuned_ops']} kernels tuned in {result['tune_s']:.1f} s)")
+              f"{result['compile_s']:.1f} s; {result['tuned_ops']} kernels tuned"
+              + (" in the background" if result["tuning"] == "background" else f" in {result['tune_s']:.1f} s")
+              + (f", {result['stored_ops']} already tuned" if result["stored_ops"] else "") + ")")
     return 0
 
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -260,3 +261,42 @@ def test_the_search_ends_when_its_best_is_near_the_machine_ceiling(cache, monkey
     assert "stopped early: the best, " in result.summary()
     monkeypatch.undo()
     assert search.gemm_ceiling("float32") > 1.0 and search.gemm_ceiling("int32") is None
+
+
+def test_a_stored_result_is_not_tuned_again_unless_asked(cache):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((48, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 56)).astype(np.float32)
+    first = tc.tune(op, a, b, budget_s=4, progress=False)
+    assert not first.stored
+    again = tc.tune(tc.op("Z[x, y] += X[x, z] * Y[z, y]"), a, b, budget_s=60, progress=False)  # renamed: same entry
+    assert again.stored and again.tuning_s < 2 and len(again.trials) == len(first.trials)
+    assert again.summary().startswith("stored result, not searched again (retune=True / --retune searches again)")
+    assert not tc.tune(op, a, b, budget_s=3, progress=False, retune=True).stored
+
+
+def test_background_tuning_swaps_tuned_kernels_in_and_never_repeats(cache):
+    from tensorcomp.autotune.background import BackgroundTuner
+    from tensorcomp.autotune.hot import profile
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((64, 96)).astype(np.float32)
+    b = rng.standard_normal((48, 96)).astype(np.float32).T  # a transposed view: tuned for its own strides
+    with profile() as prof:
+        op(a, b)
+    tuner = BackgroundTuner.start(prof, budget_s=4)
+    deadline = time.time() + 240
+    ready = []
+    while tuner.running and time.time() < deadline:
+        ready += tuner.poll()
+        time.sleep(0.2)
+    ready += tuner.poll()
+    tuner.stop()
+    assert ready == [op] and "tuning_s" in tuner.done[0]
+    assert stored_schedule(op, [a, b], {}) is not None
+    np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    with profile() as prof:
+        op(a, b)
+    again = BackgroundTuner.start(prof, budget_s=4)
+    again.proc.wait(timeout=120)
+    again.poll()
+    assert again.done[0].get("stored") and again.done[0]["op"] == op.label

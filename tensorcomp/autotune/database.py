@@ -166,6 +166,30 @@ def stored_schedule(op, arrays: list, params: dict, target: str = "cpu") -> tupl
     return canon.rename_records(from_json(hit[0]), back)
 
 
+def stored_result(op, arrays: list, params: dict, target: str = "cpu") -> tuple[tuple[Record, ...], float, list] | None:
+    """(schedule in the op's names, best seconds, trials) stored for these inputs, or None."""
+    key = op_key(op, arrays, params, target)
+    if not db_path().exists():
+        return None
+    try:
+        con = _connect()
+        try:
+            row = con.execute("SELECT schedule, best_s, trials FROM tuned WHERE key = ? AND schema = ?",
+                              (key, SCHEMA_VERSION)).fetchone()
+        finally:
+            con.close()
+    except (sqlite3.Error, OSError):
+        return None
+    if row is None:
+        return None
+    back = {v: k for k, v in canon.names_map(op.program).items()}
+    try:
+        trials = json.loads(row[2])
+    except ValueError:
+        trials = []
+    return canon.rename_records(from_json(row[0]), back), row[1], trials
+
+
 def store_result(op, arrays: list, params: dict, target: str, best: tuple[Record, ...], best_s: float,
                  trials: list) -> None:
     """Store a tuning result for ``op`` on these inputs (the records in canonical names)."""

@@ -20,6 +20,7 @@ class TuneResult:
     tuning_s: float
     trials: list[dict] = field(default_factory=list)
     stopped: str = ""  # why the search ended before the budget did, if it did
+    stored: bool = False  # the result was already in the database: nothing was searched
 
     @property
     def speedup(self) -> float:
@@ -27,8 +28,11 @@ class TuneResult:
 
     def summary(self) -> str:
         ok = [t for t in self.trials if "seconds" in t]
-        lines = [f"tried {len(self.trials)} schedules in {self.tuning_s:.1f} s ({len(ok)} verified and timed, "
-                 f"{len(self.trials) - len(ok)} skipped)",
+        head = (f"stored result, not searched again (retune=True / --retune searches again); when it was tuned: "
+                f"{len(self.trials)} schedules, {len(ok)} verified and timed") if self.stored else (
+            f"tried {len(self.trials)} schedules in {self.tuning_s:.1f} s ({len(ok)} verified and timed, "
+            f"{len(self.trials) - len(ok)} skipped)")
+        lines = [head,
                  f"default {self.default_s * 1e3:.2f} ms -> best {self.best_s * 1e3:.2f} ms "
                  f"({self.speedup:.1f}x; {self.flops / self.best_s / 1e9:.1f} GFLOP/s)",
                  f"best schedule: {list(self.schedule) or 'the default'}"]

@@ -52,13 +52,16 @@ RUNNERS_UP = 4  # with budget left after every candidate: the schedules whose ne
 
 
 def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None = None,
-         progress: bool = True, target: str = "cpu", **params: Any) -> TuneResult:
+         progress: bool = True, target: str = "cpu", retune: bool = False, **params: Any) -> TuneResult:
     """Search schedules for ``op`` on these inputs; store the best in the tuning database.
 
     ``budget_s`` bounds the wall-clock time (default 60 s), ``trials`` the number of
     candidates measured. Afterwards ``op(*inputs)`` — in this process or a new one —
     runs the best schedule found. ``target="cuda"`` tunes the GPU kernel (register
     tiles, block size, layouts) and stores it under the GPU's own key.
+
+    An op and signature already in the database are not tuned again: the stored result comes back
+    at once (``result.stored`` is True) unless ``retune=True``.
     """
     if not isinstance(op, Op):
         raise ArgumentError(f"tc.tune expects an op made by tc.op or tc.grad, got {type(op).__name__}")
@@ -72,6 +75,16 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
     t_start = time.perf_counter()
     arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in inputs]
     kinds = op.check_call(tuple(arrays), params)
+    if not retune:
+        found = database.stored_result(op, arrays, params)
+        if found is not None:
+            schedule, best_s, trials = found
+            default_s = next((t.get("final_seconds", t.get("seconds")) for t in trials if t.get("schedule") == "[]"),
+                             best_s)
+            flops = count_flops(compiler.plan(op, [ArraySpec(a.shape, a.dtype, a.strides) for a in arrays], kinds,
+                                              params, upto="fold_elementwise").bound)
+            return TuneResult(schedule, best_s, default_s or best_s, flops, time.perf_counter() - t_start, trials,
+                              stored=True)
     specs = [ArraySpec(a.shape, a.dtype, a.strides) for a in arrays]
     bound = compiler.plan(op, specs, kinds, params, upto="fold_elementwise").bound
     flops = count_flops(bound)
