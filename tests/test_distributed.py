@@ -135,7 +135,7 @@ def test_allreduce_gradients_sums_weighted_gradients_in_place(tmp_path):
     script.write_text(REDUCE)
     out = run([MPIEXEC, "-n", "2", sys.executable, str(script)], tmp_path, timeout=100)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["ok", "ok"]
+    assert out.stdout.count("ok") == 2  # (the ranks' lines may interleave)
 
 
 DISAGREE = """
