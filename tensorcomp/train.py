@@ -77,15 +77,21 @@ MODELS = {
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 250, device: str = "cpu") -> float:
-    """Test accuracy; with several ranks each scores its shard of the test set and the counts are summed."""
+    """Test accuracy; with several ranks each scores its shard of the test set and the counts are summed.
+    Every batch has ``batch_size`` samples (the last one padded with zeros, their scores dropped), so
+    evaluating with the training batch size runs the kernels training compiled (no new batch shape)."""
     model.eval()
     correct = 0
     part = dist.shard(len(x))
     x, y = x[part], y[part]
     with no_grad():
         for start in range(0, len(x), batch_size):
-            logits = model(Tensor(x[start:start + batch_size], device=device)).numpy()
-            correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+            xb = x[start:start + batch_size]
+            n = len(xb)
+            if n < batch_size:
+                xb = np.concatenate([xb, np.zeros((batch_size - n,) + xb.shape[1:], xb.dtype)])
+            logits = model(Tensor(xb, device=device)).numpy()[:n]
+            correct += int((logits.argmax(1) == y[start:start + n]).sum())
     model.train()
     return dist.gather_sum(correct) / dist.gather_sum(len(x))
 
@@ -138,6 +144,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     reduce_s, reduced = [], 0
     step_times, losses, hits, steps, compile_s, tuning_s, tuned = [], [], [], 0, 0.0, 0.0, []
     tuner = None
+    eval_batch = 0  # the first step's batch: evaluation reuses its kernels
     tune_at = 2 if tune_s > 0 and device == "cpu" else None
     bar = None
     if progress and dist.is_main():
@@ -148,6 +155,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             bar = None
     for _ in range(epochs):
         for xb, yb in loader:
+            eval_batch = eval_batch or len(xb)
             if tuner is not None and tuner.poll() and bar is not None:  # tuned kernels swapped in from here
                 bar.set_postfix_str(f"tuned {len([d for d in tuner.done if 'tuning_s' in d])} kernels")
             before = compile_count()
@@ -196,7 +204,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     if tuner is not None:  # never waits: what the worker finished is stored, a later run tunes the rest
         tuner.stop()
         tuned = tuner.done
-    acc = evaluate(model, xte, yte, device=device)
+    acc = evaluate(model, xte, yte, batch_size=eval_batch or 250, device=device)
     # steps that compiled kernels (the first, and the first with each new batch shape) are reported
     # apart: ms_per_step is the mean over the steps that only ran kernels
     return model, {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
