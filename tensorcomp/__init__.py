@@ -5,10 +5,17 @@ from .errors import (
 )
 from . import runtime, schedule
 from .autodiff import grad
-from .autotune.search import tune
 from .compiler import ArraySpec
 from .opdef import Op, op
 from .tensor import Tensor, no_grad
+
+
+def tune(op: Op, *inputs, **options):
+    """Search schedules for ``op`` on these inputs and store the best (``tensorcomp.autotune.search.tune``;
+    the tuner is imported on first use, which keeps ``import tensorcomp`` light)."""
+    from .autotune.search import tune as search
+    return search(op, *inputs, **options)
+
 
 __version__ = "0.1.0"
 
