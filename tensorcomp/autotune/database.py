@@ -57,19 +57,24 @@ def _connect() -> sqlite3.Connection:
     raise AssertionError
 
 
-def lookup(key: str) -> tuple[str, float] | None:
-    """(schedule JSON, best seconds) stored for ``key``, if any."""
+def _row(key: str) -> tuple[str, float, str] | None:
+    """(schedule JSON, best seconds, trials JSON) stored for ``key``, if any (None when unreadable)."""
     if not db_path().exists():
         return None
     try:
         con = _connect()
         try:
-            row = con.execute("SELECT schedule, best_s FROM tuned WHERE key = ? AND schema = ?",
-                              (key, SCHEMA_VERSION)).fetchone()
+            return con.execute("SELECT schedule, best_s, trials FROM tuned WHERE key = ? AND schema = ?",
+                               (key, SCHEMA_VERSION)).fetchone()
         finally:
             con.close()
     except (sqlite3.Error, OSError):
         return None
+
+
+def lookup(key: str) -> tuple[str, float] | None:
+    """(schedule JSON, best seconds) stored for ``key``, if any."""
+    row = _row(key)
     return (row[0], row[1]) if row else None
 
 
@@ -168,18 +173,7 @@ def stored_schedule(op, arrays: list, params: dict, target: str = "cpu") -> tupl
 
 def stored_result(op, arrays: list, params: dict, target: str = "cpu") -> tuple[tuple[Record, ...], float, list] | None:
     """(schedule in the op's names, best seconds, trials) stored for these inputs, or None."""
-    key = op_key(op, arrays, params, target)
-    if not db_path().exists():
-        return None
-    try:
-        con = _connect()
-        try:
-            row = con.execute("SELECT schedule, best_s, trials FROM tuned WHERE key = ? AND schema = ?",
-                              (key, SCHEMA_VERSION)).fetchone()
-        finally:
-            con.close()
-    except (sqlite3.Error, OSError):
-        return None
+    row = _row(op_key(op, arrays, params, target))
     if row is None:
         return None
     back = {v: k for k, v in canon.names_map(op.program).items()}
