@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from . import distributed as dist
 from . import nn, optim
 from .data import DataLoader, mnist
+from .errors import ArgumentError
 from .runtime import compile_count
 from .runtime import cuda
 from .autotune.background import BackgroundTuner
@@ -246,13 +253,6 @@ def launch(nproc: int) -> int:
     """``tensorcomp train ... --nproc N``: the same command as N ranks on this host, through the MPI
     launcher of the dist extra (``mpiexec`` beside this Python, else on the PATH); each rank gets
     an equal share of the cores. Returns the job's exit status (non-zero when any rank failed)."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-    from .errors import ArgumentError
     if nproc < 1:
         raise ArgumentError(f"tensorcomp train: --nproc must be >= 1, got {nproc}")
     beside = Path(sys.executable).parent / "mpiexec"
