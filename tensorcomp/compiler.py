@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -256,13 +257,18 @@ def stored_schedule(op, specs, params: dict[str, Any], target: str = "cpu") -> t
     """The tuned schedule stored for these inputs, checked against the op (None: none, or unusable)."""
     if not op.use_tuned or op.schedule:
         return None
-    found = database.stored_schedule(op, list(specs), params, target)
-    if not found:
-        return None
     try:
-        return op.check_schedule(found)
-    except ScheduleError:
+        found = database.stored_schedule(op, list(specs), params, target)
+        return op.check_schedule(found) if found else None
+    except (ScheduleError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged row
+        _unusable(op, exc)
         return None
+
+
+def _unusable(op, exc: Exception) -> None:
+    warnings.warn(f"tensorcomp: {op.label}: the tuned schedule stored for these inputs cannot be used ({exc}); "
+                  "running the default schedule (tensorcomp cache clear removes stored schedules)",
+                  RuntimeWarning, stacklevel=4)
 
 
 # -- loaded kernels -----------------------------------------------------------------------------------
@@ -318,7 +324,13 @@ def kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: tuple)
     mkey = manifest_key(op, specs, kinds, params)
     found = cpu_kernel.from_manifest(objects.read_manifest(mkey), [kinds[p] for p in op.params]) if mkey else None
     if found is None:
-        u = run(CPU, Unit(op, tuple(specs), kinds, params))
+        try:
+            u = run(CPU, Unit(op, tuple(specs), kinds, params))
+        except ScheduleError as exc:  # a stored schedule that passed the checks but does not lower
+            if stored_schedule(op, specs, params) is None:
+                raise
+            _unusable(op, exc)
+            u = run(CPU, Unit(op.with_schedule((), use_tuned=False), tuple(specs), kinds, params))
         found = load(u)
         if mkey:
             objects.write_manifest(mkey, cpu_kernel.to_manifest(found, len(buffers(op, u.bound))))

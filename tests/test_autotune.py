@@ -11,6 +11,7 @@ import pytest
 import tensorcomp as tc
 from tensorcomp.autotune import database, search, space
 from tensorcomp.autotune.database import stored_schedule
+from tensorcomp.autotune import canon
 from tensorcomp.autotune.canon import canonical_source, rename_records
 from tensorcomp.cli import main
 from tensorcomp.schedule.default import layout_candidates
@@ -300,3 +301,43 @@ def test_background_tuning_swaps_tuned_kernels_in_and_never_repeats(cache):
     again.proc.wait(timeout=120)
     again.poll()
     assert again.done[0].get("stored") and again.done[0]["op"] == op.label
+
+
+def test_tuned_schedules_of_ops_with_indices_named_i_and_o_rename_exactly(cache):
+    """Loop names made by records (``i_o``, ``o_i``) are renamed by replaying the records, so an index
+    named ``i`` or ``o`` is not taken for a split's suffix (nn.Linear's op uses both)."""
+    from tensorcomp.schedule import Fuse, Reorder, Split
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    m = canon.names_map(op.program)
+    back = {v: k for k, v in m.items()}
+    records = (Split(0, "i", 4), Split(0, "i_i", 2), Reorder(0, ("i_o", "j", "k", "i_i_o", "i_i_i")))
+    assert rename_records(records, m) == (Split(0, "x0", 4), Split(0, "x0_i", 2),
+                                          Reorder(0, ("x0_o", "x1", "x2", "x0_i_o", "x0_i_i")))
+    assert rename_records(rename_records(records, m), back) == records
+    lin = tc.op("Y[n, o] += X[n, i] * W[o, i]")
+    m = canon.names_map(lin.program)
+    fused = (Split(0, "o", 4), Fuse(0, "o_i", "i"), Reorder(0, ("n", "o_o", "o_i_i")))
+    there = rename_records(fused, m)
+    assert rename_records(there, {v: k for k, v in m.items()}) == fused
+    a = rng.standard_normal((24, 20)).astype(np.float32)
+    b = rng.standard_normal((20, 32)).astype(np.float32)
+    tc.tune(op, a, b, budget_s=4, progress=False)
+    for source in ("C[a, b] += A[a, c] * B[c, b]", "C[j, i] += A[j, k] * B[k, i]"):
+        renamed = tc.op(source)
+        np.testing.assert_allclose(renamed(a, b), a @ b, rtol=1e-4, atol=1e-4)
+        assert renamed.schedule_for(a, b)[:len(stored_schedule(renamed, [a, b], {}))] == \
+            stored_schedule(renamed, [a, b], {})
+
+
+@pytest.mark.parametrize("k, row", enumerate(['not json', '[{"kind": "Nope", "stmt": 0}]', 'null',
+                                              '[{"kind": "Split", "stmt": 0, "index": "x0", "factor": 0}]']))
+def test_a_damaged_database_row_falls_back_to_the_default_with_a_warning(cache, k, row):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((8 + k, 6)).astype(np.float32)  # (a signature of its own: no kernel from before)
+    b = rng.standard_normal((6, 5)).astype(np.float32)
+    key = database.op_key(op, [a, b], {})
+    database.store(key, op.canonical(), database.signature([a, b], {}), database.target_key(), row, 1e-3, [])
+    with pytest.warns(RuntimeWarning, match=r"the tuned schedule stored for these inputs cannot be used .*; running "
+                                            r"the default schedule \(tensorcomp cache clear removes stored schedules\)"):
+        out = tc.op("C[i, j] += A[i, k] * B[k, j]")(a, b)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)

@@ -58,26 +58,49 @@ def canonical_source(program: Program) -> str:
 
 
 def rename_records(records: tuple[Record, ...], m: dict[str, str]) -> tuple[Record, ...]:
-    """Rename the tensors and loop names in schedule records (loop names like ``i_o`` keep suffixes)."""
-    def loop(name: str) -> str:
-        parts = name.split("_")
-        if all(p in m for p in parts if p not in ("o", "i")):
-            return "_".join(m.get(p, p) if p not in ("o", "i") else p for p in parts)
-        return m.get(name, name)
+    """Rename the tensors and loop names in schedule records with ``m`` (index and tensor names).
+
+    Loop names are derived from index names by the records themselves (``Split`` of ``i`` makes
+    ``i_o`` and ``i_i``, ``Fuse`` of ``a`` and ``b`` makes ``a_b``), so they are renamed by replaying
+    the records, per statement, on both sides: a loop name is never parsed, and an index named ``i`` or
+    ``o`` (``nn.Linear``'s) is told apart from a split's suffix. Names the records do not make (a blocked
+    layout's ``v_o``/``v_i``) are an index name plus suffixes."""
+    loops: dict[int, dict[str, str]] = {}
+
+    def known(stmt: int) -> dict[str, str]:
+        return loops.setdefault(stmt, dict(m))
+
+    def loop(stmt: int, name: str) -> str:
+        table = known(stmt)
+        if name in table:
+            return table[name]
+        for suffix in ("_o", "_i"):  # an index cut in two by a blocked layout, or by splits
+            if name.endswith(suffix) and len(name) > 2:
+                return loop(stmt, name[:-2]) + suffix
+        return name
     out: list[Record] = []
     for r in records:
         if isinstance(r, Layout):
             out.append(Layout(m[r.tensor], r.perm, r.pad, r.blocks))
         elif isinstance(r, Split):
-            out.append(Split(r.stmt, loop(r.index), r.factor))
+            new = loop(r.stmt, r.index)
+            known(r.stmt).update({r.index + "_o": new + "_o", r.index + "_i": new + "_i"})
+            out.append(Split(r.stmt, new, r.factor))
         elif isinstance(r, Reorder):
-            out.append(Reorder(r.stmt, tuple(loop(n) for n in r.order)))
+            out.append(Reorder(r.stmt, tuple(loop(r.stmt, n) for n in r.order)))
         elif isinstance(r, Fuse):
-            out.append(Fuse(r.stmt, loop(r.outer), loop(r.inner)))
+            if r.outer or r.inner:
+                outer, inner = loop(r.stmt, r.outer), loop(r.stmt, r.inner)
+                known(r.stmt)[f"{r.outer}_{r.inner}"] = f"{outer}_{inner}"
+                out.append(Fuse(r.stmt, outer, inner))
+            else:
+                out.append(r)
         elif isinstance(r, Rfactor):
-            out.append(Rfactor(r.stmt, loop(r.index), r.parts))
+            new = loop(r.stmt, r.index)
+            known(r.stmt).update({r.index + "_o": new + "_o", r.index + "_i": new + "_i"})
+            out.append(Rfactor(r.stmt, new, r.parts))
         elif isinstance(r, Stage):
-            out.append(Stage(r.stmt, m[r.tensor], loop(r.loop)))
+            out.append(Stage(r.stmt, m[r.tensor], loop(r.stmt, r.loop)))
         elif isinstance(r, (Block, Threads)):
             out.append(r)
     return tuple(out)
