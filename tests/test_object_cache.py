@@ -72,3 +72,27 @@ def test_a_new_process_runs_a_kernel_from_its_manifest_without_planning(tmp_path
     for f in (tmp_path / "objects").glob("*.kernel.json"):
         f.write_text("{not json")
     assert run(tmp_path)[2] == first[2]
+
+
+def test_an_edited_or_moved_manifest_is_never_trusted(tmp_path, monkeypatch):
+    """A manifest is checked against its key and text: one digit of an output shape changed, or a
+    manifest copied to another kernel's key, is set aside and the kernel built again (a wrong shape
+    trusted would be an out-of-bounds write)."""
+    import json
+    first = run(tmp_path)
+    (path,) = (tmp_path / "objects").glob("*.kernel.json")
+    good = path.read_text()
+    stored = json.loads(good)
+    manifest = json.loads(stored["manifest"])
+    manifest["outputs"][0][0][0] += 1  # one digit of the output shape
+    path.write_text(json.dumps({"sum": stored["sum"], "manifest": json.dumps(manifest)}))
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
+                         env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path), FORBID_PLANNING="1"))
+    assert "AssertionError: planned" in out.stderr  # not loaded from the edited manifest
+    assert run(tmp_path)[2] == first[2]  # built again, right values, a good manifest written
+    from tensorcomp.runtime import objects
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    other = tmp_path / "objects" / ("0" * 32 + ".kernel.json")
+    other.write_text(path.read_text())  # a valid manifest under another kernel's key
+    assert objects.read_manifest("0" * 32) is None and not other.exists()
+    assert objects.read_manifest(path.name[:-len(".kernel.json")]) is not None

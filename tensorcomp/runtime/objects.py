@@ -53,29 +53,47 @@ def code_fingerprint() -> str:
     return _state["fingerprint"]  # type: ignore[return-value]
 
 
+def _manifest_sum(key: str, body: str) -> str:
+    """The checksum a manifest is stored with: of its key and its text, so a manifest edited, damaged
+    or moved to another kernel's key is never trusted (a wrong output shape would be a wild write)."""
+    return hashlib.sha256(f"{key}\0{body}".encode()).hexdigest()
+
+
 def read_manifest(key: str) -> dict | None:
     """The manifest stored under ``key``: what a new process needs to run a kernel compiled before
     (its object code's key, stages, output and temporary shapes) without binding, scheduling,
-    lowering or generating IR again. None when there is none or it cannot be read."""
+    lowering or generating IR again. None when there is none or it cannot be read; one whose checksum
+    does not match is removed (the kernel is then built again and a new manifest written)."""
     directory = objects_dir()
     if directory is None:
         return None
+    path = directory / f"{key}.kernel.json"
     try:
-        return json.loads((directory / f"{key}.kernel.json").read_text())
-    except (OSError, ValueError):
-        return None
+        stored = json.loads(path.read_text())
+        if stored["sum"] == _manifest_sum(key, stored["manifest"]):
+            return json.loads(stored["manifest"])
+    except (OSError, ValueError, KeyError, TypeError):
+        if not path.exists():
+            return None
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def write_manifest(key: str, manifest: dict) -> None:
-    """Store ``manifest`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
+    """Store ``manifest`` under ``key`` with its checksum (atomically; a cache that cannot be written
+    is skipped)."""
     directory = objects_dir()
     if directory is None:
         return
     path = directory / f"{key}.kernel.json"
+    body = json.dumps(manifest)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(manifest))
+        tmp.write_text(json.dumps({"sum": _manifest_sum(key, body), "manifest": body}))
         os.replace(tmp, path)
     except OSError:
         pass
