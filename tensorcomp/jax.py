@@ -15,7 +15,6 @@ keyword as Python numbers (they are compiled into the traced function, not trace
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import jax
@@ -41,10 +40,9 @@ def wrap(tc_op: Op) -> "JaxOp":
     if not isinstance(tc_op, Op):
         raise ArgumentError(f"tensorcomp.jax.wrap expects an op made by tc.op or tc.grad, got "
                             f"{type(tc_op).__name__}")
-    key = hashlib.sha256(repr(tc_op.ident).encode()).hexdigest()
-    found = _REGISTERED.get(key)
+    found = _REGISTERED.get(tc_op.digest)
     if found is None:
-        found = _REGISTERED[key] = JaxOp(tc_op)
+        found = _REGISTERED[tc_op.digest] = JaxOp(tc_op)
     return found
 
 

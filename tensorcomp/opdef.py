@@ -8,6 +8,7 @@ later calls with that signature only dispatch (``runtime.kernel.run``; ``runtime
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import textwrap
 import time
 from typing import Any, Iterator
@@ -212,6 +213,12 @@ class Op:
             return None
         return ["op", self.source, self.given_ranges, self.pad_widths, self.pad_values, to_json(self.schedule),
                 self.use_tuned]
+
+    @property
+    def digest(self) -> str:
+        """A hex digest of the op's identity (source, options, schedule): equal ops have equal digests
+        (the key under which wrappers such as ``tensorcomp.torch`` register an op once)."""
+        return hashlib.sha256(repr(self.ident).encode()).hexdigest()
 
     def canonical(self) -> str:
         """The op's canonical source (names renamed in order of appearance): the tuning database key."""

@@ -21,7 +21,6 @@ anything traced, compiled or differentiated goes through the registered operator
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -52,7 +51,7 @@ def wrap(tc_op: Op) -> "TorchOp":
     if not isinstance(tc_op, Op):
         raise ArgumentError(f"tensorcomp.torch.wrap expects an op made by tc.op or tc.grad, got "
                             f"{type(tc_op).__name__}")
-    name = "op_" + hashlib.sha256(repr(tc_op.ident).encode()).hexdigest()[:20]
+    name = "op_" + tc_op.digest[:20]
     found = _REGISTERED.get(name)
     if found is None:
         found = _REGISTERED[name] = TorchOp(tc_op, name)
