@@ -37,6 +37,7 @@ from .errors import DeviceError, TensorcompError
 from . import tensor as tape
 
 BUCKET_BYTES = 4 << 20  # gradients are reduced in flat buckets of about this size
+ABORT_GRACE_S = 0.5  # a failing rank waits this long after printing its error before ending the job
 # set by MPI launchers (MPICH/Hydra, Open MPI, Slurm's PMI): this process was started as a rank
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
 _state: dict[str, Any] = {"comm": None, "rank": 0, "size": 1}
@@ -68,6 +69,7 @@ def init() -> None:
         sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
         sys.stderr.flush()
         if size() > 1:
+            time.sleep(ABORT_GRACE_S)  # the launcher forwards this rank's stderr before the job is torn down
             comm.Abort(1)
         previous(kind, value, tb)
     sys.excepthook = abort
