@@ -1,12 +1,14 @@
 """tensorcomp: tensor ops written as index expressions, compiled with isl and LLVM."""
 
 from .errors import (
-    ArgumentError, DtypeError, ParseError, RangeError, ScheduleError, ShapeError, TensorcompError, UnknownNameError,
+    ArgumentError, DtypeError, ParseError, RangeError, ScheduleError, ShapeError, TensorcompError, TraceError,
+    UnknownNameError,
 )
 from . import runtime, schedule
 from .autodiff import grad
 from .compiler import ArraySpec
 from .opdef import Op, op
+from .step import compile
 from .tensor import Tensor, no_grad
 
 
@@ -22,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "runtime", "schedule",
     "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "TensorcompError", "UnknownNameError", "Tensor", "grad", "no_grad", "op", "tune",
+    "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "grad", "no_grad", "op", "tune",
 ]

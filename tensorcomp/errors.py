@@ -55,6 +55,11 @@ class DeviceError(TensorcompError, RuntimeError):
     """A target or device that is not available here (no pycuda, no GPU), or a tensor on another device."""
 
 
+class TraceError(TensorcompError, RuntimeError):
+    """A function given to ``tc.compile`` does something a compiled step cannot repeat without Python
+    (reads a computed value, changes between calls, assigns state no op computed)."""
+
+
 def op_label(source: str, limit: int = 60) -> str:
     """How errors name an op: its source on one line, shortened if long."""
     text = "; ".join(line.strip() for line in source.strip().splitlines() if line.strip())

@@ -32,6 +32,26 @@ from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stag
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
 # while ``profiling()`` is active: (op, input signature) -> [op, inputs, params, seconds, calls]
 _PROFILE: dict[tuple, list] | None = None
+# while a step is traced (``tensorcomp.trace``): called with (op, input arrays, params, output arrays)
+_RECORDER: list = []
+# how an op runs on ``tc.Tensor`` arguments (set by ``tensorcomp.tensor``, which sits above this module):
+# it returns Tensors and records the call on the gradient tape
+TENSOR_APPLY: list = []
+
+
+def recording() -> bool:
+    """Is a step being traced (``tensorcomp.trace``)?"""
+    return bool(_RECORDER)
+
+
+@contextlib.contextmanager
+def record_calls(record) -> Iterator[None]:
+    """Call ``record(op, arrays, params, outputs)`` after every CPU op call inside the block."""
+    _RECORDER.append(record)
+    try:
+        yield
+    finally:
+        _RECORDER.remove(record)
 
 
 @contextlib.contextmanager
@@ -327,8 +347,11 @@ class Op:
             if target != "cpu":
                 raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         for a in arrays:  # (a plain loop: this is the per-call hot path)
-            if type(a) is not np.ndarray and hasattr(a, "__cuda_array_interface__"):
-                return self.call_cuda(arrays, params)
+            if type(a) is not np.ndarray:
+                if getattr(a, "records_gradients", False):
+                    return TENSOR_APPLY[0](self, *arrays, **params)
+                if hasattr(a, "__cuda_array_interface__"):
+                    return self.call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         prof = _PROFILE
@@ -339,18 +362,34 @@ class Op:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)
         if kernel is None:
-            kinds = self.check_call(arrays, params)
-            specs = [ArraySpec(a.shape, a.dtype, a.strides) for a in arrs]
-            kernel = self._cache[key] = compiler.kernel(self, specs, kinds, params, key)
+            self.check_call(arrays, params)
+            kernel = self.kernel_for([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], params)
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
                    for p, cast in zip(self.params, kernel.param_casts)] if params else []
+        recorder = _RECORDER[-1] if _RECORDER else None
+        if recorder is not None:
+            given = tuple(arrs)  # (``run`` relays inputs out in ``arrs`` itself)
         outs = cpu_kernel.run(kernel, arrs, scalars)
+        if recorder is not None:
+            recorder(self, given, params, outs)
         if prof is not None:
             entry = prof.setdefault((id(self), key), [self, inputs, dict(params), 0.0, 0])
             entry[1] = inputs
             entry[3] += time.perf_counter() - t0
             entry[4] += 1
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def kernel_for(self, specs: list[ArraySpec], params: dict[str, Any]):
+        """The CPU kernel for inputs of these specs and these scalars' kinds (built, or found in the
+        caches), as ``__call__`` would use it."""
+        key = tuple([(s.shape, s.strides, s.dtype) for s in specs])
+        if params:
+            key += tuple([(k, type(v)) for k, v in params.items()])
+        kernel = self._cache.get(key)
+        if kernel is None:
+            kinds = self.check_call(tuple(specs), params)
+            kernel = self._cache[key] = compiler.kernel(self, specs, kinds, params, key)
+        return kernel
 
     # -- introspection ------------------------------------------------------------------------------
     def ranges(self, *arrays: Any, **params: Any) -> list[dict[str, tuple[int, int]]]:

@@ -9,16 +9,18 @@ import numpy as np
 
 from .errors import ArgumentError
 from .opdef import Op
-from .tensor import _zeros_like
+from .tensor import Tensor, _zeros_like, count_up, keep_state, reshape_array
 
 
 @lru_cache(maxsize=None)
 def _adam_op() -> Op:
-    # one pass over each parameter: new moments and the updated value (bias correction folded into lr_t)
+    # one pass over each parameter: new moments and the updated value. The gradient is G + gwd * P
+    # (L2 weight decay; AdamW decays P by wd instead); T is the step count (this step included), from
+    # which the bias corrections are computed, so the step count lives in a tensor like the moments
     return Op("""
-        M2[i] = b1 * M[i] + (1 - b1) * G[i]
-        V2[i] = b2 * V[i] + (1 - b2) * G[i] * G[i]
-        P2[i] = P[i] * (1 - wd) - lr_t * (b1 * M[i] + (1 - b1) * G[i]) / (sqrt(b2 * V[i] + (1 - b2) * G[i] * G[i]) + eps_t)
+        M2[i] = b1 * M[i] + (1 - b1) * (G[i] + gwd * P[i])
+        V2[i] = b2 * V[i] + (1 - b2) * (G[i] + gwd * P[i]) * (G[i] + gwd * P[i])
+        P2[i] = P[i] * (1 - wd) - lr * sqrt(1 - b2 ** T[0]) / (1 - b1 ** T[0]) * (b1 * M[i] + (1 - b1) * (G[i] + gwd * P[i])) / (sqrt(b2 * V[i] + (1 - b2) * (G[i] + gwd * P[i]) * (G[i] + gwd * P[i])) + eps * sqrt(1 - b2 ** T[0]))
     """)
 
 
@@ -40,9 +42,9 @@ def _check(name: str, value: float, lo: float, hi: float | None = None, open_lo:
     return v
 
 
-def _state(p) -> Any:
-    """A flat zero buffer beside parameter ``p`` (on its device)."""
-    return _zeros_like(p.data.reshape(-1))
+def _state(p) -> Tensor:
+    """A flat zero buffer beside parameter ``p`` (on its device), kept as state."""
+    return keep_state(Tensor(_zeros_like(reshape_array(p.data, (-1,)))))
 
 
 class Adam:
@@ -59,27 +61,26 @@ class Adam:
         self.eps = _check("Adam: eps", eps, 0.0)
         self.wd = _check("Adam: weight_decay", weight_decay, 0.0)
         self.decoupled = decoupled
-        self.t = 0
+        self.steps = keep_state(Tensor(np.zeros(1, np.float32)))  # steps taken (a tensor: see _adam_op)
         self.m = [_state(p) for p in self.params]
         self.v = [_state(p) for p in self.params]
 
+    @property
+    def t(self) -> int:
+        return int(self.steps.data[0])
+
     def step(self) -> None:
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        lr_t = self.lr * np.sqrt(c2) / c1
-        eps_t = self.eps * np.sqrt(c2)
+        count_up(self.steps)
         op = _adam_op()
+        gwd = 0.0 if self.decoupled else self.wd
+        wd = self.lr * self.wd if self.decoupled else 0.0
         for k, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            g = p.grad.reshape(-1)
-            if self.wd and not self.decoupled:
-                g = g + self.wd * p.data.reshape(-1)
-            wd = self.lr * self.wd if self.decoupled else 0.0
-            m2, v2, p2 = op(self.m[k], g, self.v[k], p.data.reshape(-1), b1=self.b1, b2=self.b2, lr_t=lr_t,
-                            eps_t=eps_t, wd=wd)
-            self.m[k], self.v[k] = m2, v2
-            p.data = p2.reshape(p.shape)
+            m, v = self.m[k], self.v[k]
+            m.data, v.data, p2 = op(m.data, reshape_array(p.grad, (-1,)), reshape_array(p.data, (-1,)), v.data, self.steps.data,
+                                    b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
+            p.data = reshape_array(p2, p.shape)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -112,10 +113,10 @@ class SGD:
         for k, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            b2, p2 = op(self.buf[k], p.grad.reshape(-1), p.data.reshape(-1), momentum=self.momentum, wd=self.wd,
-                        lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
-            self.buf[k] = b2
-            p.data = p2.reshape(p.shape)
+            buf = self.buf[k]
+            buf.data, p2 = op(buf.data, reshape_array(p.grad, (-1,)), reshape_array(p.data, (-1,)), momentum=self.momentum, wd=self.wd,
+                              lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
+            p.data = reshape_array(p2, p.shape)
 
     def zero_grad(self) -> None:
         for p in self.params:

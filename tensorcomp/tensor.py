@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
-from . import ops
+from . import ops, opdef
 from .autodiff import grad as derive
 from .errors import ArgumentError, DeviceError, ShapeError
 from .opdef import Op
@@ -22,6 +23,67 @@ from .runtime import cuda
 
 _grad_enabled = [True]
 _grad_ops: dict[tuple[int, tuple[str, ...]], Op] = {}
+# tensors whose data lives across steps (parameters, running statistics, optimizer state): a traced
+# step (``tensorcomp.trace``) reads them as inputs and writes their new values back
+_STATE: "weakref.WeakSet[Tensor]" = weakref.WeakSet()
+# while a step is traced: called with (tensor, what) before Python reads a tensor's value; raises
+# when the value is one the trace computes (it would be a constant in the compiled step)
+_VALUE_GUARDS: list = []
+
+
+def keep_state(t: "Tensor") -> "Tensor":
+    """Mark ``t`` as state that lives across steps (a traced step reads and writes it back)."""
+    _STATE.add(t)
+    return t
+
+
+def state_tensors() -> list["Tensor"]:
+    return list(_STATE)
+
+
+@functools.lru_cache(maxsize=None)
+def _count_op() -> Op:
+    return Op("C2[k] = C[k] + 1")
+
+
+def count_up(counter: "Tensor") -> None:
+    """Add one to a counter kept as state (an op, so a compiled step counts too)."""
+    counter.data = _count_op()(counter.data)
+
+
+def _read_value(t: "Tensor", what: str) -> None:
+    if _VALUE_GUARDS:
+        _VALUE_GUARDS[-1](t, what)
+
+
+@functools.lru_cache(maxsize=None)
+def _add_op(rank: int) -> Op:
+    i = [f"i{k}" for k in range(rank)]
+    return Op(f"{_access('O', i)} = {_access('A', i)} + {_access('B', i)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_op(rank: int) -> Op:
+    i = [f"i{k}" for k in range(rank)]
+    return Op(f"{_access('O', i)} = {_access('A', i)}")
+
+
+def _sum(a: Any, b: Any) -> Any:
+    """``a + b`` for two gradients of one tensor (an op while a step is traced, so the trace sees it)."""
+    if opdef.recording() and a.ndim:
+        return _add_op(a.ndim)(a, b)
+    return a + b
+
+
+def reshape_array(a: Any, shape: tuple) -> Any:
+    """``a.reshape(shape)``; while a step is traced, a layout numpy can only reshape by copying is
+    copied by an op first (so the trace sees the copy)."""
+    if opdef.recording() and isinstance(a, np.ndarray) and a.ndim and not a.flags.c_contiguous:
+        out = a.reshape(shape)
+        if out.size and (out.base if out.base is not None else out) is not (a.base if a.base is not None else a):
+            return _copy_op(a.ndim)(a).reshape(shape)
+        return out
+    return a.reshape(shape)
 
 
 @contextlib.contextmanager
@@ -82,6 +144,7 @@ class Tensor:
     memory with ``device="cuda"`` (then every op runs on the GPU and the data stays there)."""
 
     __array_priority__ = 100
+    records_gradients = True  # an op called on a Tensor returns Tensors and records the call (``apply``)
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None) -> None:
         arr = data.data if isinstance(data, Tensor) else data
@@ -105,10 +168,12 @@ class Tensor:
     # -- numpy interop -------------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """The data as a numpy array (copied from the device for CUDA tensors)."""
+        _read_value(self, ".numpy()")
         return _to(self.data, "cpu") if _on_device(self.data) else self.data
 
     def __array__(self, dtype=None, copy=None):
-        data = self.numpy()
+        _read_value(self, "numpy.asarray()")
+        data = _to(self.data, "cpu") if _on_device(self.data) else self.data
         return data if dtype is None else data.astype(dtype)
 
     def __dlpack__(self, *args, **kwargs):
@@ -130,11 +195,44 @@ class Tensor:
         return self.data.ndim
 
     def item(self) -> float:
+        _read_value(self, ".item()")
         return self.numpy().item()
+
+    def __bool__(self) -> bool:
+        _read_value(self, "bool()")
+        return bool(self.numpy())
+
+    def __float__(self) -> float:
+        _read_value(self, "float()")
+        return float(self.numpy())
+
+    def __int__(self) -> int:
+        _read_value(self, "int()")
+        return int(self.numpy())
+
+    def _compare(self, other: Any, how: str) -> np.ndarray:
+        _read_value(self, f"a comparison ({how})")
+        if isinstance(other, Tensor):
+            _read_value(other, f"a comparison ({how})")
+            other = other.numpy()
+        return getattr(self.numpy(), how)(other)
+
+    def __lt__(self, other: Any) -> np.ndarray:
+        return self._compare(other, "__lt__")
+
+    def __le__(self, other: Any) -> np.ndarray:
+        return self._compare(other, "__le__")
+
+    def __gt__(self, other: Any) -> np.ndarray:
+        return self._compare(other, "__gt__")
+
+    def __ge__(self, other: Any) -> np.ndarray:
+        return self._compare(other, "__ge__")
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = ", device='cuda'" if self.device == "cuda" else ""
+        _read_value(self, "repr()")
         return f"tc.Tensor({np.array2string(self.numpy(), threshold=20)}{grad}{dev})"
 
     # -- views --------------------------------------------------------------------------------------
@@ -148,12 +246,12 @@ class Tensor:
         """The same elements in another shape (a view when numpy can make one)."""
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         try:
-            data = self.data.reshape(shape)
+            data = reshape_array(self.data, shape)
         except ValueError:
             raise ShapeError(f"reshape: cannot reshape a tensor of shape {self.shape} ({self.data.size} elements) "
                              f"into {shape}") from None
         old = self.shape
-        return self._view(data, lambda g: g.reshape(old))
+        return self._view(data, lambda g: reshape_array(g, old))
 
     def transpose(self, *axes: Any) -> "Tensor":
         """Axes permuted (reversed when none are given), as a view."""
@@ -265,7 +363,7 @@ class Tensor:
             if node.view_back is not None:  # a view: its gradient is the same numbers viewed back
                 t = node.inputs[0]
                 g = node.view_back(outs[0])
-                grads[id(t)] = grads[id(t)] + g if id(t) in grads else g
+                grads[id(t)] = _sum(grads[id(t)], g) if id(t) in grads else g
                 continue
             wrt = tuple(name for name, t in zip(node.op.inputs, node.inputs) if t.requires_grad)
             if not wrt:
@@ -278,7 +376,7 @@ class Tensor:
             results = gop(*[t.data for t in node.inputs], *d_outs, **node.params)
             for name, g in zip(wrt, results):
                 t = node.inputs[node.op.inputs.index(name)]
-                grads[id(t)] = grads[id(t)] + g if id(t) in grads else g
+                grads[id(t)] = _sum(grads[id(t)], g) if id(t) in grads else g
         for t in leaves:
             self._finish_leaf(t, grads, done)
         for node in nodes:  # free the graph (as PyTorch does): no cycles left for the collector
@@ -294,7 +392,7 @@ class Tensor:
         done.add(id(t))
         g = grads.get(id(t))
         if g is not None:
-            t.grad = g if t.grad is None else t.grad + g
+            t.grad = g if t.grad is None else _sum(t.grad, g)
             for hook in _grad_ready_hooks:
                 hook(t)
 
@@ -375,3 +473,6 @@ def apply(op: Op, *inputs: Any, **params: Any) -> Tensor | tuple[Tensor, ...]:
         for o in outs:
             o._node = node
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+opdef.TENSOR_APPLY.append(apply)

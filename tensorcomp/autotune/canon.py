@@ -48,7 +48,13 @@ def _expr(e: Expr, m: dict[str, str]) -> Expr:
 
 
 def canonical_source(program: Program) -> str:
-    m = names_map(program)
+    return renamed_source(program, names_map(program))
+
+
+def renamed_source(program: Program, m: dict[str, str]) -> str:
+    """The program's statements with the names in ``m`` (tensors, indices, parameters) renamed."""
+    m = {**{n: n for st in program.statements for n in st.index_names()},
+         **{n: n for n in (*program.inputs, *program.outputs, *program.temporaries, *program.params)}, **m}
     lins = {k: Lin.var(v) for k, v in m.items()}
     out = []
     for st in program.statements:

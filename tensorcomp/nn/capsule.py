@@ -20,9 +20,9 @@ import numpy as np
 from .. import ops
 from ..errors import ShapeError
 from ..opdef import Op
-from ..tensor import Tensor, apply
+from ..tensor import Tensor, apply, count_up
 from .layers import Conv, _class_targets
-from .module import Module, Parameter, _check_input, _rng, _uniform
+from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform
 
 
 @lru_cache(maxsize=None)
@@ -114,23 +114,38 @@ class MarginLoss(Module):
                      inv_n=1.0 / lengths.shape[0])
 
 
+@lru_cache(maxsize=None)
+def _scheduled_spread_loss() -> Op:
+    """``ops.capsule.spread_loss`` with the margin computed from the step counter S."""
+    return Op("AT[n] += where(T[n] == j, A[n, j], 0.0)\n"
+              "Loss += where(T[n] == j, 0.0, relu(m_min + (m_max - m_min) * min(1.0, S[0] * inv_steps) - "
+              "(AT[n] - A[n, j])) ** 2) * inv_n")
+
+
 class SpreadLoss(Module):
     """Hinton et al.'s spread loss on activations (N, C) and integer targets (N,), mean over N; the
-    margin grows from ``m_min`` to ``m_max`` as ``step`` goes to ``steps``."""
+    margin grows from ``m_min`` to ``m_max`` as ``step`` goes to ``steps`` (the steps counted in a
+    tensor, so a compiled step counts them too)."""
 
     def __init__(self, m_min: float = 0.2, m_max: float = 0.9, steps: int = 1000) -> None:
         super().__init__()
-        self.m_min, self.m_max, self.steps, self.step = m_min, m_max, steps, 0
+        self.m_min, self.m_max, self.steps = m_min, m_max, steps
+        self.counter = Buffer(np.zeros(1, np.float32))
+
+    @property
+    def step(self) -> int:
+        return int(self.counter.data[0])
 
     def margin(self) -> float:
         return self.m_min + (self.m_max - self.m_min) * min(1.0, self.step / max(self.steps, 1))
 
     def forward(self, activations: Tensor, target: Any) -> Tensor:
         t = _class_targets("SpreadLoss", activations, target, "activations")
-        margin = self.margin()
+        loss = apply(_scheduled_spread_loss(), t, activations, self.counter, m_min=self.m_min, m_max=self.m_max,
+                     inv_steps=1.0 / max(self.steps, 1), inv_n=1.0 / activations.shape[0])
         if self.training:
-            self.step += 1
-        return apply(ops.capsule.spread_loss(), t, activations, margin=margin, inv_n=1.0 / activations.shape[0])
+            count_up(self.counter)
+        return loss
 
 
 @lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from .. import ops
 from ..errors import ArgumentError, ShapeError
 from ..opdef import Op
 from ..tensor import Tensor, apply, no_grad
-from .module import Module, Parameter, _check_input, _rng, _uniform
+from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform
 
 
 @lru_cache(maxsize=None)
@@ -282,13 +282,13 @@ class MSELoss(Module):
 
 def _class_targets(loss: str, scores: Tensor, target: Any, what: str = "scores") -> np.ndarray:
     """Integer class targets (N,) for scores (N, C), checked."""
-    t = np.asarray(target.numpy() if isinstance(target, Tensor) else target)
+    t = np.asarray(target.data if isinstance(target, Tensor) else target)
     if scores.ndim != 2:
         raise ShapeError(f"{loss}: expected {what} of rank 2 (N, C), got shape {scores.shape}")
     if t.shape != (scores.shape[0],) or t.dtype.kind not in "iu":
         raise ShapeError(f"{loss}: expected integer targets of shape ({scores.shape[0]},), got {t.dtype} of shape "
                          f"{t.shape}")
-    return t.astype(np.int64)
+    return t if t.dtype == np.int64 else t.astype(np.int64)
 
 
 @lru_cache(maxsize=None)
@@ -349,8 +349,8 @@ class BatchNorm(Module):
         self.num_features, self.eps, self.momentum, self.channels_last = num_features, eps, momentum, channels_last
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
-        self.running_mean = Tensor(np.zeros(num_features, np.float32))
-        self.running_var = Tensor(np.ones(num_features, np.float32))
+        self.running_mean = Buffer(np.zeros(num_features, np.float32))
+        self.running_var = Buffer(np.ones(num_features, np.float32))
 
     def forward(self, x: Tensor) -> Tensor:
         axis = x.ndim - 1 if self.channels_last else 1
@@ -366,7 +366,7 @@ class BatchNorm(Module):
         with no_grad():
             rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),
                            var.detach(), momentum=self.momentum, unbias=m / max(m - 1, 1))
-        self.running_mean, self.running_var = rm, rv
+        self.running_mean.data, self.running_var.data = rm.data, rv.data  # (the same state tensors)
         return y
 
     def extra_repr(self) -> str:

@@ -8,14 +8,21 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ArgumentError, ShapeError
-from ..tensor import Tensor
+from ..tensor import Tensor, keep_state
 
 
 class Parameter(Tensor):
-    """A tensor that a Module owns and an optimizer updates."""
+    """A tensor that a Module owns and an optimizer updates (state: a compiled step reads it and
+    writes its new value back)."""
 
     def __init__(self, data: Any) -> None:
         super().__init__(np.asarray(data, dtype=np.float32), requires_grad=True)
+        keep_state(self)
+
+
+def Buffer(data: Any) -> Tensor:
+    """A tensor a Module keeps across steps without a gradient (running statistics, counters)."""
+    return keep_state(Tensor(data))
 
 
 class Module:

@@ -1,0 +1,419 @@
+"""``tc.compile(fn)``: a training step traced once per input signature into one program and replayed.
+
+The first call with a new signature runs ``fn`` eagerly while ``tensorcomp.trace`` records it; the
+second runs and records it again, and the two programs must agree (the same op calls, scalars and
+constants: anything else means ``fn`` computes something in Python that a compiled step could not
+repeat — an error names it). The program then goes through the whole-program passes (``STEP``)
+and later calls replay it: no Python per op beyond one loop over resolved kernels, no tape, no
+Tensor objects; parameters, gradients and optimizer state are read from their tensors at the start
+and their new values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from . import compiler
+from .autotune.canon import renamed_source
+from .compiler import ArraySpec
+from .errors import TraceError
+from .runtime import kernel as cpu_kernel
+from .tensor import Tensor
+from .trace import Call, Program, View, spec_of, trace
+
+
+# -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
+
+def eliminate_dead(p: Program) -> Program:
+    """Drop calls and views none of whose outputs reaches a write, the result or a live call."""
+    live = {v for _, _, v in p.writes if v is not None} | set(_result_values(p.result))
+    body = []
+    for item in reversed(p.body):
+        outs = item.outputs if isinstance(item, Call) else (item.output,)
+        if not any(v in live for v in outs):
+            continue
+        body.append(item)
+        live.update(item.inputs if isinstance(item, Call) else (item.source,))
+    return replace(p, body=tuple(reversed(body)))
+
+
+def share_common(p: Program) -> Program:
+    """Calls of one op with one set of inputs and scalars run once; so do equal views."""
+    seen: dict[tuple, tuple[int, ...]] = {}
+    alias: dict[int, int] = {}
+    body = []
+    for item in p.body:
+        if isinstance(item, Call):
+            item = replace(item, inputs=tuple(alias.get(v, v) for v in item.inputs))
+            key = ("call", id(item.op), item.params, item.inputs)
+            outs = item.outputs
+        else:
+            item = replace(item, source=alias.get(item.source, item.source))
+            key = ("view", item.source, item.offset, item.shape, item.strides, item.dtype)
+            outs = (item.output,)
+        first = seen.get(key)
+        if first is not None:
+            alias.update(zip(outs, first))
+            continue
+        seen[key] = outs
+        body.append(item)
+    writes = tuple((k, a, alias.get(v, v) if v is not None else None) for k, a, v in p.writes)
+    return replace(p, body=tuple(body), writes=writes, result=_rename_result(p.result, alias))
+
+
+STEP = (
+    eliminate_dead,  # calls whose results nothing reads
+    share_common,  # one op on the same values twice (forward values a gradient recomputes)
+)
+
+
+def _result_values(r: Any):
+    kind, x = r
+    if kind in ("tensor", "array"):
+        yield x
+    elif kind in ("tuple", "list"):
+        for y in x:
+            yield from _result_values(y)
+    elif kind == "dict":
+        for _, y in x:
+            yield from _result_values(y)
+
+
+def _rename_result(r: Any, alias: dict[int, int]) -> Any:
+    kind, x = r
+    if kind in ("tensor", "array"):
+        return (kind, alias.get(x, x))
+    if kind in ("tuple", "list"):
+        return (kind, tuple(_rename_result(y, alias) for y in x))
+    if kind == "dict":
+        return (kind, tuple((k, _rename_result(y, alias)) for k, y in x))
+    return r
+
+
+# -- two traces must agree ----------------------------------------------------------------------------
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return spec_of(a) == spec_of(b) and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+
+def check_agree(a: Program, b: Program) -> None:
+    """Raise a TraceError naming the first difference between two traces of one signature."""
+    head = f"tc.compile({a.name}): two calls with the same argument shapes ran differently"
+    if len(a.body) != len(b.body):
+        raise TraceError(f"{head}: {_count(a.body)} then {_count(b.body)}; a compiled step must run the same "
+                         f"ops each call (Python control flow that depends on values or on a counter?)")
+    for x, y in zip(a.body, b.body):
+        if isinstance(x, Call) and isinstance(y, Call) and x.op is y.op:
+            if x.inputs != y.inputs or x.outputs != y.outputs:
+                raise TraceError(f"{head}: {x.op.label} read other values the second time")
+            for (n, u), (_, w) in zip(x.params, y.params):
+                if u != w and not (u != u and w != w):
+                    raise TraceError(f"{head}: scalar parameter '{n}' of {x.op.label} was {u!r} then {w!r}; it is "
+                                     f"computed in Python from something the trace cannot see. Keep such a "
+                                     f"value in a tensor (tc.tensor.keep_state) and compute it with an op")
+        elif x != y:
+            what = x.op.label if isinstance(x, Call) else "a view"
+            raise TraceError(f"{head}: {what} became "
+                             f"{y.op.label if isinstance(y, Call) else 'a view'}; a compiled step must run the "
+                             f"same ops each call")
+    if [s for _, s in a.sources] != [s for _, s in b.sources] or a.state != b.state or a.writes != b.writes:
+        raise TraceError(f"{head}: they read or wrote other tensors (arguments, parameters or optimizer state)")
+    for k, (x, y) in enumerate(zip(a.constants, b.constants)):
+        if not _same_array(x, y):
+            user = next((c.op.label for c in a.body if isinstance(c, Call) and
+                         any(v == _constant_value(a, k) for v in c.inputs)), "an op")
+            raise TraceError(f"{head}: an array of shape {x.shape} that {user} reads was not computed by an op "
+                             f"and changed between the calls (numpy on a tensor's data, random numbers, a "
+                             f"copy?); compute it with ops, or pass it as an argument")
+    if a.result != b.result:
+        raise TraceError(f"{head}: the function returned something else the second time")
+
+
+def _constant_value(p: Program, k: int) -> int:
+    return next(v for v, s in p.sources if s.kind == "constant" and s.index == k)
+
+
+def _count(body) -> str:
+    calls = sum(isinstance(x, Call) for x in body)
+    return f"{calls} op call{'s' if calls != 1 else ''}"
+
+
+# -- the runner ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Run:
+    """A call resolved: its kernel, its scalars cast, the values it reads and writes, and the values
+    whose last reader it is (dropped after it, so their memory is reused)."""
+    kernel: Any
+    scalars: tuple
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    release: tuple[int, ...]
+
+
+def _view(base: np.ndarray, v: View) -> np.ndarray:
+    interface = {"data": (base.__array_interface__["data"][0] + v.offset, False), "shape": v.shape,
+                 "strides": v.strides, "typestr": v.dtype.str, "version": 3}
+    holder = _Holder(interface, base)
+    return np.asarray(holder)
+
+
+class _Holder:
+    """Keeps a view's base alive and presents the view's memory to numpy."""
+
+    def __init__(self, interface: dict, base: np.ndarray) -> None:
+        self.__array_interface__ = interface
+        self.base = base
+
+
+def _resolve(p: Program) -> tuple:
+    """The body as runs (kernels looked up once), each value's last use marked."""
+    last: dict[int, int] = {}
+    for k, item in enumerate(p.body):
+        for v in (item.inputs if isinstance(item, Call) else (item.source,)):
+            last[v] = k
+    keep = {v for _, _, v in p.writes} | set(_result_values(p.result))
+    runs = []
+    for k, item in enumerate(p.body):
+        reads = item.inputs if isinstance(item, Call) else (item.source,)
+        release = tuple(v for v in dict.fromkeys(reads) if last.get(v) == k and v not in keep)
+        if isinstance(item, View):
+            runs.append((item, release))
+            continue
+        op, params = item.op, dict(item.params)
+        kernel = op.kernel_for([ArraySpec(*p.specs[v]) for v in item.inputs], params)
+        scalars = tuple(cast(params[n]) for n, cast in zip(op.params, kernel.param_casts))
+        runs.append((_Run(kernel, scalars, item.inputs, item.outputs, release), None))
+    return tuple(runs)
+
+
+@dataclass
+class _Entry:
+    program: Program  # after the STEP passes
+    traced: Program  # as recorded
+    runs: tuple
+    pass_seconds: dict
+
+
+class CompiledStep:
+    """The callable ``tc.compile`` returns (see the module docstring)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        self._first: dict[tuple, Program] = {}  # signature -> the first trace (waiting for a second)
+        self._entries: dict[tuple, list[_Entry]] = {}
+        self.traces = 0  # how many calls ran eagerly under the tracer
+        self.replays = 0
+        functools.update_wrapper(self, fn, updated=())
+
+    # -- calling --------------------------------------------------------------------------------------
+    def _arrays(self, args: tuple) -> tuple[list[np.ndarray], tuple]:
+        arrays, key = [], []
+        for a in args:
+            data = a.data if isinstance(a, Tensor) else a
+            if isinstance(data, np.ndarray):
+                arrays.append(data)
+                key.append((type(a).__name__, data.shape, data.dtype.str, data.strides))
+            elif isinstance(data, (bool, int, float, str, type(None))):
+                key.append(("python", type(data).__name__, data))
+            else:
+                raise TraceError(f"tc.compile({self.name}): argument {len(key)} is a {type(a).__name__}; a compiled "
+                                 f"step takes numpy arrays, tc.Tensors (on the CPU) and Python scalars")
+        return arrays, tuple(key)
+
+    def __call__(self, *args: Any) -> Any:
+        arrays, key = self._arrays(args)
+        for entry in self._entries.get(key, ()):
+            if _guards_hold(entry.program):
+                self.replays += 1
+                return _replay(entry, arrays)
+        result, program = trace(self.fn, self.name, args, arrays)
+        self.traces += 1
+        first = self._first.pop(key, None)
+        if first is None or not _same_guards(first, program):
+            self._first[key] = program
+            return result
+        check_agree(first, program)
+        seconds, after = {}, program
+        for step_pass in STEP:
+            t0 = time.perf_counter()
+            after = step_pass(after)
+            seconds[step_pass.__name__] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        runs = _resolve(after)
+        seconds["resolve_kernels"] = time.perf_counter() - t0
+        self._entries.setdefault(key, []).append(_Entry(after, program, runs, seconds))
+        return result
+
+    # -- introspection --------------------------------------------------------------------------------
+    def _entry(self, args: tuple) -> _Entry:
+        if args:
+            entries = self._entries.get(self._arrays(args)[1])
+        else:
+            entries = [e for es in self._entries.values() for e in es][-1:]
+        if not entries:
+            raise TraceError(f"tc.compile({self.name}): no compiled program for "
+                             f"{'these arguments' if args else 'any arguments'} yet; a step is compiled on its "
+                             f"second call with arguments of one shape")
+        return entries[-1]
+
+    @property
+    def source(self) -> str:
+        """The whole program (of the latest signature compiled) as index expressions, tensors renamed
+        apart (``v<k>``: value k; each call's scalars listed in its header)."""
+        return program_source(self._entry(()).program)
+
+    def loopnest(self, *args: Any) -> str:
+        """Every call's loop nest for these arguments, in program order."""
+        entry = self._entry(args)
+        out = []
+        for item in entry.program.body:
+            if isinstance(item, Call):
+                specs = [ArraySpec(*entry.program.specs[v]) for v in item.inputs]
+                params = dict(item.params)
+                unit = compiler.plan(item.op, specs, item.op.check_call(tuple(specs), params), params, "cpu",
+                                     "mark_tiles")
+                out.append(f"# {_header(item)}\n{unit.nest}")
+        return "\n".join(out)
+
+    def stats(self, *args: Any) -> dict:
+        """Counts for the compiled program of these arguments: op calls and statements before and
+        after the passes, values, peak bytes of the step's own arrays, relayout copies per step, and
+        the passes' seconds."""
+        entry = self._entry(args)
+        before, after = entry.traced, entry.program
+        relayouts = sum(len(r.kernel.relayout) for r, _ in entry.runs if isinstance(r, _Run))
+        return {
+            "calls_traced": sum(isinstance(x, Call) for x in before.body),
+            "calls": sum(isinstance(x, Call) for x in after.body),
+            "statements_traced": _statements(before), "statements": _statements(after),
+            "values": len(after.specs), "peak_bytes": peak_bytes(after),
+            "relayout_copies": relayouts, "pass_seconds": dict(entry.pass_seconds),
+        }
+
+
+def _guards_hold(p: Program) -> bool:
+    for k, data, grad in p.guards:
+        t = p.state[k]
+        if not isinstance(t.data, np.ndarray) or spec_of(t.data) != data:
+            return False
+        if (t.grad is None) != (grad is None) or (grad is not None and spec_of(t.grad) != grad):
+            return False
+    return True
+
+
+def _same_guards(a: Program, b: Program) -> bool:
+    return [(a.state[k], d, g) for k, d, g in a.guards] == [(b.state[k], d, g) for k, d, g in b.guards]
+
+
+def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
+    p = entry.program
+    env: list[Any] = [None] * len(p.specs)
+    for v, src in p.sources:
+        kind = src.kind
+        if kind == "argument":
+            env[v] = arrays[src.index]
+        elif kind == "data":
+            env[v] = p.state[src.index].data
+        elif kind == "grad":
+            env[v] = p.state[src.index].grad
+        else:
+            env[v] = p.constants[src.index]
+    run = cpu_kernel.run
+    for r, release in entry.runs:
+        if release is None:
+            outs = run(r.kernel, [env[v] for v in r.inputs], r.scalars)
+            for v, o in zip(r.outputs, outs):
+                env[v] = o
+            release = r.release
+        else:
+            env[r.output] = _view(env[r.source], r)
+        for v in release:
+            env[v] = None
+    for k, attr, v in p.writes:
+        setattr(p.state[k], attr, None if v is None else env[v])
+    return _rebuild(p.result, env)
+
+
+def _rebuild(r: Any, env: list) -> Any:
+    kind, x = r
+    if kind == "tensor":
+        return Tensor(env[x])
+    if kind == "array":
+        return env[x]
+    if kind == "tuple":
+        return tuple(_rebuild(y, env) for y in x)
+    if kind == "list":
+        return [_rebuild(y, env) for y in x]
+    if kind == "dict":
+        return {k: _rebuild(y, env) for k, y in x}
+    return x
+
+
+# -- printing and counting -------------------------------------------------------------------------------
+
+def _header(c: Call) -> str:
+    ins = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.inputs, c.inputs))
+    outs = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.outputs, c.outputs))
+    scalars = "".join(f", {n}={x!r}" for n, x in c.params)
+    return f"{outs} <- {c.op.label} ({ins}{scalars})"
+
+
+def program_source(p: Program) -> str:
+    """The program as index expressions: each call's statements with its tensors renamed to values
+    (temporaries of a call are ``v<out>_<name>``), views as comments."""
+    lines = []
+    for item in p.body:
+        if isinstance(item, View):
+            lines.append(f"# v{item.output} = view of v{item.source} (shape {item.shape}, byte offset "
+                         f"{item.offset}, strides {item.strides})")
+            continue
+        names = {n: f"v{v}" for n, v in zip(item.op.inputs, item.inputs)}
+        names.update({n: f"v{v}" for n, v in zip(item.op.outputs, item.outputs)})
+        tag = f"v{item.outputs[0]}" if item.outputs else "t"
+        names.update({n: f"{tag}_{n}" for n in item.op.program.temporaries})
+        lines.append(f"# {_header(item)}")
+        lines.append(renamed_source(item.op.program, names))
+    return "\n".join(lines)
+
+
+def _statements(p: Program) -> int:
+    return sum(len(c.op.program.statements) for c in p.body if isinstance(c, Call))
+
+
+def peak_bytes(p: Program) -> int:
+    """The most bytes the step's own arrays (call outputs; not inputs, state or constants) hold at
+    once when each is released after its last reader."""
+    last: dict[int, int] = {}
+    for k, item in enumerate(p.body):
+        for v in (item.inputs if isinstance(item, Call) else (item.source,)):
+            last[v] = k
+    keep = {v for _, _, v in p.writes} | set(_result_values(p.result))
+    n = len(p.body)
+    live, peak = 0, 0
+    frees: dict[int, int] = {}
+    for k, item in enumerate(p.body):
+        if isinstance(item, Call):
+            for v in item.outputs:
+                shape, dtype, _ = p.specs[v]
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                live += size
+                end = n if v in keep else last.get(v, k)
+                frees[end] = frees.get(end, 0) + size
+        peak = max(peak, live)
+        live -= frees.pop(k, 0)
+    return peak
+
+
+def compile(fn: Callable) -> CompiledStep:  # noqa: A001 - tc.compile, as torch.compile
+    """Compile a step function: ``step = tc.compile(fn)``; ``step(*args)`` has the effect of
+    ``fn(*args)``. See the module docstring."""
+    if not callable(fn):
+        raise TraceError(f"tc.compile expects a function, got {type(fn).__name__}")
+    return CompiledStep(fn)

@@ -1,0 +1,237 @@
+"""Tracing a step: the op calls one run of a Python function makes, recorded as one program.
+
+A traced run is an ordinary eager run (its results are real) during which every op call is recorded:
+which values it read, which it wrote and its scalar parameters. Values are numbered in order of first
+appearance; each input value says where it comes from on the next call — an argument, the data or
+gradient of a state tensor (``tensor.keep_state``: parameters, running statistics, optimizer state),
+or a constant — and each numpy view of a value (reshape, transpose, ``p.data.reshape(-1)``) is
+recorded as a view, so it can be remade from the new value. At the end, the state tensors whose data
+or gradient the run replaced give the program's writes, and the function's result its outputs.
+
+``Program`` is frozen; ``tensorcomp.step`` checks two traces against each other, runs the whole-
+program passes over it and replays it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import opdef
+from .errors import TraceError
+from .opdef import Op
+from .tensor import Tensor, _VALUE_GUARDS, state_tensors
+
+
+@dataclass(frozen=True)
+class Call:
+    """An op run on values ``inputs`` (in the op's input order), writing values ``outputs``."""
+    op: Op
+    params: tuple[tuple[str, Any], ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class View:
+    """Value ``output`` is a numpy view of value ``source``: ``offset`` bytes from its first element,
+    with this shape and these byte strides."""
+    source: int
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: np.dtype
+    output: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an input value comes from on each call: ``kind`` "argument" (``index``: the position among
+    the array arguments), "data" or "grad" (of state tensor ``index``), or "constant" (``index`` into
+    ``Program.constants``)."""
+    kind: str
+    index: int
+
+
+Spec = tuple  # (shape, dtype, byte strides) of an array
+
+
+def spec_of(a: np.ndarray) -> Spec:
+    return (a.shape, a.dtype, a.strides)
+
+
+@dataclass(frozen=True)
+class Program:
+    """One traced run of a step. ``result`` mirrors the function's return value with each array or
+    tensor replaced by ``("array"|"tensor", value)``; ``writes`` are (state tensor, "data"|"grad",
+    value or None); ``guards`` (state tensor, data spec, grad spec or None) must hold for a replay."""
+    name: str
+    specs: tuple[Spec, ...]  # every value's array spec
+    sources: tuple[tuple[int, Source], ...]
+    constants: tuple[np.ndarray, ...]
+    state: tuple[Tensor, ...]
+    body: tuple[Call | View, ...]
+    writes: tuple[tuple[int, str, int | None], ...]
+    result: Any
+    guards: tuple[tuple[int, Spec, Spec | None], ...]
+
+
+def _bounds(a: np.ndarray) -> tuple[int, int]:
+    lo, hi = np.lib.array_utils.byte_bounds(a) if hasattr(np.lib, "array_utils") else np.byte_bounds(a)
+    return lo, hi
+
+
+def _pointer(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class _Recorder:
+    """Records op calls (installed with ``opdef.record_calls``) while the traced function runs."""
+
+    def __init__(self, name: str, arrays: list[np.ndarray]) -> None:
+        self.name = name
+        self.arrays: list[np.ndarray] = []  # value -> its array in this run (kept alive: ids stay unique)
+        self.by_id: dict[int, int] = {}
+        self.by_owner: dict[int, list[int]] = {}  # id of the memory's owner -> values in that memory
+        self.sources: list[tuple[int, Source]] = []
+        self.constants: list[np.ndarray] = []
+        self.constant_values: set[int] = set()
+        self.body: list[Call | View] = []
+        self.state: list[Tensor] = []
+        self.state_index: dict[int, int] = {}
+        self.pending: dict[int, tuple[Tensor, str]] = {}  # id(array) -> state tensor, "data"|"grad"
+        self.pending_owner: dict[int, list[tuple[Tensor, str]]] = {}
+        self.start: dict[int, tuple[Any, Any]] = {}  # id(state tensor) -> its data and grad at the start
+        for t in state_tensors():
+            self.start[id(t)] = (t, t.data, t.grad)
+            for attr, a in (("data", t.data), ("grad", t.grad)):
+                if isinstance(a, np.ndarray):
+                    self.pending[id(a)] = (t, attr)
+                    owner = a if a.base is None else a.base
+                    self.pending_owner.setdefault(id(owner), []).append((t, attr))
+        for k, a in enumerate(arrays):
+            if id(a) not in self.by_id:
+                self._new(a, Source("argument", k))
+
+    # -- values -------------------------------------------------------------------------------------
+    def _new(self, a: np.ndarray, source: Source | None = None) -> int:
+        v = len(self.arrays)
+        self.arrays.append(a)
+        self.by_id[id(a)] = v
+        owner = a if a.base is None else a.base
+        self.by_owner.setdefault(id(owner), []).append(v)
+        if source is not None:
+            self.sources.append((v, source))
+        return v
+
+    def _state_value(self, t: Tensor, attr: str) -> int:
+        k = self.state_index.get(id(t))
+        if k is None:
+            k = self.state_index[id(t)] = len(self.state)
+            self.state.append(t)
+        _, data, grad = self.start[id(t)]
+        return self._new(data if attr == "data" else grad, Source(attr, k))
+
+    def value(self, a: Any) -> int:
+        """The value number of array ``a`` (registering it as a view, state or constant if new)."""
+        v = self.by_id.get(id(a))
+        if v is not None:
+            return v
+        if id(a) in self.pending:
+            return self._state_value(*self.pending.pop(id(a)))
+        if not isinstance(a, np.ndarray):
+            a = np.asarray(a)
+        owner = a.base
+        if owner is not None:
+            for t, attr in self.pending_owner.pop(id(owner), ()):  # views of state: the state first
+                start = self.start[id(t)][1 if attr == "data" else 2]
+                if id(start) in self.pending:
+                    self._state_value(*self.pending.pop(id(start)))
+            lo, hi = _bounds(a)
+            for source in self.by_owner.get(id(owner), ()):
+                s_lo, s_hi = _bounds(self.arrays[source])
+                if s_lo <= lo and hi <= s_hi:
+                    v = self._new(a)
+                    self.body.append(View(source, _pointer(a) - _pointer(self.arrays[source]), a.shape,
+                                          a.strides, a.dtype, v))
+                    return v
+        self.constants.append(a)
+        v = self._new(a, Source("constant", len(self.constants) - 1))
+        self.constant_values.add(v)
+        return v
+
+    # -- the hooks ----------------------------------------------------------------------------------
+    def record(self, op: Op, arrays: tuple, params: dict, outs: list) -> None:
+        inputs = tuple(self.value(a) for a in arrays)
+        plain = tuple((k, v.item() if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0)
+                       else v) for k, v in params.items())
+        self.body.append(Call(op, plain, inputs, tuple(self._new(o) for o in outs)))
+
+    def guard(self, t: Tensor, what: str) -> None:
+        """Python is about to read tensor ``t``'s value: refuse when the trace computes it."""
+        v = self.by_id.get(id(t.data))
+        if (v is not None and v not in self.constant_values) or id(t.data) in self.pending:
+            raise TraceError(
+                f"tc.compile({self.name}): {what} reads the value of a tensor the step computes; a compiled "
+                f"step runs without Python, so it cannot depend on values. Return the tensor from the "
+                f"function and read it after the call (loss = step(x, y); loss.item())")
+
+    # -- the end ------------------------------------------------------------------------------------
+    def finish(self, result: Any) -> Program:
+        writes = []
+        for t in state_tensors():
+            start = self.start.get(id(t))
+            if start is None:
+                continue
+            for attr, before, now in (("data", start[1], t.data), ("grad", start[2], t.grad)):
+                if now is before:
+                    continue
+                if now is not None and id(now) not in self.by_id and not self._is_view(now):
+                    raise TraceError(f"tc.compile({self.name}): the step assigns {attr} of a state tensor of shape "
+                                     f"{t.shape} an array no op computed; a compiled step can only write values "
+                                     f"that ops compute (use ops, or assign outside the step)")
+                k = self.state_index.get(id(t))
+                if k is None:
+                    k = self.state_index[id(t)] = len(self.state)
+                    self.state.append(t)
+                writes.append((k, attr, None if now is None else self.value(now)))
+        guards = []
+        for k, t in enumerate(self.state):
+            _, data, grad = self.start[id(t)]
+            guards.append((k, spec_of(data), None if grad is None else spec_of(grad)))
+        return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
+                       tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
+                       self._result(result), tuple(guards))
+
+    def _is_view(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray) and a.base is not None and id(a.base) in self.by_owner
+
+    def _result(self, r: Any) -> Any:
+        if isinstance(r, Tensor):
+            return ("tensor", self.value(r.data))
+        if isinstance(r, np.ndarray):
+            return ("array", self.value(r))
+        if isinstance(r, (tuple, list)):
+            return (type(r).__name__, tuple(self._result(x) for x in r))
+        if isinstance(r, dict):
+            return ("dict", tuple((k, self._result(x)) for k, x in r.items()))
+        if r is None or isinstance(r, (bool, int, float, str)):
+            return ("python", r)
+        raise TraceError(f"tc.compile({self.name}): the function returned a {type(r).__name__}; a compiled "
+                         f"step returns tensors, arrays, numbers, strings, None and tuples, lists and dicts "
+                         f"of them")
+
+
+def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray]) -> tuple[Any, Program]:
+    """Run ``fn(*args)`` eagerly, recording it; ``arrays`` are the array arguments (the data of the
+    tensor arguments). Returns fn's result and the program."""
+    rec = _Recorder(name, arrays)
+    _VALUE_GUARDS.append(rec.guard)
+    try:
+        with opdef.record_calls(rec.record):
+            result = fn(*args)
+    finally:
+        _VALUE_GUARDS.remove(rec.guard)
+    return result, rec.finish(result)
