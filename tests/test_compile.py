@@ -1,0 +1,241 @@
+"""tc.compile: a traced step against the eager one, the whole-program passes, and what cannot be traced."""
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from tensorcomp import nn, optim
+from tensorcomp.tensor import keep_state
+from tensorcomp.train import MODELS
+
+rng = np.random.default_rng(5)
+
+
+def _train(build, loss_cls, batches, compiled, make_opt=None):
+    nn.manual_seed(0)
+    model, lossf = build(), loss_cls()
+    opt = (make_opt or (lambda ps: optim.Adam(ps)))(model.parameters())
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = lossf(model(tc.Tensor(x)), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    f = tc.compile(step) if compiled else step
+    losses = [float(f(x, y).data) for x, y in batches]
+    return losses, model.state_dict(), f
+
+
+def _batches(n, batch, shape=(1, 28, 28), classes=10):
+    return [(rng.random((batch, *shape), dtype=np.float32), rng.integers(0, classes, batch)) for _ in range(n)]
+
+
+def _assert_same_training(a, b, rtol=1e-4):
+    (la, sa, _), (lb, sb, _) = a, b
+    np.testing.assert_allclose(lb, la, rtol=rtol, atol=1e-6)
+    for k in sa:
+        scale = np.max(np.abs(sa[k])) + 1e-12
+        assert np.max(np.abs(sa[k] - sb[k])) <= rtol * scale, k
+
+
+@pytest.mark.parametrize("model,batch", [("lenet", 8), ("capsnet-small", 4), ("capsnet-em", 4), ("capsnet", 2)])
+def test_twenty_compiled_steps_match_eager(model, batch):
+    build, loss_cls = MODELS[model]
+    batches = _batches(20, batch)
+    eager = _train(build, loss_cls, batches, False)
+    compiled = _train(build, loss_cls, batches, True)
+    _assert_same_training(eager, compiled)
+    step = compiled[2]
+    assert step.traces == 3 and step.replays == 17  # (the first call's gradients were None: a guard)
+
+
+class _Votes(nn.Module):
+    """A layer written as a custom op applied to tensors (no apply(), no tape code)."""
+
+    def __init__(self, i, j, d, k):
+        super().__init__()
+        self.w = nn.Parameter(0.3 * np.random.default_rng(7).standard_normal((i, j, d, k)).astype(np.float32))
+        self.votes = tc.op("U[n, i, j, d] += X[n, i, k] * W[i, j, d, k]")
+        self.squash = tc.op("Q[n, j, d] += U[n, i, j, d] * U[n, i, j, d]\n"
+                            "S[n, j, d] = U[n, 0, j, d] * Q[n, j, d] / (1 + Q[n, j, d])")
+
+    def forward(self, x):
+        return self.squash(self.votes(x, self.w))
+
+
+def _votes_net():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 24),
+                         _Reshape((3, 8)), _Votes(3, 5, 4, 8), nn.Flatten(), nn.Linear(20, 10))
+
+
+class _Reshape(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+def test_custom_ops_on_tensors_compile_with_adam_and_sgd():
+    batches = _batches(10, 6, (1, 14, 14))
+    for make_opt in (lambda ps: optim.Adam(ps, 1e-2, weight_decay=1e-3),
+                     lambda ps: optim.SGD(ps, 0.05, momentum=0.9, nesterov=True)):
+        eager = _train(_votes_net, nn.CrossEntropyLoss, batches, False, make_opt)
+        compiled = _train(_votes_net, nn.CrossEntropyLoss, batches, True, make_opt)
+        _assert_same_training(eager, compiled)
+
+
+def test_an_op_called_on_tensors_returns_tensors_and_records_gradients():
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = tc.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = rng.standard_normal((4, 2))
+    c = op(a, b)
+    assert isinstance(c, tc.Tensor) and c.requires_grad
+    dc = rng.standard_normal((3, 2))
+    c.backward(dc)
+    np.testing.assert_allclose(a.grad, dc @ b.T, rtol=1e-12)
+    two = tc.op("P[i] = A[i] * 2\nQ[i] = A[i] + 1")(tc.Tensor(np.ones(3)))
+    assert isinstance(two, tuple) and all(isinstance(t, tc.Tensor) for t in two)
+
+
+def test_compiled_step_in_float64_against_central_differences():
+    w = keep_state(tc.Tensor(rng.standard_normal((5, 3)), requires_grad=True))
+    x = rng.standard_normal((4, 5))
+    act = tc.op("H[n, j] += X[n, i] * W[i, j]\nY[n, j] = tanh(H[n, j]) * H[n, j]")
+    loss_op = tc.op("L += Y[n, j] * Y[n, j]")
+
+    def loss_and_grad(x):
+        w.grad = None
+        loss = loss_op(act(tc.Tensor(x), w))
+        loss.backward()
+        return loss, w.grad
+
+    step = tc.compile(loss_and_grad)
+    for _ in range(4):  # (the first call starts without a gradient: it is traced alone)
+        loss, g = step(x)
+    assert step.replays == 1
+    v = rng.standard_normal(w.shape)
+    base, eps = w.data.copy(), 1e-6
+    w.data = base + eps * v
+    plus = float(loss_op(act(x, w.data)))
+    w.data = base - eps * v
+    minus = float(loss_op(act(x, w.data)))
+    w.data = base
+    assert abs(float((g * v).sum()) - (plus - minus) / (2 * eps)) < 1e-7 * max(1.0, abs(plus))
+    np.testing.assert_allclose(loss.data, loss_op(act(x, base)), rtol=1e-14)
+
+
+def test_a_new_batch_size_is_traced_again():
+    build, loss_cls = MODELS["lenet"]
+    batches = _batches(3, 8) + _batches(3, 5) + _batches(2, 8)
+    eager = _train(build, loss_cls, batches, False)
+    compiled = _train(build, loss_cls, batches, True)
+    _assert_same_training(eager, compiled)
+    step = compiled[2]
+    assert step.traces == 5 and step.replays == 3
+
+
+def test_dead_calls_are_dropped_and_common_calls_shared():
+    w = keep_state(tc.Tensor(np.ones((4, 4)), requires_grad=True))
+    mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    double = tc.op("D[i, j] = A[i, j] * 2")
+
+    def fn(x):
+        unused = double(mm(x, w))  # noqa: F841 - computed, never read: dead
+        a, b = mm(x, w), mm(x, w)  # one call twice on the same values: shared
+        return a + b
+
+    step = tc.compile(fn)
+    x = np.arange(16.0).reshape(4, 4)
+    for _ in range(3):
+        out = step(x)
+    np.testing.assert_allclose(out.data, 2 * (x @ np.ones((4, 4))))
+    stats = step.stats(x)
+    assert (stats["calls_traced"], stats["calls"]) == (5, 2)
+    assert step.source == (
+        "# C=v4 <- op 'C[i, j] += A[i, k] * B[k, j]' (A=v0, B=v1)\n"
+        "v4[i, j] += v0[i, k] * v1[k, j]\n"
+        "# O=v6 <- op 'O[i0, i1] = A[i0, i1] + B[i0, i1]' (A=v4, B=v4)\n"
+        "v6[i0, i1] = v4[i0, i1] + v4[i0, i1]")
+
+
+def test_state_written_back_and_read_again():
+    w = keep_state(tc.Tensor(np.zeros(3)))
+    inc = tc.op("W2[i] = W[i] + X[i]")
+
+    def fn(x):
+        w.data = inc(w.data, x)
+
+    step = tc.compile(fn)
+    for k in range(5):
+        step(np.full(3, float(k)))
+    np.testing.assert_allclose(w.data, np.full(3, 10.0))
+    assert step.replays == 3
+
+
+def test_reading_a_value_inside_a_traced_step_is_an_error():
+    w = keep_state(tc.Tensor(np.ones(3), requires_grad=True))
+    total = tc.op("L += X[i] * W[i]")
+
+    def fn(x):
+        loss = total(tc.Tensor(x), w)
+        return loss.item()
+
+    with pytest.raises(tc.TraceError) as e:
+        tc.compile(fn)(np.ones(3))
+    assert str(e.value) == (
+        "tc.compile(test_reading_a_value_inside_a_traced_step_is_an_error.<locals>.fn): .item() reads the value of "
+        "a tensor the step computes; a compiled step runs without Python, so it cannot depend on values. Return "
+        "the tensor from the function and read it after the call (loss = step(x, y); loss.item())")
+
+    def branch(x):
+        loss = total(tc.Tensor(x), w)
+        if loss > 0.5:
+            return loss
+        return loss * 2
+
+    with pytest.raises(tc.TraceError, match=r"a comparison \(__gt__\) reads the value of a tensor the step"):
+        tc.compile(branch)(np.ones(3))
+
+
+def test_values_python_computes_are_refused_when_they_change():
+    scale = tc.op("Y[i] = X[i] * s")
+    count = [0]
+
+    def drifting(x):
+        count[0] += 1
+        return scale(tc.Tensor(x), s=float(count[0]))
+
+    step = tc.compile(drifting)
+    step(np.ones(2))
+    with pytest.raises(tc.TraceError) as e:
+        step(np.ones(2))
+    assert str(e.value) == (
+        "tc.compile(test_values_python_computes_are_refused_when_they_change.<locals>.drifting): two calls with the "
+        "same argument shapes ran differently: scalar parameter 's' of op 'Y[i] = X[i] * s' was 1.0 then 2.0; it "
+        "is computed in Python from something the trace cannot see. Keep such a value in a tensor "
+        "(tc.tensor.keep_state) and compute it with an op")
+
+    add = tc.op("Y[i] = X[i] + N[i]")
+
+    def noisy(x):
+        return add(tc.Tensor(x), rng.standard_normal(x.shape))
+
+    step = tc.compile(noisy)
+    step(np.ones(2))
+    with pytest.raises(tc.TraceError, match=r"an array of shape \(2,\) that op 'Y\[i\] = X\[i\] \+ N\[i\]' reads "
+                                            r"was not computed by an op and changed between the calls"):
+        step(np.ones(2))
+
+
+def test_bad_arguments_and_introspection_before_compiling():
+    step = tc.compile(lambda x: x)
+    with pytest.raises(tc.TraceError, match="argument 0 is a object; a compiled step takes numpy arrays"):
+        step(object())
+    with pytest.raises(tc.TraceError, match="no compiled program for any arguments yet"):
+        step.source
+    with pytest.raises(tc.TraceError, match="tc.compile expects a function, got int"):
+        tc.compile(3)
