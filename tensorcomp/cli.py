@@ -216,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="run N ranks on this host (MPI from the dist extra), data-parallel")
     train.add_argument("--check-every", type=int, default=0, metavar="K",
                        help="with several ranks: check every K steps that all ranks hold the same parameters")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--compile", dest="eager", action="store_false",
+                      help="run each training step as one compiled program (tc.compile: traced on its first calls "
+                           "with each batch shape, then replayed); the default on the CPU with one rank")
+    mode.add_argument("--eager", action="store_true",
+                      help="run the training step op by op (for debugging; always so on CUDA and with several ranks)")
+    train.set_defaults(eager=False)
     train.add_argument("--retune", action="store_true",
                        help="tune kernels again even when the tuning database has a result for them")
     train.add_argument("--tune", type=float, default=None, metavar="S",

@@ -217,20 +217,30 @@ class CompiledStep:
         arrays, key = [], []
         for a in args:
             data = a.data if isinstance(a, Tensor) else a
-            if isinstance(data, np.ndarray):
+            if isinstance(data, np.ndarray) and data.size:
                 arrays.append(data)
                 key.append((type(a).__name__, data.shape, data.dtype.str, data.strides))
             elif isinstance(data, (bool, int, float, str, type(None))):
                 key.append(("python", type(data).__name__, data))
             else:
-                raise TraceError(f"tc.compile({self.name}): argument {len(key)} is a {type(a).__name__}; a compiled "
-                                 f"step takes numpy arrays, tc.Tensors (on the CPU) and Python scalars")
+                what = "an empty array" if isinstance(data, np.ndarray) else f"a {type(a).__name__}"
+                raise TraceError(f"tc.compile({self.name}): argument {len(key)} is {what}; a compiled step takes "
+                                 f"non-empty numpy arrays, tc.Tensors (on the CPU) and Python scalars")
         return arrays, tuple(key)
+
+    def forget_kernels(self) -> None:
+        """Look every call's kernel up again on the next call (after tuning stored new schedules and
+        ``Op.forget_kernels`` dropped the old kernels)."""
+        for entries in self._entries.values():
+            for entry in entries:
+                entry.runs = ()
 
     def __call__(self, *args: Any) -> Any:
         arrays, key = self._arrays(args)
         for entry in self._entries.get(key, ()):
             if _guards_hold(entry.program):
+                if not entry.runs:
+                    entry.runs = _resolve(entry.program)
                 self.replays += 1
                 return _replay(entry, arrays)
         result, program = trace(self.fn, self.name, args, arrays)

@@ -22,6 +22,7 @@ from .runtime import compile_count
 from .runtime import cuda
 from .autotune.background import BackgroundTuner
 from .autotune.hot import profile, tune_hot
+from .step import compile as compile_step
 from .tensor import Tensor, no_grad
 
 
@@ -106,17 +107,17 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 def train(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
           tune_s: float = 0.0, distributed: bool = False, check_every: int = 0, background: bool = False,
-          retune: bool = False) -> dict:
+          retune: bool = False, compiled: bool = True) -> dict:
     """Train ``model_name`` on MNIST; returns the summary printed by ``tensorcomp train --json`` (see
     ``fit``, which also returns the trained model)."""
     return fit(model_name, epochs, batch_size, lr, seed, data, progress, max_steps, device, tune_s, distributed,
-               check_every, background, retune)[1]
+               check_every, background, retune, compiled)[1]
 
 
 def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
         data: str | None = None, progress: bool = True, max_steps: int | None = None, device: str = "cpu",
         tune_s: float = 0.0, distributed: bool = False, check_every: int = 0, background: bool = False,
-        retune: bool = False) -> tuple[nn.Module, dict]:
+        retune: bool = False, compiled: bool = True) -> tuple[nn.Module, dict]:
     """Train ``model_name`` on MNIST; returns the model and the summary ``tensorcomp train --json`` prints.
 
     With ``tune_s`` > 0 (CPU), the second step is profiled and the ops it spent its time in are
@@ -132,6 +133,9 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     and the gradients are summed over the ranks before each step; kernels are not tuned (ranks must run
     the same kernels to stay bit-identical). ``check_every`` K > 0: every K steps, check that all ranks
     hold the same parameters. Only rank 0 shows progress.
+
+    ``compiled`` (CPU, one rank): the training step runs through ``tc.compile`` (traced on its first
+    calls with each batch shape, then replayed as one program); otherwise op by op (``--eager``).
     """
     if distributed:
         dist.init()
@@ -148,6 +152,21 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     shared = dist.DistributedOptimizer(opt) if ranks > 1 else None
     loss_fn = make_loss()
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed, rank=dist.rank(), ranks=ranks)
+    compiled = compiled and device == "cpu" and shared is None
+
+    def one_step(xb, yb):
+        logits = model(Tensor(xb, device=device))
+        loss = loss_fn(logits, yb)
+        opt.zero_grad()
+        if shared is not None:
+            shared.set_batch(len(xb), loader.global_batch)
+        loss.backward()
+        if shared is not None:
+            shared.step()
+        else:
+            opt.step()
+        return loss, logits
+    run_step = compile_step(one_step) if compiled else one_step
     reduce_s, reduced = [], 0
     step_times, losses, hits, steps, compile_s, tuning_s, tuned = [], [], [], 0, 0.0, 0.0, []
     tuner = None
@@ -163,24 +182,19 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     for _ in range(epochs):
         for xb, yb in loader:
             eval_batch = eval_batch or len(xb)
-            if tuner is not None and tuner.poll() and bar is not None:  # tuned kernels swapped in from here
-                bar.set_postfix_str(f"tuned {len([d for d in tuner.done if 'tuning_s' in d])} kernels")
+            if tuner is not None and tuner.poll():  # tuned kernels swapped in from here
+                if compiled:
+                    run_step.forget_kernels()
+                if bar is not None:
+                    bar.set_postfix_str(f"tuned {len([d for d in tuner.done if 'tuning_s' in d])} kernels")
             before = compile_count()
             profiling = steps + 1 == tune_at
             t0 = time.perf_counter()
             with profile() if profiling else contextlib.nullcontext() as prof:
-                logits = model(Tensor(xb, device=device))
-                loss = loss_fn(logits, yb)
-                opt.zero_grad()
+                loss, logits = run_step(xb, yb)
                 if shared is not None:
-                    shared.set_batch(len(xb), loader.global_batch)
-                loss.backward()
-                if shared is not None:
-                    shared.step()
                     reduce_s.append(shared.reduce_s)
                     reduced = shared.reduced_bytes
-                else:
-                    opt.step()
             if device == "cuda":  # kernels run asynchronously: time them to the end
                 cuda.synchronize()
             elapsed = time.perf_counter() - t0
@@ -222,6 +236,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
             "stored_ops": len([t for t in tuned if t.get("stored")]),
             "tuning": "off" if tune_at is None else "background" if background else "blocking",
             "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-5:])),
+            "compiled": compiled, "traced_steps": run_step.traces if compiled else 0,
             "ranks": ranks, "allreduce_ms_per_step": 1e3 * float(np.mean(reduce_s)) if reduce_s else 0.0,
             "reduced_bytes_per_step": reduced}
 
@@ -234,7 +249,8 @@ def main(args) -> int:
     tune_s = args.tune if args.tune is not None else (DEFAULT_TUNE_S if args.device == "cpu" else 0.0)
     result = train(args.model, args.epochs, args.batch_size, args.lr, args.seed, args.data,
                    progress=not args.json, device=args.device, tune_s=tune_s, distributed=args.distributed,
-                   check_every=args.check_every, background=background, retune=args.retune)
+                   check_every=args.check_every, background=background, retune=args.retune,
+                   compiled=not args.eager)
     if not dist.is_main():
         return 0
     if args.json:
