@@ -80,7 +80,7 @@ def reshape_array(a: Any, shape: tuple) -> Any:
     copied by an op first (so the trace sees the copy)."""
     if opdef.recording() and isinstance(a, np.ndarray) and a.ndim and not a.flags.c_contiguous:
         out = a.reshape(shape)
-        if out.size and (out.base if out.base is not None else out) is not (a.base if a.base is not None else a):
+        if out.size and not np.may_share_memory(out, a):
             return _copy_op(a.ndim)(a).reshape(shape)
         return out
     return a.reshape(shape)

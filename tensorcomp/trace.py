@@ -83,6 +83,13 @@ def _bounds(a: np.ndarray) -> tuple[int, int]:
     return lo, hi
 
 
+def owner(a: np.ndarray) -> np.ndarray:
+    """The array whose memory ``a`` views (``a`` itself when it owns it or views a non-array)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 def _pointer(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
@@ -109,8 +116,7 @@ class _Recorder:
             for attr, a in (("data", t.data), ("grad", t.grad)):
                 if isinstance(a, np.ndarray):
                     self.pending[id(a)] = (t, attr)
-                    owner = a if a.base is None else a.base
-                    self.pending_owner.setdefault(id(owner), []).append((t, attr))
+                    self.pending_owner.setdefault(id(owner(a)), []).append((t, attr))
         for k, a in enumerate(arrays):
             if id(a) not in self.by_id:
                 self._new(a, Source("argument", k))
@@ -120,8 +126,7 @@ class _Recorder:
         v = len(self.arrays)
         self.arrays.append(a)
         self.by_id[id(a)] = v
-        owner = a if a.base is None else a.base
-        self.by_owner.setdefault(id(owner), []).append(v)
+        self.by_owner.setdefault(id(owner(a)), []).append(v)
         if source is not None:
             self.sources.append((v, source))
         return v
@@ -143,14 +148,14 @@ class _Recorder:
             return self._state_value(*self.pending.pop(id(a)))
         if not isinstance(a, np.ndarray):
             a = np.asarray(a)
-        owner = a.base
-        if owner is not None:
-            for t, attr in self.pending_owner.pop(id(owner), ()):  # views of state: the state first
+        mem = owner(a)
+        if mem is not a:
+            for t, attr in self.pending_owner.pop(id(mem), ()):  # views of state: the state first
                 start = self.start[id(t)][1 if attr == "data" else 2]
                 if id(start) in self.pending:
                     self._state_value(*self.pending.pop(id(start)))
             lo, hi = _bounds(a)
-            for source in self.by_owner.get(id(owner), ()):
+            for source in self.by_owner.get(id(mem), ()):
                 s_lo, s_hi = _bounds(self.arrays[source])
                 if s_lo <= lo and hi <= s_hi:
                     v = self._new(a)
@@ -206,7 +211,7 @@ class _Recorder:
                        self._result(result), tuple(guards))
 
     def _is_view(self, a: Any) -> bool:
-        return isinstance(a, np.ndarray) and a.base is not None and id(a.base) in self.by_owner
+        return isinstance(a, np.ndarray) and id(owner(a)) in self.by_owner
 
     def _result(self, r: Any) -> Any:
         if isinstance(r, Tensor):

@@ -130,7 +130,8 @@ def test_compiled_step_in_float64_against_central_differences():
 
 def test_a_new_batch_size_is_traced_again():
     build, loss_cls = MODELS["lenet"]
-    batches = _batches(3, 8) + _batches(3, 5) + _batches(2, 8)
+    # (the last batch of an epoch: its second trace comes after replays, which left views as parameters)
+    batches = _batches(3, 8) + _batches(1, 5) + _batches(2, 8) + _batches(2, 5)
     eager = _train(build, loss_cls, batches, False)
     compiled = _train(build, loss_cls, batches, True)
     _assert_same_training(eager, compiled)
