@@ -185,8 +185,9 @@ def generate_llvm(u: Unit) -> Unit:
 
 
 def compile_llvm(u: Unit) -> Unit:
-    compiled = jit.compile_kernel(u.code, "tc_kernel", len(buffers(u.op, u.bound)), _param_types(u),
-                                  len(u.nest.body))
+    names = buffers(u.op, u.bound)
+    compiled = jit.compile_kernel(u.code, "tc_kernel", len(names), _param_types(u),
+                                  tuple(len(t) for t in codegen.stage_buffers(u.nest, names)))
     return replace(u, compiled=compiled)
 
 
@@ -299,7 +300,7 @@ def _shapes(op, bound: Bound, kinds: dict[str, str]) -> tuple:
 
 def load(u: Unit) -> cpu_kernel.Kernel:
     """The loaded CPU kernel of a unit that went through the ``CPU`` passes."""
-    stages = cpu_kernel.stages_of(u.compiled, u.nest)
+    stages = cpu_kernel.stages_of(u.compiled, u.nest, codegen.stage_buffers(u.nest, buffers(u.op, u.bound)))
     points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in u.bound.statements)
     threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(s for *_, s in stages) else 1
     return cpu_kernel.Kernel(u.bound, u.nest, u.compiled, stages, threads, *_shapes(u.op, u.bound, u.kinds),

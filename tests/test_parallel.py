@@ -61,12 +61,12 @@ def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread
     from tensorcomp.target import SLICE_POINTS, slices_per_thread
     seen, who = [], set()
 
-    def entry(ptr, lo, hi, scale):
+    def entry(ptr, lo, hi, scale):  # (the stage takes the second buffer only)
         assert (ptr, scale) == (7, 0.5)
         seen.append((lo, hi))
         who.add(threading.get_ident())
         threading.Event().wait(0.01)  # long enough that each thread takes a slice
-    run_stages([(entry, 3, 103, 4), (entry, 0, 5, 0)], [7], [0.5], 2)
+    run_stages([(entry, (1,), 3, 103, 4), (entry, (1,), 0, 5, 0)], [6, 7], [0.5], 2)
     serial = seen.pop()
     assert serial == (0, 5)  # a serial stage runs whole, after the parallel one
     assert len(seen) == 2 * 4 and len(who) == 2

@@ -171,26 +171,27 @@ class Compiled:
     address: int
     fn: Callable
     pyfn: Callable | None
-    stages: list[Callable]  # stage j: (buffers..., lo, hi, params...) runs slice [lo, hi) of nest j
+    stages: list[Callable]  # stage j: (its buffers..., lo, hi, params...) runs slice [lo, hi) of nest j
 
 
-def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list, nstages: int = 0) -> Compiled:
+def compile_kernel(ir_text: str, name: str, nbuffers: int, param_types: list,
+                   stage_buffers: tuple[int, ...] = ()) -> Compiled:
     """Compile kernel ``name`` (and its ``{name}_py`` and ``{name}_stage{j}`` entries, if the IR has
     them) from LLVM IR text. Every symbol of the IR starting with ``name`` is renamed after a hash of
     the IR: equal kernels share one copy in the process, and the object-code cache's key does not
-    depend on the name."""
+    depend on the name. ``stage_buffers``: how many buffers each stage entry takes."""
     key = _object_key(ir_text)
     final = f"tc_{key}"
 
     def code() -> bytes:
         text = ir_text.replace(f'@"{name}', f'@"{final}').replace(f"@{name}", f"@{final}")
         return _object_code(text, key)
-    compiled = _link(key, code, name, nbuffers, param_types, nstages)
+    compiled = _link(key, code, name, nbuffers, param_types, stage_buffers)
     assert compiled is not None
     return compiled
 
 
-def load_compiled(key: str, nbuffers: int, param_types: list, nstages: int) -> Compiled | None:
+def load_compiled(key: str, nbuffers: int, param_types: list, stage_buffers: tuple[int, ...]) -> Compiled | None:
     """The kernel whose object code is cached under ``key`` (``Compiled.name`` is ``tc_<key>``), or None
     when it is not (any more) in the cache."""
     def code() -> bytes | None:
@@ -199,13 +200,15 @@ def load_compiled(key: str, nbuffers: int, param_types: list, nstages: int) -> C
         if obj is not None:
             _state["loaded"] = int(_state.get("loaded", 0)) + 1  # type: ignore[arg-type]
         return obj
-    return _link(key, code, f"tc_{key}", nbuffers, param_types, nstages)
+    return _link(key, code, f"tc_{key}", nbuffers, param_types, stage_buffers)
 
 
-def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list, nstages: int) -> Compiled | None:
+def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list,
+          stage_buffers: tuple[int, ...]) -> Compiled | None:
     """Add the object code ``code()`` gives (None: give up) for kernel ``tc_<key>`` to the engine unless
     it is there already, and wrap its entries."""
     final = f"tc_{key}"
+    nstages = len(stage_buffers)
     with _lock:
         _, engine = _init()
         loaded: dict = _state.setdefault("symbols", {})  # type: ignore[assignment]
@@ -227,8 +230,9 @@ def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list,
     fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + param_types))(address)
     pyfn = ctypes.CFUNCTYPE(None, *([ctypes.py_object] * nbuffers + param_types))(py_address) \
         if py_address else None
-    staged = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nbuffers + [ctypes.c_int64] * 2 + param_types))
-    return Compiled(name, address, fn, pyfn, [staged(a) for a in stage_addresses])
+    staged = [ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n + [ctypes.c_int64] * 2 + param_types))(a)
+              for n, a in zip(stage_buffers, stage_addresses)]
+    return Compiled(name, address, fn, pyfn, staged)
 
 
 def object_counts() -> dict[str, int]:

@@ -33,7 +33,8 @@ class Kernel:
     bound: Any  # domain.Bound, or None: loaded from a manifest (op.loopnest(...) plans it again)
     nest: LoopNest | None
     compiled: jit.Compiled
-    stages: tuple[tuple[Any, int, int, int], ...]  # (entry, lo, hi, slices per thread; 0: serial) per loop nest
+    # per loop nest: (entry, the buffers it takes, lo, hi, slices per thread; 0: serial)
+    stages: tuple[tuple[Any, tuple[int, ...], int, int, int], ...]
     threads: int  # > 1: run through the stages, parallel ones on this many threads
     outputs: tuple[tuple[tuple[int, ...], np.dtype], ...]
     temporaries: tuple[tuple[tuple[int, ...], np.dtype], ...]
@@ -63,25 +64,25 @@ def _instances(node) -> float:
     return 1
 
 
-def stages_of(compiled: jit.Compiled, nest: LoopNest) -> tuple[tuple[Any, int, int, int], ...]:
-    """(entry, lo, hi, slices per thread) per top-level loop nest: a parallel one runs in slices of
-    its outer loop, unless it is too small to repay handing slices to the pool (then, and for a
-    serial one, slices is 0: it runs whole on the caller's thread)."""
+def stages_of(compiled: jit.Compiled, nest: LoopNest, takes: list[tuple[int, ...]]) -> tuple:
+    """(entry, buffers it takes, lo, hi, slices per thread) per top-level loop nest: a parallel one runs
+    in slices of its outer loop, unless it is too small to repay handing slices to the pool (then, and
+    for a serial one, slices is 0: it runs whole on the caller's thread)."""
     out = []
-    for fn, node in zip(compiled.stages, nest.body):
+    for fn, node, take in zip(compiled.stages, nest.body, takes):
         if isinstance(node, For) and node.kind == "parallel":
             instances = _instances(node)
-            out.append((fn, node.lo.value, node.hi.value,
+            out.append((fn, tuple(take), node.lo.value, node.hi.value,
                         slices_per_thread(instances) if instances >= PARALLEL_MIN_POINTS else 0))
         else:
-            out.append((fn, 0, 1, 0))
+            out.append((fn, tuple(take), 0, 1, 0))
     return tuple(out)
 
 
 def to_manifest(kernel: Kernel, buffers: int) -> dict:
     """What ``from_manifest`` needs to rebuild ``kernel`` in a new process (JSON-ready)."""
     return {"object": kernel.compiled.name[len("tc_"):], "buffers": buffers,
-            "stages": [[lo, hi, s] for _, lo, hi, s in kernel.stages], "threads": kernel.threads,
+            "stages": [[list(take), lo, hi, s] for _, take, lo, hi, s in kernel.stages], "threads": kernel.threads,
             "outputs": [[list(sh), dt.str] for sh, dt in kernel.outputs],
             "temporaries": [[list(sh), dt.str] for sh, dt in kernel.temporaries],
             "relayout": [[pos, list(perm), pad, [list(b) for b in blocks]]
@@ -96,11 +97,14 @@ def from_manifest(m: dict | None, param_kinds: list[str]) -> Kernel | None:
         return None
     try:
         param_types = [ctypes.c_double if k == "float" else ctypes.c_int64 for k in param_kinds]
-        compiled = jit.load_compiled(m["object"], m["buffers"], param_types, len(m["stages"]))
+        takes = [tuple(int(k) for k in take) for take, *_ in m["stages"]]
+        if any(k < 0 or k >= m["buffers"] for take in takes for k in take):
+            return None
+        compiled = jit.load_compiled(m["object"], m["buffers"], param_types, tuple(len(t) for t in takes))
         if compiled is None:
             return None
-        return Kernel(None, None, compiled, tuple((fn, lo, hi, s) for fn, (lo, hi, s) in
-                                                  zip(compiled.stages, m["stages"])), m["threads"],
+        return Kernel(None, None, compiled, tuple((fn, take, lo, hi, s) for fn, take, (_, lo, hi, s) in
+                                                  zip(compiled.stages, takes, m["stages"])), m["threads"],
                       tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["outputs"]),
                       tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["temporaries"]),
                       tuple(float if k == "float" else int for k in param_kinds),

@@ -29,21 +29,22 @@ def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
         fn(*ptrs, a, b, *scalars)
 
 
-def run_stages(stages: Sequence[tuple[Callable, int, int, int]], ptrs: list[int], scalars: list,
+def run_stages(stages: Sequence[tuple[Callable, tuple[int, ...], int, int, int]], ptrs: list[int], scalars: list,
                threads: int) -> None:
-    """Run each stage ``(entry, lo, hi, slices per thread)`` in order; a parallel one (slices > 0)
-    in ``threads`` x ``slices`` slices that the threads take in turn, so a thread whose core is
-    shared with another process leaves its slices to the others instead of holding up the stage."""
-    for fn, lo, hi, slices in stages:
+    """Run each stage ``(entry, buffers it takes, lo, hi, slices per thread)`` in order; a parallel one
+    (slices > 0) in ``threads`` x ``slices`` slices that the threads take in turn, so a thread whose core
+    is shared with another process leaves its slices to the others instead of holding up the stage."""
+    for fn, take, lo, hi, slices in stages:
         n = min(threads, hi - lo) if slices else 1
+        own = [ptrs[k] for k in take]
         if n <= 1:
-            fn(*ptrs, lo, hi, *scalars)
+            fn(*own, lo, hi, *scalars)
             continue
         pool = _get_pool(n - 1)
         c = min(hi - lo, n * slices)
         bounds = [lo + (hi - lo) * t // c for t in range(c + 1)]
         slices = iter(list(zip(bounds[:-1], bounds[1:])))
-        futures = [pool.submit(_take, fn, ptrs, scalars, slices) for _ in range(1, n)]
-        _take(fn, ptrs, scalars, slices)  # this thread takes slices too
+        futures = [pool.submit(_take, fn, own, scalars, slices) for _ in range(1, n)]
+        _take(fn, own, scalars, slices)  # this thread takes slices too
         for f in futures:
             f.result()

@@ -145,6 +145,18 @@ class LoopNest:
                     yield from rec((n.reduction[0],))
         return rec(self.body)
 
+    def tensors_of(self, node: Node) -> set[str]:
+        """The tensors loop nest ``node`` reads or writes."""
+        out: set[str] = set()
+        for n in LoopNest((node,), self.statements).walk():
+            if isinstance(n, Fill):
+                out.add(n.tensor)
+            elif isinstance(n, (Compute, Tile)):
+                st = self.statements[(n.compute if isinstance(n, Tile) else n).stmt]
+                out.add(st.target)
+                out.update(a.tensor for a in st.accesses())
+        return out
+
     def __str__(self) -> str:
         lines: list[str] = []
 
