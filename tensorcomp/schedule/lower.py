@@ -178,11 +178,16 @@ class _Converter:
 
     def nodes(self, node: isl.AstNode, rename: dict[str, str]) -> tuple[Node, ...]:
         t = node.get_type()
-        if t == isl.ast_node_type.block:
-            out: list[Node] = []
-            for child in node.block_get_children().get_list() if hasattr(node.block_get_children(), "get_list") \
-                    else _ast_list(node.block_get_children()):
-                out.extend(self.nodes(child, rename))
+        if t == isl.ast_node_type.block:  # (nested blocks flattened without recursion: a long
+            out: list[Node] = []             # sequence of statements nests one block per statement)
+            stack = [node]
+            while stack:
+                top = stack.pop()
+                if top.get_type() != isl.ast_node_type.block:
+                    out.extend(self.nodes(top, rename))
+                    continue
+                children = top.block_get_children()
+                stack.extend(reversed(children.get_list() if hasattr(children, "get_list") else _ast_list(children)))
             return tuple(out)
         if t == isl.ast_node_type.for_:
             it = node.for_get_iterator().get_id().get_name()
