@@ -7,6 +7,7 @@ from .errors import (
 from . import runtime, schedule
 from .autodiff import grad
 from .compiler import ArraySpec
+from .einsum import einsum, einsum_op
 from .opdef import Op, op
 from .step import compile
 from .tensor import Tensor, no_grad
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "runtime", "schedule",
     "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "grad", "no_grad", "op", "tune",
+    "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
 ]
