@@ -17,7 +17,8 @@ ACTIVATIONS = {
     "abs": "abs(X[{i}])",
     "leaky_relu": "where(X[{i}] > 0, X[{i}], slope * X[{i}])",
     "elu": "where(X[{i}] > 0, X[{i}], exp(X[{i}]) - 1)",
-    "softplus": "log(1 + exp(X[{i}]))",
+    "softplus": "softplus(X[{i}])",
+    "gelu": "0.5 * X[{i}] * (1 + erf(X[{i}] * 0.7071067811865476))",
     "gelu_tanh": "0.5 * X[{i}] * (1 + tanh(0.7978845608028654 * (X[{i}] + 0.044715 * X[{i}] ** 3)))",
 }
 

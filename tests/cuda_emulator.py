@@ -46,6 +46,8 @@ static tc_dim3 blockDim, gridDim;
 static std::barrier<> *tc_barrier = nullptr;
 static inline void __syncthreads() { tc_barrier->arrive_and_wait(); }
 struct float4 { float x, y, z, w; };
+static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }  // CUDA built-ins C++ lacks
+static inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 """
 
 RUN = r"""

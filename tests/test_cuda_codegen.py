@@ -47,8 +47,13 @@ CORPUS = [
     (tc.op("O[n, y, x, co, p, r] += I[n, 2*y + ky, 2*x + kx, ci, p, q] * W[ky, kx, ci, co, q, r]", schedule=(
         tc.schedule.Reorder(0, ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")), tc.schedule.Threads(0, (2, 2, 8)),
         tc.schedule.Stage(0, "I", "ky"), tc.schedule.Stage(0, "W", "kx"))), (z32(2, 9, 9, 3, 4, 4), z32(3, 3, 3, 8, 4, 4)),
-     {}),    # index names that the generated code must not capture
+     {}),
+    # index names that the generated code must not capture
     (tc.op("O[rest, flat] += A[rest, acc] * B[acc, flat]"), (z32(3, 4), z32(4, 5)), {}),
+    # the C library's functions (erf, expm1, log1p, atan2) and the ones made of others
+    (tc.op("O[i] = erf(A[i]) + erfc(A[i]) + expm1(A[i]) + log1p(abs(A[i])) + sign(A[i]) + rsqrt(abs(A[i]) + 1) + "
+           "softplus(A[i]) + atan2(A[i], B[i])"), (z32(9), z32(9)), {}),
+    (tc.op("O[i] = erf(A[i]) * softplus(A[i]) + atan2(B[i], A[i]) + sign(B[i])"), (z64(7), z64(7)), {}),
 ]
 GRADS = [
     (tc.grad(CORPUS[1][0], ["I", "W"]), CORPUS[1][1] + (z32(2, 4, 4, 4, 2, 3),), {}),

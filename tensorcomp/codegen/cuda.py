@@ -182,8 +182,18 @@ class _CudaBuilder(StagingEmitter):
         if fn == "where":
             return f"({self.value(args[0], 'bool')} ? {self.value(args[1], t)} : {self.value(args[2], t)})"
         x = [self.value(a, t) for a in args]
-        if fn in ("exp", "log", "sqrt", "sin", "cos", "tanh", "floor", "ceil"):
+        if fn in ("exp", "log", "sqrt", "sin", "cos", "tanh", "floor", "ceil", "erf", "erfc", "expm1", "log1p",
+                  "rsqrt"):
             return f"{fn}{f}({x[0]})" if types.is_float(t) else x[0]
+        if fn == "atan2":
+            return f"atan2{f}({x[0]}, {x[1]})"
+        if fn == "softplus":
+            return f"(fmax{f}({x[0]}, {self.constant(0, t)}) + log1p{f}(exp{f}(-fabs{f}({x[0]}))))"
+        if fn == "sign":
+            if not types.is_float(t):
+                return f"(({x[0]}) > 0 ? {self.constant(1, t)} : ({x[0]}) < 0 ? {self.constant(-1, t)} : {x[0]})"
+            return (f"(({x[0]}) > 0 ? {self.constant(1, t)} : ({x[0]}) < 0 ? {self.constant(-1, t)} : "
+                    f"({x[0]}))")
         if fn == "sigmoid":
             return f"({self.constant(1, t)} / ({self.constant(1, t)} + exp{f}(-{x[0]})))"
         if fn == "abs":

@@ -231,6 +231,16 @@ class _FunctionBuilder(TileEmitter):
         natural = self.typeof(e)
         return self.cast(self.emit(e, env, natural), natural, want)
 
+    def libm(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
+        """A call of the C math library's ``name`` (``namef`` for float32)."""
+        ty = REG[dtype]
+        symbol = name + ("f" if dtype == "float32" else "")
+        fn = self.module.globals.get(symbol)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), name=symbol)
+            fn.attributes.add("nounwind")
+        return self.builder.call(fn, args)
+
     def intrinsic(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
         ty = REG[dtype]
         fn = self.module.declare_intrinsic(f"llvm.{name}", [ty], ir.FunctionType(ty, [ty] * len(args)))
@@ -275,6 +285,25 @@ class _FunctionBuilder(TileEmitter):
             one = ir.Constant(REG[t], 1.0)
             ex = self.intrinsic("exp", t, [b.fneg(x)])
             return b.fdiv(one, b.fadd(one, ex))
+        if fn in ("erf", "erfc", "expm1", "log1p", "atan2"):  # the C library's (no LLVM intrinsic)
+            return self.libm(fn, t, [self.value(a, env, t) for a in args])
+        if fn == "rsqrt":
+            return b.fdiv(ir.Constant(REG[t], 1.0), self.intrinsic("sqrt", t, [self.value(args[0], env, t)]))
+        if fn == "softplus":  # max(x, 0) + log1p(exp(-|x|)): no overflow, exact where exp(x) is tiny
+            x = self.value(args[0], env, t)
+            tail = self.libm("log1p", t, [self.intrinsic("exp", t, [b.fneg(self.intrinsic("fabs", t, [x]))])])
+            return b.fadd(self.minmax("max", t, x, ir.Constant(REG[t], 0.0)), tail)
+        if fn == "sign":  # -1, 0 or 1; NaN stays NaN (numpy's sign)
+            x = self.value(args[0], env, t)
+            zero, one = self.constant(0, t), self.constant(1, t)
+            if t == "bool":
+                return x
+            if types.is_float(t):
+                pos = b.select(b.fcmp_ordered(">", x, zero), one, zero)
+                neg = b.select(b.fcmp_ordered("<", x, zero), self.constant(-1, t), pos)
+                return b.select(b.fcmp_unordered("uno", x, x), x, neg)
+            pos = b.select(b.icmp_signed(">", x, zero), one, zero)
+            return b.select(b.icmp_signed("<", x, zero), self.constant(-1, t), pos)
         if fn in ("floor", "ceil"):
             x = self.value(args[0], env, t)
             return self.intrinsic(fn, t, [x]) if types.is_float(t) else x

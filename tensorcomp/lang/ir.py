@@ -249,10 +249,11 @@ BINARY_SYMBOLS = {
     "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",
     "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "and": "and", "or": "or",
 }
-UNARY_FUNCTIONS = ("exp", "log", "sqrt", "tanh", "sigmoid", "abs", "relu", "sin", "cos", "floor", "ceil")
+UNARY_FUNCTIONS = ("exp", "log", "sqrt", "tanh", "sigmoid", "abs", "relu", "sin", "cos", "floor", "ceil",
+                   "erf", "erfc", "expm1", "log1p", "sign", "rsqrt", "softplus")
 FUNCTIONS: dict[str, int] = {
     **{name: 1 for name in UNARY_FUNCTIONS},
-    "pow": 2, "where": 3, "max": 2, "min": 2,
+    "pow": 2, "where": 3, "max": 2, "min": 2, "atan2": 2,
 }
 REDUCTIONS = ("sum", "max", "min", "prod")
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")

@@ -14,7 +14,8 @@ from .ir import COMPARISONS, Access, Call, Const, Expr, Index, Param
 
 SUPPORTED = ("float32", "float64", "int32", "int64", "bool")
 _KIND = {"bool": 0, "int": 1, "int32": 1, "int64": 1, "float": 2, "float32": 2, "float64": 2}
-_FLOAT_FNS = ("exp", "log", "sqrt", "tanh", "sigmoid", "sin", "cos")
+_FLOAT_FNS = ("exp", "log", "sqrt", "tanh", "sigmoid", "sin", "cos", "erf", "erfc", "expm1", "log1p", "rsqrt",
+              "softplus")
 
 
 def is_weak(t: str) -> bool:
@@ -76,9 +77,9 @@ def infer(expr: Expr, tensor_types: dict[str, str], param_types: dict[str, str])
         return promote(args[1], args[2])
     if fn in _FLOAT_FNS:
         return to_float(args[0])
-    if fn == "truediv":
+    if fn in ("truediv", "atan2"):
         return to_float(promote(args[0], args[1]))
-    if fn in ("abs", "relu", "floor", "ceil", "neg"):
+    if fn in ("abs", "relu", "floor", "ceil", "neg", "sign"):
         t = args[0]
         return "int" if t == "bool" and fn != "abs" else t
     out = promote(args[0], args[1])
