@@ -31,17 +31,19 @@ def _reduce_source(kind: str, rank: int, axes: Sequence[int]) -> str:
         return f"{target} += X[{join(idx)}]"
     if kind == "mean":
         return f"{target} += X[{join(idx)}] * inv_count"  # inv_count is passed at call time
-    return f"{target} = {kind}(X[{join(idx)}])"
+    return f"{target} = {kind}(X[{join(idx)}])"  # (argmax/argmin over several axes: the flat position)
 
 
 @lru_cache(maxsize=None)
 def reduce(kind: str, rank: int, axes: tuple[int, ...]) -> Op:
-    """Sum, max, min or prod of a rank-``rank`` tensor over ``axes`` (axes dropped).
+    """Sum, max, min or prod of a rank-``rank`` tensor over ``axes`` (axes dropped); ``argmax`` and
+    ``argmin``: the position (int64) as ``numpy.argmax`` gives it along one axis, or the flat position
+    in C order over several (ties and NaN: the first).
 
     ``mean`` is a sum times the parameter ``inv_count``; use :func:`mean`.
     """
-    if kind not in ("sum", "max", "min", "prod", "mean"):
-        raise ValueError(f"unknown reduction '{kind}'; use sum, mean, max, min or prod")
+    if kind not in ("sum", "max", "min", "prod", "mean", "argmax", "argmin"):
+        raise ValueError(f"unknown reduction '{kind}'; use sum, mean, max, min, prod, argmax or argmin")
     return Op(_reduce_source(kind, rank, axes))
 
 

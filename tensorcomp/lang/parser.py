@@ -19,7 +19,9 @@ from .ir import (
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv",
            ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
 _CMPOPS = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
-_KNOWN_CALLS = sorted(set(FUNCTIONS) | set(REDUCTIONS))
+_ARG_REDUCTIONS = ("argmax", "argmin")
+_KNOWN_CALLS = sorted(set(FUNCTIONS) | set(REDUCTIONS) | set(_ARG_REDUCTIONS))
+_NO_MATCH = 2 ** 62  # the position an arg-reduction over no element would give (never: domains are not empty)
 
 
 class _Parser:
@@ -154,6 +156,9 @@ class _Parser:
                 return Const(float(node.args[0].value))
             except ValueError:
                 self.fail(node, f"'{self.snippet(node)}' is not a number")
+        if name in _ARG_REDUCTIONS:
+            self.fail(node, f"{name}(...) must be the whole right-hand side of an '=' statement",
+                      f"write it as a statement of its own, e.g. I[n] = {name}(X[n, c])")
         if name not in FUNCTIONS and name not in REDUCTIONS:
             close = difflib.get_close_matches(name, _KNOWN_CALLS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
@@ -227,8 +232,52 @@ class _Parser:
             raise ParseError(f"{self.label}: syntax error on line {line} ('{text}'): {exc.msg}", line) from None
         if not tree.body:
             raise ParseError(f"{self.label}: the source has no statements; write e.g. 'O[i] = A[i]'", None)
-        raw = [self.statement(node) for node in tree.body]
+        raw: list[Statement] = []
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
+                    isinstance(node.value.func, ast.Name) and node.value.func.id in _ARG_REDUCTIONS:
+                raw.extend(self.arg_reduction(node))
+            else:
+                raw.append(self.statement(node))
         return self.resolve(raw)
+
+    def arg_reduction(self, node: ast.Assign) -> list[Statement]:
+        """``I[n] = argmax(e)``: the position of the largest e over the indices only on the right (int64;
+        ties and NaN as numpy: the first; several indices: the flat position in C order), written as
+        statements of the language — the max, the extents of the later indices, then the least position
+        where e equals the max (or is NaN, which the max propagates)."""
+        call = node.value
+        fn = call.func.id
+        if len(node.targets) != 1 or len(call.args) != 1 or call.keywords:
+            self.fail(node, f"{fn} takes one argument and writes one tensor", f"e.g. I[n] = {fn}(X[n, c])")
+        target_node = node.targets[0]
+        if isinstance(target_node, ast.Subscript):
+            target, index = self.subscript(target_node)
+        elif isinstance(target_node, ast.Name):
+            target, index = target_node.id, ()
+        else:
+            self.fail(node, f"cannot write to '{self.snippet(target_node)}'", "the left side must be X[...] or X")
+            raise AssertionError("unreachable")
+        expr = self.value(call.args[0])
+        written = {n for lin in index for n in lin.names()}
+        over = list(dict.fromkeys(n for a in walk(expr) if isinstance(a, Access) for lin in a.index
+                                  for n in lin.names() if n not in written))
+        if not over:
+            self.fail(node, f"{fn}(...) on line {node.lineno} reduces over no index",
+                      f"the indices it runs over appear only on the right, e.g. I[n] = {fn}(X[n, c])")
+        line = node.lineno
+        best = f"{target}__{fn}_value"
+        statements = [Statement(best, index, "max" if fn == "argmax" else "min", expr, line)]
+        position: Expr = Param(over[0])
+        for k, name in enumerate(over[1:], start=1):
+            extent = f"{target}__{fn}_extent{k}"
+            one_more = Call("add", (Param(name), Const(1)))
+            statements.append(Statement(extent, (), "max", Call("where", (Call("ne", (expr, expr)), one_more,
+                                                                          one_more)), line))
+            position = Call("add", (Call("mul", (position, Param(extent))), Param(name)))
+        hit = Call("or", (Call("eq", (expr, Access(best, index))), Call("ne", (expr, expr))))
+        statements.append(Statement(target, index, "min", Call("where", (hit, position, Const(_NO_MATCH))), line))
+        return statements
 
     def resolve(self, raw: list[Statement]) -> Program:
         """Decide what every bare name means and which tensors are inputs/outputs."""
