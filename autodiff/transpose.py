@@ -34,7 +34,7 @@ from tensorcomp.errors import ArgumentError, DtypeError, ShapeError, UnknownName
 from tensorcomp.lang import types
 from tensorcomp.lang.ir import Access, Call, Const, Expr, Lin, Program, Statement, walk
 from tensorcomp.compiler import ArraySpec
-from tensorcomp.opdef import Op
+from tensorcomp.opdef import Op, lookup_checks
 from tensorcomp.schedule.records import to_json
 
 from . import rules
@@ -242,6 +242,8 @@ class DerivedOp(Op):
         self._cache = {}
         self._n_in = len(inputs)
         self._init_args = (base, derived, inputs, outputs, extra_inputs, as_tuple)
+        # index tensors are checked as the base op checks them (the base op's inputs come first)
+        self.lookup_checks = lookup_checks(base.program.lookups, inputs, base.given_ranges)
 
     def with_schedule(self, schedule, use_tuned: bool | None = None) -> "DerivedOp":
         """The same derived op run with another schedule (``use_tuned``: see ``Op.with_schedule``)."""

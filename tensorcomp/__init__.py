@@ -1,8 +1,8 @@
 """tensorcomp: tensor ops written as index expressions, compiled with isl and LLVM."""
 
 from .errors import (
-    ArgumentError, DtypeError, ParseError, RangeError, ScheduleError, ShapeError, TensorcompError, TraceError,
-    UnknownNameError,
+    ArgumentError, DtypeError, IndexRangeError, ParseError, RangeError, ScheduleError, ShapeError, TensorcompError,
+    TraceError, UnknownNameError,
 )
 from . import runtime, schedule
 from .autodiff import grad
@@ -24,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "runtime", "schedule",
-    "ArgumentError", "ArraySpec", "DtypeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
+    "ArgumentError", "ArraySpec", "DtypeError", "IndexRangeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
     "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
 ]

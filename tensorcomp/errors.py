@@ -39,6 +39,10 @@ class RangeError(TensorcompError, ValueError):
     """An index has no bound, or a statement's iteration domain is empty."""
 
 
+class IndexRangeError(TensorcompError, IndexError):
+    """A value of an index tensor lies outside the axis it indexes (checked before the op runs)."""
+
+
 class DtypeError(TensorcompError, TypeError):
     """An array or parameter has a dtype the op cannot take."""
 

@@ -19,7 +19,7 @@ from . import compiler
 from .autotune.canon import canonical_source
 from .compiler import ArraySpec
 from .domain import Bound, bind
-from .errors import ArgumentError, DtypeError, ScheduleError, UnknownNameError, op_label
+from .errors import ArgumentError, DtypeError, IndexRangeError, RangeError, ScheduleError, UnknownNameError, op_label
 from .lang import parse
 from .runtime import jit
 from .runtime import cuda
@@ -111,7 +111,7 @@ class Op:
         self.inputs: tuple[str, ...] = self.program.inputs
         self.outputs: tuple[str, ...] = self.program.outputs
         self.params: tuple[str, ...] = self.program.params
-        self.given_ranges = self._check_ranges(ranges or {})  # index -> (lo, hi), as given
+        self.given_ranges = self._check_ranges(self._lookup_ranges(ranges or {}))  # index -> (lo, hi), as given
         self.pad_widths = self._check_pad(pad or {})  # input -> ((before, after), ...) per axis
         self.pad_values = self._check_pad_value(pad_value or {})  # input -> the value read in its padding
         self.schedule = self.check_schedule(tuple(schedule))
@@ -121,8 +121,22 @@ class Op:
                       self.use_tuned and not self.schedule)
         self._cache: dict[tuple, Any] = {}  # call signature -> kernel
         self._n_in = len(self.inputs)
+        self.lookup_checks = lookup_checks(self.program.lookups, self.inputs, self.given_ranges)
 
     # -- options ------------------------------------------------------------------------------------
+    def _lookup_ranges(self, ranges: Any) -> Any:
+        """``ranges={T: n}`` for an index tensor T a tensor is written through: the range of the index
+        that runs over that axis (see ``lang.lookups``)."""
+        written = {lk.index: lk.index_name for lk in self.program.lookups if lk.written}
+        if not written or not isinstance(ranges, dict):
+            return ranges
+        for index, name in written.items():
+            if index not in ranges and name not in ranges:
+                tensor = next(lk.tensor for lk in self.program.lookups if lk.index == index)
+                raise RangeError(f"{self.label}: {tensor} is written through index tensor {index}, so its extent "
+                                 f"on that axis is unknown; give it with ranges={{'{index}': n}} (the values of "
+                                 f"{index} lie in [0, n))")
+        return {written.get(k, k): v for k, v in ranges.items()}
     def _indices(self) -> list[str]:
         return list(dict.fromkeys(n for st in self.program.statements for n in st.index_names()))
 
@@ -315,6 +329,8 @@ class Op:
     def call_cuda(self, arrays: tuple, params: dict[str, Any]):
         """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
         host = not any(cuda.is_device_array(a) for a in arrays)
+        if self.lookup_checks:
+            self.check_lookups(list(arrays))
         devs = [cuda.as_device(a) for a in arrays]
         key = launch.signature(devs)
         if params:
@@ -353,6 +369,8 @@ class Op:
                 if hasattr(a, "__cuda_array_interface__"):
                     return self.call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+        if self.lookup_checks:
+            self.check_lookups(arrs)
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         prof = _PROFILE
         if prof is not None:
@@ -378,6 +396,26 @@ class Op:
             entry[3] += time.perf_counter() - t0
             entry[4] += 1
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def check_lookups(self, arrays: list) -> None:
+        """Every value of every index tensor (``lang.lookups``) selects an element: an integer in
+        [0, extent of the axis it indexes). Raises before the op runs."""
+        for k, tensor_pos, axis, extent, lk in self.lookup_checks:
+            idx = arrays[k]
+            if not isinstance(idx, np.ndarray):
+                idx = cuda.to_host(idx) if cuda.is_device_array(idx) else np.asarray(idx)
+            if idx.dtype.kind not in "iu":
+                raise DtypeError(f"{self.label}: index tensor {lk.index} must hold integers, got {idx.dtype}; "
+                                 f"convert it with .astype(np.int64)")
+            n = extent if tensor_pos is None else arrays[tensor_pos].shape[axis]
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                where = np.argwhere((idx < 0) | (idx >= n))[0]
+                value = int(idx[tuple(where)])
+                what = f"axis {axis} of {lk.tensor}" if tensor_pos is not None else f"the axis of {lk.tensor} " \
+                    f"it is written through (ranges={{'{lk.index}': {n}}})"
+                raise IndexRangeError(f"{self.label}: index tensor {lk.index} holds {value} at position "
+                                      f"{tuple(int(w) for w in where)}, outside {what}, of extent {n}; its values "
+                                      f"must lie in [0, {n})")
 
     def kernel_for(self, specs: list[ArraySpec], params: dict[str, Any]):
         """The CPU kernel for inputs of these specs and these scalars' kinds (built, or found in the
@@ -438,6 +476,18 @@ class Op:
 
     def __repr__(self) -> str:
         return f"tc.op({self.source!r})"
+
+
+def lookup_checks(lookups: tuple, inputs: tuple[str, ...], ranges: dict[str, tuple[int, int]]) -> tuple:
+    """Per lookup: (its index tensor's input position, the looked-up tensor's input position or None
+    for a written lookup, axis, the written axis's extent or None, the lookup)."""
+    out = []
+    for lk in lookups:
+        if lk.written:
+            out.append((inputs.index(lk.index), None, lk.axis, ranges[lk.index_name][1], lk))
+        else:
+            out.append((inputs.index(lk.index), inputs.index(lk.tensor), lk.axis, None, lk))
+    return tuple(out)
 
 
 _COPIES: dict[tuple[int, tuple[int, ...]], "Op"] = {}

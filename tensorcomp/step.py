@@ -151,6 +151,7 @@ class _Run:
     whose last reader it is (dropped after it, so their memory is reused)."""
     kernel: Any
     scalars: tuple
+    checks: Any  # the op, when it has index tensors to check (``Op.check_lookups``) before each run
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     release: tuple[int, ...]
@@ -188,7 +189,8 @@ def _resolve(p: Program) -> tuple:
         op, params = item.op, dict(item.params)
         kernel = op.kernel_for([ArraySpec(*p.specs[v]) for v in item.inputs], params)
         scalars = tuple(cast(params[n]) for n, cast in zip(op.params, kernel.param_casts))
-        runs.append((_Run(kernel, scalars, item.inputs, item.outputs, release), None))
+        runs.append((_Run(kernel, scalars, op if op.lookup_checks else None, item.inputs, item.outputs, release),
+                     None))
     return tuple(runs)
 
 
@@ -338,7 +340,10 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     run = cpu_kernel.run
     for r, release in entry.runs:
         if release is None:
-            outs = run(r.kernel, [env[v] for v in r.inputs], r.scalars)
+            arrays = [env[v] for v in r.inputs]
+            if r.checks is not None:
+                r.checks.check_lookups(arrays)
+            outs = run(r.kernel, arrays, r.scalars)
             for v, o in zip(r.outputs, outs):
                 env[v] = o
             release = r.release

@@ -25,8 +25,8 @@ CASES = [
      "such as sum(...) or max(...) to reduce over it"),
     ("O[i] += A[i]\nP[i] = foo(O[i])", None, {}, tc.UnknownNameError,
      "op 'O[i] += A[i]; P[i] = foo(O[i])': unknown function 'foo' on line 2 ('P[i] = foo(O[i])'); did you mean "
-     "'floor'? known functions: abs, ceil, cos, exp, floor, log, max, min, pow, prod, relu, sigmoid, sin, sqrt, "
-     "sum, tanh, where"),
+     "'floor'? known functions: abs, argmax, argmin, atan2, ceil, cos, erf, erfc, exp, expm1, floor, log, log1p, "
+     "max, min, pow, prod, relu, rsqrt, sigmoid, sign, sin, softplus, sqrt, sum, tanh, where"),
     ("O[i] += A[i", None, {}, tc.ParseError,
      "op 'O[i] += A[i': syntax error on line 1 ('O[i] += A[i'): '[' was never closed"),
     ("O[i] += A[i]\nP[i] = O[i] +* 2", None, {}, tc.ParseError,
@@ -65,9 +65,9 @@ CASES = [
     ("O[i] = exp(A[i], 2)", None, {}, tc.ParseError,
      "op 'O[i] = exp(A[i], 2)': function 'exp' takes 1 argument but 2 were given on line 1 "
      "('O[i] = exp(A[i], 2)')"),
-    ("O[i] = A[B[i]]", None, {}, tc.ParseError,
-     "op 'O[i] = A[B[i]]': index expression 'B[i]' reads a tensor on line 1 ('O[i] = A[B[i]]'); indices must "
-     "be affine expressions of index names (data-dependent indexing is not supported)"),
+    ("O[i] = A[B[i] * 2]", None, {}, tc.ParseError,
+     "op 'O[i] = A[B[i] * 2]': index 'B[i] * 2' mixes a tensor read into arithmetic on line 1 "
+     "('O[i] = A[B[i] * 2]'); an index through an index tensor must be the read alone, e.g. E[T[i], d]"),
     ("O[i] = A[:, i]", None, {}, tc.ParseError,
      "op 'O[i] = A[:, i]': slices are not supported in an index on line 1 ('O[i] = A[:, i]'); name every axis "
      "with an index, e.g. A[i, j]"),

@@ -1,6 +1,7 @@
 """The op library (tensorcomp.ops) against NumPy and loop references."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -114,6 +115,7 @@ def test_activations(name):
         "log": np.log(np.abs(x) + 0.1), "abs": np.abs(x), "leaky_relu": np.where(x > 0, x, 0.2 * x),
         "elu": np.where(x > 0, x, np.exp(x) - 1), "softplus": np.log1p(np.exp(x)),
         "gelu_tanh": 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))),
+        "gelu": 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
     }
     arg = np.abs(x) + 0.1 if name == "log" else x
     params = {"slope": 0.2} if name == "leaky_relu" else {}

@@ -383,6 +383,7 @@ class Program:
     temporaries: tuple[str, ...]
     params: tuple[str, ...]
     ranks: tuple[tuple[str, int], ...] = field(default=())
+    lookups: tuple = field(default=())  # lang.lookups.Lookup per index through an index tensor
 
     def rank(self, tensor: str) -> int:
         return dict(self.ranks)[tensor]

@@ -12,9 +12,12 @@ import textwrap
 import warnings
 
 from ..errors import ParseError, UnknownNameError, op_label
+from dataclasses import replace
+
 from .ir import (
     FUNCTIONS, REDUCTIONS, Access, Call, Const, Expr, Index, Lin, Param, Program, Statement, walk,
 )
+from .lookups import Unsupported, appearance, lower_lookups
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "truediv",
            ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
@@ -232,14 +235,33 @@ class _Parser:
             raise ParseError(f"{self.label}: syntax error on line {line} ('{text}'): {exc.msg}", line) from None
         if not tree.body:
             raise ParseError(f"{self.label}: the source has no statements; write e.g. 'O[i] = A[i]'", None)
+        body, lookups = tree.body, ()
+        if any(isinstance(n, ast.Subscript) and any(isinstance(m, ast.Subscript) for m in ast.walk(n.slice))
+               for n in ast.walk(tree)):
+            order = appearance(body)
+            try:
+                body, lookups = lower_lookups(body)
+            except Unsupported as exc:
+                self.fail(exc.node, exc.message, exc.hint)
         raw: list[Statement] = []
-        for node in tree.body:
+        for node in body:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
                     isinstance(node.value.func, ast.Name) and node.value.func.id in _ARG_REDUCTIONS:
                 raw.extend(self.arg_reduction(node))
             else:
                 raw.append(self.statement(node))
-        return self.resolve(raw)
+        program = self.resolve(raw)
+        if not lookups:
+            return program
+        for lk in lookups:
+            if lk.index not in program.inputs:
+                raise ParseError(f"{self.label}: index tensor {lk.index} is written by the op; an index tensor must "
+                                 f"be an input (its values are checked before the op runs)", None)
+            if not lk.written and lk.tensor not in program.inputs:
+                raise ParseError(f"{self.label}: {lk.tensor} is looked up through index tensor {lk.index} but is "
+                                 f"written by the op; a looked-up tensor must be an input", None)
+        inputs = tuple(sorted(program.inputs, key=order.index))
+        return replace(program, inputs=inputs, lookups=lookups)
 
     def arg_reduction(self, node: ast.Assign) -> list[Statement]:
         """``I[n] = argmax(e)``: the position of the largest e over the indices only on the right (int64;

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError, IndexRangeError, ShapeError
 from ..opdef import Op
 from ..tensor import Tensor, apply, no_grad
 from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform
@@ -212,6 +212,35 @@ def _flatten_op(shape: tuple[int, ...]) -> Op:
     return Op(f"O[n, {' + '.join(reversed(flat))}] = X[n, {', '.join(idx)}]")
 
 
+@lru_cache(maxsize=None)
+def _embedding_op(rank: int) -> Op:
+    i = ", ".join(f"i{k}" for k in range(rank))
+    return Op(f"O[{i}, d] = W[T[{i}], d]")
+
+
+class Embedding(Module):
+    """A lookup table: integer indices of any shape -> their rows of ``weight`` (num, dim), N(0, 1)
+    initialised as PyTorch's. Every index is checked (0 <= index < num); the weight's gradient is
+    the scatter-add of the output's."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        for what, v in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ArgumentError(f"Embedding: {what} must be a positive int, got {v!r}")
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.weight = Parameter(_rng[0].standard_normal((self.num_embeddings, self.embedding_dim)))
+
+    def forward(self, indices: Any) -> Tensor:
+        t = indices if isinstance(indices, Tensor) else Tensor(np.asarray(indices))
+        if t.ndim == 0:
+            return self.forward(t.reshape(1)).reshape(self.embedding_dim)
+        return apply(_embedding_op(t.ndim), self.weight, t)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
 class Flatten(Module):
     def forward(self, x: Tensor) -> Tensor:
         return apply(_flatten_op(tuple(x.shape[1:])), x)
@@ -224,7 +253,8 @@ class LogSoftmax(Module):
 
 @lru_cache(maxsize=None)
 def _nll_op() -> Op:
-    return Op("L += where(T[n] == c, -Y[n, c], 0.0) * inv_n")
+    # the log-probability at each label, looked up through the labels (each checked: 0 <= T[n] < C)
+    return Op("L += -Y[n, T[n]] * inv_n")
 
 
 class CrossEntropyLoss(Module):
@@ -233,7 +263,7 @@ class CrossEntropyLoss(Module):
     def forward(self, logits: Tensor, target: Any) -> Tensor:
         t = _class_targets("CrossEntropyLoss", logits, target, "logits")
         logp = apply(ops.log_softmax(2, -1), logits)
-        return apply(_nll_op(), t, logp, inv_n=1.0 / logits.shape[0])
+        return apply(_nll_op(), logp, t, inv_n=1.0 / logits.shape[0])
 
 
 
@@ -261,7 +291,7 @@ class NLLLoss(Module):
 
     def forward(self, logp: Tensor, target: Any) -> Tensor:
         t = _class_targets("NLLLoss", logp, target, "log-probabilities")
-        return apply(_nll_op(), t, logp, inv_n=1.0 / logp.shape[0])
+        return apply(_nll_op(), logp, t, inv_n=1.0 / logp.shape[0])
 
 
 @lru_cache(maxsize=None)
@@ -288,6 +318,11 @@ def _class_targets(loss: str, scores: Tensor, target: Any, what: str = "scores")
     if t.shape != (scores.shape[0],) or t.dtype.kind not in "iu":
         raise ShapeError(f"{loss}: expected integer targets of shape ({scores.shape[0]},), got {t.dtype} of shape "
                          f"{t.shape}")
+    classes = scores.shape[1]
+    if t.size and (t.min() < 0 or t.max() >= classes):  # (a compiled step: the loss op checks them again)
+        k = int(np.argmax((t < 0) | (t >= classes)))
+        raise IndexRangeError(f"{loss}: target {k} is {int(t[k])}, not a class of the {classes} the {what} score; "
+                              f"targets must lie in [0, {classes})")
     return t if t.dtype == np.int64 else t.astype(np.int64)
 
 
