@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -34,12 +35,42 @@ def _sgd_op() -> Op:
 
 
 def _check(name: str, value: float, lo: float, hi: float | None = None, open_lo: bool = False) -> float:
+    """A finite real hyperparameter in [lo, hi) (or (lo, ...) with ``open_lo``)."""
+    rng = f"[{lo}, {hi})" if hi is not None else f"{'>' if open_lo else '>='} {lo}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentError(f"{name} must be a finite real number {rng}, got {value!r}")
     v = float(value)
     bad = v < lo or (open_lo and v == lo) or (hi is not None and v >= hi)
-    if bad or v != v:
-        rng = f"({lo}, {hi})" if hi is not None else f"{'>' if open_lo else '>='} {lo}"
-        raise ArgumentError(f"{name} must be {rng}, got {value!r}")
+    if bad or not math.isfinite(v):
+        raise ArgumentError(f"{name} must be a finite real number {rng}, got {value!r}")
     return v
+
+
+def _parameters(optimizer: str, params: Any) -> list:
+    """The parameters as a non-empty list of tensors that need gradients."""
+    if isinstance(params, (Tensor, np.ndarray, dict, str)) or params is None or not hasattr(params, "__iter__"):
+        raise ArgumentError(f"{optimizer}: params must be an iterable of parameters (model.parameters()), got "
+                            f"{type(params).__name__}")
+    out = list(params)
+    if not out:
+        raise ArgumentError(f"{optimizer}: got an empty parameter list")
+    for k, p in enumerate(out):
+        if not isinstance(p, Tensor):
+            raise ArgumentError(f"{optimizer}: parameter {k} is a {type(p).__name__}, not a tensor; pass "
+                                f"model.parameters() or tc.Tensor(..., requires_grad=True)")
+        if p.dtype.kind != "f":
+            raise ArgumentError(f"{optimizer}: parameter {k} has dtype {p.dtype}; parameters are floating point")
+    return out
+
+
+def _gradient(optimizer: str, k: int, p: Tensor) -> Any:
+    """Parameter ``k``'s gradient, flat, of its dtype and shape (else an error: a parameter's dtype never
+    changes under an update)."""
+    g = p.grad
+    if tuple(g.shape) != tuple(p.shape) or g.dtype != p.dtype:
+        raise ArgumentError(f"{optimizer}: the gradient of parameter {k} is {g.dtype} of shape {tuple(g.shape)} but "
+                            f"the parameter is {p.dtype} of shape {tuple(p.shape)}")
+    return reshape_array(g, (-1,))
 
 
 def _state(p) -> Tensor:
@@ -52,10 +83,10 @@ class Adam:
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = False) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ArgumentError("Adam: got an empty parameter list")
+        self.params = _parameters("Adam", params)
         self.lr = _check("Adam: lr", lr, 0.0, open_lo=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ArgumentError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
         self.b1 = _check("Adam: betas[0]", betas[0], 0.0, 1.0)
         self.b2 = _check("Adam: betas[1]", betas[1], 0.0, 1.0)
         self.eps = _check("Adam: eps", eps, 0.0)
@@ -78,7 +109,7 @@ class Adam:
             if p.grad is None:
                 continue
             m, v = self.m[k], self.v[k]
-            m.data, v.data, p2 = op(m.data, reshape_array(p.grad, (-1,)), reshape_array(p.data, (-1,)), v.data, self.steps.data,
+            m.data, v.data, p2 = op(m.data, _gradient("Adam", k, p), reshape_array(p.data, (-1,)), v.data, self.steps.data,
                                     b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
             p.data = reshape_array(p2, p.shape)
 
@@ -97,9 +128,7 @@ class SGD:
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ArgumentError("SGD: got an empty parameter list")
+        self.params = _parameters("SGD", params)
         self.lr = _check("SGD: lr", lr, 0.0, open_lo=True)
         self.momentum = _check("SGD: momentum", momentum, 0.0)
         self.wd = _check("SGD: weight_decay", weight_decay, 0.0)
@@ -114,7 +143,7 @@ class SGD:
             if p.grad is None:
                 continue
             buf = self.buf[k]
-            buf.data, p2 = op(buf.data, reshape_array(p.grad, (-1,)), reshape_array(p.data, (-1,)), momentum=self.momentum, wd=self.wd,
+            buf.data, p2 = op(buf.data, _gradient("SGD", k, p), reshape_array(p.data, (-1,)), momentum=self.momentum, wd=self.wd,
                               lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
             p.data = reshape_array(p2, p.shape)
 

@@ -57,8 +57,15 @@ def _connect() -> sqlite3.Connection:
     raise AssertionError
 
 
+# results this process could not write to the database (an unwritable cache location): key -> row
+_UNSTORED: dict[str, tuple[str, float, str]] = {}
+_WARNED: set[str] = set()
+
+
 def _row(key: str) -> tuple[str, float, str] | None:
     """(schedule JSON, best seconds, trials JSON) stored for ``key``, if any (None when unreadable)."""
+    if key in _UNSTORED:
+        return _UNSTORED[key]
     if not db_path().exists():
         return None
     try:
@@ -78,18 +85,33 @@ def lookup(key: str) -> tuple[str, float] | None:
     return (row[0], row[1]) if row else None
 
 
-def store(key: str, op: str, signature: tuple, target: str, schedule: str, best_s: float, trials: list) -> None:
-    """Insert, or replace when this result is faster than the stored one."""
-    con = _connect()
+def store(key: str, op: str, signature: tuple, target: str, schedule: str, best_s: float, trials: list) -> bool:
+    """Insert, or replace when this result is faster than the stored one. Returns False when the
+    database cannot be written (the cache location is missing, read-only or not a directory): the
+    result is then kept for this process only, with one warning per location."""
     try:
-        with con:
-            row = con.execute("SELECT best_s FROM tuned WHERE key = ?", (key,)).fetchone()
-            if row is None or best_s < row[0]:
-                con.execute("INSERT OR REPLACE INTO tuned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (key, op, repr(signature), target, schedule, best_s, json.dumps(trials), time.time(),
-                             SCHEMA_VERSION))
-    finally:
-        con.close()
+        con = _connect()
+        try:
+            with con:
+                row = con.execute("SELECT best_s FROM tuned WHERE key = ?", (key,)).fetchone()
+                if row is None or best_s < row[0]:
+                    con.execute("INSERT OR REPLACE INTO tuned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (key, op, repr(signature), target, schedule, best_s, json.dumps(trials), time.time(),
+                                 SCHEMA_VERSION))
+        finally:
+            con.close()
+        return True
+    except (sqlite3.Error, OSError) as exc:
+        old = _UNSTORED.get(key)
+        if old is None or best_s < old[1]:
+            _UNSTORED[key] = (schedule, best_s, json.dumps(trials))
+        where = str(db_path())
+        if where not in _WARNED:
+            _WARNED.add(where)
+            warnings.warn(f"tensorcomp: cannot write the tuning database {where} ({type(exc).__name__}: {exc}); "
+                          f"tuned schedules are kept for this process only (set TENSORCOMP_CACHE_DIR to a "
+                          f"writable directory)", RuntimeWarning, stacklevel=2)
+        return False
 
 
 def entries() -> list[dict]:
@@ -185,8 +207,9 @@ def stored_result(op, arrays: list, params: dict, target: str = "cpu") -> tuple[
 
 
 def store_result(op, arrays: list, params: dict, target: str, best: tuple[Record, ...], best_s: float,
-                 trials: list) -> None:
-    """Store a tuning result for ``op`` on these inputs (the records in canonical names)."""
+                 trials: list) -> bool:
+    """Store a tuning result for ``op`` on these inputs (the records in canonical names); False when
+    the database could not be written (see ``store``)."""
     m = canon.names_map(op.program)
-    store(op_key(op, arrays, params, target), op.canonical(), signature(arrays, params), target_key(target),
+    return store(op_key(op, arrays, params, target), op.canonical(), signature(arrays, params), target_key(target),
           to_json(canon.rename_records(best, m)), best_s, trials)

@@ -21,6 +21,7 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)
     stopped: str = ""  # why the search ended before the budget did, if it did
     stored: bool = False  # the result was already in the database: nothing was searched
+    unsaved: bool = False  # the database could not be written: the result holds for this process only
 
     @property
     def speedup(self) -> float:
@@ -38,6 +39,8 @@ class TuneResult:
                  f"best schedule: {list(self.schedule) or 'the default'}"]
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
+        if self.unsaved:
+            lines.append("not saved: the tuning database could not be written (this process uses the result)")
         return "\n".join(lines)
 
 

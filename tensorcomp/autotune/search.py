@@ -192,12 +192,14 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         winner = every[best_rank][1]
         log = [dict(entry, rank=r) for r, (_, _, entries) in enumerate(every) for entry in entries]
     best, best_s, default_s = from_json(winner), times[winner], times["[]"]
+    saved = True
     if dist.is_main():  # only rank 0 writes the tuning database
-        database.store_result(op, arrays, params, "cpu", best, best_s, log)
+        saved = database.store_result(op, arrays, params, "cpu", best, best_s, log)
     dist.barrier()
     op.forget_kernels(*arrays, **params)  # (its kernels for other signatures are kept)
     op(*arrays, **params)  # compiled under the stored schedule, with a manifest: a new process starts at once
-    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log, stopped)
+    return TuneResult(best, best_s, default_s, flops, time.perf_counter() - t_start, log, stopped,
+                      unsaved=not saved)
 
 
 def _final_round(default: Op, arrays: list, params: dict, log: list[dict], best: tuple,

@@ -199,6 +199,8 @@ class _CudaBuilder(StagingEmitter):
         if fn == "abs":
             return f"fabs{f}({x[0]})" if types.is_float(t) else f"(({x[0]}) < 0 ? -({x[0]}) : ({x[0]}))"
         if fn == "relu":
+            if types.is_float(t):  # relu(nan) is nan, as numpy's maximum
+                return f"(!(({x[0]}) <= 0) ? ({x[0]}) : {self.constant(0, t)})"
             return f"(({x[0]}) > 0 ? ({x[0]}) : {self.constant(0, t)})"
         if fn == "neg":
             return f"(-{x[0]})"

@@ -318,7 +318,7 @@ class _FunctionBuilder(TileEmitter):
             x = self.value(args[0], env, t)
             zero = self.constant(0, t)
             if types.is_float(t):
-                return b.select(b.fcmp_ordered(">", x, zero), x, zero)  # relu(nan) = 0 as in max(x, 0)
+                return b.select(b.fcmp_unordered(">", x, zero), x, zero)  # relu(nan) is nan, as numpy's maximum
             return b.select(b.icmp_signed(">", x, zero), x, zero)
         if fn == "neg":
             x = self.value(args[0], env, t)

@@ -12,7 +12,7 @@ from .. import ops
 from ..errors import ArgumentError, IndexRangeError, ShapeError
 from ..opdef import Op
 from ..tensor import Tensor, apply, no_grad
-from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform
+from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform, positive_int
 
 
 @lru_cache(maxsize=None)
@@ -25,7 +25,9 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        name = f"Linear({in_features!r}, {out_features!r})"
+        self.in_features = positive_int(name, "in_features", in_features)
+        self.out_features = positive_int(name, "out_features", out_features)
         bound = 1 / math.sqrt(in_features)
         self.weight = Parameter(_uniform(_rng[0], bound, (out_features, in_features)))
         self.bias = Parameter(_uniform(_rng[0], bound, (out_features,)))
@@ -49,10 +51,13 @@ def _conv_op(rank: int, stride: tuple, padding: tuple, dilation: tuple, groups: 
     return Op(src, pad=conv.pad_widths or None)
 
 
-def _per_axis(value: Any, rank: int, what: str, layer: str) -> tuple[int, ...]:
-    out = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(out) != rank or not all(isinstance(v, int) for v in out):
+def _per_axis(value: Any, rank: int, what: str, layer: str, minimum: int = 1) -> tuple[int, ...]:
+    """One int per spatial axis (``value``: an int for all, or ``rank`` ints), each >= ``minimum``."""
+    out = (value,) * rank if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(out) != rank or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
         raise ArgumentError(f"{layer}: {what} must be an int or {rank} ints, got {value!r}")
+    if any(v < minimum for v in out):
+        raise ArgumentError(f"{layer}: {what} must be {'positive' if minimum else 'non-negative'}, got {value!r}")
     return out
 
 
@@ -67,13 +72,16 @@ class Conv(Module):
     def __init__(self, rank: int, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, channels_last: bool = False) -> None:
         super().__init__()
-        name = f"Conv{rank}d({in_channels}, {out_channels})"
+        name = f"Conv{rank}d({in_channels!r}, {out_channels!r})"
+        in_channels = positive_int(name, "in_channels", in_channels)
+        out_channels = positive_int(name, "out_channels", out_channels)
+        groups = positive_int(name, "groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ArgumentError(f"{name}: in_channels and out_channels must be divisible by groups={groups}")
         self.rank, self.in_channels, self.out_channels, self.groups = rank, in_channels, out_channels, groups
         self.kernel_size = _per_axis(kernel_size, rank, "kernel_size", name)
         self.stride = _per_axis(stride, rank, "stride", name)
-        self.padding = _per_axis(padding, rank, "padding", name)
+        self.padding = _per_axis(padding, rank, "padding", name, minimum=0)
         self.dilation = _per_axis(dilation, rank, "dilation", name)
         self.channels_last = channels_last
         fan_in = in_channels // groups * int(np.prod(self.kernel_size))
@@ -133,7 +141,7 @@ class _Pool(Module):
         self.rank = rank
         self.kernel_size = _per_axis(kernel_size, rank, "kernel_size", name)
         self.stride = _per_axis(stride if stride is not None else kernel_size, rank, "stride", name)
-        self.padding = _per_axis(padding, rank, "padding", name)
+        self.padding = _per_axis(padding, rank, "padding", name, minimum=0)
         self.channels_last = channels_last
 
     def forward(self, x: Tensor) -> Tensor:
@@ -283,6 +291,8 @@ class Softmax(Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 0 or not -x.ndim <= self.dim < x.ndim:
+            raise ShapeError(f"Softmax(dim={self.dim}): no axis {self.dim} in an input of shape {x.shape}")
         return apply(ops.softmax(x.ndim, self.dim), x)
 
 
@@ -381,6 +391,7 @@ class BatchNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, channels_last: bool = False) -> None:
         super().__init__()
+        num_features = positive_int("BatchNorm", "num_features", num_features)
         self.num_features, self.eps, self.momentum, self.channels_last = num_features, eps, momentum, channels_last
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
@@ -397,6 +408,9 @@ class BatchNorm(Module):
             rm, rv = self.running_mean.to(x.device), self.running_var.to(x.device)
             return apply(evaluate, x, rm, rv, self.weight, self.bias, eps=self.eps)
         m = int(np.prod(x.shape)) // self.num_features
+        if m == 0:
+            raise ShapeError(f"BatchNorm({self.num_features}): cannot take batch statistics of an empty batch "
+                             f"(input shape {x.shape})")
         y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=self.eps)
         with no_grad():
             rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),

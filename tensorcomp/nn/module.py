@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections import OrderedDict
 from typing import Any, Iterator
 
@@ -82,6 +83,9 @@ class Module:
         return OrderedDict((name, np.array(p.numpy())) for name, p in self.named_parameters())
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if not isinstance(state, dict):
+            raise ArgumentError(f"load_state_dict: expected a dict of parameter name -> array (as state_dict() "
+                                f"gives), got {type(state).__name__}")
         own = dict(self.named_parameters())
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -89,7 +93,11 @@ class Module:
             raise ArgumentError(f"load_state_dict: missing {missing or 'nothing'}, unexpected "
                                 f"{unexpected or 'nothing'}")
         for name, p in own.items():
-            value = np.asarray(state[name])
+            value = state[name]
+            value = value.numpy() if isinstance(value, Tensor) else value
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+                raise ArgumentError(f"load_state_dict: {name} must be a numeric array, got "
+                                    f"{type(value).__name__}{' of ' + str(value.dtype) if hasattr(value, 'dtype') else ''}")
             if value.shape != p.shape:
                 raise ShapeError(f"load_state_dict: {name} has shape {value.shape} but the module's is {p.shape}")
             p.data = Tensor(value.astype(p.dtype), device=p.device).data
@@ -98,8 +106,20 @@ class Module:
         np.savez(path, **self.state_dict())
 
     def load(self, path: str) -> None:
-        with np.load(path) as z:
-            self.load_state_dict({k: z[k] for k in z.files})
+        """Parameters from a ``.npz`` file ``save`` wrote (a missing, damaged or foreign file is an error
+        naming it)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ArgumentError(f"Module.load: {path} holds one array, not a state dict; save one with "
+                                        f"module.save(path)")
+                state = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise ArgumentError(f"Module.load: no file {path}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ArgumentError(f"Module.load: {path} is not a readable .npz state dict ({type(exc).__name__}: "
+                                f"{exc}); save one with module.save(path)") from None
+        self.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return ""
@@ -134,6 +154,13 @@ _rng = [np.random.default_rng(0)]
 def manual_seed(seed: int) -> None:
     """Seed the generator that initialises parameters."""
     _rng[0] = np.random.default_rng(seed)
+
+
+def positive_int(layer: str, what: str, value: Any) -> int:
+    """``value`` as an int >= 1, or an ArgumentError naming the layer and the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ArgumentError(f"{layer}: {what} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def _check_input(layer: str, x: Tensor, rank: int, axis: int, size: int) -> None:
