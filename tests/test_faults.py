@@ -1,0 +1,131 @@
+"""A fault corpus around the core: nn layers, optimizers, state dicts and files, the train command, an
+unwritable cache, NaN semantics. Each case asserts the error class and its text."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+from tensorcomp import nn, optim
+
+
+@pytest.mark.parametrize("make,cls,message", [
+    (lambda: nn.Linear(0, 3), tc.ArgumentError, "Linear(0, 3): in_features must be a positive int, got 0"),
+    (lambda: nn.Linear(4, -2), tc.ArgumentError, "Linear(4, -2): out_features must be a positive int, got -2"),
+    (lambda: nn.Linear(2.5, 3), tc.ArgumentError, "Linear(2.5, 3): in_features must be a positive int, got 2.5"),
+    (lambda: nn.Conv2d(1, 4, 0), tc.ArgumentError, "Conv2d(1, 4): kernel_size must be positive, got 0"),
+    (lambda: nn.Conv2d(2, 4, 3, groups=0), tc.ArgumentError, "Conv2d(2, 4): groups must be a positive int, got 0"),
+    (lambda: nn.Conv2d(1, 4, 3, padding=-1), tc.ArgumentError, "Conv2d(1, 4): padding must be non-negative, got -1"),
+    (lambda: nn.Conv2d(1, 4, 3, stride=(1,)), tc.ArgumentError, "Conv2d(1, 4): stride must be an int or 2 ints, got (1,)"),
+    (lambda: nn.MaxPool2d(0), tc.ArgumentError, "MaxPool2d: kernel_size must be positive, got 0"),
+    (lambda: nn.BatchNorm2d(0), tc.ArgumentError, "BatchNorm: num_features must be a positive int, got 0"),
+    (lambda: nn.Embedding(0, 3), tc.ArgumentError, "Embedding: num_embeddings must be a positive int, got 0"),
+])
+def test_layer_constructors(make, cls, message):
+    with pytest.raises(cls) as e:
+        make()
+    assert str(e.value) == message
+
+
+def test_layer_inputs():
+    with pytest.raises(tc.ShapeError) as e:
+        nn.BatchNorm2d(3)(tc.Tensor(np.zeros((0, 3, 2, 2), np.float32)))
+    assert str(e.value) == "BatchNorm(3): cannot take batch statistics of an empty batch (input shape (0, 3, 2, 2))"
+    with pytest.raises(tc.ShapeError) as e:
+        nn.Softmax()(tc.Tensor(np.float32(1.0)))
+    assert str(e.value) == "Softmax(dim=-1): no axis -1 in an input of shape ()"
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: optim.Adam(p, lr=float("inf")), "Adam: lr must be a finite real number > 0.0, got inf"),
+    (lambda p: optim.Adam(p, lr="abc"), "Adam: lr must be a finite real number > 0.0, got 'abc'"),
+    (lambda p: optim.Adam(p, weight_decay=float("inf")), "Adam: weight_decay must be a finite real number >= 0.0, got inf"),
+    (lambda p: optim.Adam(p, betas=(0.9,)), "Adam: betas must be a pair (beta1, beta2), got (0.9,)"),
+    (lambda p: optim.Adam(p, eps=float("nan")), "Adam: eps must be a finite real number >= 0.0, got nan"),
+    (lambda p: optim.SGD(p, lr=-0.1), "SGD: lr must be a finite real number > 0.0, got -0.1"),
+    (lambda p: optim.Adam(None), "Adam: params must be an iterable of parameters (model.parameters()), got NoneType"),
+    (lambda p: optim.Adam(np.zeros(3)), "Adam: params must be an iterable of parameters (model.parameters()), got ndarray"),
+    (lambda p: optim.Adam([np.zeros(3)]), "Adam: parameter 0 is a ndarray, not a tensor; pass model.parameters() or "
+                                          "tc.Tensor(..., requires_grad=True)"),
+    (lambda p: optim.Adam({"w": p[0]}), "Adam: params must be an iterable of parameters (model.parameters()), got dict"),
+    (lambda p: optim.SGD([], lr=0.1), "SGD: got an empty parameter list"),
+])
+def test_optimizer_arguments(make, message):
+    with pytest.raises(tc.ArgumentError) as e:
+        make([nn.Parameter(np.zeros(2))])
+    assert str(e.value) == message
+
+
+def test_a_gradient_of_another_dtype_never_changes_the_parameter():
+    p = nn.Parameter(np.zeros(3))
+    opt = optim.Adam([p])
+    p.grad = np.ones(3)  # float64 for a float32 parameter
+    with pytest.raises(tc.ArgumentError) as e:
+        opt.step()
+    assert str(e.value) == ("Adam: the gradient of parameter 0 is float64 of shape (3,) but the parameter is float32 "
+                            "of shape (3,)")
+    assert p.dtype == np.float32
+
+
+def test_state_dicts_and_files(tmp_path):
+    model = nn.Linear(2, 1)
+    for bad, message in [([], "load_state_dict: expected a dict of parameter name -> array (as state_dict() gives), "
+                              "got list"),
+                         (None, "load_state_dict: expected a dict of parameter name -> array (as state_dict() gives), "
+                                "got NoneType"),
+                         ({"weight": "ab", "bias": np.zeros(1)}, "load_state_dict: weight must be a numeric array, "
+                                                                 "got str")]:
+        with pytest.raises(tc.ArgumentError) as e:
+            model.load_state_dict(bad)
+        assert str(e.value) == message
+    with pytest.raises(tc.ArgumentError) as e:
+        model.load(str(tmp_path / "missing.npz"))
+    assert str(e.value) == f"Module.load: no file {tmp_path / 'missing.npz'}"
+    good = tmp_path / "m.npz"
+    model.save(str(good))
+    for name, data in (("garbage.npz", b"not a zip at all"), ("truncated.npz", good.read_bytes()[:40])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(tc.ArgumentError, match=f"Module.load: {tmp_path / name} is not a readable .npz state dict"):
+            model.load(str(tmp_path / name))
+    model.load(str(good))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--epochs", "0"], "error: tensorcomp train: --epochs must be a positive integer, got 0"),
+    (["--epochs", "-1"], "error: tensorcomp train: --epochs must be a positive integer, got -1"),
+    (["--lr", "inf"], "error: tensorcomp train: --lr must be a finite number > 0, got inf"),
+    (["--batch-size", "0"], "error: tensorcomp train: --batch-size must be a positive integer, got 0"),
+])
+def test_train_command_refuses_bad_flags(flags, message):
+    run = subprocess.run([sys.executable, "-m", "tensorcomp.cli", "train", "lenet", *flags], capture_output=True,
+                         text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == message
+
+
+def test_relu_and_max_propagate_nan_as_numpy():
+    x = np.array([np.nan, -1.0, 2.0])
+    np.testing.assert_array_equal(tc.op("O[i] = relu(X[i])")(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(tc.op("O[i] = max(X[i], 0.5)")(x), np.maximum(x, 0.5))
+    assert np.isnan(tc.op("M = max(X[i])")(x))
+
+
+def test_an_unwritable_cache_warns_once_and_tuning_still_returns(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file where the cache directory should be")
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(blocker / "cache"))
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = np.ones((8, 8), np.float32)
+    np.testing.assert_allclose(op(a, a), a @ a)  # runs without disk caching
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tc.tune(op, a, a, budget_s=2, progress=False)
+    assert result.unsaved
+    notes = [str(w.message) for w in caught if "cannot write the tuning database" in str(w.message)]
+    assert len(notes) == 1 and "kept for this process only" in notes[0]
+    assert tc.tune(op, a, a, budget_s=2, progress=False).stored  # found in this process
+    np.testing.assert_allclose(op(a, a), a @ a)
