@@ -38,7 +38,7 @@ from . import codegen
 from .autotune import database
 from .codegen.cuda import cuda_program
 from .domain import Bound
-from .errors import ScheduleError
+from .errors import ScheduleError, ShapeError
 from .runtime import jit
 from .runtime import cuda
 from .runtime import kernel as cpu_kernel
@@ -51,7 +51,7 @@ from .schedule.records import Layout, to_json
 from .schedule.rfactor import apply_rfactor
 from .schedule.tiles import mark_tiles as find_tiles
 from .strides import ITEMSIZE, BufferStrides, contiguous, permuted_strides
-from .target import PARALLEL_MIN_POINTS, num_threads
+from .target import PARALLEL_MIN_POINTS, memory_bytes, num_threads
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,16 @@ def buffers(op, bound: Bound) -> list[str]:
 
 # -- the passes ---------------------------------------------------------------------------------------
 def bind(u: Unit) -> Unit:
-    return replace(u, bound=u.op.bind_specs(list(u.specs), u.kinds))
+    bound = u.op.bind_specs(list(u.specs), u.kinds)
+    limit = memory_bytes()
+    for info in bound.tensors.values():  # before any allocation: a clear error, not numpy's MemoryError
+        if info.role in ("output", "temporary") and limit is not None:
+            need = int(np.prod(info.shape, dtype=object)) * np.dtype(info.dtype).itemsize
+            if need > limit:
+                raise ShapeError(f"{u.op.label}: {info.role} {info.name} of shape {info.shape} ({info.dtype}) would "
+                                 f"need {need:,} bytes, more than this machine's {limit:,}; check the shapes and "
+                                 f"ranges")
+    return replace(u, bound=bound)
 
 
 def fold_elementwise(u: Unit) -> Unit:

@@ -82,6 +82,9 @@ def _param_kind(name: str, value: Any, label: str) -> str:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_, int, np.integer)):
+        if not -2 ** 63 <= int(value) < 2 ** 63:
+            raise DtypeError(f"{label}: scalar parameter '{name}' is {value}, which does not fit in 64 bits; pass "
+                             f"a float (e.g. {float(value):.6g}) if a float is meant")
         return "int"
     if isinstance(value, (float, np.floating)):
         return "float"

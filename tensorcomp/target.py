@@ -63,3 +63,11 @@ CUDA_MAX_GRID = 1 << 20  # blocks per launch; the grid-stride loop covers the re
 CUDA_MAX_TILE = 64  # elements in one thread's register tile
 CUDA_UNROLL = 16  # reduction steps unrolled inside a register tile (lets nvcc merge loads into vectors)
 CUDA_SHARED_BYTES = 48 * 1024  # static shared memory per block (every architecture since sm_20)
+
+
+def memory_bytes() -> int | None:
+    """The machine's physical memory (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -129,3 +129,33 @@ def test_an_unwritable_cache_warns_once_and_tuning_still_returns(tmp_path, monke
     assert len(notes) == 1 and "kept for this process only" in notes[0]
     assert tc.tune(op, a, a, budget_s=2, progress=False).stored  # found in this process
     np.testing.assert_allclose(op(a, a), a @ a)
+
+
+@pytest.mark.parametrize("src,ranges", [
+    ("O[i] = A[(i + 9223372036854775808) // 4611686018427387904]", {"i": 3}),
+    ("O[i] = A[(i + 18446744073709551616) % 5]", {"i": 3}),
+    ("O[i] = A[(2305843009213693952 * i) % 5]", {"i": 3}),
+])
+def test_index_arithmetic_beyond_64_bits_is_refused(src, ranges):
+    with pytest.raises(tc.RangeError, match="beyond what 64-bit index arithmetic holds"):
+        tc.op(src, ranges=ranges)(np.arange(5.0))
+
+
+def test_values_that_do_not_fit_are_refused():
+    with pytest.raises(tc.ParseError, match="integer literal 99999999999999999999 does not fit in 64 bits"):
+        tc.op("O[i] = A[i] + 99999999999999999999")
+    with pytest.raises(tc.DtypeError) as e:
+        tc.op("O[i] = A[i] * s")(np.ones(2), s=2 ** 70)
+    assert str(e.value) == ("op 'O[i] = A[i] * s': scalar parameter 's' is 1180591620717411303424, which does not fit "
+                            "in 64 bits; pass a float (e.g. 1.18059e+21) if a float is meant")
+
+
+def test_a_bool_byte_other_than_one_reads_as_true():
+    b = np.array([0, 1, 2, 255], np.uint8).view(np.bool_)
+    np.testing.assert_array_equal(tc.op("O[i] = where(B[i], 1, 0)")(b), np.where(b, 1, 0))
+
+
+def test_an_output_larger_than_memory_is_refused_before_allocation():
+    with pytest.raises(tc.ShapeError, match=r"output O of shape \(1048576, 1048576\) \(float64\) would need "
+                                            r"8,796,093,022,208 bytes, more than this machine's"):
+        tc.op("O[i, j] = A[i] * B[j]")(np.ones(2 ** 20), np.ones(2 ** 20))

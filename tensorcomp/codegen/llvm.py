@@ -149,7 +149,8 @@ class _FunctionBuilder(TileEmitter):
     def _load(self, info: TensorInfo, ptr: ir.Value) -> ir.Value:
         b = self.builder
         value = b.load(ptr, typ=MEM[info.dtype], align=self.buffer_strides[info.name].align)
-        return b.trunc(value, I1) if info.dtype == "bool" else value
+        # a bool byte is true when non-zero (numpy's view of a byte 2 written through a uint8 view)
+        return b.icmp_unsigned("!=", value, ir.Constant(value.type, 0)) if info.dtype == "bool" else value
 
     def store(self, info: TensorInfo, index: list[ir.Value] | ir.Value, value: ir.Value) -> None:
         """Store at index values, or at a byte offset (a single value)."""

@@ -24,7 +24,7 @@ import islpy as isl
 
 from ..errors import DtypeError, RangeError, ShapeError, op_label
 from ..lang import types
-from ..lang.ir import Lin, Program, Statement
+from ..lang.ir import Index, Lin, Program, Statement, walk
 
 
 @dataclass(frozen=True)
@@ -269,4 +269,25 @@ def bind(program: Program, source: str, inputs: dict[str, tuple[tuple[int, ...],
         shape, dtype = inputs[name]
         b.add_input(name, shape, dtype)
     statements = tuple(b.bind_statement(st) for st in program.statements)
+    _check_widths(statements, source)
     return Bound(program, b.tensors, statements, dict(param_types))
+
+
+INDEX_LIMIT = 2 ** 62  # index arithmetic is 64-bit; below this no sum of two terms can wrap
+
+
+def _check_widths(statements, source: str) -> None:
+    """Every index expression, and every partial sum the generated code forms of it, stays well inside
+    the 64-bit integers over the statement's domain (isl reasons about integers exactly; the code
+    does not): beyond, a RangeError instead of a wrapped, out-of-bounds address."""
+    for bs in statements:
+        box = {n: max(abs(lo), abs(hi)) for n, lo, hi in bs.extents}
+        st = bs.stmt
+        lins = [*st.index, *(lin for a in st.accesses() for lin in a.index),
+                *(e.lin for e in walk(st.expr) if isinstance(e, Index))]
+        for lin in lins:
+            size = lin.magnitude(box)
+            if size >= INDEX_LIMIT:
+                raise RangeError(f"{op_label(source)}: index expression '{lin}' on line {st.line} reaches "
+                                 f"{size} over the statement's domain, beyond what 64-bit index arithmetic holds "
+                                 f"(< 2**62); use smaller constants or ranges")

@@ -59,6 +59,20 @@ class Lin:
     def var(name: str) -> "Lin":
         return Lin(((name, 1),), 0)
 
+    def magnitude(self, box: dict[str, int]) -> int:
+        """An upper bound on |value| of this expression and of every partial sum the generated code
+        forms, when each index name n has |n| <= box[n]."""
+        total, inner = abs(self.const), 0
+        for atom, coef in self.terms:
+            if isinstance(atom, str):
+                size = box.get(atom, 0)
+            else:
+                num = atom.num.magnitude(box)
+                inner = max(inner, num)
+                size = num // atom.den if isinstance(atom, FloorDiv) else min(num, atom.den)
+            total += abs(coef) * size
+        return max(total, inner)
+
     @staticmethod
     def of(value: int) -> "Lin":
         return Lin((), int(value))

@@ -98,6 +98,9 @@ class _Parser:
     # -- value expressions -----------------------------------------------------------
     def value(self, node: ast.expr) -> Expr:
         if isinstance(node, ast.Constant):
+            if type(node.value) is int and not -2 ** 63 <= node.value < 2 ** 63:
+                self.fail(node, f"integer literal {node.value} does not fit in 64 bits",
+                          "write it as a float (e.g. 1e20) if a float is meant")
             if type(node.value) in (int, float, bool):
                 return Const(node.value)
             self.fail(node, f"literal {node.value!r} is not a number")
