@@ -54,6 +54,11 @@ CORPUS = [
     (tc.op("O[i] = erf(A[i]) + erfc(A[i]) + expm1(A[i]) + log1p(abs(A[i])) + sign(A[i]) + rsqrt(abs(A[i]) + 1) + "
            "softplus(A[i]) + atan2(A[i], B[i])"), (z32(9), z32(9)), {}),
     (tc.op("O[i] = erf(A[i]) * softplus(A[i]) + atan2(B[i], A[i]) + sign(B[i])"), (z64(7), z64(7)), {}),
+    # arg-reductions, lookups through index tensors, a scan: statements of the language like any other
+    (tc.op("I[n] = argmax(X[n, c])"), (z32(4, 6),), {}),
+    (tc.op("O[b, d] += E[T[b, l], d]"), (z32(5, 3), np.zeros((2, 4), np.int64)), {}),
+    (tc.op("O[T[i], d] += X[i, d]", ranges={"T": 4}), (z64(6, 2), np.zeros(6, np.int64)), {}),
+    (tc.op("C[i0, i1] += where(j <= i1, X[i0, j], where(j < 0, X[i0, i1], 0))"), (z32(3, 5),), {}),
 ]
 GRADS = [
     (tc.grad(CORPUS[1][0], ["I", "W"]), CORPUS[1][1] + (z32(2, 4, 4, 4, 2, 3),), {}),
