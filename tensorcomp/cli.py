@@ -16,9 +16,20 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     if not name or not dims:
         raise argparse.ArgumentTypeError(f"expected NAME=DxDx..., e.g. A=2x3, got '{text}'")
     try:
-        return name, tuple(int(d) for d in dims.split("x")) if dims != "scalar" else ()
+        shape = tuple(int(d) for d in dims.split("x")) if dims != "scalar" else ()
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=DxDx..., e.g. A=2x3, got '{text}'") from None
+    if any(d < 0 or d >= 2 ** 62 for d in shape):
+        raise argparse.ArgumentTypeError(f"extents must lie in [0, 2**62), got '{text}'")
+    return name, shape
+
+
+def _dtype_arg(text: str) -> tuple[str, str]:
+    name, value = _kv(text)
+    if value not in ("float32", "float64", "int32", "int64", "bool"):
+        raise argparse.ArgumentTypeError(f"dtype of {name} must be one of float32, float64, int32, int64, bool; "
+                                         f"got '{value}'")
+    return name, value
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -181,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("source", help="the op, e.g. 'C[i, j] += A[i, k] * B[k, j]'")
     show.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME=DxD",
                       help="shape of an input, e.g. A=2x3 (repeat per input)")
-    show.add_argument("--dtype", action="append", type=_kv, default=[], metavar="NAME=DTYPE",
+    show.add_argument("--dtype", action="append", type=_dtype_arg, default=[], metavar="NAME=DTYPE",
                       help="dtype of an input (default float32)")
     show.add_argument("--range", action="append", type=_range_arg, default=[], metavar="INDEX=N|LO:HI",
                       help="explicit range of an index")
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     tune = sub.add_parser("tune", help="search schedules for an op on random inputs; store the best")
     tune.add_argument("source")
     tune.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME=DxD")
-    tune.add_argument("--dtype", action="append", type=_kv, default=[], metavar="NAME=DTYPE")
+    tune.add_argument("--dtype", action="append", type=_dtype_arg, default=[], metavar="NAME=DTYPE")
     tune.add_argument("--range", action="append", type=_range_arg, default=[], metavar="INDEX=N|LO:HI")
     tune.add_argument("--budget", type=float, default=60.0, help="seconds (default 60)")
     tune.add_argument("--trials", type=int, default=None, help="at most this many candidate schedules")

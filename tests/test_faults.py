@@ -159,3 +159,64 @@ def test_an_output_larger_than_memory_is_refused_before_allocation():
     with pytest.raises(tc.ShapeError, match=r"output O of shape \(1048576, 1048576\) \(float64\) would need "
                                             r"8,796,093,022,208 bytes, more than this machine's"):
         tc.op("O[i, j] = A[i] * B[j]")(np.ones(2 ** 20), np.ones(2 ** 20))
+
+
+def _idx(ndim_dims, payload, kind=0x08):
+    dims = b"".join(d.to_bytes(4, "big") for d in ndim_dims)
+    return bytes([0, 0, kind, len(ndim_dims)]) + dims + payload
+
+
+def _mnist_dir(tmp_path, **override):
+    files = {
+        "train-images-idx3-ubyte": _idx([2, 28, 28], bytes(2 * 784)),
+        "train-labels-idx1-ubyte": _idx([2], bytes([1, 2])),
+        "t10k-images-idx3-ubyte": _idx([1, 28, 28], bytes(784)),
+        "t10k-labels-idx1-ubyte": _idx([1], bytes([3])),
+    }
+    files.update(override)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize("override,cls,text", [
+    ({}, None, None),
+    ({"train-labels-idx1-ubyte": _idx([2], bytes([1, 200]))}, tc.ArgumentError,
+     "mnist: train label 1 is 200; MNIST labels are 0..9"),
+    ({"t10k-labels-idx1-ubyte": _idx([1], bytes([3]), kind=0x0D)}, tc.DtypeError,
+     "t10k-labels-idx1-ubyte holds IDX type 0x0d; MNIST files hold unsigned bytes (0x08)"),
+    ({"train-images-idx3-ubyte": _idx([2, 28, 28], bytes(100))}, tc.ShapeError,
+     "train-images-idx3-ubyte says 2x28x28 = 1568 bytes of data but holds 100"),
+    ({"train-images-idx3-ubyte": b"garbage"}, tc.ArgumentError, "is not an IDX file"),
+    ({"train-labels-idx1-ubyte": _idx([3], bytes([1, 2, 3]))}, tc.ShapeError, "mnist: 2 train images but 3 labels"),
+    ({"t10k-images-idx3-ubyte": _idx([1, 28], bytes(28))}, tc.ShapeError, "t10k-images-idx3-ubyte has 2 axes; "
+                                                                          "expected 3"),
+])
+def test_corrupt_mnist_files(tmp_path, override, cls, text):
+    from tensorcomp.data import mnist
+    root = _mnist_dir(tmp_path, **override)
+    if cls is None:
+        x, y, _, _ = mnist(str(root))
+        assert x.shape == (2, 1, 28, 28) and list(y) == [1, 2]
+        return
+    with pytest.raises(cls) as e:
+        mnist(str(root))
+    assert text in str(e.value)
+
+
+def test_cli_flags_and_cache_import(tmp_path):
+    def cli(*argv):
+        return subprocess.run([sys.executable, "-m", "tensorcomp.cli", *argv], capture_output=True, text=True,
+                              env={**os.environ, "TENSORCOMP_CACHE_DIR": str(tmp_path / "cache")})
+    run = cli("show", "C[i] = A[i]", "--shape", "A=99999999999999999999x3")
+    assert run.returncode == 2 and "extents must lie in [0, 2**62)" in run.stderr
+    run = cli("show", "C[i] = A[i]", "--shape", "A=3", "--dtype", "A=foo")
+    assert run.returncode == 2 and "dtype of A must be one of float32, float64, int32, int64, bool; got 'foo'" in run.stderr
+    run = cli("cache", "import", str(tmp_path / "missing.json"))
+    assert run.returncode == 2 and run.stderr.strip() == f"error: cache import: no file {tmp_path / 'missing.json'}"
+    (tmp_path / "bad.json").write_text('[{"key": "k"}]')
+    run = cli("cache", "import", str(tmp_path / "bad.json"))
+    assert run.returncode == 2 and "entry 0 of" in run.stderr and "is not a tuning result: it lacks op" in run.stderr
+    (tmp_path / "data").mkdir()
+    run = cli("train", "lenet", "--data", str(tmp_path / "data"), "--epochs", "1")
+    assert run.returncode == 2 and "error: mnist: no train-images-idx3-ubyte[.gz] in" in run.stderr

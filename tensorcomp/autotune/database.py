@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..errors import ArgumentError
 from ..runtime import jit
 from ..runtime import cuda
 from ..runtime.objects import cache_dir
@@ -147,8 +148,32 @@ def export(path: str) -> int:
 
 
 def import_(path: str) -> int:
-    """Merge entries from a JSON export (a faster stored result wins); returns the count read."""
-    items = json.loads(Path(path).read_text())
+    """Merge entries from a JSON export (a faster stored result wins); returns the count read. A
+    missing or unreadable file, or an entry that is not one ``export`` writes (its schedule included),
+    is an ArgumentError naming the file and the entry; nothing is imported then."""
+    try:
+        items = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ArgumentError(f"cache import: no file {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArgumentError(f"cache import: {path} is not a JSON export of the tuning database ({exc}); write one "
+                            f"with 'tensorcomp cache export FILE'") from None
+    columns = ("key", "op", "signature", "target", "schedule", "best_s", "trials", "created", "schema")
+    if not isinstance(items, list):
+        raise ArgumentError(f"cache import: {path} holds a {type(items).__name__}, not a list of entries")
+    for k, it in enumerate(items):
+        bad = None
+        if not isinstance(it, dict) or any(c not in it for c in columns):
+            bad = f"it lacks {', '.join(c for c in columns if not isinstance(it, dict) or c not in it)}"
+        elif not isinstance(it["best_s"], (int, float)) or not it["best_s"] > 0:
+            bad = f"best_s is {it['best_s']!r}"
+        else:
+            try:
+                from_json(it["schedule"])
+            except Exception as exc:  # any malformed schedule: report it, import nothing
+                bad = f"its schedule does not parse ({type(exc).__name__}: {exc})"
+        if bad:
+            raise ArgumentError(f"cache import: entry {k} of {path} is not a tuning result: {bad}")
     con = _connect()
     try:
         with con:

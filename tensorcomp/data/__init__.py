@@ -6,6 +6,8 @@ from importlib import resources
 
 import numpy as np
 
+from ..errors import ArgumentError, DtypeError, ShapeError
+
 
 def mnist_5k() -> dict[str, np.ndarray]:
     """The bundled 5,000-digit MNIST subset: train_images (4000, 28, 28) uint8, train_labels,
@@ -15,14 +17,31 @@ def mnist_5k() -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
 
 
-def _read_idx(path) -> np.ndarray:
+def _read_idx(path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` axes (gzipped or not), its header checked."""
     import gzip
+    import zlib
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ArgumentError(f"mnist: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ArgumentError(f"mnist: {path} is not an IDX file (its first bytes are not the IDX magic 00 00)")
+    if data[2] != 0x08:
+        raise DtypeError(f"mnist: {path} holds IDX type 0x{data[2]:02x}; MNIST files hold unsigned bytes (0x08)")
+    if data[3] != ndim:
+        raise ShapeError(f"mnist: {path} has {data[3]} axes; expected {ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ShapeError(f"mnist: {path} ends inside its header ({len(data)} bytes)")
     dims = [int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    need = int(np.prod(dims, dtype=object))
+    if len(data) - header != need:
+        raise ShapeError(f"mnist: {path} says {'x'.join(map(str, dims))} = {need} bytes of data but holds "
+                         f"{len(data) - header}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 def mnist(root=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -40,11 +59,21 @@ def mnist(root=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
                 if (base / name).exists():
                     return base / name
-            raise FileNotFoundError(f"mnist: no {stem}[.gz] in {base}")
-        tr = _read_idx(find("train-images-idx3-ubyte"))
-        trl = _read_idx(find("train-labels-idx1-ubyte"))
-        te = _read_idx(find("t10k-images-idx3-ubyte"))
-        tel = _read_idx(find("t10k-labels-idx1-ubyte"))
+            raise ArgumentError(f"mnist: no {stem}[.gz] in {base}")
+        if not base.is_dir():
+            raise ArgumentError(f"mnist: {base} is not a directory (--data takes the directory of the IDX files)")
+        tr = _read_idx(find("train-images-idx3-ubyte"), 3)
+        trl = _read_idx(find("train-labels-idx1-ubyte"), 1)
+        te = _read_idx(find("t10k-images-idx3-ubyte"), 3)
+        tel = _read_idx(find("t10k-labels-idx1-ubyte"), 1)
+        for images, labels, what in ((tr, trl, "train"), (te, tel, "t10k")):
+            if images.shape[1:] != (28, 28):
+                raise ShapeError(f"mnist: the {what} images are {images.shape[1]}x{images.shape[2]}; MNIST's are 28x28")
+            if len(images) != len(labels) or not len(images):
+                raise ShapeError(f"mnist: {len(images)} {what} images but {len(labels)} labels")
+            if labels.max() > 9:
+                k = int(np.argmax(labels > 9))
+                raise ArgumentError(f"mnist: {what} label {k} is {labels[k]}; MNIST labels are 0..9")
     def prep(x):
         return (x.astype(np.float32) / 255.0).reshape(len(x), 1, 28, 28)
     return prep(tr), trl.astype(np.int64), prep(te), tel.astype(np.int64)
