@@ -19,7 +19,9 @@ from . import compiler
 from .autotune.canon import canonical_source
 from .compiler import ArraySpec
 from .domain import Bound, bind
-from .errors import ArgumentError, DtypeError, IndexRangeError, RangeError, ScheduleError, UnknownNameError, op_label
+from .errors import (
+    ArgumentError, DtypeError, IndexRangeError, RangeError, ScheduleError, TraceError, UnknownNameError, op_label,
+)
 from .lang import parse
 from .runtime import jit
 from .runtime import cuda
@@ -331,6 +333,9 @@ class Op:
 
     def call_cuda(self, arrays: tuple, params: dict[str, Any]):
         """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
+        if _RECORDER:
+            raise TraceError(f"tc.compile: {self.label} runs on the GPU inside a traced step; compiled steps run on "
+                             f"the CPU for now: call the step without tc.compile")
         host = not any(cuda.is_device_array(a) for a in arrays)
         if self.lookup_checks:
             self.check_lookups(list(arrays))
