@@ -20,7 +20,8 @@ from .autotune.canon import canonical_source
 from .compiler import ArraySpec
 from .domain import Bound, bind
 from .errors import (
-    ArgumentError, DtypeError, IndexRangeError, RangeError, ScheduleError, TraceError, UnknownNameError, op_label,
+    ArgumentError, DtypeError, IndexRangeError, ParseError, RangeError, ScheduleError, TraceError, UnknownNameError,
+    op_label,
 )
 from .lang import parse
 from .runtime import jit
@@ -372,6 +373,9 @@ class Op:
                 raise ArgumentError(f"{self.label}: unknown target '{target}'; available targets: cpu, cuda")
         for a in arrays:  # (a plain loop: this is the per-call hot path)
             if type(a) is not np.ndarray:
+                if isinstance(a, np.ma.MaskedArray):
+                    raise ArgumentError(f"{self.label}: a numpy masked array was passed, and ops do not apply masks: pass "
+                                        f"a.filled(value) or a.data explicitly")
                 if getattr(a, "records_gradients", False):
                     return TENSOR_APPLY[0](self, *arrays, **params)
                 if hasattr(a, "__cuda_array_interface__"):
@@ -434,7 +438,11 @@ class Op:
         kernel = self._cache.get(key)
         if kernel is None:
             kinds = self.check_call(tuple(specs), params)
-            kernel = self._cache[key] = compiler.kernel(self, specs, kinds, params, key)
+            try:
+                kernel = self._cache[key] = compiler.kernel(self, specs, kinds, params, key)
+            except RecursionError:
+                raise ParseError(f"{self.label}: an expression nests too deeply to compile (Python's recursion "
+                                 f"limit); split it into statements with temporaries", None) from None
         return kernel
 
     # -- introspection ------------------------------------------------------------------------------

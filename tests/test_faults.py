@@ -220,3 +220,25 @@ def test_cli_flags_and_cache_import(tmp_path):
     (tmp_path / "data").mkdir()
     run = cli("train", "lenet", "--data", str(tmp_path / "data"), "--epochs", "1")
     assert run.returncode == 2 and "error: mnist: no train-images-idx3-ubyte[.gz] in" in run.stderr
+
+
+def test_deep_long_and_hostile_sources_compile_or_name_the_limit():
+    long_sum = "O[i] = " + " + ".join(["A[i]"] * 400)
+    try:
+        np.testing.assert_allclose(tc.op(long_sum)(np.ones(3)), np.full(3, 400.0))
+    except tc.ParseError as e:
+        assert "nests too deeply to compile" in str(e)
+    with pytest.raises(tc.ParseError):
+        tc.op("O[i] = " + "(" * 900 + "A[i]" + ")" * 900)
+    with pytest.raises(tc.ParseError, match="is 3000 characters long; names are at most 200"):
+        tc.op("O[i] = " + "B" * 3000 + "[i]")
+    with pytest.raises(tc.ArgumentError, match="a numpy masked array was passed, and ops do not apply masks"):
+        tc.op("O[i] = A[i]")(np.ma.masked_array([1.0, 2.0], mask=[0, 1]))
+
+
+def test_data_loader_arguments():
+    from tensorcomp.data import DataLoader
+    with pytest.raises(tc.ShapeError, match="DataLoader: 3 inputs but 2 targets"):
+        DataLoader(np.zeros((3, 1)), np.zeros(2))
+    with pytest.raises(tc.ArgumentError, match="DataLoader: batch_size must be >= 1, got 0"):
+        DataLoader(np.zeros((3, 1)), np.zeros(3), batch_size=0)

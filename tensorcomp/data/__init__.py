@@ -90,13 +90,13 @@ class DataLoader:
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, rank: int = 0, ranks: int = 1) -> None:
         if len(x) != len(y):
-            raise ValueError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
+            raise ShapeError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < ranks:
-            raise ValueError(f"DataLoader: rank must be in 0..ranks-1 ({ranks} ranks), got {rank}")
+            raise ArgumentError(f"DataLoader: rank must be in 0..ranks-1 ({ranks} ranks), got {rank}")
         if batch_size < ranks:
-            raise ValueError(f"DataLoader: a global batch of {batch_size} cannot be shared by {ranks} ranks; use "
+            raise ArgumentError(f"DataLoader: a global batch of {batch_size} cannot be shared by {ranks} ranks; use "
                              f"batch_size >= {ranks}")
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
         self.rank, self.ranks = rank, ranks

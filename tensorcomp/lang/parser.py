@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import sys
 import textwrap
 import warnings
 
@@ -412,8 +413,27 @@ class _Parser:
         )
 
 
+MAX_NAME = 200  # characters in a tensor, index or parameter name
+
+
 def parse(source: str) -> Program:
     """Parse op source text into a :class:`Program` (raises ParseError on bad input)."""
     if not isinstance(source, str):
         raise ParseError(f"op source must be a string, got {type(source).__name__}")
-    return _Parser(textwrap.dedent(source).strip("\n")).program()
+    text = textwrap.dedent(source).strip("\n")
+    try:
+        program = _Parser(text).program()
+    except (RecursionError, MemoryError):
+        raise ParseError(f"{op_label(text)}: the source nests too deeply to compile (Python's recursion limit, "
+                         f"{sys.getrecursionlimit()}); split the expression into statements with temporaries",
+                         None) from None
+    for st in program.statements:
+        for name in (st.target, *st.index_names(), *(a.tensor for a in st.accesses())):
+            if len(name) > MAX_NAME:
+                raise ParseError(f"{op_label(text)}: name '{name[:20]}...' on line {st.line} is {len(name)} characters "
+                                 f"long; names are at most {MAX_NAME}", st.line)
+    for name in program.params:
+        if len(name) > MAX_NAME:
+            raise ParseError(f"{op_label(text)}: scalar parameter '{name[:20]}...' is {len(name)} characters long; "
+                             f"names are at most {MAX_NAME}", None)
+    return program
