@@ -240,5 +240,5 @@ def test_data_loader_arguments():
     from tensorcomp.data import DataLoader
     with pytest.raises(tc.ShapeError, match="DataLoader: 3 inputs but 2 targets"):
         DataLoader(np.zeros((3, 1)), np.zeros(2))
-    with pytest.raises(tc.ArgumentError, match="DataLoader: batch_size must be >= 1, got 0"):
+    with pytest.raises(tc.ShapeError, match="DataLoader: batch_size must be >= 1, got 0"):
         DataLoader(np.zeros((3, 1)), np.zeros(3), batch_size=0)

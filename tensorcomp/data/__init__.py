@@ -92,11 +92,11 @@ class DataLoader:
         if len(x) != len(y):
             raise ShapeError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
-            raise ArgumentError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+            raise ShapeError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < ranks:
             raise ArgumentError(f"DataLoader: rank must be in 0..ranks-1 ({ranks} ranks), got {rank}")
         if batch_size < ranks:
-            raise ArgumentError(f"DataLoader: a global batch of {batch_size} cannot be shared by {ranks} ranks; use "
+            raise ShapeError(f"DataLoader: a global batch of {batch_size} cannot be shared by {ranks} ranks; use "
                              f"batch_size >= {ranks}")
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
         self.rank, self.ranks = rank, ranks
