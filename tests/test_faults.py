@@ -242,3 +242,9 @@ def test_data_loader_arguments():
         DataLoader(np.zeros((3, 1)), np.zeros(2))
     with pytest.raises(tc.ShapeError, match="DataLoader: batch_size must be >= 1, got 0"):
         DataLoader(np.zeros((3, 1)), np.zeros(3), batch_size=0)
+
+
+def test_an_integer_to_a_negative_integer_power_is_refused_as_numpy_does():
+    with pytest.raises(tc.DtypeError, match="an integer to a negative integer power on line 1"):
+        tc.op("O[i] = A[i] ** -2")(np.array([1, 2]))
+    np.testing.assert_allclose(tc.op("O[i] = A[i] ** -2")(np.array([1.0, 2.0])), [1.0, 0.25])

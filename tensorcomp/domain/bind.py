@@ -24,7 +24,7 @@ import islpy as isl
 
 from ..errors import DtypeError, RangeError, ShapeError, op_label
 from ..lang import types
-from ..lang.ir import Index, Lin, Program, Statement, walk
+from ..lang.ir import Call, Const, Index, Lin, Program, Statement, walk
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,13 @@ class _Binder:
 
         tensor_types = {t: info.dtype for t, info in self.tensors.items()}
         expr_type = types.infer(st.expr, tensor_types, self.param_types)
+        for e in walk(st.expr):  # numpy: "Integers to negative integer powers are not allowed"
+            if isinstance(e, Call) and e.fn == "pow" and isinstance(e.args[1], Const) \
+                    and not isinstance(e.args[1].value, bool) and isinstance(e.args[1].value, int) \
+                    and e.args[1].value < 0 and types.infer(e.args[0], tensor_types, self.param_types) in \
+                    ("int32", "int64", "int", "bool"):
+                self.fail(DtypeError, f"an integer to a negative integer power on line {st.line} "
+                          f"('{st}'); write the exponent as a float (e.g. ** -1.0) for a float result")
         dtype = types.result_type(st.reduce, expr_type)
         if st.reduce is None and not domain.is_empty():
             if not write_map(names, st.index, domain).is_injective():
