@@ -328,6 +328,8 @@ def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:
     list). The result is an ordinary op: print ``.source``, call it, or
     differentiate it again.
     """
+    if hasattr(op, "gradient_op"):  # an op that derives its own gradient (tensorcomp.recurrence)
+        return op.gradient_op(wrt)
     if not isinstance(op, Op):
         raise ArgumentError(f"tc.grad expects an op made by tc.op, got {type(op).__name__}")
     names = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (list, tuple)) else None

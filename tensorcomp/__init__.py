@@ -8,7 +8,8 @@ from . import runtime, schedule
 from .autodiff import grad
 from .compiler import ArraySpec
 from .einsum import einsum, einsum_op
-from .opdef import Op, op
+from .opdef import Op
+from .recurrence import Recurrence, op
 from .step import compile
 from .tensor import Tensor, no_grad
 
@@ -25,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "runtime", "schedule",
     "ArgumentError", "ArraySpec", "DtypeError", "IndexRangeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
+    "Recurrence", "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
 ]
