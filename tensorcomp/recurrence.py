@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .autodiff import grad as derive
-from .errors import ArgumentError, ParseError, RangeError, ScheduleError, ShapeError, op_label
+from . import opdef
+from .errors import ArgumentError, ParseError, RangeError, ScheduleError, ShapeError, TraceError, op_label
 from .opdef import Op
 from .tensor import apply
 
@@ -284,6 +285,9 @@ class Recurrence:
         return points, named
 
     def __call__(self, *arrays: Any, **params: Any):
+        if opdef.recording():
+            raise TraceError(f"tc.compile: {self.label} is a recurrence, which a compiled step cannot hold yet (its "
+                             f"points are stacked in Python); call the step without tc.compile")
         for a in arrays:
             if getattr(a, "records_gradients", False):
                 return apply(self, *arrays, **params)

@@ -75,3 +75,9 @@ def test_what_is_not_a_recurrence_along_one_index_is_refused(src, cls, text):
     with pytest.raises(cls) as e:
         tc.op(src)
     assert text in str(e.value)
+
+
+def test_a_compiled_step_refuses_a_recurrence_rather_than_freezing_it():
+    cs = tc.op("C[0] = X[0]\nC[i] = C[i - 1] + X[i]")
+    with pytest.raises(tc.TraceError, match="is a recurrence, which a compiled step cannot hold yet"):
+        tc.compile(lambda x: cs(tc.Tensor(x)))(np.ones(4))
