@@ -28,6 +28,7 @@ import numpy as np
 from .autodiff import grad as derive
 from . import opdef
 from .errors import ArgumentError, ParseError, RangeError, ScheduleError, ShapeError, TraceError, op_label
+from .lang.lookups import appearance
 from .opdef import Op
 from .tensor import apply
 
@@ -89,12 +90,20 @@ class _Split:
                                  if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name)
                                  and n.value.id in self.written and any(_shift(it) for it in _items(n))})
         self.init, self.step = [], []
+        init_names: set[str] = set()
         for st, (name, target) in zip(self.body, targets):
             item = _items(target)[self.axis[name]] if name in self.axis else None
+            reads = {n.value.id for n in ast.walk(st.value) if isinstance(n, ast.Subscript)
+                     and isinstance(n.value, ast.Name)}
+            uses_scan = any(isinstance(n, ast.Name) and n.id == self.scan for n in ast.walk(st))
             if isinstance(item, ast.Constant) and item.value == 0 and name in self.recurrent:
                 self.init.append(st)
+                init_names.add(name)
             elif isinstance(item, ast.Name) and item.id == self.scan:
                 self.step.append(st)
+            elif name not in self.axis and not uses_scan and reads & self.written <= init_names:
+                self.init.append(st)  # a temporary of the initial value (read by it, from the inputs)
+                init_names.add(name)
             else:
                 raise ScheduleError(f"{self.label}: statement on line {st.lineno} writes {name} but not along the "
                                     f"scan index '{self.scan}' (nor its initial value at {self.scan} = 0); a "
@@ -148,6 +157,8 @@ class _Slicer(ast.NodeTransformer):
         name, items, scan = node.value.id, _items(node), self.split.scan
         uses = [k for k, it in enumerate(items) if any(isinstance(m, ast.Name) and m.id == scan for m in ast.walk(it))]
         prev = False
+        if name in self.split.written and name not in self.split.axis and not uses:
+            return node  # a temporary of the initial value: no scan axis
         if name in self.split.written:
             k = self.split.axis.get(name)
             item = items[k] if k is not None else None
@@ -220,8 +231,7 @@ class Recurrence:
                                 f"another: compute it in an op of its own from the result")
         self.extent = (ranges or {}).get(self.scan)
         names = [*self.init_op.inputs, *[i for i in self.step_op.inputs if not i.endswith("__prev")]]
-        order = [n.value.id for st in split.body for n in ast.walk(st) if isinstance(n, ast.Subscript)
-                 and isinstance(n.value, ast.Name)]
+        order = appearance(split.body)
         self.inputs = tuple(sorted(dict.fromkeys(names), key=lambda n: order.index(n) if n in order else len(order)))
         self.outputs = self.recurrent
         self.params = tuple(p for p in dict.fromkeys((*self.init_op.params, *self.step_op.params))

@@ -81,3 +81,27 @@ def test_a_compiled_step_refuses_a_recurrence_rather_than_freezing_it():
     cs = tc.op("C[0] = X[0]\nC[i] = C[i - 1] + X[i]")
     with pytest.raises(tc.TraceError, match="is a recurrence, which a compiled step cannot hold yet"):
         tc.compile(lambda x: cs(tc.Tensor(x)))(np.ones(4))
+
+
+def test_nn_rnn_matches_torch_values_and_gradients():
+    torch = pytest.importorskip("torch")
+    from tensorcomp import nn
+    tc.nn.manual_seed(3)
+    layer = nn.RNN(4, 5)
+    ref = torch.nn.RNN(4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, name + "_l0").copy_(torch.tensor(getattr(layer, name).data.astype(np.float64)))
+    for p in layer.parameters():  # float64 throughout, to compare with torch in float64
+        p.data = p.data.astype(np.float64)
+    x, h0 = rng.standard_normal((7, 3, 4)), rng.standard_normal((3, 5))
+    out, hn = layer(tc.Tensor(x), h0)
+    tout, thn = ref(torch.tensor(x), torch.tensor(h0)[None])
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(hn.data, thn.detach().numpy(), rtol=1e-12)
+    g = rng.standard_normal(out.shape)
+    (out * tc.Tensor(g)).sum().backward()
+    (tout * torch.tensor(g)).sum().backward()
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        np.testing.assert_allclose(getattr(layer, name).grad, getattr(ref, name + "_l0").grad.numpy(), rtol=1e-10,
+                                   err_msg=name)

@@ -9,7 +9,7 @@ from .layers import (  # noqa: F401
     Linear, Conv, Conv1d, Conv2d, Conv3d, MaxPool, AvgPool, MaxPool1d,
     MaxPool2d, MaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, ReLU, Flatten, LogSoftmax,
     CrossEntropyLoss, Sigmoid, Tanh, Softmax, NLLLoss, MSELoss, Dropout, BatchNorm,
-    BatchNorm1d, BatchNorm2d, BatchNorm3d, Embedding,
+    BatchNorm1d, BatchNorm2d, BatchNorm3d, Embedding, RNN,
     _conv_op,  # (the ops behind the layers, for tests and benchmarks)
 )
 from .capsule import (  # noqa: F401

@@ -11,6 +11,7 @@ import numpy as np
 from .. import ops
 from ..errors import ArgumentError, IndexRangeError, ShapeError
 from ..opdef import Op
+from ..recurrence import op as recurrence_op
 from ..tensor import Tensor, apply, no_grad
 from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform, positive_int
 
@@ -247,6 +248,59 @@ class Embedding(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+@lru_cache(maxsize=None)
+def _rnn_ops():
+    # a recurrence (tensorcomp.recurrence): the initial state from H0, then one step per t, tanh of the
+    # input and hidden projections; PyTorch's layouts (weight_ih (hidden, input), weight_hh (hidden, hidden))
+    from ..recurrence import op as recurrence_op
+    rnn = recurrence_op("""
+        P0[n, j] += X[0, n, i] * Wih[j, i]
+        Q0[n, j] += H0[n, k] * Whh[j, k]
+        H[0, n, j] = tanh(P0[n, j] + Q0[n, j] + Bih[j] + Bhh[j])
+        P[t, n, j] += X[t, n, i] * Wih[j, i]
+        S[t, n, j] += H[t - 1, n, k] * Whh[j, k]
+        H[t, n, j] = tanh(P[t, n, j] + S[t, n, j] + Bih[j] + Bhh[j])
+    """)
+    last = Op("HN[z, n, j] += where(t == last, H[t, n, j], 0.0)", ranges={"z": 1})
+    return rnn, last
+
+
+class RNN(Module):
+    """An Elman RNN layer with tanh, PyTorch-shaped: input (T, N, input_size) and an initial state
+    (N, hidden_size) or (1, N, hidden_size) (zeros when not given) -> (output (T, N, hidden_size), every
+    step's state; h_n (1, N, hidden_size), the last). Weights and init as PyTorch's. It is one
+    recurrence op, differentiated by back-propagation through the steps."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = positive_int("RNN", "input_size", input_size)
+        self.hidden_size = positive_int("RNN", "hidden_size", hidden_size)
+        bound = 1 / math.sqrt(self.hidden_size)
+        self.weight_ih = Parameter(_uniform(_rng[0], bound, (self.hidden_size, self.input_size)))
+        self.weight_hh = Parameter(_uniform(_rng[0], bound, (self.hidden_size, self.hidden_size)))
+        self.bias_ih = Parameter(_uniform(_rng[0], bound, (self.hidden_size,)))
+        self.bias_hh = Parameter(_uniform(_rng[0], bound, (self.hidden_size,)))
+
+    def forward(self, x: Tensor, h0: Any = None) -> tuple[Tensor, Tensor]:
+        name = f"RNN({self.input_size}, {self.hidden_size})"
+        _check_input(name, x, 3, 2, self.input_size)
+        n = x.shape[1]
+        if h0 is None:
+            h0 = Tensor(np.zeros((n, self.hidden_size), x.dtype))
+        h0 = h0 if isinstance(h0, Tensor) else Tensor(h0)
+        if h0.ndim == 3:
+            h0 = h0.reshape(h0.shape[1:])
+        if h0.shape != (n, self.hidden_size):
+            raise ShapeError(f"{name}: the initial state must have shape ({n}, {self.hidden_size}) or (1, {n}, "
+                             f"{self.hidden_size}), got {h0.shape}")
+        rnn, last = _rnn_ops()
+        out = apply(rnn, x, self.weight_ih, h0, self.weight_hh, self.bias_ih, self.bias_hh)
+        return out, apply(last, out, last=x.shape[0] - 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
 
 
 class Flatten(Module):
