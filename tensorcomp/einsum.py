@@ -192,11 +192,38 @@ def einsum_op(subscripts: str, *operands: Any) -> tuple[Op, list[np.ndarray], tu
     return _op(tuple(inputs), output, ranges), cast, out_shape, dtype
 
 
-def einsum(subscripts: Any, *operands: Any) -> np.ndarray | Tensor:
+def einsum(subscripts: Any, *operands: Any, out: np.ndarray | None = None, dtype: Any = None, order: str = "K",
+           casting: str = "safe", optimize: Any = False) -> np.ndarray | Tensor:
     """``numpy.einsum(subscripts, *operands)``, compiled: see the module docstring. On ``tc.Tensor``
-    operands (floating point) it returns a Tensor and records the gradient."""
+    operands (floating point) it returns a Tensor and records the gradient. ``dtype`` and ``out`` as
+    numpy's (``dtype``: operands cast first, by ``casting``'s rule); ``order`` and ``optimize`` change
+    nothing here (one statement; the result is C-ordered)."""
     if any(isinstance(a, Tensor) for a in (subscripts, *operands)):
         return _on_tensors(subscripts, operands)
+    if dtype is not None:
+        want = np.dtype(dtype)
+        if not isinstance(subscripts, str):
+            subscripts, listed = _parse_interleaved((subscripts, *operands))
+            operands = tuple(listed)
+        cast = []
+        for k, a in enumerate(operands):
+            a = np.asarray(a)
+            if not np.can_cast(a.dtype, want, casting=casting):
+                raise DtypeError(f"tc.einsum: operand {k} of dtype {a.dtype} cannot be cast to {want} under "
+                                 f"casting='{casting}'")
+            cast.append(a.astype(want))
+        operands = tuple(cast)
+    result = _einsum(subscripts, operands)
+    if out is None:
+        return result
+    if not isinstance(out, np.ndarray) or out.shape != np.shape(result):
+        raise ShapeError(f"tc.einsum: out must be an array of shape {np.shape(result)}, got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    np.copyto(out, result, casting="same_kind" if casting == "safe" else casting)
+    return out
+
+
+def _einsum(subscripts: Any, operands: tuple) -> np.ndarray:
     op, arrays, out_shape, dtype = einsum_op(subscripts, *operands)
     if any(a.size == 0 for a in arrays):  # numpy: a sum over nothing is 0
         return np.zeros(out_shape, dtype)
