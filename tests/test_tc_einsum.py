@@ -113,3 +113,14 @@ def test_on_tensors_it_records_gradients():
     out.backward(g)
     np.testing.assert_allclose(a.grad, np.einsum("xik,xjk->ij", g, b.data), rtol=1e-10)
     np.testing.assert_allclose(b.grad, np.einsum("ij,xik->xjk", a.data, g), rtol=1e-10)
+
+
+def test_numpy_keywords():
+    a, b = np.arange(6).reshape(2, 3), np.arange(3)
+    np.testing.assert_array_equal(tc.einsum("ij,j->i", a, b, optimize="greedy"), np.einsum("ij,j->i", a, b))
+    got = tc.einsum("ij,j->i", a, b, dtype=np.float64)
+    assert got.dtype == np.float64 and list(got) == [5.0, 14.0]
+    out = np.zeros(2)
+    assert tc.einsum("ij,j->i", a * 1.0, b, out=out) is out and list(out) == [5.0, 14.0]
+    with pytest.raises(tc.DtypeError, match="cannot be cast to int32 under casting='safe'"):
+        tc.einsum("i", np.ones(2), dtype=np.int32)
