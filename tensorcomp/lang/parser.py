@@ -218,14 +218,17 @@ class _Parser:
             self.fail(node, f"'{type(node).__name__}' statements are not part of the language",
                       "each line is X[...] = e or X[...] += e")
             raise AssertionError("unreachable")
-        if isinstance(target_node, ast.Subscript):
-            target, index = self.subscript(target_node)
-        elif isinstance(target_node, ast.Name):
-            target, index = target_node.id, ()
-        else:
-            self.fail(node, f"cannot write to '{self.snippet(target_node)}'", "the left side must be X[...] or X")
-            raise AssertionError("unreachable")
+        target, index = self.written(node, target_node)
         return Statement(target, index, reduce, self.value(rhs), node.lineno)
+
+    def written(self, node: ast.stmt, target_node: ast.expr) -> tuple[str, tuple[Lin, ...]]:
+        """The tensor a statement writes and its index (``X[...]``, or ``X`` for rank 0)."""
+        if isinstance(target_node, ast.Subscript):
+            return self.subscript(target_node)
+        if isinstance(target_node, ast.Name):
+            return target_node.id, ()
+        self.fail(node, f"cannot write to '{self.snippet(target_node)}'", "the left side must be X[...] or X")
+        raise AssertionError("unreachable")
 
     # -- whole program ---------------------------------------------------------------
     def program(self) -> Program:
@@ -277,13 +280,7 @@ class _Parser:
         if len(node.targets) != 1 or len(call.args) != 1 or call.keywords:
             self.fail(node, f"{fn} takes one argument and writes one tensor", f"e.g. I[n] = {fn}(X[n, c])")
         target_node = node.targets[0]
-        if isinstance(target_node, ast.Subscript):
-            target, index = self.subscript(target_node)
-        elif isinstance(target_node, ast.Name):
-            target, index = target_node.id, ()
-        else:
-            self.fail(node, f"cannot write to '{self.snippet(target_node)}'", "the left side must be X[...] or X")
-            raise AssertionError("unreachable")
+        target, index = self.written(node, target_node)
         expr = self.value(call.args[0])
         written = {n for lin in index for n in lin.names()}
         over = list(dict.fromkeys(n for a in walk(expr) if isinstance(a, Access) for lin in a.index
