@@ -21,6 +21,7 @@ import numpy as np
 from . import compiler
 from .autotune.canon import renamed_source
 from .compiler import ArraySpec
+from .opdef import Op
 from .errors import TraceError
 from .runtime import kernel as cpu_kernel
 from .tensor import Tensor
@@ -66,9 +67,70 @@ def share_common(p: Program) -> Program:
     return replace(p, body=tuple(body), writes=writes, result=_rename_result(p.result, alias))
 
 
+_MERGED: dict[tuple[int, int], tuple[Op, Op]] = {}  # (id(op), calls) -> (op, the op run as one of that many)
+
+
+def _merged_op(op: Op, n: int) -> Op | None:
+    """``op``'s statements ``n`` times, tensors and scalars renamed apart (``X_k``): one op for ``n``
+    independent calls, or None when ``op`` cannot be written so (options bound to names, lookups)."""
+    key = (id(op), n)
+    if key not in _MERGED:
+        merged = None
+        if type(op) is Op and not (op.given_ranges or op.pad_widths or op.lookup_checks or op.schedule):
+            names = [*op.inputs, *op.outputs, *op.program.temporaries, *op.params]
+            texts = [renamed_source(op.program, {t: f"{t}_{k}" for t in names}) for k in range(n)]
+            candidate = Op("\n".join(texts))
+            want_in = tuple(f"{t}_{k}" for k in range(n) for t in op.inputs)
+            want_out = tuple(f"{t}_{k}" for k in range(n) for t in op.outputs)
+            if candidate.inputs == want_in and candidate.outputs == want_out:
+                merged = candidate
+        _MERGED[key] = (op, merged)
+    return _MERGED[key][1]
+
+
+def merge_calls(p: Program) -> Program:
+    """A run of calls of one op that read none of each other's results (an optimizer's update of each
+    parameter) runs as one call of one op, its statements renamed apart; the views between them that
+    read none of those results are made first."""
+    body, items, k = [], list(p.body), 0
+    while k < len(items):
+        first = items[k]
+        if not isinstance(first, Call):
+            body.append(first)
+            k += 1
+            continue
+        group, views, after, made, j = [first], [], [], set(first.outputs), k + 1
+        while j < len(items):
+            item = items[j]
+            if isinstance(item, View):  # views of the group's results wait for the merged call
+                (after if item.source in made else views).append(item)
+                if item.source in made:
+                    made.add(item.output)
+            elif isinstance(item, Call) and item.op is first.op and not (set(item.inputs) & made) and \
+                    dict(item.params).keys() == dict(first.params).keys():
+                group.append(item)
+                made.update(item.outputs)
+            else:
+                break
+            j += 1
+        merged = _merged_op(first.op, len(group)) if len(group) > 1 else None
+        if merged is None:
+            body.append(first)
+            k += 1
+            continue
+        params = tuple((f"{n}_{m}", v) for m, c in enumerate(group) for n, v in c.params)
+        body.extend(views)
+        body.append(Call(merged, params, tuple(v for c in group for v in c.inputs),
+                         tuple(v for c in group for v in c.outputs)))
+        body.extend(after)
+        k = j
+    return replace(p, body=tuple(body))
+
+
 STEP = (
     eliminate_dead,  # calls whose results nothing reads
     share_common,  # one op on the same values twice (forward values a gradient recomputes)
+    merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
 )
 
 

@@ -240,3 +240,26 @@ def test_bad_arguments_and_introspection_before_compiling():
         step.source
     with pytest.raises(tc.TraceError, match="tc.compile expects a function, got int"):
         tc.compile(3)
+
+
+def test_independent_calls_of_one_op_merge_into_one_call():
+    nn.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = optim.Adam(model.parameters())  # four parameters: four updates of one op
+    lossf = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = lossf(model(tc.Tensor(x)), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = tc.compile(step)
+    x, y = rng.random((5, 3), dtype=np.float32), rng.integers(0, 2, 5)
+    for _ in range(4):
+        compiled(x, y)
+    stats = compiled.stats(x, y)
+    assert stats["calls"] == stats["calls_traced"] - 3
+    updates = [line for line in compiled.source.splitlines() if line.startswith("# ") and "M2_3" in line]
+    assert len(updates) == 1  # one call writes all four parameters' moments and values
