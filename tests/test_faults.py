@@ -248,3 +248,41 @@ def test_an_integer_to_a_negative_integer_power_is_refused_as_numpy_does():
     with pytest.raises(tc.DtypeError, match="an integer to a negative integer power on line 1"):
         tc.op("O[i] = A[i] ** -2")(np.array([1, 2]))
     np.testing.assert_allclose(tc.op("O[i] = A[i] ** -2")(np.array([1.0, 2.0])), [1.0, 0.25])
+
+
+# -- property-based: whatever a caller passes, an op answers as numpy does or raises a TensorcompError --------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY_ARRAY = st.one_of(
+    st.tuples(st.integers(0, 3), st.integers(0, 4)).map(lambda s: np.zeros(s, np.float32) + 0.5),
+    st.integers(0, 5).map(lambda n: np.arange(n, dtype=np.int64)),
+    st.sampled_from([np.float64(2.0), np.array(["a", "b"]), np.array([True, False]), None, "text", [1.0, 2.0],
+                     np.zeros((2, 3), np.complex64), np.zeros((2, 3), ">f4"), np.ones((3, 4))[:, ::2],
+                     np.array([np.nan, np.inf, -np.inf])]),
+)
+
+
+@given(a=_ANY_ARRAY, b=_ANY_ARRAY)
+def test_op_calls_with_any_arguments_answer_or_raise_clearly(a, b):
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    try:
+        out = op(a, b)
+    except tc.TensorcompError:
+        return
+    np.testing.assert_allclose(out, np.asarray(a) @ np.asarray(b), rtol=1e-6)
+
+
+@given(t=st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), min_size=1, max_size=6),
+       e=st.integers(1, 5), dtype=st.sampled_from([np.int64, np.int32, np.uint8, np.float32, np.bool_]))
+def test_index_tensors_of_any_values_and_dtypes_answer_or_raise_clearly(t, e, dtype):
+    table = np.arange(e * 2, dtype=np.float64).reshape(e, 2)
+    index = np.asarray(t).astype(dtype) if dtype is not np.bool_ else np.asarray(t) > 0
+    op = tc.op("O[i, d] = E[T[i], d]")
+    try:
+        out = op(table, index)
+    except tc.TensorcompError:
+        assert index.dtype.kind not in "iu" or ((index < 0) | (index >= e)).any()
+        return
+    np.testing.assert_array_equal(out, table[index.astype(np.int64)])
