@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "runtime", "schedule",
-    "ArgumentError", "ArraySpec", "DtypeError", "IndexRangeError", "Op", "ParseError", "RangeError", "ScheduleError", "ShapeError",
-    "Recurrence", "TensorcompError", "TraceError", "UnknownNameError", "Tensor", "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
+    "ArgumentError", "ArraySpec", "DtypeError", "IndexRangeError", "Op", "ParseError", "RangeError",
+    "ScheduleError", "ShapeError", "Recurrence", "TensorcompError", "TraceError", "UnknownNameError", "Tensor",
+    "compile", "einsum", "einsum_op", "grad", "no_grad", "op", "tune",
 ]

@@ -374,8 +374,8 @@ class Op:
         for a in arrays:  # (a plain loop: this is the per-call hot path)
             if type(a) is not np.ndarray:
                 if isinstance(a, np.ma.MaskedArray):
-                    raise ArgumentError(f"{self.label}: a numpy masked array was passed, and ops do not apply masks: pass "
-                                        f"a.filled(value) or a.data explicitly")
+                    raise ArgumentError(f"{self.label}: a numpy masked array was passed, and ops do not apply "
+                                        f"masks: pass a.filled(value) or a.data explicitly")
                 if getattr(a, "records_gradients", False):
                     return TENSOR_APPLY[0](self, *arrays, **params)
                 if hasattr(a, "__cuda_array_interface__"):

@@ -109,8 +109,8 @@ class Adam:
             if p.grad is None:
                 continue
             m, v = self.m[k], self.v[k]
-            m.data, v.data, p2 = op(m.data, _gradient("Adam", k, p), reshape_array(p.data, (-1,)), v.data, self.steps.data,
-                                    b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
+            m.data, v.data, p2 = op(m.data, _gradient("Adam", k, p), reshape_array(p.data, (-1,)), v.data,
+                                    self.steps.data, b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
             p.data = reshape_array(p2, p.shape)
 
     def zero_grad(self) -> None:
@@ -143,8 +143,8 @@ class SGD:
             if p.grad is None:
                 continue
             buf = self.buf[k]
-            buf.data, p2 = op(buf.data, _gradient("SGD", k, p), reshape_array(p.data, (-1,)), momentum=self.momentum, wd=self.wd,
-                              lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
+            buf.data, p2 = op(buf.data, _gradient("SGD", k, p), reshape_array(p.data, (-1,)), momentum=self.momentum,
+                              wd=self.wd, lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
             p.data = reshape_array(p2, p.shape)
 
     def zero_grad(self) -> None:

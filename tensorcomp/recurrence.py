@@ -28,13 +28,9 @@ import numpy as np
 from .autodiff import grad as derive
 from . import opdef
 from .errors import ArgumentError, ParseError, RangeError, ScheduleError, ShapeError, TraceError, op_label
-from .lang.lookups import appearance
+from .lang.lookups import appearance, subscript_items
 from .opdef import Op
 from .tensor import apply
-
-
-def _items(sub: ast.Subscript) -> list[ast.expr]:
-    return list(sub.slice.elts) if isinstance(sub.slice, ast.Tuple) else [sub.slice]
 
 
 def _shift(item: ast.expr) -> tuple[str, int] | None:
@@ -56,7 +52,7 @@ def is_recurrence(source: str) -> bool:
         if isinstance(st, (ast.Assign, ast.AugAssign)):
             for n in ast.walk(st.value):
                 if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in written and \
-                        any(_shift(it) for it in _items(n)):
+                        any(_shift(it) for it in subscript_items(n)):
                     return True
     return False
 
@@ -88,11 +84,11 @@ class _Split:
         self.scan, self.axis = self._scan_index()
         self.recurrent = sorted({n.value.id for st in self.body for n in ast.walk(st.value)
                                  if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name)
-                                 and n.value.id in self.written and any(_shift(it) for it in _items(n))})
+                                 and n.value.id in self.written and any(_shift(it) for it in subscript_items(n))})
         self.init, self.step = [], []
         init_names: set[str] = set()
         for st, (name, target) in zip(self.body, targets):
-            item = _items(target)[self.axis[name]] if name in self.axis else None
+            item = subscript_items(target)[self.axis[name]] if name in self.axis else None
             reads = {n.value.id for n in ast.walk(st.value) if isinstance(n, ast.Subscript)
                      and isinstance(n.value, ast.Name)}
             uses_scan = any(isinstance(n, ast.Name) and n.id == self.scan for n in ast.walk(st))
@@ -120,7 +116,7 @@ class _Split:
             for n in ast.walk(st.value):
                 if not (isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in self.written):
                     continue
-                shifted = [(k, _shift(it)) for k, it in enumerate(_items(n)) if _shift(it)]
+                shifted = [(k, _shift(it)) for k, it in enumerate(subscript_items(n)) if _shift(it)]
                 if len(shifted) > 1:
                     raise ScheduleError(f"{self.label}: '{ast.unparse(n)}' on line {st.lineno} reads "
                                         f"{n.value.id} shifted along {len(shifted)} indices; a recurrence is carried "
@@ -139,7 +135,7 @@ class _Split:
         scan = scans.pop()
         for st in self.body:
             name, target = _target(st)
-            for k, it in enumerate(_items(target)):
+            for k, it in enumerate(subscript_items(target)):
                 if isinstance(it, ast.Name) and it.id == scan:
                     axis.setdefault(name, k)
         return scan, axis
@@ -154,7 +150,7 @@ class _Slicer(ast.NodeTransformer):
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         if not isinstance(node.value, ast.Name):
             return node
-        name, items, scan = node.value.id, _items(node), self.split.scan
+        name, items, scan = node.value.id, subscript_items(node), self.split.scan
         uses = [k for k, it in enumerate(items) if any(isinstance(m, ast.Name) and m.id == scan for m in ast.walk(it))]
         prev = False
         if name in self.split.written and name not in self.split.axis and not uses:
@@ -198,7 +194,7 @@ class Recurrence:
         split = _Split(self.source)
         self.scan, self.recurrent = split.scan, tuple(split.recurrent)
         self.axis = {r: split.axis[r] for r in split.recurrent}
-        self.ranks = {r: next(len(_items(_target(st)[1])) for st in split.body if _target(st)[0] == r)
+        self.ranks = {r: next(len(subscript_items(_target(st)[1])) for st in split.body if _target(st)[0] == r)
                       for r in split.recurrent}
         self.sliced: dict[str, int] = {}  # input -> its axis indexed by the scan index
         slicer = _Slicer(split, self.sliced)

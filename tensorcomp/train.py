@@ -141,7 +141,8 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
         raise ArgumentError(f"tensorcomp train: unknown model {model_name!r}; models: {', '.join(MODELS)}")
     for what, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ArgumentError(f"tensorcomp train: --{what.replace('_', '-')} must be a positive integer, got {value!r}")
+            flag = what.replace("_", "-")
+            raise ArgumentError(f"tensorcomp train: --{flag} must be a positive integer, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
         raise ArgumentError(f"tensorcomp train: --lr must be a finite number > 0, got {lr!r}")
     if max_steps is not None and max_steps < 1:

@@ -11,18 +11,22 @@ from tensorcomp.train import MODELS
 rng = np.random.default_rng(5)
 
 
-def _train(build, loss_cls, batches, compiled, make_opt=None):
-    nn.manual_seed(0)
-    model, lossf = build(), loss_cls()
-    opt = (make_opt or (lambda ps: optim.Adam(ps)))(model.parameters())
-
+def _step_of(model, lossf, opt):
+    """A training step: forward, loss, backward, update; returns the loss."""
     def step(x, y):
         opt.zero_grad()
         loss = lossf(model(tc.Tensor(x)), y)
         loss.backward()
         opt.step()
         return loss
+    return step
 
+
+def _train(build, loss_cls, batches, compiled, make_opt=None):
+    nn.manual_seed(0)
+    model, lossf = build(), loss_cls()
+    opt = (make_opt or (lambda ps: optim.Adam(ps)))(model.parameters())
+    step = _step_of(model, lossf, opt)
     f = tc.compile(step) if compiled else step
     losses = [float(f(x, y).data) for x, y in batches]
     return losses, model.state_dict(), f
@@ -246,16 +250,7 @@ def test_independent_calls_of_one_op_merge_into_one_call():
     nn.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     opt = optim.Adam(model.parameters())  # four parameters: four updates of one op
-    lossf = nn.CrossEntropyLoss()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = lossf(model(tc.Tensor(x)), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    compiled = tc.compile(step)
+    compiled = tc.compile(_step_of(model, nn.CrossEntropyLoss(), opt))
     x, y = rng.random((5, 3), dtype=np.float32), rng.integers(0, 2, 5)
     for _ in range(4):
         compiled(x, y)

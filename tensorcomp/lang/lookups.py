@@ -40,7 +40,8 @@ class Unsupported(Exception):
         self.node, self.message, self.hint = node, message, hint
 
 
-def _items(sub: ast.Subscript) -> list[ast.expr]:
+def subscript_items(sub: ast.Subscript) -> list[ast.expr]:
+    """The index items of ``X[i, j]`` (one item for ``X[i]``)."""
     return list(sub.slice.elts) if isinstance(sub.slice, ast.Tuple) else [sub.slice]
 
 
@@ -74,14 +75,14 @@ class _Lowering:
         """The access's index items with each lookup replaced by a fresh index name, and the lookups
         (fresh name, the index tensor's read, axis)."""
         items, found = [], []
-        for axis, item in enumerate(_items(sub)):
+        for axis, item in enumerate(subscript_items(sub)):
             if not _is_lookup(item):
                 items.append(item)
                 continue
             if not (isinstance(item, ast.Subscript) and isinstance(item.value, ast.Name)):
                 raise Unsupported(item, f"index '{ast.unparse(item)}' mixes a tensor read into arithmetic",
                                    "an index through an index tensor must be the read alone, e.g. E[T[i], d]")
-            if any(_is_lookup(inner) for inner in _items(item)):
+            if any(_is_lookup(inner) for inner in subscript_items(item)):
                 raise Unsupported(item, f"index '{ast.unparse(item)}' looks up through a lookup",
                                    "look the inner one up into a tensor of its own first")
             g = self.fresh("g")
@@ -99,7 +100,8 @@ class _Lowering:
         tensor = sub.value.id
         for g, index, axis in found:
             self.lookups.append(Lookup(index.value.id, tensor, axis, False, g))
-        keep = _index_names([x for it in _items(sub) for x in (_items(it) if _is_lookup(it) else [it])])
+        keep = _index_names([x for it in subscript_items(sub)
+                             for x in (subscript_items(it) if _is_lookup(it) else [it])])
         temp = self.fresh(f"{tensor}_at")
         target = ast.Subscript(ast.Name(temp, ast.Load()),
                                ast.Tuple([ast.Name(n, ast.Load()) for n in keep], ast.Load()) if keep
@@ -115,7 +117,7 @@ class _Lowering:
 
     def expression(self, node: ast.expr, line: int) -> ast.expr:
         if isinstance(node, ast.Subscript):
-            if isinstance(node.value, ast.Name) and any(_is_lookup(it) for it in _items(node)):
+            if isinstance(node.value, ast.Name) and any(_is_lookup(it) for it in subscript_items(node)):
                 return self.read(node, line)
             return node
         for field, value in ast.iter_fields(node):
@@ -131,7 +133,7 @@ class _Lowering:
             node.value = self.expression(node.value, node.lineno)
             target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
                 getattr(node, "target", None)
-            if isinstance(target, ast.Subscript) and any(_is_lookup(it) for it in _items(target)):
+            if isinstance(target, ast.Subscript) and any(_is_lookup(it) for it in subscript_items(target)):
                 if not (isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add)):
                     raise Unsupported(node, f"'{ast.unparse(target)}' is written through an index tensor with "
                                              f"'{'=' if isinstance(node, ast.Assign) else ast.unparse(node)}'",

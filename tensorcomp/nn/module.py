@@ -96,8 +96,8 @@ class Module:
             value = state[name]
             value = value.numpy() if isinstance(value, Tensor) else value
             if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
-                raise ArgumentError(f"load_state_dict: {name} must be a numeric array, got "
-                                    f"{type(value).__name__}{' of ' + str(value.dtype) if hasattr(value, 'dtype') else ''}")
+                of = f" of {value.dtype}" if hasattr(value, "dtype") else ""
+                raise ArgumentError(f"load_state_dict: {name} must be a numeric array, got {type(value).__name__}{of}")
             if value.shape != p.shape:
                 raise ShapeError(f"load_state_dict: {name} has shape {value.shape} but the module's is {p.shape}")
             p.data = Tensor(value.astype(p.dtype), device=p.device).data
