@@ -416,9 +416,9 @@ class Op:
             idx = arrays[k]
             if not isinstance(idx, np.ndarray):
                 idx = cuda.to_host(idx) if cuda.is_device_array(idx) else np.asarray(idx)
-            if idx.dtype.kind not in "iu":
-                raise DtypeError(f"{self.label}: index tensor {lk.index} must hold integers, got {idx.dtype}; "
-                                 f"convert it with .astype(np.int64)")
+            if idx.dtype not in (np.int64, np.int32):
+                raise DtypeError(f"{self.label}: index tensor {lk.index} must hold integers (int32 or int64), got "
+                                 f"{idx.dtype}; convert it with .astype(np.int64)")
             n = extent if tensor_pos is None else arrays[tensor_pos].shape[axis]
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 where = np.argwhere((idx < 0) | (idx >= n))[0]

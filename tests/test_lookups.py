@@ -75,8 +75,12 @@ def test_fuzzed_index_tensors_never_crash():
 
 
 def test_misuse_is_an_error():
-    with pytest.raises(tc.DtypeError, match="index tensor T must hold integers, got float32"):
+    with pytest.raises(tc.DtypeError) as e:
         tc.op("O[i] = E[T[i]]")(np.ones(3), np.zeros(2, np.float32))
+    assert str(e.value) == ("op 'O[i] = E[T[i]]': index tensor T must hold integers (int32 or int64), got float32; "
+                            "convert it with .astype(np.int64)")
+    with pytest.raises(tc.DtypeError, match=r"index tensor T must hold integers \(int32 or int64\), got uint8"):
+        tc.op("O[i] = E[T[i]]")(np.ones(3), np.zeros(2, np.uint8))
     with pytest.raises(tc.RangeError, match=r"O is written through index tensor T, so its extent on that axis is "
                                             r"unknown; give it with ranges=\{'T': n\}"):
         tc.op("O[T[i]] += X[i]")
