@@ -210,9 +210,9 @@ def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out
     x = rng.standard_normal((2, 20, 20, 64)).astype(np.float32)
     w = rng.standard_normal((9, 9, 64, 32)).astype(np.float32)
     loops = [line.split()[1] for line in str(conv.loopnest(x, w)).splitlines() if line.lstrip().startswith("for ")]
-    tiled = loops[4:]  # after the fill's n, y0, y1, f
-    # outermost the plain index with the most iterations for the threads (N = 2 here: y1), then k0
-    assert tiled[:2] == ["y1", "k0"] and tiled[-4:] == ["k1", "c", "y0", "f_i"]
+    # outermost the plain index with the most iterations for the threads (N = 2 here: y1), shared
+    # with the fill (fused), then the fill's n, y0, f and the statement's k0
+    assert loops[0] == "y1" and loops[4] == "k0" and loops[-4:] == ["k1", "c", "y0", "f_i"]
     windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (9, 9), axis=(1, 2))[:, ::2, ::2]
     np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)
 

@@ -16,7 +16,9 @@ import islpy as isl
 from ..domain import Bound, BoundStatement, TensorInfo
 from ..domain.bind import write_map
 from ..strides import ITEMSIZE, contiguous
+from . import fusion
 from .dims import loop_dims
+from .fusion import Piece
 from .loopnest import Compute, Fill, For, IConst, IExpr, If, IOp, IVar, LoopNest, Node
 
 IDENTITY = {"sum": 0, "prod": 1, None: 0}
@@ -95,15 +97,17 @@ def _peeled(domain: isl.Set, dims: list) -> list[isl.Set]:
 
 
 def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]] | None = None,
-          target: str = "cpu") -> LoopNest:
+          target: str = "cpu", fuse: bool = True) -> LoopNest:
     """The loop nest of ``bound`` under ``schedule`` (records; the default heuristic fills in the rest).
 
-    ``strides`` gives each tensor's byte strides (its layout); C order when omitted.
+    ``strides`` gives each tensor's byte strides (its layout); C order when omitted. On the CPU,
+    consecutive statements that share outer loops run inside one nest of them (``fusion``) unless
+    ``fuse`` is False.
     """
     itemsize = {t: ITEMSIZE[info.dtype] for t, info in bound.tensors.items()}
     if strides is None:
         strides = {t: contiguous(info.logical_shape, itemsize[t]) for t, info in bound.tensors.items()}
-    pieces: list[tuple[str, isl.Set, list[str], list[str]]] = []  # (isl name, domain, time dims, loop names)
+    pieces: list[Piece] = []
     parallel_safe: dict[str, set[str]] = {}  # loops whose iterations write disjoint elements
     fills: dict[str, tuple[str, tuple, object]] = {}
     records = list(schedule)
@@ -113,8 +117,7 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             name = f"F{k}"
             plain = [lin.plain_var for lin in bs.stmt.index]
             loop_names = [p if p and plain.count(p) == 1 else f"a{j}" for j, p in enumerate(plain)]
-            dom = _box(info.shape).set_tuple_name(name)
-            pieces.append((name, dom, [f"e{j}" for j in range(len(info.shape))], loop_names))
+            pieces.append(Piece(name, _box(info.shape).set_tuple_name(name), k, None, loop_names))
             fills[name] = (bs.stmt.target, identity(bs.stmt.reduce, bs.dtype))
             parallel_safe[name] = set(loop_names)
         name = f"S{k}"
@@ -122,21 +125,30 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
         dims, safe = loop_dims(k, bs, records, strides, itemsize, gather, target)
         for j, dom in enumerate(_peeled(bs.domain, dims) if target == "cpu" else [bs.domain]):
             piece = name if j == 0 else f"{name}t{j}"
-            pieces.append((piece, dom.set_tuple_name(piece), [d.expr for d in dims], [d.name for d in dims]))
+            pieces.append(Piece(piece, dom.set_tuple_name(piece), k, dims, [d.name for d in dims]))
             parallel_safe[piece] = safe
+    if target == "cpu" and fuse:
+        width = fusion.schedule(pieces, bound) + 1
+    else:
+        for slot, p in enumerate(pieces):
+            p.names = list(p.loop_names)
+            p.time = [str(slot), *(d.expr for d in p.dims)] if not p.fill else \
+                [str(slot), *(f"e{j}" for j in range(len(p.loop_names)))]
+        width = max(len(p.time) for p in pieces) + 1
+    for p in pieces:  # the loops a group shares write disjoint slices of everything it writes
+        parallel_safe[p.name] = parallel_safe[p.name] | set(p.fused)
 
-    width = max(len(p[2]) for p in pieces) + 1
     domain = None
     schedule = None
     names_of: dict[str, list[str]] = {}
-    for slot, (name, dom, dims, loop_names) in enumerate(pieces):
-        in_dims = ", ".join(f"{'e' if name.startswith('F') else 'd'}{j}" for j in range(dom.dim(isl.dim_type.set)))
-        out = [str(slot)] + dims + ["0"] * (width - 1 - len(dims))
-        m = isl.UnionMap(f"{{ {name}[{in_dims}] -> [{', '.join(out)}] }}")
-        us = isl.UnionSet.from_set(dom)
+    for p in pieces:
+        in_dims = ", ".join(f"{'e' if p.fill else 'd'}{j}" for j in range(p.domain.dim(isl.dim_type.set)))
+        out = p.time + ["0"] * (width - len(p.time))
+        m = isl.UnionMap(f"{{ {p.name}[{in_dims}] -> [{', '.join(out)}] }}")
+        us = isl.UnionSet.from_set(p.domain)
         domain = us if domain is None else domain.union(us)
         schedule = m if schedule is None else schedule.union(m)
-        names_of[name] = loop_names
+        names_of[p.name] = p.names
     schedule = schedule.intersect_domain(domain)
     build = isl.AstBuild.from_context(isl.Set("{ : }"))
     ast = build.node_from_schedule_map(schedule)
@@ -155,9 +167,9 @@ def _mark_parallel(node: Node, conv: "_Converter", safe: dict[str, set[str]]) ->
             owners.add(f"S{leaf.stmt}")
         elif isinstance(leaf, Fill):
             owners.add(next(k for k, v in conv.fills.items() if v[0] == leaf.tensor))
-    if len(owners) != 1:
+    if not owners:
         return node
-    ok = safe.get(owners.pop(), set())
+    ok = set.intersection(*(safe.get(o, set()) for o in owners))
 
     def tag(n: Node) -> Node:
         """Tag this loop and the perfectly nested, constant-bound disjoint-write loops inside it."""
@@ -193,9 +205,9 @@ class _Converter:
             it = node.for_get_iterator().get_id().get_name()
             rename = dict(rename)
             depth = int(it[1:]) if it.startswith("c") and it[1:].isdigit() else None
-            owner = self._owner(node)
-            if owner is not None and depth is not None and 1 <= depth <= len(self.names_of[owner]):
-                rename[it] = self.names_of[owner][depth - 1]
+            name = self._loop_name(node, depth) if depth is not None and depth >= 1 else None
+            if name:
+                rename[it] = name
             var = rename.get(it, it)
             lo = self.expr(node.for_get_init(), rename)
             cond = node.for_get_cond()
@@ -228,16 +240,18 @@ class _Converter:
             return self.nodes(node.mark_get_node(), rename)
         raise AssertionError(f"unexpected isl AST node {t}")
 
-    def _owner(self, node: isl.AstNode) -> str | None:
-        """The isl statement a loop subtree executes (each top-level nest has one)."""
-        found: list[str] = []
+    def _loop_name(self, node: isl.AstNode, depth: int) -> str | None:
+        """The name of the loop at schedule dimension ``depth`` that ``node`` runs: the one every isl
+        statement under it gives that dimension (a fused group's pieces name their shared loops alike)."""
+        found: set[str] = set()
 
         def visit(n: isl.AstNode) -> bool:
             if n.get_type() == isl.ast_node_type.user:
-                found.append(n.user_get_expr().op_get_arg(0).get_id().get_name())
+                names = self.names_of[n.user_get_expr().op_get_arg(0).get_id().get_name()]
+                found.add(names[depth - 1] if depth <= len(names) else "")
             return True
         node.foreach_descendant_top_down(visit)
-        return found[0] if found and all(f == found[0] for f in found) else None
+        return found.pop() if len(found) == 1 else None
 
     def expr(self, e: isl.AstExpr, rename: dict[str, str]) -> IExpr:
         t = e.get_type()
