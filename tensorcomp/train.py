@@ -126,7 +126,8 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     result are not tuned again (unless ``retune``). With ``background``, a worker process tunes them
     while training goes on (``autotune.background``): each tuned kernel is swapped in between steps as it
     is ready, and the worker is ended with the training (nothing waits for it). Steps that compiled,
-    profiled, tuned or swapped kernels in are left out of ``ms_per_step``.
+    profiled, tuned or swapped kernels in, and those the compiled step ran eagerly to trace itself, are
+    left out of ``ms_per_step`` (their seconds are ``compile_s``).
 
     ``distributed``: data-parallel over the MPI job this process is a rank of (``tensorcomp.distributed``):
     every rank starts from rank 0's parameters, takes its shard of each global batch of ``batch_size``,
@@ -197,7 +198,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
                     run_step.forget_kernels()
                 if bar is not None:
                     bar.set_postfix_str(f"tuned {len([d for d in tuner.done if 'tuning_s' in d])} kernels")
-            before = compile_count()
+            before = compile_count(), run_step.traces if compiled else 0
             profiling = steps + 1 == tune_at
             t0 = time.perf_counter()
             with profile() if profiling else contextlib.nullcontext() as prof:
@@ -214,9 +215,9 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
                 t1 = time.perf_counter()
                 tuned = tune_hot(prof, tune_s, retune=retune)
                 tuning_s = time.perf_counter() - t1
-            elif compile_count() == before:
+            elif (compile_count(), run_step.traces if compiled else 0) == before:
                 step_times.append(elapsed)
-            else:  # a new batch shape: this step JIT-compiled kernels
+            else:  # a new batch shape: this step JIT-compiled kernels or ran under the step's tracer
                 compile_s += elapsed
             losses.append(loss.item())
             hits.append(float((logits.numpy().argmax(1) == yb).mean()))
@@ -236,8 +237,8 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
         tuner.stop()
         tuned = tuner.done
     acc = evaluate(model, xte, yte, batch_size=eval_batch or 250, device=device)
-    # steps that compiled kernels (the first, and the first with each new batch shape) are reported
-    # apart: ms_per_step is the mean over the steps that only ran kernels
+    # steps that compiled kernels or traced the step (the first ones, and the first with each new batch
+    # shape) are reported apart: ms_per_step is the mean over the steps that only ran kernels
     return model, {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
