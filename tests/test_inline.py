@@ -90,3 +90,24 @@ def test_schedule_records_number_the_statements_left_after_folding():
     np.testing.assert_allclose(folded(a, b), np.full(4, 6.0))
     assert str(folded.loopnest(a, b)).endswith(
         "for k in range(0, 3):\n  for i in range(0, 4):\n    O[i] += A[i, k] * 2.0 * B[i, k]")
+
+
+def test_a_copy_is_read_from_its_source_by_every_reader():
+    """The gradient of a bias add copies dO into dC; both the weight and the input gradient read dO
+    in its place (a copy read twice, on windows, costs nothing to fold)."""
+    from tensorcomp.autodiff import grad
+    conv = tc.op("C[n, f, y] += I[n, c, y + k] * W[f, c, k]\nO[n, f, y] = C[n, f, y] + B[f]")
+    back = grad(conv, ["I", "W", "B"])
+    i, w, b = (rng.standard_normal(s) for s in ((2, 3, 8), (4, 3, 3), (4,)))
+    d = rng.standard_normal((2, 4, 6))
+    assert kernel_statements(back, i, w, b, d) == [
+        "dB[f] += dO[n, f, y]", "dI[n, c, k + y] += dO[n, f, y] * W[f, c, k]",
+        "dW[f, c, k] += dO[n, f, y] * I[n, c, k + y]"]
+    di, dw, db = back(i, w, b, d)
+    windows = np.lib.stride_tricks.sliding_window_view(i, 3, axis=2)  # (n, c, y, k)
+    np.testing.assert_allclose(dw, np.einsum("nfy,ncyk->fck", d, windows), rtol=1e-12)
+    np.testing.assert_allclose(db, d.sum((0, 2)), rtol=1e-12)
+    want_di = np.zeros_like(i)
+    for k in range(3):
+        want_di[:, :, k:k + 6] += np.einsum("nfy,fc->ncy", d, w[:, :, k])
+    np.testing.assert_allclose(di, want_di, rtol=1e-12)

@@ -60,7 +60,13 @@ def _plain_prefix(piece: Piece, bound: Bound) -> list[str]:
 
 def _axes(group: list[Piece], fused: list[str], bound: Bound) -> dict[str, list[int]] | None:
     """Per tensor written in the group, the axis each fused name indexes in every access to it; None
-    when some access does not index it so (fusion over ``fused`` would be illegal)."""
+    when some access does not index it so (fusion over ``fused`` would be illegal), or when the fused
+    loops do not run over the same range in every piece (a shared loop over the largest range with
+    a guard per piece inside would keep the pieces' loops from being vectorised)."""
+    ranges: set[tuple] = set()
+    for p in group:
+        if not p.fill:
+            ranges.add(tuple((d.lo, d.extent) for d in p.dims[:len(fused)]))
     stmts = sorted({p.stmt for p in group})
     written = {bound.statements[k].stmt.target for k in stmts}
     axes: dict[str, list[int]] = {}
@@ -78,7 +84,11 @@ def _axes(group: list[Piece], fused: list[str], bound: Bound) -> dict[str, list[
                 here.append(at[0])
             if axes.setdefault(tensor, here) != here:
                 return None
-    return axes
+    for p in group:
+        if p.fill:
+            shape = bound.tensors[bound.statements[p.stmt].stmt.target].shape
+            ranges.add(tuple((0, shape[a]) for a in axes[bound.statements[p.stmt].stmt.target]))
+    return axes if len(ranges) == 1 else None
 
 
 def _units(pieces: list[Piece]) -> list[list[Piece]]:

@@ -9,7 +9,9 @@ large tensor each one costs a write and a read of memory and a pass of its own.
 
 The domains stay as bound: ``P``'s domain is its whole box, which ``f``'s reads are
 in bounds on, and the reader only visits elements of that box, so the folded reads
-are in bounds too. Statement numbers in schedules count the statements that remain.
+are in bounds too. A temporary that only copies another tensor (``dC[n, f, y, x] += dO[n, f, y, x]``,
+the gradient of a bias add) is folded into every reader: reading the source costs what reading
+the copy did. Statement numbers in schedules count the statements that remain.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _fold_one(bound: Bound) -> Bound | None:
         if bound.tensors[name].role != "temporary" or not _elementwise(bound, bs):
             continue
         readers = [(j, a) for j, other in enumerate(statements) for a in _reads(other.stmt.expr, name)]
+        if _copy(bs, statements[k + 1:]) and readers:
+            return _without(bound, statements, k, {j: _substitute_each(statements[j].stmt.expr, name, bs)
+                                                   for j in dict.fromkeys(j for j, _ in readers)})
         if len(readers) != 1:
             continue
         j, access = readers[0]
@@ -66,15 +71,36 @@ def _fold_one(bound: Bound) -> Bound | None:
             continue
         mapping = {lin.plain_var: at for lin, at in zip(bs.stmt.index, access.index)}
         body = bs.stmt.rename_indices(mapping).expr
-        folded = replace(reader.stmt, expr=_substitute(reader.stmt.expr, name, body))
-        statements[j] = replace(reader, stmt=folded)
-        del statements[k]
-        program = bound.program
-        program = replace(program, statements=tuple(s.stmt for s in statements),
-                          temporaries=tuple(t for t in program.temporaries if t != name))
-        tensors = {t: info for t, info in bound.tensors.items() if t != name}
-        return Bound(program, tensors, tuple(statements), bound.param_types)
+        return _without(bound, statements, k, {j: _substitute(reader.stmt.expr, name, body)})
     return None
+
+
+def _copy(bs: BoundStatement, later: list[BoundStatement]) -> bool:
+    """Whether ``bs`` copies a tensor that no later statement writes (``P[i, j] = A[j, i]``): a read
+    of ``P`` can read ``A`` in its place at the same cost, however often it is read."""
+    expr = bs.stmt.expr
+    return isinstance(expr, Access) and all(other.stmt.target != expr.tensor for other in later)
+
+
+def _substitute_each(expr: Expr, tensor: str, bs: BoundStatement) -> Expr:
+    """``expr`` with every read of ``tensor`` replaced by ``bs``'s right-hand side at that read's index."""
+    if isinstance(expr, Access) and expr.tensor == tensor:
+        return bs.stmt.rename_indices({lin.plain_var: at for lin, at in zip(bs.stmt.index, expr.index)}).expr
+    if isinstance(expr, Call):
+        return Call(expr.fn, tuple(_substitute_each(a, tensor, bs) for a in expr.args))
+    return expr
+
+
+def _without(bound: Bound, statements: list[BoundStatement], k: int, exprs: dict[int, Expr]) -> Bound:
+    """``bound`` with statement ``k`` (a temporary's) removed and the readers' new right-hand sides."""
+    name = statements[k].stmt.target
+    for j, expr in exprs.items():
+        statements[j] = replace(statements[j], stmt=replace(statements[j].stmt, expr=expr))
+    del statements[k]
+    program = replace(bound.program, statements=tuple(s.stmt for s in statements),
+                      temporaries=tuple(t for t in bound.program.temporaries if t != name))
+    tensors = {t: info for t, info in bound.tensors.items() if t != name}
+    return Bound(program, tensors, tuple(statements), bound.param_types)
 
 
 def inline_elementwise(bound: Bound) -> Bound:
