@@ -120,6 +120,9 @@ class Op:
         self.given_ranges = self._check_ranges(self._lookup_ranges(ranges or {}))  # index -> (lo, hi), as given
         self.pad_widths = self._check_pad(pad or {})  # input -> ((before, after), ...) per axis
         self.pad_values = self._check_pad_value(pad_value or {})  # input -> the value read in its padding
+        if not isinstance(schedule, (tuple, list)):
+            raise ScheduleError(f"{self.label}: schedule must be a tuple of schedule records, got "
+                                f"{type(schedule).__name__}")
         self.schedule = self.check_schedule(tuple(schedule))
         self.use_tuned = bool(use_tuned)  # without a schedule of its own: look up tuned ones (database)?
         self.ident = (self.source, tuple(sorted(self.given_ranges.items())), tuple(sorted(self.pad_widths.items())),

@@ -60,6 +60,10 @@ def _parameters(optimizer: str, params: Any) -> list:
                                 f"model.parameters() or tc.Tensor(..., requires_grad=True)")
         if p.dtype.kind != "f":
             raise ArgumentError(f"{optimizer}: parameter {k} has dtype {p.dtype}; parameters are floating point")
+        first = next(j for j, q in enumerate(out) if q is p)
+        if first != k:
+            raise ArgumentError(f"{optimizer}: parameter {k} is parameter {first} again; each parameter is listed "
+                                f"once (it would be updated twice per step)")
     return out
 
 
@@ -67,6 +71,9 @@ def _gradient(optimizer: str, k: int, p: Tensor) -> Any:
     """Parameter ``k``'s gradient, flat, of its dtype and shape (else an error: a parameter's dtype never
     changes under an update)."""
     g = p.grad
+    if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+        raise ArgumentError(f"{optimizer}: the gradient of parameter {k} is a {type(g).__name__}; gradients are "
+                            f"arrays of the parameter's dtype and shape (as backward() leaves them)")
     if tuple(g.shape) != tuple(p.shape) or g.dtype != p.dtype:
         raise ArgumentError(f"{optimizer}: the gradient of parameter {k} is {g.dtype} of shape {tuple(g.shape)} but "
                             f"the parameter is {p.dtype} of shape {tuple(p.shape)}")
@@ -126,7 +133,7 @@ def AdamW(params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weigh
 class SGD:
     """SGD with momentum, Nesterov momentum and weight decay (PyTorch's formulation)."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
         self.params = _parameters("SGD", params)
         self.lr = _check("SGD: lr", lr, 0.0, open_lo=True)

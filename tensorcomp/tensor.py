@@ -17,7 +17,7 @@ import numpy as np
 
 from . import ops, opdef
 from .autodiff import grad as derive
-from .errors import ArgumentError, DeviceError, ShapeError
+from .errors import ArgumentError, DeviceError, DtypeError, ShapeError
 from .opdef import Op
 from .runtime import cuda
 
@@ -151,6 +151,9 @@ class Tensor:
         if device is None:
             device = "cuda" if _on_device(arr) else "cpu"
         self.data = _to(arr, device, dtype)
+        if self.data.dtype.kind not in "biuf":
+            raise DtypeError(f"tc.Tensor: data of dtype {self.data.dtype} ({type(arr).__name__}); tensors hold bool, "
+                             f"integer or floating-point numbers")
         self.requires_grad = bool(requires_grad)
         self.grad: Any = None
         self._node: _Node | None = None

@@ -11,6 +11,7 @@ import pytest
 
 import tensorcomp as tc
 from tensorcomp import nn, optim
+from tensorcomp.data import DataLoader
 
 
 @pytest.mark.parametrize("make,cls,message", [
@@ -286,3 +287,79 @@ def test_index_tensors_of_any_values_and_dtypes_answer_or_raise_clearly(t, e, dt
         assert index.dtype not in (np.int64, np.int32) or ((index < 0) | (index >= e)).any()
         return
     np.testing.assert_array_equal(out, table[index.astype(np.int64)])
+
+
+def _message(fn) -> tuple[type, str]:
+    try:
+        fn()
+    except tc.TensorcompError as exc:
+        return type(exc), str(exc)
+    raise AssertionError("no error")
+
+
+def test_more_layer_optimizer_and_state_misuse():
+    lin = nn.Linear(3, 2)
+    x = np.ones((2, 3), np.float32)
+    cases = [
+        (lambda: nn.BatchNorm2d(2, eps=-1), tc.ArgumentError, "BatchNorm: eps must be a finite number > 0, got -1"),
+        (lambda: nn.BatchNorm2d(2, momentum=2), tc.ArgumentError, "BatchNorm: momentum must be a number in [0, 1], got 2"),
+        (lambda: nn.BatchNorm2d(1)(tc.Tensor(np.ones((1, 1, 1, 1), np.float32))), tc.ShapeError,
+         "BatchNorm(1): expected more than 1 value per channel in training, got input shape (1, 1, 1, 1) (every output "
+         "would be 0); use a larger batch or eval()"),
+        (lambda: nn.Dropout("a"), tc.ArgumentError, "Dropout: p must be a number in [0, 1), got 'a'"),
+        (lambda: nn.Sequential(nn.ReLU(), 5), tc.ArgumentError, "Sequential: layer 1 is a int, not a Module"),
+        (lambda: nn.Linear(3, 2, bias="no"), tc.ArgumentError, "Linear(3, 2): bias must be True or False, got 'no'"),
+        (lambda: nn.MaxPool2d(2, padding=2), tc.ArgumentError,
+         "MaxPool2d: padding 2 is more than half of kernel_size 2; a window could then hold padding only"),
+        (lambda: lin([[1.0, 2.0, 3.0]]), tc.ArgumentError, "Linear: the input must be a tc.Tensor or a numpy array, got "
+         "list; wrap it: tc.Tensor(np.asarray(x, np.float32))"),
+        (lambda: optim.Adam([lin.weight, lin.bias, lin.weight]), tc.ArgumentError,
+         "Adam: parameter 2 is parameter 0 again; each parameter is listed once (it would be updated twice per step)"),
+        (lambda: lin.save(5), tc.ArgumentError, "Module.save: path must be a str or path, got int"),
+        (lambda: lin.load_state_dict(lin.state_dict(), strict="yes"), tc.ArgumentError,
+         "load_state_dict: strict must be True or False, got 'yes'"),
+        (lambda: tc.Tensor(np.array(["a"])), tc.DtypeError,
+         "tc.Tensor: data of dtype <U1 (ndarray); tensors hold bool, integer or floating-point numbers"),
+        (lambda: tc.op("O[i] = A[i]", schedule=None), tc.ScheduleError,
+         "op 'O[i] = A[i]': schedule must be a tuple of schedule records, got NoneType"),
+        (lambda: tc.tune(tc.op("O[i] = A[i]"), np.ones(3), budget_s="x"), tc.ArgumentError,
+         "op 'O[i] = A[i]': tc.tune budget_s must be a finite number of seconds > 0, got 'x'"),
+        (lambda: tc.tune(tc.op("O[i] = A[i]"), np.ones(3), budget_s=float("nan")), tc.ArgumentError,
+         "op 'O[i] = A[i]': tc.tune budget_s must be a finite number of seconds > 0, got nan"),
+        (lambda: DataLoader([[1, 2]], [1], 1), tc.ArgumentError,
+         "DataLoader: x must be a numpy array with a leading sample axis, got list"),
+        (lambda: DataLoader(x, np.ones(2), 1, seed="s"), tc.ArgumentError,
+         "DataLoader: seed must be a non-negative int, got 's'"),
+    ]
+    for make, cls, message in cases:
+        assert _message(make) == (cls, message)
+    lin.weight.grad = [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+    assert _message(optim.SGD(lin.parameters(), lr=0.1).step) == (
+        tc.ArgumentError, "SGD: the gradient of parameter 0 is a list; gradients are arrays of the parameter's dtype "
+                          "and shape (as backward() leaves them)")
+
+
+def test_unwritable_files_are_named(tmp_path):
+    lin = nn.Linear(3, 2)
+    cls, message = _message(lambda: lin.save(str(tmp_path / "no" / "such" / "m.npz")))
+    assert cls is tc.ArgumentError and message.startswith(f"Module.save: cannot write {tmp_path}/no/such/m.npz (")
+    assert message.endswith("); give a path in a writable directory")
+    out = subprocess.run([sys.executable, "-m", "tensorcomp.cli", "cache", "export", str(tmp_path)],
+                         capture_output=True, text=True, env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path / "c")))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: cache export: cannot write {tmp_path} (IsADirectoryError")
+
+
+def test_batchnorm_statistics_travel_with_the_state_dict(tmp_path):
+    """A state dict holds the running statistics too: a model saved and loaded evaluates the same."""
+    nn.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    x = tc.Tensor(np.random.default_rng(0).standard_normal((4, 1, 6, 6)).astype(np.float32))
+    a(x)  # training: the running estimates move
+    assert {"layers.1.running_mean", "layers.1.running_var"} <= set(a.state_dict())
+    a.save(str(tmp_path / "m.npz"))
+    b = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    b.load(str(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(a.eval()(x).numpy(), b.eval()(x).numpy())
+    partial = {"layers.0.weight": a.state_dict()["layers.0.weight"]}
+    b.load_state_dict(partial, strict=False)  # the rest left as it is

@@ -49,7 +49,7 @@ def test_dropout_scales_kept_elements_and_is_identity_in_eval():
     assert drop(t) is t
     with pytest.raises(tc.ArgumentError) as info:
         nn.Dropout(1.0)
-    assert str(info.value) == "Dropout: p must be in [0, 1), got 1.0"
+    assert str(info.value) == "Dropout: p must be a number in [0, 1), got 1.0"
 
 
 def test_activations_softmax_and_losses():

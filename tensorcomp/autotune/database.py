@@ -143,7 +143,11 @@ def export(path: str) -> int:
     finally:
         con.close()
     cols = ("key", "op", "signature", "target", "schedule", "best_s", "trials", "created", "schema")
-    Path(path).write_text(json.dumps([dict(zip(cols, r)) for r in rows], indent=1))
+    try:
+        Path(path).write_text(json.dumps([dict(zip(cols, r)) for r in rows], indent=1))
+    except OSError as exc:
+        raise ArgumentError(f"cache export: cannot write {path} ({type(exc).__name__}: {exc.strerror or exc}); give "
+                            f"a file path in a writable directory") from None
     return len(rows)
 
 

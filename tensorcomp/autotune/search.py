@@ -25,6 +25,7 @@ skipped with the reason recorded.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -69,6 +70,12 @@ def tune(op: Op, *inputs: Any, budget_s: float | None = None, trials: int | None
         raise ArgumentError(f"{op.label}: tc.tune searches schedules itself; pass the op without schedule=")
     if target not in ("cpu", "cuda"):
         raise ArgumentError(f"{op.label}: unknown target '{target}'; available targets: cpu, cuda")
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float, np.integer,
+                                                                                        np.floating))
+                                 or not math.isfinite(budget_s) or budget_s <= 0):
+        raise ArgumentError(f"{op.label}: tc.tune budget_s must be a finite number of seconds > 0, got {budget_s!r}")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1):
+        raise ArgumentError(f"{op.label}: tc.tune trials must be a positive int, got {trials!r}")
     budget = 60.0 if budget_s is None else float(budget_s)
     if target == "cuda":
         return tune_cuda(op, inputs, budget, trials, progress, params)

@@ -89,8 +89,15 @@ class DataLoader:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, rank: int = 0, ranks: int = 1) -> None:
+        for what, a in (("x", x), ("y", y)):
+            if not isinstance(a, np.ndarray) or a.ndim < 1:
+                raise ArgumentError(f"DataLoader: {what} must be a numpy array with a leading sample axis, got "
+                                    f"{type(a).__name__}{f' of shape {a.shape}' if isinstance(a, np.ndarray) else ''}")
         if len(x) != len(y):
             raise ShapeError(f"DataLoader: {len(x)} inputs but {len(y)} targets")
+        for what, v in (("batch_size", batch_size), ("rank", rank), ("ranks", ranks), ("seed", seed)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ArgumentError(f"DataLoader: {what} must be a non-negative int, got {v!r}")
         if batch_size < 1:
             raise ShapeError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < ranks:

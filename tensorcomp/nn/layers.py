@@ -17,24 +17,28 @@ from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform, pos
 
 
 @lru_cache(maxsize=None)
-def _linear_op() -> Op:
-    return Op("Y[n, o] += X[n, i] * W[o, i]\nZ[n, o] = Y[n, o] + B[o]")
+def _linear_op(bias: bool = True) -> Op:
+    return Op("Y[n, o] += X[n, i] * W[o, i]\nZ[n, o] = Y[n, o] + B[o]" if bias else "Y[n, o] += X[n, i] * W[o, i]")
 
 
 class Linear(Module):
     """``y = x W^T + b``, W of shape (out, in) as in PyTorch (Kaiming-uniform init)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         name = f"Linear({in_features!r}, {out_features!r})"
         self.in_features = positive_int(name, "in_features", in_features)
         self.out_features = positive_int(name, "out_features", out_features)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ArgumentError(f"{name}: bias must be True or False, got {bias!r}")
         bound = 1 / math.sqrt(in_features)
         self.weight = Parameter(_uniform(_rng[0], bound, (out_features, in_features)))
-        self.bias = Parameter(_uniform(_rng[0], bound, (out_features,)))
+        self.bias = Parameter(_uniform(_rng[0], bound, (out_features,))) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(f"Linear({self.in_features}, {self.out_features})", x, 2, 1, self.in_features)
+        if self.bias is None:
+            return apply(_linear_op(False), x, self.weight)
         return apply(_linear_op(), x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -143,6 +147,9 @@ class _Pool(Module):
         self.kernel_size = _per_axis(kernel_size, rank, "kernel_size", name)
         self.stride = _per_axis(stride if stride is not None else kernel_size, rank, "stride", name)
         self.padding = _per_axis(padding, rank, "padding", name, minimum=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ArgumentError(f"{name}: padding {padding!r} is more than half of kernel_size {kernel_size!r}; a "
+                                f"window could then hold padding only")
         self.channels_last = channels_last
 
     def forward(self, x: Tensor) -> Tensor:
@@ -402,8 +409,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0 <= p < 1:
-            raise ArgumentError(f"Dropout: p must be in [0, 1), got {p!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
+            raise ArgumentError(f"Dropout: p must be a number in [0, 1), got {p!r}")
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
@@ -446,6 +453,11 @@ class BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, channels_last: bool = False) -> None:
         super().__init__()
         num_features = positive_int("BatchNorm", "num_features", num_features)
+        for what, value, ok in (("eps", eps, lambda v: v > 0), ("momentum", momentum, lambda v: 0 <= v <= 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    not math.isfinite(value) or not ok(value):
+                want = "a finite number > 0" if what == "eps" else "a number in [0, 1]"
+                raise ArgumentError(f"BatchNorm: {what} must be {want}, got {value!r}")
         self.num_features, self.eps, self.momentum, self.channels_last = num_features, eps, momentum, channels_last
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
@@ -465,6 +477,9 @@ class BatchNorm(Module):
         if m == 0:
             raise ShapeError(f"BatchNorm({self.num_features}): cannot take batch statistics of an empty batch "
                              f"(input shape {x.shape})")
+        if m == 1:
+            raise ShapeError(f"BatchNorm({self.num_features}): expected more than 1 value per channel in training, "
+                             f"got input shape {x.shape} (every output would be 0); use a larger batch or eval()")
         y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=self.eps)
         with no_grad():
             rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections import OrderedDict
 from typing import Any, Iterator
@@ -21,9 +22,13 @@ class Parameter(Tensor):
         keep_state(self)
 
 
-def Buffer(data: Any) -> Tensor:
-    """A tensor a Module keeps across steps without a gradient (running statistics, counters)."""
-    return keep_state(Tensor(data))
+class Buffer(Tensor):
+    """A tensor a Module keeps across steps without a gradient (running statistics, counters): in the
+    state dict beside the parameters, never updated by an optimizer."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        keep_state(self)
 
 
 class Module:
@@ -36,6 +41,9 @@ class Module:
         raise NotImplementedError
 
     def __call__(self, *args: Any) -> Tensor:
+        if args and not isinstance(args[0], (Tensor, np.ndarray)):
+            raise ArgumentError(f"{type(self).__name__}: the input must be a tc.Tensor or a numpy array, got "
+                                f"{type(args[0]).__name__}; wrap it: tc.Tensor(np.asarray(x, np.float32))")
         return self.forward(*args)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
@@ -48,6 +56,17 @@ class Module:
                 for k, v in enumerate(value):
                     if isinstance(v, Module):
                         yield from v.named_parameters(f"{prefix}{name}.{k}.")
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Buffer]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Buffer):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_buffers(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)):
+                for k, v in enumerate(value):
+                    if isinstance(v, Module):
+                        yield from v.named_buffers(f"{prefix}{name}.{k}.")
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -80,19 +99,30 @@ class Module:
         return self
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        return OrderedDict((name, np.array(p.numpy())) for name, p in self.named_parameters())
+        """Every parameter and buffer (BatchNorm's running statistics) by name, as arrays (copies)."""
+        return OrderedDict((name, np.array(p.numpy())) for name, p in self._named_state())
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def _named_state(self) -> list[tuple[str, Tensor]]:
+        return [*self.named_parameters(), *self.named_buffers()]
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Set parameters and buffers from ``state`` (as ``state_dict`` gives); with ``strict``, its keys
+        must be exactly the module's, else keys missing from it are left as they are and extra ones
+        ignored."""
         if not isinstance(state, dict):
             raise ArgumentError(f"load_state_dict: expected a dict of parameter name -> array (as state_dict() "
                                 f"gives), got {type(state).__name__}")
-        own = dict(self.named_parameters())
+        if not isinstance(strict, bool):
+            raise ArgumentError(f"load_state_dict: strict must be True or False, got {strict!r}")
+        own = dict(self._named_state())
         missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
+        unexpected = sorted(set(state) - set(own), key=str)
+        if strict and (missing or unexpected):
             raise ArgumentError(f"load_state_dict: missing {missing or 'nothing'}, unexpected "
                                 f"{unexpected or 'nothing'}")
         for name, p in own.items():
+            if name not in state:
+                continue
             value = state[name]
             value = value.numpy() if isinstance(value, Tensor) else value
             if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
@@ -103,7 +133,14 @@ class Module:
             p.data = Tensor(value.astype(p.dtype), device=p.device).data
 
     def save(self, path: str) -> None:
-        np.savez(path, **self.state_dict())
+        """Parameters and buffers to a ``.npz`` file (``load`` reads it back)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentError(f"Module.save: path must be a str or path, got {type(path).__name__}")
+        try:
+            np.savez(path, **self.state_dict())
+        except OSError as exc:
+            raise ArgumentError(f"Module.save: cannot write {path} ({type(exc).__name__}: {exc.strerror or exc}); "
+                                f"give a path in a writable directory") from None
 
     def load(self, path: str) -> None:
         """Parameters from a ``.npz`` file ``save`` wrote (a missing, damaged or foreign file is an error
@@ -136,6 +173,9 @@ class Module:
 class Sequential(Module):
     def __init__(self, *layers: Module) -> None:
         super().__init__()
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise ArgumentError(f"Sequential: layer {k} is a {type(layer).__name__}, not a Module")
         self.layers = list(layers)
 
     def forward(self, x: Tensor) -> Tensor:
