@@ -20,8 +20,8 @@ from .autotune.canon import canonical_source
 from .compiler import ArraySpec
 from .domain import Bound, bind
 from .errors import (
-    ArgumentError, DtypeError, IndexRangeError, ParseError, RangeError, ScheduleError, TraceError, UnknownNameError,
-    op_label,
+    ArgumentError, DtypeError, IndexRangeError, ParseError, RangeError, ScheduleError, ShapeError, TraceError,
+    UnknownNameError, op_label,
 )
 from .lang import parse
 from .runtime import jit
@@ -385,6 +385,8 @@ class Op:
                     return self.call_cuda(arrays, params)
         arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         if self.lookup_checks:
+            if len(arrs) != self._n_in:  # (the checks read the arrays by position: say what is missing first)
+                self.check_call(tuple(arrs), params)
             self.check_lookups(arrs)
         key = tuple([(a.shape, a.strides, a.dtype) for a in arrs])  # dtype objects know their byte order
         prof = _PROFILE
@@ -422,6 +424,10 @@ class Op:
             if idx.dtype not in (np.int64, np.int32):
                 raise DtypeError(f"{self.label}: index tensor {lk.index} must hold integers (int32 or int64), got "
                                  f"{idx.dtype}; convert it with .astype(np.int64)")
+            if tensor_pos is not None and len(arrays[tensor_pos].shape) <= axis:
+                raise ShapeError(f"{self.label}: {lk.tensor} has shape {tuple(arrays[tensor_pos].shape)}, but index "
+                                 f"tensor {lk.index} selects along its axis {axis}; give {lk.tensor} the rank the "
+                                 f"source indexes it with")
             n = extent if tensor_pos is None else arrays[tensor_pos].shape[axis]
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 where = np.argwhere((idx < 0) | (idx >= n))[0]

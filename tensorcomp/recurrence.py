@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,9 @@ def _shift(item: ast.expr) -> tuple[str, int] | None:
 def is_recurrence(source: str) -> bool:
     """Whether some statement reads a tensor that the op writes, at a shifted point."""
     try:
-        tree = ast.parse(textwrap.dedent(source).strip("\n"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Python's warnings about odd literals: the parser reports errors
+            tree = ast.parse(textwrap.dedent(source).strip("\n"))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     written = {_target(st)[0] for st in tree.body if _target(st)}

@@ -363,3 +363,18 @@ def test_batchnorm_statistics_travel_with_the_state_dict(tmp_path):
     np.testing.assert_array_equal(a.eval()(x).numpy(), b.eval()(x).numpy())
     partial = {"layers.0.weight": a.state_dict()["layers.0.weight"]}
     b.load_state_dict(partial, strict=False)  # the rest left as it is
+
+
+def test_an_index_tensor_op_called_with_missing_or_low_rank_arrays():
+    op = tc.op("O[i] = A[T[i]]")
+    assert _message(lambda: op(np.ones(3, np.float32))) == (
+        tc.ArgumentError, "op 'O[i] = A[T[i]]': takes 2 input tensors (A, T) but 1 was given; missing: T")
+    assert _message(lambda: op(np.float32(1.0), np.zeros((4, 3), np.int64))) == (
+        tc.ShapeError, "op 'O[i] = A[T[i]]': A has shape (), but index tensor T selects along its axis 0; give A the "
+                       "rank the source indexes it with")
+
+
+def test_odd_literals_in_a_source_raise_without_python_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _message(lambda: tc.op("O[i // 2, 6inan % 2] = A[i]"))[0] is tc.ParseError
