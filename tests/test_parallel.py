@@ -74,3 +74,20 @@ def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread
     assert covered == list(range(3, 103))
     # big stages get more slices (each is one more call), up to four per thread
     assert [slices_per_thread(k * SLICE_POINTS) for k in (0.5, 1, 3, 9)] == [1, 1, 3, 4]
+
+
+def test_a_parallel_stage_runs_on_the_threads_only_when_its_serial_runs_outlast_the_hand_offs(monkeypatch):
+    """Each parallel stage's first TIMED_RUNS runs are serial and timed; it then goes to the threads only
+    when it took more than GAIN hand-offs to the pool (here the hand-off cost is set, not measured)."""
+    from tensorcomp.runtime import threads
+    if num_threads() < 2:
+        return
+    a = rng.standard_normal((400, 300))
+    for cost, want in ((1e9, False), (0.0, True)):
+        monkeypatch.setattr(threads, "_DISPATCH", [cost])
+        op = tc.op(f"O[i, j] = A[i, j] * 2.0 + {1 + want}.0")  # (two ops: kernels are shared by equal ops)
+        for call in range(threads.TIMED_RUNS + 2):
+            np.testing.assert_allclose(op(a), a * 2.0 + (1 + want), rtol=1e-14)
+            k = kernel_of(op)
+            decided = [p for p, (*_, slices) in zip(k.plan, k.stages) if slices]
+            assert decided and all(p is want for p in decided) == (call >= threads.TIMED_RUNS - 1)

@@ -21,7 +21,7 @@ from ..schedule.loopnest import For, IConst, If, LoopNest, Tile
 from ..strides import padded_shape
 from ..target import HUGE_PAGE_BYTES, PARALLEL_MIN_POINTS, slices_per_thread
 from . import jit
-from .threads import run_stages
+from .threads import new_plan, run_stages
 
 HUGE_MIN_BYTES = 4 << 20  # buffers this large are backed by huge pages where the system allows
 
@@ -47,6 +47,9 @@ class Kernel:
     # relaid: ~1,500 faults, 28 -> 23 ms). A call takes a set off its list and puts it back after.
     spare: list = field(default_factory=list)
     spare_relaid: list = field(default_factory=list)
+    # Which parallel stages run on the threads, decided from their first serial runs (``run_stages``):
+    # handing a stage to the pool costs tens of microseconds, more than a small stage saves.
+    plan: list = field(default_factory=list)
 
 
 def _instances(node) -> float:
@@ -186,7 +189,9 @@ def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarra
     pyfn = kernel.compiled.pyfn
     if kernel.threads > 1:
         ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *(temps or ()))]
-        run_stages(kernel.stages, ptrs, scalars, kernel.threads)
+        if not kernel.plan:
+            kernel.plan = new_plan(kernel.stages)
+        run_stages(kernel.stages, ptrs, scalars, kernel.threads, kernel.plan)
     elif pyfn is not None:
         pyfn(*arrs, *outs, *(temps or ()), *scalars)
     else:

@@ -11,6 +11,7 @@ iterations the threading costs more than it saves (the thread count and slice ru
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -29,14 +30,50 @@ def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
         fn(*ptrs, a, b, *scalars)
 
 
+_DISPATCH: list[float] = []  # seconds one hand-off to the pool and back costs (measured once)
+TIMED_RUNS = 3  # serial runs of a parallel stage timed (the fastest counts) before it is decided
+GAIN = 3.0  # a stage runs in parallel when it takes this many hand-offs' time serially
+
+
+def dispatch_seconds(threads: int) -> float:
+    """What handing work to the pool's threads and waiting for them costs here (median of 20 empty
+    hand-offs): tens of microseconds on a busy 2-core machine, as much as a small stage's whole run."""
+    if not _DISPATCH:
+        pool = _get_pool(max(threads - 1, 1))
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            futures = [pool.submit(int) for _ in range(1, threads)]
+            for f in futures:
+                f.result()
+            times.append(time.perf_counter() - t0)
+        _DISPATCH.append(sorted(times)[len(times) // 2])
+    return _DISPATCH[0]
+
+
 def run_stages(stages: Sequence[tuple[Callable, tuple[int, ...], int, int, int]], ptrs: list[int], scalars: list,
-               threads: int) -> None:
+               threads: int, plan: list[float] | None = None) -> None:
     """Run each stage ``(entry, buffers it takes, lo, hi, slices per thread)`` in order; a parallel one
     (slices > 0) in ``threads`` x ``slices`` slices that the threads take in turn, so a thread whose core
-    is shared with another process leaves its slices to the others instead of holding up the stage."""
-    for fn, take, lo, hi, slices in stages:
+    is shared with another process leaves its slices to the others instead of holding up the stage.
+
+    ``plan`` (one entry per stage, kept by the caller across calls) decides which parallel stages are
+    worth the hand-off: a stage's first ``TIMED_RUNS`` runs are serial and timed (entry: minus the
+    runs left and the fastest serial seconds, then True or False); it then runs in parallel
+    only when its serial time exceeds ``GAIN`` hand-offs (``dispatch_seconds``)."""
+    for j, (fn, take, lo, hi, slices) in enumerate(stages):
         n = min(threads, hi - lo) if slices else 1
         own = [ptrs[k] for k in take]
+        if n > 1 and plan is not None and plan[j] is not True:
+            if plan[j] is False:
+                n = 1
+            else:  # undecided: (runs left, fastest serial seconds)
+                t0 = time.perf_counter()
+                fn(*own, lo, hi, *scalars)
+                left, best = plan[j]
+                best = min(best, time.perf_counter() - t0)
+                plan[j] = (left - 1, best) if left > 1 else best > GAIN * dispatch_seconds(threads)
+                continue
         if n <= 1:
             fn(*own, lo, hi, *scalars)
             continue
@@ -48,3 +85,8 @@ def run_stages(stages: Sequence[tuple[Callable, tuple[int, ...], int, int, int]]
         _take(fn, own, scalars, slices)  # this thread takes slices too
         for f in futures:
             f.result()
+
+
+def new_plan(stages: Sequence) -> list:
+    """A fresh ``plan`` for ``run_stages``: every stage undecided."""
+    return [(TIMED_RUNS, float("inf"))] * len(stages)
