@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentError
+from .errors import ArgumentError, ShapeError
 from .opdef import Op
 from .tensor import Tensor, _zeros_like, count_up, keep_state, reshape_array
 
@@ -85,7 +85,51 @@ def _state(p) -> Tensor:
     return keep_state(Tensor(_zeros_like(reshape_array(p.data, (-1,)))))
 
 
-class Adam:
+class _Optimizer:
+    """What every optimizer shares: clearing gradients and its state as a dict of arrays."""
+
+    params: list
+
+    def _named_state(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (or, with ``set_to_none=False``, set it to zeros)."""
+        if not isinstance(set_to_none, (bool, np.bool_)):
+            raise ArgumentError(f"{type(self).__name__}.zero_grad: set_to_none must be True or False, got "
+                                f"{set_to_none!r}")
+        for p in self.params:
+            p.grad = None if set_to_none or p.grad is None else _zeros_like(p.grad)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state (moments, step count) by name, as arrays (copies)."""
+        return {name: np.array(t.numpy()) for name, t in self._named_state().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the state from ``state`` (as ``state_dict`` gives, for the same parameters)."""
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise ArgumentError(f"{name}.load_state_dict: expected a dict of name -> array (as state_dict() gives), "
+                                f"got {type(state).__name__}")
+        own = self._named_state()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own), key=str)
+        if missing or unexpected:
+            raise ArgumentError(f"{name}.load_state_dict: missing {missing or 'nothing'}, unexpected "
+                                f"{unexpected or 'nothing'} (a state dict of an optimizer over other parameters?)")
+        for key, t in own.items():
+            value = state[key].numpy() if isinstance(state[key], Tensor) else state[key]
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+                raise ArgumentError(f"{name}.load_state_dict: {key} must be a numeric array, got "
+                                    f"{type(value).__name__}")
+            if value.shape != t.shape:
+                raise ShapeError(f"{name}.load_state_dict: {key} has shape {value.shape} but the optimizer's is "
+                                 f"{t.shape}")
+        for key, t in own.items():
+            t.data = Tensor(np.asarray(state[key].numpy() if isinstance(state[key], Tensor) else state[key],
+                                       t.dtype), device=t.device).data
+
+
+class Adam(_Optimizer):
     """Adam (and AdamW with ``decoupled=True``); one fused kernel per parameter and step."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -107,6 +151,12 @@ class Adam:
     def t(self) -> int:
         return int(self.steps.data[0])
 
+    def _named_state(self) -> dict[str, Tensor]:
+        out = {"steps": self.steps}
+        for k, (m, v) in enumerate(zip(self.m, self.v)):
+            out[f"exp_avg.{k}"], out[f"exp_avg_sq.{k}"] = m, v
+        return out
+
     def step(self) -> None:
         count_up(self.steps)
         op = _adam_op()
@@ -120,9 +170,6 @@ class Adam:
                                     self.steps.data, b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
             p.data = reshape_array(p2, p.shape)
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
 
 
 def AdamW(params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> Adam:
@@ -130,7 +177,7 @@ def AdamW(params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weigh
     return Adam(params, lr, betas, eps, weight_decay, decoupled=True)
 
 
-class SGD:
+class SGD(_Optimizer):
     """SGD with momentum, Nesterov momentum and weight decay (PyTorch's formulation)."""
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -144,6 +191,9 @@ class SGD:
         self.nesterov = nesterov
         self.buf = [_state(p) for p in self.params]
 
+    def _named_state(self) -> dict[str, Tensor]:
+        return {f"momentum_buffer.{k}": b for k, b in enumerate(self.buf)}
+
     def step(self) -> None:
         op = _sgd_op()
         for k, p in enumerate(self.params):
@@ -154,6 +204,3 @@ class SGD:
                               wd=self.wd, lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
             p.data = reshape_array(p2, p.shape)
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None

@@ -154,6 +154,8 @@ class Tensor:
         if self.data.dtype.kind not in "biuf":
             raise DtypeError(f"tc.Tensor: data of dtype {self.data.dtype} ({type(arr).__name__}); tensors hold bool, "
                              f"integer or floating-point numbers")
+        if requires_grad and self.data.dtype.kind != "f":
+            raise DtypeError(f"tc.Tensor: only floating-point tensors can require gradients, got {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad: Any = None
         self._node: _Node | None = None
@@ -197,28 +199,39 @@ class Tensor:
     def ndim(self) -> int:
         return self.data.ndim
 
+    def _scalar(self, what: str) -> np.ndarray:
+        _read_value(self, what)
+        if self.data.size != 1:
+            raise ShapeError(f"{what}: a tensor of shape {self.shape} ({self.data.size} elements) is not one number; "
+                             f"reduce it first (.sum(), .mean()) or read it with .numpy()")
+        return self.numpy()
+
     def item(self) -> float:
-        _read_value(self, ".item()")
-        return self.numpy().item()
+        return self._scalar(".item()").item()
 
     def __bool__(self) -> bool:
-        _read_value(self, "bool()")
-        return bool(self.numpy())
+        return bool(self._scalar("bool()"))
 
     def __float__(self) -> float:
-        _read_value(self, "float()")
-        return float(self.numpy())
+        return float(self._scalar("float()").reshape(()))
 
     def __int__(self) -> int:
-        _read_value(self, "int()")
-        return int(self.numpy())
+        return int(self._scalar("int()").reshape(()))
 
     def _compare(self, other: Any, how: str) -> np.ndarray:
         _read_value(self, f"a comparison ({how})")
         if isinstance(other, Tensor):
             _read_value(other, f"a comparison ({how})")
             other = other.numpy()
-        return getattr(self.numpy(), how)(other)
+        if not isinstance(other, (bool, int, float, np.number, np.bool_, np.ndarray)) or \
+                (isinstance(other, np.ndarray) and other.dtype.kind not in "biuf"):
+            raise ArgumentError(f"tc.Tensor comparison ({how.strip('_')}): cannot compare with a "
+                                f"{type(other).__name__}; compare with a number, an array or a tensor")
+        try:
+            return getattr(self.numpy(), how)(other)
+        except ValueError as exc:
+            raise ShapeError(f"tc.Tensor comparison ({how.strip('_')}): shapes {self.shape} and "
+                             f"{np.shape(other)} do not broadcast") from exc
 
     def __lt__(self, other: Any) -> np.ndarray:
         return self._compare(other, "__lt__")
@@ -248,6 +261,8 @@ class Tensor:
     def reshape(self, *shape: Any) -> "Tensor":
         """The same elements in another shape (a view when numpy can make one)."""
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape):
+            raise ArgumentError(f"reshape: the new shape must be ints, got {shape!r}")
         try:
             data = reshape_array(self.data, shape)
         except ValueError:
@@ -343,6 +358,15 @@ class Tensor:
                 raise ShapeError(f"backward() needs a scalar tensor or an explicit grad; this tensor has shape "
                                  f"{self.shape}")
             grad = _ones_like(self.data)
+        elif not _on_device(grad):
+            if isinstance(grad, Tensor):
+                grad = grad.data
+            given = np.asarray(grad) if isinstance(grad, (np.ndarray, list, tuple, int, float, np.number)) else None
+            if given is None or given.dtype.kind not in "biuf":
+                raise ArgumentError(f"backward(): grad must be a numeric array of the tensor's shape {self.shape}, "
+                                    f"got {type(grad).__name__}")
+            if given.shape != self.shape:
+                raise ShapeError(f"backward(): grad has shape {given.shape} but the tensor has shape {self.shape}")
         grads: dict[int, Any] = {id(self): _to(grad, self.device, self.dtype)}
         nodes = _topological(self)
         leaves = _leaves(self)

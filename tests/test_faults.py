@@ -378,3 +378,60 @@ def test_odd_literals_in_a_source_raise_without_python_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _message(lambda: tc.op("O[i // 2, 6inan % 2] = A[i]"))[0] is tc.ParseError
+
+
+def test_tensor_and_module_misuse():
+    x = tc.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    lin = nn.Linear(3, 2)
+    cases = [
+        (lambda: x.item(), tc.ShapeError, ".item(): a tensor of shape (2, 3) (6 elements) is not one number; reduce "
+                                          "it first (.sum(), .mean()) or read it with .numpy()"),
+        (lambda: float(x), tc.ShapeError, "float(): a tensor of shape (2, 3) (6 elements) is not one number; reduce "
+                                          "it first (.sum(), .mean()) or read it with .numpy()"),
+        (lambda: x < "a", tc.ArgumentError, "tc.Tensor comparison (lt): cannot compare with a str; compare with a "
+                                            "number, an array or a tensor"),
+        (lambda: x.reshape("a"), tc.ArgumentError, "reshape: the new shape must be ints, got ('a',)"),
+        (lambda: (x * 2).backward("a"), tc.ArgumentError,
+         "backward(): grad must be a numeric array of the tensor's shape (2, 3), got str"),
+        (lambda: (x * 2).backward(np.ones(5)), tc.ShapeError,
+         "backward(): grad has shape (5,) but the tensor has shape (2, 3)"),
+        (lambda: tc.Tensor(np.ones(3, np.int64), requires_grad=True), tc.DtypeError,
+         "tc.Tensor: only floating-point tensors can require gradients, got int64"),
+        (lambda: lin(), tc.ArgumentError, "Linear: Linear.forward() missing 1 required positional argument: 'x'"),
+        (lambda: lin.train("yes"), tc.ArgumentError, "Linear.train: mode must be True or False, got 'yes'"),
+        (lambda: nn.MarginLoss(m_plus=float("inf")), tc.ArgumentError,
+         "MarginLoss: m_plus must be a finite number, got inf"),
+        (lambda: nn.SpreadLoss(steps=0), tc.ArgumentError, "SpreadLoss: steps must be a positive int, got 0"),
+        (lambda: optim.Adam(lin.parameters()).load_state_dict({"steps": np.zeros(1)}), tc.ArgumentError,
+         "Adam.load_state_dict: missing ['exp_avg.0', 'exp_avg.1', 'exp_avg_sq.0', 'exp_avg_sq.1'], unexpected "
+         "nothing (a state dict of an optimizer over other parameters?)"),
+        (lambda: optim.SGD(lin.parameters()).zero_grad(set_to_none="no"), tc.ArgumentError,
+         "SGD.zero_grad: set_to_none must be True or False, got 'no'"),
+    ]
+    for make, cls, message in cases:
+        assert _message(make) == (cls, message)
+
+
+def test_an_optimizer_state_dict_resumes_training_exactly():
+    x = tc.Tensor(np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32))
+    nn.manual_seed(0)
+    a = nn.Linear(3, 2)
+    opt_a = optim.Adam(a.parameters())
+
+    def step(model, opt):
+        opt.zero_grad()
+        (model(x) * model(x)).sum().backward()
+        opt.step()
+    for _ in range(3):
+        step(a, opt_a)
+    b = nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    opt_b = optim.Adam(b.parameters())
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.t == 3
+    for _ in range(2):
+        step(a, opt_a)
+        step(b, opt_b)
+    np.testing.assert_array_equal(a.weight.numpy(), b.weight.numpy())
+    opt_a.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(a.weight.grad, np.zeros((2, 3), np.float32))

@@ -22,7 +22,7 @@ from ..errors import ShapeError
 from ..opdef import Op
 from ..tensor import Tensor, apply, count_up
 from .layers import Conv, _class_targets
-from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform
+from .module import Buffer, Module, Parameter, _check_input, _finite, _rng, _uniform, positive_int
 
 
 @lru_cache(maxsize=None)
@@ -106,6 +106,8 @@ class MarginLoss(Module):
 
     def __init__(self, m_plus: float = 0.9, m_minus: float = 0.1, lam: float = 0.5) -> None:
         super().__init__()
+        for what, v in (("m_plus", m_plus), ("m_minus", m_minus), ("lam", lam)):
+            _finite("MarginLoss", what, v)
         self.m_plus, self.m_minus, self.lam = m_plus, m_minus, lam
 
     def forward(self, lengths: Tensor, target: Any) -> Tensor:
@@ -129,6 +131,9 @@ class SpreadLoss(Module):
 
     def __init__(self, m_min: float = 0.2, m_max: float = 0.9, steps: int = 1000) -> None:
         super().__init__()
+        for what, v in (("m_min", m_min), ("m_max", m_max)):
+            _finite("SpreadLoss", what, v)
+        steps = positive_int("SpreadLoss", "steps", steps)
         self.m_min, self.m_max, self.steps = m_min, m_max, steps
         self.counter = Buffer(np.zeros(1, np.float32))
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError, ShapeError, TensorcompError
 from ..tensor import Tensor, keep_state
 
 
@@ -40,11 +40,17 @@ class Module:
     def forward(self, *args: Any) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, *args: Any) -> Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         if args and not isinstance(args[0], (Tensor, np.ndarray)):
             raise ArgumentError(f"{type(self).__name__}: the input must be a tc.Tensor or a numpy array, got "
                                 f"{type(args[0]).__name__}; wrap it: tc.Tensor(np.asarray(x, np.float32))")
-        return self.forward(*args)
+        try:
+            return self.forward(*args, **kwargs)
+        except TypeError as exc:
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None and \
+                    not isinstance(exc, TensorcompError):  # the call itself did not bind: wrong arguments
+                raise ArgumentError(f"{type(self).__name__}: {exc}") from None
+            raise
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for name, value in vars(self).items():
@@ -79,7 +85,9 @@ class Module:
                 yield from (v for v in value if isinstance(v, Module))
 
     def train(self, mode: bool = True) -> "Module":
-        self.training = mode
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ArgumentError(f"{type(self).__name__}.train: mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
         for child in self.children():
             child.train(mode)
         return self
@@ -201,6 +209,14 @@ def positive_int(layer: str, what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ArgumentError(f"{layer}: {what} must be a positive int, got {value!r}")
     return int(value)
+
+
+def _finite(layer: str, what: str, value: Any) -> float:
+    """``value`` as a finite float, or an ArgumentError naming the layer and the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not np.isfinite(value):
+        raise ArgumentError(f"{layer}: {what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_input(layer: str, x: Tensor, rank: int, axis: int, size: int) -> None:
