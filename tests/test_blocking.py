@@ -111,7 +111,7 @@ def test_packed_schedules_follow_the_tiles_loop_order():
     assert packed_schedules(bs, 0, tile, set()) == []
 
 
-def test_the_default_packs_the_capsule_weights_it_permutes():
+def test_the_default_packs_the_capsule_weights_it_permutes(avx2):
     op = tc.op(CAPS)
     specs = [ArraySpec.of((32, 14, 14, 32, 4, 4)), ArraySpec.of((3, 3, 32, 32, 4, 4))]
     schedule = _chosen(op, specs)

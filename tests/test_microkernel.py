@@ -11,6 +11,11 @@ from tensorcomp.compiler import ArraySpec
 from tensorcomp.schedule.records import Fuse, Layout, Reorder, Split
 
 
+@pytest.fixture(autouse=True)
+def _avx2_facts(avx2):
+    """Tile shapes below are the AVX2 facts' (see conftest.avx2)."""
+
+
 def stage_code(ir_text: str) -> str:
     """The LLVM IR of a kernel's stage entries (the whole-kernel entry only calls them), in order."""
     return "".join(part for part in ir_text.split("define")[1:] if "_stage" in part[:part.index("(")])
@@ -356,3 +361,19 @@ def test_without_a_dividing_tile_the_default_takes_one_with_tails_and_masked_col
     code = op.code(a, b)
     assert "llvm.masked.store" in code and "alloca <8 x float>" in code
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [29, 50])
+def test_avx512_facts_give_16_lane_tiles_that_compute_the_product(monkeypatch, n):
+    """Under the AVX-512 facts (32 registers of 64 bytes; the host's where LLVM targets AVX-512) the
+    default tiles hold vectors of 16 float32 lanes, twice the accumulators, masked columns included; on
+    a host without AVX-512, LLVM splits each vector in two and the values are the same."""
+    from tensorcomp import target
+    for name, value in target.AVX512.items():
+        monkeypatch.setattr(target, name, value)
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    a = rng.standard_normal((37, 64)).astype(np.float32)
+    b = rng.standard_normal((64, n)).astype(np.float32)
+    nest = str(op.loopnest(a, b))
+    assert "vectors of 16 lanes" in nest
+    np.testing.assert_allclose(op(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ def kernel_of(op):
     return next(iter(op._cache.values()))
 
 
-def test_parallel_matmul_matches_numpy():
+def test_parallel_matmul_matches_numpy(avx2):
     op = tc.op("C[i, j] += A[i, k] * B[k, j]")
     a, b = rng.standard_normal((97, 130)), rng.standard_normal((130, 61))
     np.testing.assert_allclose(op(a, b), a @ b, rtol=1e-12)

@@ -10,6 +10,11 @@ import tensorcomp as tc
 from tensorcomp.schedule import Fuse, Layout, Reorder, Split, from_json, to_json
 
 
+@pytest.fixture(autouse=True)
+def _avx2_facts(avx2):
+    """Tile shapes below are the AVX2 facts' (see conftest.avx2)."""
+
+
 def _chosen(op, specs):
     """The records the compiler's choose_schedule pass picks (own, tuned or the default's)."""
     from tensorcomp import compiler

@@ -31,7 +31,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from ..target import LINE_BYTES, MAX_VECTOR_ACCUMULATORS, TILE_CACHE_BYTES, VECTOR_BYTES, VECTOR_REGISTERS
+from .. import target
+from ..target import LINE_BYTES, TILE_CACHE_BYTES
 from .order import default_order
 from .records import Fuse, Layout, Record, Reorder, Split
 
@@ -112,7 +113,7 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     cols = list(group) or [order[-1]]
     if any(c not in plain for c in cols):
         return []
-    lanes = VECTOR_BYTES // itemsize[st.target]
+    lanes = target.VECTOR_BYTES // itemsize[st.target]
     reductions = [n for n in order if n not in written]
     if not reductions:
         return []
@@ -130,8 +131,8 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             nrows = 1
             for _, f in rows:
                 nrows *= f
-            if nrows * vectors > MAX_VECTOR_ACCUMULATORS or nrows * vectors < 2 or \
-                    nrows * vectors + vectors + 1 > VECTOR_REGISTERS:
+            if nrows * vectors > target.MAX_VECTOR_ACCUMULATORS or nrows * vectors < 2 or \
+                    nrows * vectors + vectors + 1 > target.VECTOR_REGISTERS:
                 continue
             sweeps = [_sweep(tensor, index, used, rows, vectors * lanes if used & set(cols) else 0,
                              reductions, strides, itemsize)

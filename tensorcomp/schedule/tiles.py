@@ -29,7 +29,8 @@ from ..domain import Bound, TensorInfo
 from ..lang import types
 from ..lang.ir import Access, Call, Expr, Index, Lin, walk
 from ..strides import ITEMSIZE
-from ..target import CUDA_MAX_TILE, MAX_SCALAR_TILE, MAX_VECTOR_ACCUMULATORS, MAX_VECTOR_TILE, VECTOR_BYTES
+from .. import target
+from ..target import CUDA_MAX_TILE, MAX_SCALAR_TILE
 from .loopnest import Compute, For, IConst, If, LoopNest, Node, Tile, to_lin
 
 Strides = dict[str, tuple[int, ...]]
@@ -114,14 +115,14 @@ def _float_sum(tile: Tile, bound: Bound) -> str | None:
 def _vector_tile_lanes(tile: Tile, bound: Bound, strides: Strides) -> int:
     """Vector lanes when the tile runs as a "vector" tile, else 0."""
     t = _float_sum(tile, bound)
-    if t is None or not tile.tile or tile.size > MAX_VECTOR_TILE:
+    if t is None or not tile.tile or tile.size > target.MAX_VECTOR_TILE:
         return 0
     inner = tile.tile[-1]
-    width = VECTOR_BYTES // ITEMSIZE[t]
+    width = target.VECTOR_BYTES // ITEMSIZE[t]
     extent = inner.hi.value - inner.lo.value
     if extent < width or sum(c for atom, c in tile.offset.terms if atom == inner.var) != ITEMSIZE[t]:
         return 0
-    if tile.size // extent * -(-extent // width) > MAX_VECTOR_ACCUMULATORS:
+    if tile.size // extent * -(-extent // width) > target.MAX_VECTOR_ACCUMULATORS:
         return 0
     lins = {name: to_lin(e) for name, e in tile.compute.env}
     st = bound.statements[tile.compute.stmt].stmt
@@ -136,7 +137,7 @@ def _vector_sum_lanes(tile: Tile, bound: Bound, strides: Strides) -> int:
     inner = tile.reduction[-1]
     if inner.step != 1 or not isinstance(inner.lo, IConst) or not isinstance(inner.hi, IConst):
         return 0
-    width = VECTOR_BYTES // ITEMSIZE[t]
+    width = target.VECTOR_BYTES // ITEMSIZE[t]
     lins = {name: to_lin(e) for name, e in tile.compute.env}
     st = bound.statements[tile.compute.stmt].stmt
     if inner.hi.value - inner.lo.value < width or not varies(bound, strides, st.expr, lins, inner.var) or \
