@@ -80,3 +80,27 @@ def test_fused_and_unfused_nests_agree_on_random_multi_statement_ops():
     np.testing.assert_allclose(norm(x), (x - u) / np.sqrt(v + 1e-5), rtol=1e-10)
     gate = tc.op("G[a, b, k] = 1 / (1 + exp(-X[a, b, k]))\nY[a, b] += G[a, b, k] * X[a, b, k]")
     np.testing.assert_allclose(gate(x), (x / (1 + np.exp(-x))).sum(-1), rtol=1e-12)
+
+
+def test_statements_share_loops_by_position_whatever_their_index_names():
+    """``E[i0, i1] = ...`` after statements over ``n, i`` shares their loops: the loops are matched by
+    position (and range), each statement's own index at that position; the shared loops take the first
+    statement's names."""
+    op = tc.op("S[n, i] += A[n, i, j]\nE[i0, i1, i2] = A[i0, i1, i2] / S[i0, i1]\n"
+               "T[n, i] += E[n, i, j] * E[n, i, j]")
+    a = rng.random((4, 5, 6)).astype(np.float64)
+    nest = str(op.loopnest(a))
+    assert _top_level(nest) == 1 and nest.splitlines()[:2] == [
+        "for n in range(0, 4):  # parallel", "  for i in range(0, 5):  # parallel"]
+    e = a / a.sum(-1, keepdims=True)
+    np.testing.assert_allclose(op(a), (e * e).sum(-1), rtol=1e-12)
+
+
+def test_an_inner_loop_named_as_a_shared_one_keeps_the_nests_apart():
+    """The second statement's first loop ``k`` could share the first statement's loop, named ``n``;
+    but the second statement's own inner loop is also ``n``, which would hide the shared one inside
+    it: the nests stay apart and the values are right."""
+    op = tc.op("S[n] += A[n, j]\nO[k, n] = A[k, n] * S[k]")
+    a = rng.random((6, 6)).astype(np.float64)
+    assert _top_level(op.loopnest(a)) == 2
+    np.testing.assert_allclose(op(a), a * a.sum(1)[:, None], rtol=1e-12)

@@ -7,10 +7,10 @@ its initialisation, the gradient's initialisation, the gradient) each walk all o
 one dispatch to the thread pool. Fused over ``n, c`` they run as one nest, one ``(n, c)`` plane at a
 time, every value they pass each other still in cache.
 
-A group of consecutive statements may share outer loops ``D`` (index names, outermost first) when
-``D`` opens each statement's loop order as plain, unsplit indices, and every access — read or
-write — to a tensor written in the group indexes it with each name of ``D`` alone on one axis, the
-same axis in every access. Then an instance at one point of ``D`` touches only the elements of the
+A group of consecutive statements may share their first ``m`` loops ``D`` when those open each
+statement's loop order as plain, unsplit indices over the same ranges, and every access — read or
+write — to a tensor written in the group indexes it with each loop of ``D`` (in each statement, its
+own index at that position) alone on one axis, the same axis in every access. Then an instance at one point of ``D`` touches only the elements of the
 group's tensors on that point's slice, so running the points of ``D`` one after another, each
 running the group's statements in source order, computes what the statements computed one after
 another; and the points write disjoint elements, so the outer loop of ``D`` runs on the threads. An
@@ -58,19 +58,21 @@ def _plain_prefix(piece: Piece, bound: Bound) -> list[str]:
     return out
 
 
-def _axes(group: list[Piece], fused: list[str], bound: Bound) -> dict[str, list[int]] | None:
-    """Per tensor written in the group, the axis each fused name indexes in every access to it; None
-    when some access does not index it so (fusion over ``fused`` would be illegal), or when the fused
-    loops do not run over the same range in every piece (a shared loop over the largest range with
-    a guard per piece inside would keep the pieces' loops from being vectorised)."""
+def _axes(group: list[Piece], m: int, bound: Bound) -> dict[str, list[int]] | None:
+    """Per tensor written in the group, the axis each of the ``m`` shared loops indexes in every access
+    to it (in each statement, the loop is that statement's own index at that position); None when some
+    access does not index it so (sharing the loops would be illegal), or when the shared loops do not
+    run over the same ranges in every piece (a shared loop over the largest range with a guard per
+    piece inside would keep the pieces' loops from being vectorised)."""
     ranges: set[tuple] = set()
+    names: dict[int, list[str]] = {}
     for p in group:
         if not p.fill:
-            ranges.add(tuple((d.lo, d.extent) for d in p.dims[:len(fused)]))
-    stmts = sorted({p.stmt for p in group})
-    written = {bound.statements[k].stmt.target for k in stmts}
+            ranges.add(tuple((d.lo, d.extent) for d in p.dims[:m]))
+            names[p.stmt] = [d.name for d in p.dims[:m]]
+    written = {bound.statements[k].stmt.target for k in names}
     axes: dict[str, list[int]] = {}
-    for k in stmts:
+    for k, fused in names.items():
         st = bound.statements[k].stmt
         accesses = [(st.target, st.index)] + [(a.tensor, a.index) for a in st.accesses()]
         for tensor, index in accesses:
@@ -84,10 +86,19 @@ def _axes(group: list[Piece], fused: list[str], bound: Bound) -> dict[str, list[
                 here.append(at[0])
             if axes.setdefault(tensor, here) != here:
                 return None
+    shared = set(next(iter(names.values()), []))  # the shared loops' names: the first statement's
     for p in group:
         if p.fill:
-            shape = bound.tensors[bound.statements[p.stmt].stmt.target].shape
-            ranges.add(tuple((0, shape[a]) for a in axes[bound.statements[p.stmt].stmt.target]))
+            target = bound.statements[p.stmt].stmt.target
+            if target not in axes:
+                return None
+            shape = bound.tensors[target].shape
+            ranges.add(tuple((0, shape[a]) for a in axes[target]))
+            inner = [n for j, n in enumerate(p.loop_names) if j not in axes[target]]
+        else:
+            inner = [d.name for d in p.dims[m:]]
+        if shared & set(inner):  # an inner loop named as a shared one would hide it
+            return None
     return axes if len(ranges) == 1 else None
 
 
@@ -103,52 +114,39 @@ def _units(pieces: list[Piece]) -> list[list[Piece]]:
     return units
 
 
-def _common(a: list[str] | None, b: list[str] | None) -> list[str] | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
+def _prefix(unit: list[Piece], bound: Bound) -> int:
+    """How many leading loops every statement piece of the unit runs over plain, unsplit indices."""
+    return min((len(_plain_prefix(p, bound)) for p in unit if not p.fill), default=0)
 
 
-def _prefix(unit: list[Piece], bound: Bound) -> list[str] | None:
-    found = None
-    for p in unit:
-        if not p.fill:
-            found = _common(found, _plain_prefix(p, bound))
-    return found
-
-
-def _legal(group: list[Piece], names: list[str], bound: Bound) -> tuple[list[str], dict]:
-    """The longest prefix of ``names`` the group may share as its outer loops, and the axes."""
-    for n in range(len(names), 0, -1):
-        axes = _axes(group, names[:n], bound)
+def _legal(group: list[Piece], m: int, bound: Bound) -> tuple[int, dict]:
+    """The most of the first ``m`` loops the group may share, and the axes."""
+    for n in range(m, 0, -1):
+        axes = _axes(group, n, bound)
         if axes is not None:
-            return names[:n], axes
-    return [], {}
+            return n, axes
+    return 0, {}
 
 
 def groups(pieces: list[Piece], bound: Bound) -> list[tuple[list[Piece], list[str], dict]]:
-    """Consecutive units joined greedily while they share outer loops legally: (pieces, fused names,
-    axes of the written tensors); an empty list of names for a piece run on its own."""
+    """Consecutive units joined greedily while they share outer loops legally: (pieces, the shared
+    loops' names — those of the group's first statement —, axes of the written tensors); no names for
+    a piece run on its own."""
     out: list[tuple[list[Piece], list[str], dict]] = []
     group: list[Piece] = []
-    fused: list[str] | None = None
-    axes: dict = {}
+    fused, axes = 0, {}
 
     def close() -> None:
         if len(group) > 1 and fused:
-            out.append((group, fused, axes))
+            first = next(p for p in group if not p.fill)
+            out.append((group, [d.name for d in first.dims[:fused]], axes))
         else:
             out.extend(([p], [], {}) for p in group)
 
     for unit in _units(pieces):
-        mine = _prefix(unit, bound) or []
+        mine = _prefix(unit, bound)
         if group:
-            both, found = _legal(group + unit, _common(fused, mine), bound)
+            both, found = _legal(group + unit, min(fused, mine), bound)
             if both:
                 group, fused, axes = group + unit, both, found
                 continue
