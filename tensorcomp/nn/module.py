@@ -52,27 +52,23 @@ class Module:
                 raise ArgumentError(f"{type(self).__name__}: {exc}") from None
             raise
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+    def _named(self, kind: type, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Every attribute of type ``kind`` here and in submodules (also in lists), by dotted name."""
         for name, value in vars(self).items():
-            if isinstance(value, Parameter):
+            if isinstance(value, kind):
                 yield prefix + name, value
             elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
+                yield from value._named(kind, f"{prefix}{name}.")
             elif isinstance(value, (list, tuple)):
                 for k, v in enumerate(value):
                     if isinstance(v, Module):
-                        yield from v.named_parameters(f"{prefix}{name}.{k}.")
+                        yield from v._named(kind, f"{prefix}{name}.{k}.")
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        return self._named(Parameter, prefix)
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Buffer]]:
-        for name, value in vars(self).items():
-            if isinstance(value, Buffer):
-                yield prefix + name, value
-            elif isinstance(value, Module):
-                yield from value.named_buffers(f"{prefix}{name}.")
-            elif isinstance(value, (list, tuple)):
-                for k, v in enumerate(value):
-                    if isinstance(v, Module):
-                        yield from v.named_buffers(f"{prefix}{name}.{k}.")
+        return self._named(Buffer, prefix)
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
