@@ -242,6 +242,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     return model, {"model": model_name, "device": device, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
             "steps": steps, "test_accuracy": acc,
             "ms_per_step": 1e3 * float(np.mean(step_times)) if step_times else float("nan"),
+            "median_ms_per_step": 1e3 * float(np.median(step_times)) if step_times else float("nan"),
             "compiling_steps": steps - len(step_times) - (tune_at is not None and steps >= tune_at),
             "compile_s": compile_s, "tune_s": tuning_s, "tuned_ops": len([t for t in tuned if "tuning_s" in t]),
             "stored_ops": len([t for t in tuned if t.get("stored")]),
