@@ -104,3 +104,56 @@ def test_an_inner_loop_named_as_a_shared_one_keeps_the_nests_apart():
     a = rng.random((6, 6)).astype(np.float64)
     assert _top_level(op.loopnest(a)) == 2
     np.testing.assert_allclose(op(a), a * a.sum(1)[:, None], rtol=1e-12)
+
+
+def _random_program(r: np.random.Generator) -> str:
+    """A few statements over A[a, b, c] and B[a, b] and each other: elementwise maps, reductions,
+    broadcasts, reads shifted by one and transposed writes."""
+    shapes = {"A": ["a", "b", "c"], "B": ["a", "b"]}
+    lines = []
+    for k in range(int(r.integers(2, 6))):
+        src = str(r.choice(list(shapes)))
+        ix = shapes[src]
+        kind = str(r.choice(["map", "reduce", "broadcast", "shift", "transpose"]))
+        if kind == "reduce" and len(ix) > 1:
+            out, rhs, op = ix[:-1], f"{src}[{', '.join(ix)}] * 2", "+="
+        elif kind == "broadcast":
+            other = str(r.choice(list(shapes)))
+            out = list(dict.fromkeys(ix + shapes[other]))
+            rhs, op = f"{src}[{', '.join(ix)}] * {other}[{', '.join(shapes[other])}]", "="
+        elif kind == "shift":
+            shifted = [f"{ix[0]} + 1", *ix[1:]]
+            out, rhs, op = ix, f"{src}[{', '.join(shifted)}] - {src}[{', '.join(ix)}]", "="
+        elif kind == "transpose" and len(ix) > 1:
+            out, rhs, op = ix[::-1], f"{src}[{', '.join(ix)}] + 0.5", "="
+        else:
+            out, rhs, op = ix, f"exp({src}[{', '.join(ix)}] * 0.1) + 1", "="
+        lines.append(f"T{k}[{', '.join(out)}] {op} {rhs}")
+        shapes[f"T{k}"] = list(out)
+    return "\n".join(lines)
+
+
+def test_fused_nests_compute_what_unfused_ones_do_on_random_programs(monkeypatch):
+    from tensorcomp import compiler
+    monkeypatch.setenv("TENSORCOMP_OBJECT_CACHE", "0")  # (no kernel manifests: each build is fresh)
+    plain = compiler.lower
+    r = np.random.default_rng(11)
+    arrays = {"A": r.standard_normal((4, 5, 6)), "B": r.standard_normal((4, 5))}
+    for _ in range(25):
+        source = _random_program(r)
+        results = []
+        for fuse in (True, False):
+            monkeypatch.setattr(compiler, "lower", lambda *a, fuse=fuse, **k: plain(*a, fuse=fuse))
+            op = tc.op(source)
+            op.forget_kernels()
+            try:
+                out = op(*[arrays[t] for t in op.inputs])
+            except tc.TensorcompError as exc:  # (axes that do not match: the same error either way)
+                out = str(exc)
+            results.append(out if isinstance(out, tuple) else (out,))
+        assert len(results[0]) == len(results[1])
+        for fused, unfused in zip(*results):
+            if isinstance(fused, str):
+                assert fused == unfused
+            else:
+                np.testing.assert_allclose(fused, unfused, rtol=1e-12, atol=1e-12, err_msg=source)
