@@ -332,6 +332,10 @@ def grad(op: Op, wrt: str | list[str] | tuple[str, ...]) -> DerivedOp:
         return op.gradient_op(wrt)
     if not isinstance(op, Op):
         raise ArgumentError(f"tc.grad expects an op made by tc.op, got {type(op).__name__}")
+    read = {a.tensor for st in op.program.statements for a in st.accesses()}
+    if any(t in read for t in op.outputs):
+        raise ArgumentError(f"tc.grad: {op.label}: outputs {', '.join(t for t in op.outputs if t in read)} are read by "
+                            f"later statements (outputs=); differentiate the op without outputs= instead")
     names = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (list, tuple)) else None
     if not names or not all(isinstance(n, str) for n in names):
         raise ArgumentError(f"tc.grad: {op.label}: wrt must be an input name or a list of input names, got {wrt!r}")

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import textwrap
 import time
+from dataclasses import replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -107,8 +108,11 @@ class Op:
     JIT-compiles it; later calls with that signature only dispatch.
     """
 
+    kept_outputs: tuple[str, ...] | None = None  # outputs= as given (None: the tensors nothing reads)
+
     def __init__(self, source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
-                 pad_value: dict[str, float] | None = None, schedule: tuple = (), use_tuned: bool = True) -> None:
+                 pad_value: dict[str, float] | None = None, schedule: tuple = (), use_tuned: bool = True,
+                 outputs: tuple[str, ...] | None = None) -> None:
         if not isinstance(source, str):
             raise ArgumentError(f"tc.op expects the source text as a string, got {type(source).__name__}")
         self.source = textwrap.dedent(source).strip("\n")
@@ -117,6 +121,7 @@ class Op:
         self.inputs: tuple[str, ...] = self.program.inputs
         self.outputs: tuple[str, ...] = self.program.outputs
         self.params: tuple[str, ...] = self.program.params
+        self.kept_outputs = self._keep_outputs(outputs)
         self.given_ranges = self._check_ranges(self._lookup_ranges(ranges or {}))  # index -> (lo, hi), as given
         self.pad_widths = self._check_pad(pad or {})  # input -> ((before, after), ...) per axis
         self.pad_values = self._check_pad_value(pad_value or {})  # input -> the value read in its padding
@@ -127,12 +132,27 @@ class Op:
         self.use_tuned = bool(use_tuned)  # without a schedule of its own: look up tuned ones (database)?
         self.ident = (self.source, tuple(sorted(self.given_ranges.items())), tuple(sorted(self.pad_widths.items())),
                       tuple(sorted(self.pad_values.items())), to_json(self.schedule),
-                      self.use_tuned and not self.schedule)
+                      self.use_tuned and not self.schedule, self.kept_outputs)
         self._cache: dict[tuple, Any] = {}  # call signature -> kernel
         self._n_in = len(self.inputs)
         self.lookup_checks = lookup_checks(self.program.lookups, self.inputs, self.given_ranges)
 
     # -- options ------------------------------------------------------------------------------------
+    def _keep_outputs(self, outputs: Any) -> tuple[str, ...] | None:
+        """``outputs=``: the written tensors to return, in order, even those later statements read
+        (by default an op returns the written tensors no statement reads)."""
+        if outputs is None:
+            return None
+        written = (*self.program.outputs, *self.program.temporaries)
+        if isinstance(outputs, str) or not isinstance(outputs, (tuple, list)) or not outputs or \
+                len(set(outputs)) != len(outputs) or any(t not in written for t in outputs):
+            raise ArgumentError(f"{self.label}: outputs must name written tensors, each once (written: "
+                                f"{', '.join(written)}), got {outputs!r}")
+        kept = tuple(outputs)
+        self.program = replace(self.program, outputs=kept, temporaries=tuple(t for t in written if t not in kept))
+        self.outputs = kept
+        return kept
+
     def _lookup_ranges(self, ranges: Any) -> Any:
         """``ranges={T: n}`` for an index tensor T a tensor is written through: the range of the index
         that runs over that axis (see ``lang.lookups``)."""
@@ -255,7 +275,7 @@ class Op:
         if type(self) is not Op:
             return None
         return ["op", self.source, self.given_ranges, self.pad_widths, self.pad_values, to_json(self.schedule),
-                self.use_tuned]
+                self.use_tuned] + ([list(self.kept_outputs)] if self.kept_outputs else [])
 
     @property
     def digest(self) -> str:
@@ -265,14 +285,15 @@ class Op:
 
     def canonical(self) -> str:
         """The op's canonical source (names renamed in order of appearance): the tuning database key."""
-        return canonical_source(self.program)
+        kept = f"\n# outputs: {', '.join(self.kept_outputs)}" if self.kept_outputs else ""
+        return canonical_source(self.program) + kept
 
     def with_schedule(self, schedule, use_tuned: bool | None = None) -> "Op":
         """The same op run with another schedule (a tuple of records; see tensorcomp.schedule).
         ``with_schedule((), use_tuned=False)`` always runs the default schedule."""
         return Op(self.source, ranges=self.given_ranges or None, pad=self.pad_widths or None,
                   pad_value=self.pad_values or None, schedule=tuple(schedule),
-                  use_tuned=self.use_tuned if use_tuned is None else use_tuned)
+                  use_tuned=self.use_tuned if use_tuned is None else use_tuned, outputs=self.kept_outputs)
 
     def forget_kernels(self, *arrays: Any, **params: Any) -> None:
         """Drop the kernels compiled for these inputs' signature (all of them when none are given), so

@@ -24,6 +24,7 @@ from .compiler import ArraySpec
 from .opdef import Op
 from .errors import TraceError
 from .runtime import kernel as cpu_kernel
+from .epilogues import fuse_epilogues
 from .tensor import Tensor
 from .trace import Call, Program, View, spec_of, trace
 
@@ -32,7 +33,7 @@ from .trace import Call, Program, View, spec_of, trace
 
 def eliminate_dead(p: Program) -> Program:
     """Drop calls and views none of whose outputs reaches a write, the result or a live call."""
-    live = {v for _, _, v in p.writes if v is not None} | set(_result_values(p.result))
+    live = p.kept()
     body = []
     for item in reversed(p.body):
         outs = item.outputs if isinstance(item, Call) else (item.output,)
@@ -130,20 +131,9 @@ def merge_calls(p: Program) -> Program:
 STEP = (
     eliminate_dead,  # calls whose results nothing reads
     share_common,  # one op on the same values twice (forward values a gradient recomputes)
+    fuse_epilogues,  # an elementwise call into the call making its input (an activation into its convolution)
     merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
 )
-
-
-def _result_values(r: Any):
-    kind, x = r
-    if kind in ("tensor", "array"):
-        yield x
-    elif kind in ("tuple", "list"):
-        for y in x:
-            yield from _result_values(y)
-    elif kind == "dict":
-        for _, y in x:
-            yield from _result_values(y)
 
 
 def _rename_result(r: Any, alias: dict[int, int]) -> Any:
@@ -240,7 +230,7 @@ def _resolve(p: Program) -> tuple:
     for k, item in enumerate(p.body):
         for v in (item.inputs if isinstance(item, Call) else (item.source,)):
             last[v] = k
-    keep = {v for _, _, v in p.writes} | set(_result_values(p.result))
+    keep = p.kept()
     runs = []
     for k, item in enumerate(p.body):
         reads = item.inputs if isinstance(item, Call) else (item.source,)
@@ -471,7 +461,7 @@ def peak_bytes(p: Program) -> int:
     for k, item in enumerate(p.body):
         for v in (item.inputs if isinstance(item, Call) else (item.source,)):
             last[v] = k
-    keep = {v for _, _, v in p.writes} | set(_result_values(p.result))
+    keep = p.kept()
     n = len(p.body)
     live, peak = 0, 0
     frees: dict[int, int] = {}

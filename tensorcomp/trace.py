@@ -77,6 +77,23 @@ class Program:
     result: Any
     guards: tuple[tuple[int, Spec, Spec | None], ...]
 
+    def kept(self) -> set[int]:
+        """The values the step hands on: written back to state or returned."""
+        return {v for _, _, v in self.writes if v is not None} | set(result_values(self.result))
+
+
+def result_values(r: Any):
+    """The values in a ``Program.result``."""
+    kind, x = r
+    if kind in ("tensor", "array"):
+        yield x
+    elif kind in ("tuple", "list"):
+        for y in x:
+            yield from result_values(y)
+    elif kind == "dict":
+        for _, y in x:
+            yield from result_values(y)
+
 
 def _bounds(a: np.ndarray) -> tuple[int, int]:
     lo, hi = np.lib.array_utils.byte_bounds(a) if hasattr(np.lib, "array_utils") else np.byte_bounds(a)

@@ -159,12 +159,13 @@ def test_dead_calls_are_dropped_and_common_calls_shared():
         out = step(x)
     np.testing.assert_allclose(out.data, 2 * (x @ np.ones((4, 4))))
     stats = step.stats(x)
-    assert (stats["calls_traced"], stats["calls"]) == (5, 2)
+    # dead calls dropped and the repeated product shared (5 -> 2 calls), then the sum, elementwise,
+    # fused into the product that makes its inputs (fuse_epilogues: 2 -> 1; the product is a temporary)
+    assert (stats["calls_traced"], stats["calls"]) == (5, 1)
     assert step.source == (
-        "# C=v4 <- op 'C[i, j] += A[i, k] * B[k, j]' (A=v0, B=v1)\n"
-        "v4[i, j] += v0[i, k] * v1[k, j]\n"
-        "# O=v6 <- op 'O[i0, i1] = A[i0, i1] + B[i0, i1]' (A=v4, B=v4)\n"
-        "v6[i0, i1] = v4[i0, i1] + v4[i0, i1]")
+        "# O_b=v6 <- op 'C_a[i, j] += A_a[i, k] * B_a[k, j]; O_b[i0_b, i1_b] = C_a...' (A_a=v0, B_a=v1)\n"
+        "v6_C_a[i, j] += v0[i, k] * v1[k, j]\n"
+        "v6[i0_b, i1_b] = v6_C_a[i0_b, i1_b] + v6_C_a[i0_b, i1_b]")
 
 
 def test_state_written_back_and_read_again():
@@ -255,6 +256,48 @@ def test_independent_calls_of_one_op_merge_into_one_call():
     for _ in range(4):
         compiled(x, y)
     stats = compiled.stats(x, y)
-    assert stats["calls"] == stats["calls_traced"] - 3
+    assert stats["calls"] == stats["calls_traced"] - 3 - 1  # (the ReLU also runs inside the first Linear)
     updates = [line for line in compiled.source.splitlines() if line.startswith("# ") and "M2_3" in line]
     assert len(updates) == 1  # one call writes all four parameters' moments and values
+
+
+def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
+    """fuse_epilogues: the ReLU after a convolution becomes statements of the convolution's call; the
+    convolution's output stays an output, since the ReLU's gradient reads it; the step still trains as
+    the eager one does."""
+    def build():
+        nn.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x = rng.random((4, 1, 6, 6), dtype=np.float32)
+    y = rng.integers(0, 3, 4)
+    results = []
+    for compiled in (False, True):
+        model = build()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        fn = _step_of(model, nn.CrossEntropyLoss(), opt)
+        step = tc.compile(fn) if compiled else fn
+        losses = [float(step(x, y).numpy()) for _ in range(5)]
+        results.append((losses, model.state_dict()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for k, v in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-4, atol=1e-6)
+    headers = [line for line in step.source.splitlines() if line.startswith("# ")]
+    fused = headers[0]
+    assert fused.startswith("# O_a=v") and ", O_b=v" in fused and "relu" not in "".join(headers[1:3])
+    stats = step.stats(x, y)
+    assert stats["calls"] < stats["calls_traced"]
+
+
+def test_outputs_option_returns_tensors_later_statements_read():
+    op = tc.op("C[i, j] += A[i, k] * B[k, j]\nZ[i, j] = C[i, j] + 1\nO[i, j] = relu(Z[i, j])", outputs=("Z", "O"))
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    z, o = op(a, b)
+    np.testing.assert_allclose(z, a @ b + 1, rtol=1e-12)
+    np.testing.assert_allclose(o, np.maximum(a @ b + 1, 0), rtol=1e-12)
+    with pytest.raises(tc.ArgumentError) as e:
+        tc.op("O[i] = A[i]", outputs=("Q",))
+    assert str(e.value) == "op 'O[i] = A[i]': outputs must name written tensors, each once (written: O), got ('Q',)"
+    with pytest.raises(tc.ArgumentError) as e:
+        tc.grad(op, "A")
+    assert str(e.value) == ("tc.grad: op 'C[i, j] += A[i, k] * B[k, j]; Z[i, j] = C[i, j] + 1; O[i,...': outputs Z "
+                            "are read by later statements (outputs=); differentiate the op without outputs= instead")

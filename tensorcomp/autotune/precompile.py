@@ -179,9 +179,9 @@ def from_recipe(recipe: list) -> Op:
     """The op an ``Op.recipe()`` describes."""
     if recipe[0] == "grad":
         return grad(from_recipe(recipe[1]), recipe[2])
-    _, source, ranges, pad, pad_value, schedule, use_tuned = recipe
+    _, source, ranges, pad, pad_value, schedule, use_tuned, *kept = recipe
     return Op(source, ranges=ranges or None, pad=pad or None, pad_value=pad_value or None,
-              schedule=from_json(schedule), use_tuned=use_tuned)
+              schedule=from_json(schedule), use_tuned=use_tuned, outputs=kept[0] if kept else None)
 
 
 def _compile_task(task: dict) -> None:

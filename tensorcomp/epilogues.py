@@ -1,0 +1,93 @@
+"""Whole-program pass ``fuse_epilogues``: an elementwise op call fused into the call that produces its input.
+
+A traced step calls a contraction and then an activation on its result (a convolution, then ReLU),
+each a kernel of its own that walks the whole tensor. When an elementwise call (one statement, every
+written and read index plain, no reduction) directly follows the call that made one of its inputs,
+the two become one op: the producer's statements, then the consumer's, tensors and scalars renamed
+apart (``_a``, ``_b``), the consumer reading the producer's tensor in place of its input. The
+producer's outputs that something else still reads (the activation's gradient reads the
+convolution's output) stay outputs (``Op(outputs=...)``); the others become temporaries, which the
+compiler folds into their reader (a bias add into the activation) or keeps in the loop nest the
+statements share (``schedule.fusion``). Chains fuse too: a merged call is a producer again.
+
+Only plain ops (``tc.op``) merge: a derived gradient op binds to its base op's domains, which its
+source alone does not state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from .autotune.canon import renamed_source
+from .opdef import Op
+from .trace import Call, Program
+
+
+def _elementwise(op: Op) -> bool:
+    """One statement writing each element once from reads at plain indices (an activation, a scale)."""
+    if type(op) is not Op or op.lookup_checks or op.schedule or op.given_ranges or op.pad_widths or \
+            op.kept_outputs or len(op.program.statements) != 1:
+        return False
+    st = op.program.statements[0]
+    plain = [lin.plain_var for lin in st.index]
+    if None in plain or len(set(plain)) != len(plain) or st.reduction_names() or st.reduce not in (None, "sum"):
+        return False
+    return all(lin.plain_var is not None for a in st.accesses() for lin in a.index)
+
+
+def _producer(op: Op) -> bool:
+    return type(op) is Op and not op.lookup_checks and not op.schedule
+
+
+def _indices(op: Op) -> set[str]:
+    return {n for st in op.program.statements for n in st.index_names()}
+
+
+def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
+    """``a`` then ``b`` as one call, or None when the merged source does not come out as planned."""
+    pa, pb = a.op.program, b.op.program
+    ma = {t: f"{t}_a" for t in (*a.op.inputs, *pa.outputs, *pa.temporaries, *a.op.params)}
+    made = dict(zip(a.outputs, pa.outputs))  # value -> the producer's tensor holding it
+    mb = {i: f"{i}_b" for i in _indices(b.op)}
+    mb.update({t: f"{t}_b" for t in (*pb.outputs, *pb.temporaries, *b.op.params)})
+    for name, v in zip(b.op.inputs, b.inputs):
+        mb[name] = ma[made[v]] if v in made else f"{name}_b"
+    if set(ma.values()) & {mb[t] for t in (*pb.outputs, *pb.temporaries, *b.op.params)} or \
+            _indices(a.op) & set(mb.values()):
+        return None
+    keep = [ma[t] for t, v in zip(pa.outputs, a.outputs) if v in needed] + [mb[t] for t in pb.outputs]
+    try:
+        merged = Op(renamed_source(pa, ma) + "\n" + renamed_source(pb, mb), ranges=a.op.given_ranges or None,
+                    pad={ma[k]: w for k, w in a.op.pad_widths.items()} or None,
+                    pad_value={ma[k]: x for k, x in a.op.pad_values.items()} or None, outputs=tuple(keep))
+    except Exception:  # noqa: BLE001 - a merge the language refuses: the calls stay apart
+        return None
+    value = {ma[t]: v for t, v in zip(a.op.inputs, a.inputs)}
+    value.update({mb[t]: v for t, v in zip(b.op.inputs, b.inputs) if v not in made})
+    value.update({ma[t]: v for t, v in zip(pa.outputs, a.outputs)})
+    value.update({mb[t]: v for t, v in zip(pb.outputs, b.outputs)})
+    if any(t not in value for t in (*merged.inputs, *merged.outputs)):
+        return None
+    params = tuple((ma[n], x) for n, x in a.params) + tuple((mb[n], x) for n, x in b.params)
+    return Call(merged, params, tuple(value[t] for t in merged.inputs), tuple(value[t] for t in merged.outputs))
+
+
+def fuse_epilogues(p: Program) -> Program:
+    """Each elementwise call that directly follows the call making one of its inputs runs inside it."""
+    keep = p.kept()
+    body = list(p.body)
+    k = 0
+    while k + 1 < len(body):
+        a, b = body[k], body[k + 1]
+        if isinstance(a, Call) and isinstance(b, Call) and _producer(a.op) and _elementwise(b.op) and \
+                set(a.outputs) & set(b.inputs):
+            reads = Counter(v for item in body for v in (item.inputs if isinstance(item, Call) else (item.source,)))
+            mine = Counter(b.inputs)
+            needed = {v for v in a.outputs if v in keep or reads[v] > mine[v]}
+            merged = _merge(a, b, needed)
+            if merged is not None:
+                body[k:k + 2] = [merged]  # (and it may take the next elementwise call too)
+                continue
+        k += 1
+    return replace(p, body=tuple(body))
