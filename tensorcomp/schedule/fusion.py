@@ -10,11 +10,13 @@ time, every value they pass each other still in cache.
 A group of consecutive statements may share their first ``m`` loops ``D`` when those open each
 statement's loop order as plain, unsplit indices over the same ranges, and every access — read or
 write — to a tensor written in the group indexes it with each loop of ``D`` (in each statement, its
-own index at that position) alone on one axis, the same axis in every access. Then an instance at one point of ``D`` touches only the elements of the
-group's tensors on that point's slice, so running the points of ``D`` one after another, each
-running the group's statements in source order, computes what the statements computed one after
-another; and the points write disjoint elements, so the outer loop of ``D`` runs on the threads. An
-initialisation (``Fill``) joins the group of the statement it initialises, its axes on ``D`` first.
+own index at that position) alone on one axis, the same axis in every access. Then an instance at
+one point of ``D`` touches only the elements of the group's tensors on that point's slice, so
+running the points of ``D`` one after another, each running the group's statements in source order,
+computes what the statements computed one after another; and the points write disjoint elements,
+so the outer loop of ``D`` runs on the threads. An initialisation (``Fill``) joins the group of the
+statement it initialises, its axes on ``D`` first. The shared loops take the names of the first
+statement's indices; an inner loop of another statement with one of those names keeps it apart.
 
 The isl schedule of a fused piece is ``[group, D..., position in group, the piece's other loops...]``.
 """
