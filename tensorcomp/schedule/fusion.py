@@ -159,10 +159,11 @@ def groups(pieces: list[Piece], bound: Bound) -> list[tuple[list[Piece], list[st
     return out
 
 
-def schedule(pieces: list[Piece], bound: Bound) -> int:
-    """Set every piece's isl schedule (``time``) and loop names (``names``); return the schedule's width."""
+def schedule(pieces: list[Piece], bound: Bound, fuse: bool = True) -> int:
+    """Set every piece's isl schedule (``time``) and loop names (``names``); return the schedule's
+    width. Without ``fuse``, every piece is a nest of its own."""
     slot = 0
-    for group, fused, axes in groups(pieces, bound):
+    for group, fused, axes in groups(pieces, bound) if fuse else [([p], [], {}) for p in pieces]:
         for pos, p in enumerate(group):
             if not fused:
                 dims = [d.expr for d in p.dims] if not p.fill else [f"e{j}" for j in range(len(p.loop_names))]

@@ -127,14 +127,7 @@ def lower(bound: Bound, schedule: tuple = (), strides: dict[str, tuple[int, ...]
             piece = name if j == 0 else f"{name}t{j}"
             pieces.append(Piece(piece, dom.set_tuple_name(piece), k, dims, [d.name for d in dims]))
             parallel_safe[piece] = safe
-    if target == "cpu" and fuse:
-        width = fusion.schedule(pieces, bound) + 1
-    else:
-        for slot, p in enumerate(pieces):
-            p.names = list(p.loop_names)
-            p.time = [str(slot), *(d.expr for d in p.dims)] if not p.fill else \
-                [str(slot), *(f"e{j}" for j in range(len(p.loop_names)))]
-        width = max(len(p.time) for p in pieces) + 1
+    width = fusion.schedule(pieces, bound, fuse=target == "cpu" and fuse) + 1
     for p in pieces:  # the loops a group shares write disjoint slices of everything it writes
         parallel_safe[p.name] = parallel_safe[p.name] | set(p.fused)
 
