@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import replace
 
 from .autotune.canon import renamed_source
+from .errors import TensorcompError
 from .opdef import Op
 from .trace import Call, Program
 
@@ -61,7 +62,7 @@ def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
         merged = Op(renamed_source(pa, ma) + "\n" + renamed_source(pb, mb), ranges=a.op.given_ranges or None,
                     pad={ma[k]: w for k, w in a.op.pad_widths.items()} or None,
                     pad_value={ma[k]: x for k, x in a.op.pad_values.items()} or None, outputs=tuple(keep))
-    except Exception:  # noqa: BLE001 - a merge the language refuses: the calls stay apart
+    except TensorcompError:  # a merge the language refuses: the calls stay apart
         return None
     value = {ma[t]: v for t, v in zip(a.op.inputs, a.inputs)}
     value.update({mb[t]: v for t, v in zip(b.op.inputs, b.inputs) if v not in made})
