@@ -52,7 +52,7 @@ def share_common(p: Program) -> Program:
     for item in p.body:
         if isinstance(item, Call):
             item = replace(item, inputs=tuple(alias.get(v, v) for v in item.inputs))
-            key = ("call", id(item.op), item.params, item.inputs)
+            key = ("call", item.op.ident, item.params, item.inputs)
             outs = item.outputs
         else:
             item = replace(item, source=alias.get(item.source, item.source))
@@ -68,13 +68,13 @@ def share_common(p: Program) -> Program:
     return replace(p, body=tuple(body), writes=writes, result=_rename_result(p.result, alias))
 
 
-_MERGED: dict[tuple[int, int], tuple[Op, Op]] = {}  # (id(op), calls) -> (op, the op run as one of that many)
+_MERGED: dict[tuple, Op | None] = {}  # (op identity, calls) -> the op run as one of that many calls
 
 
 def _merged_op(op: Op, n: int) -> Op | None:
     """``op``'s statements ``n`` times, tensors and scalars renamed apart (``X_k``): one op for ``n``
     independent calls, or None when ``op`` cannot be written so (options bound to names, lookups)."""
-    key = (id(op), n)
+    key = (op.ident, n)
     if key not in _MERGED:
         merged = None
         if type(op) is Op and not (op.given_ranges or op.pad_widths or op.lookup_checks or op.schedule):
@@ -85,8 +85,8 @@ def _merged_op(op: Op, n: int) -> Op | None:
             want_out = tuple(f"{t}_{k}" for k in range(n) for t in op.outputs)
             if candidate.inputs == want_in and candidate.outputs == want_out:
                 merged = candidate
-        _MERGED[key] = (op, merged)
-    return _MERGED[key][1]
+        _MERGED[key] = merged
+    return _MERGED[key]
 
 
 def merge_calls(p: Program) -> Program:
@@ -107,7 +107,7 @@ def merge_calls(p: Program) -> Program:
                 (after if item.source in made else views).append(item)
                 if item.source in made:
                     made.add(item.output)
-            elif isinstance(item, Call) and item.op is first.op and not (set(item.inputs) & made) and \
+            elif isinstance(item, Call) and item.op.ident == first.op.ident and not (set(item.inputs) & made) and \
                     dict(item.params).keys() == dict(first.params).keys():
                 group.append(item)
                 made.update(item.outputs)
@@ -160,7 +160,7 @@ def check_agree(a: Program, b: Program) -> None:
         raise TraceError(f"{head}: {_count(a.body)} then {_count(b.body)}; a compiled step must run the same "
                          f"ops each call (Python control flow that depends on values or on a counter?)")
     for x, y in zip(a.body, b.body):
-        if isinstance(x, Call) and isinstance(y, Call) and x.op is y.op:
+        if isinstance(x, Call) and isinstance(y, Call) and x.op.ident == y.op.ident:  # (equal ops: one made per call)
             if x.inputs != y.inputs or x.outputs != y.outputs:
                 raise TraceError(f"{head}: {x.op.label} read other values the second time")
             for (n, u), (_, w) in zip(x.params, y.params):

@@ -301,3 +301,24 @@ def test_outputs_option_returns_tensors_later_statements_read():
         tc.grad(op, "A")
     assert str(e.value) == ("tc.grad: op 'C[i, j] += A[i, k] * B[k, j]; Z[i, j] = C[i, j] + 1; O[i,...': outputs Z "
                             "are read by later statements (outputs=); differentiate the op without outputs= instead")
+
+
+def test_a_layer_that_makes_its_op_on_every_call_compiles():
+    """Ops made inside ``forward`` (a new, equal op object per call) are the same op to the tracer: two
+    traces agree, equal calls are shared and merged as for one object."""
+    class Gate(nn.Module):
+        def forward(self, x):
+            return tc.op("T[n, i] = X[n, i] * X[n, i]\nO[n, i] = X[n, i] / (1 + exp(-X[n, i])) + 0.01 * T[n, i]")(x)
+
+    def build():
+        nn.manual_seed(5)
+        return nn.Sequential(nn.Linear(6, 8), Gate(), nn.Linear(8, 3))
+    x, y = rng.random((5, 6), dtype=np.float32), rng.integers(0, 3, 5)
+    results = []
+    for compiled in (False, True):
+        model = build()
+        fn = _step_of(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), 1e-2))
+        step = tc.compile(fn) if compiled else fn
+        results.append([float(step(x, y).numpy()) for _ in range(6)])
+    assert step.replays == 3
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5)
