@@ -31,7 +31,9 @@ def _take(fn: Callable, ptrs: list[int], scalars: list, slices) -> None:
 
 
 _DISPATCH: list[float] = []  # seconds one hand-off to the pool and back costs (measured once)
-TIMED_RUNS = 3  # serial runs of a parallel stage timed (the fastest counts) before it is decided
+# serial runs of a parallel stage timed (the fastest counts) before it is decided: one, so that a kernel
+# the tuner times (a warm-up call, then best of 3) is timed as it will run, not serially
+TIMED_RUNS = 1
 GAIN = 3.0  # a stage runs in parallel when it takes this many hand-offs' time serially
 
 
