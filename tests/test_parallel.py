@@ -91,3 +91,5 @@ def test_a_parallel_stage_runs_on_the_threads_only_when_its_serial_runs_outlast_
             k = kernel_of(op)
             decided = [p for p, (*_, slices) in zip(k.plan, k.stages) if slices]
             assert decided and all(p is want for p in decided) == (call >= threads.TIMED_RUNS - 1)
+            # every stage serial: later calls run the whole kernel in one call
+            assert k.serial == (not want and call >= threads.TIMED_RUNS - 1)

@@ -21,7 +21,7 @@ from ..schedule.loopnest import For, IConst, If, LoopNest, Tile
 from ..strides import padded_shape
 from ..target import HUGE_PAGE_BYTES, PARALLEL_MIN_POINTS, slices_per_thread
 from . import jit
-from .threads import new_plan, run_stages
+from .threads import all_serial, new_plan, run_stages
 
 HUGE_MIN_BYTES = 4 << 20  # buffers this large are backed by huge pages where the system allows
 
@@ -50,6 +50,7 @@ class Kernel:
     # Which parallel stages run on the threads, decided from their first serial runs (``run_stages``):
     # handing a stage to the pool costs tens of microseconds, more than a small stage saves.
     plan: list = field(default_factory=list)
+    serial: bool = False  # every stage decided serial: the whole-kernel entry runs them in one call
 
 
 def _instances(node) -> float:
@@ -187,11 +188,12 @@ def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarra
     else:
         temps = None
     pyfn = kernel.compiled.pyfn
-    if kernel.threads > 1:
+    if kernel.threads > 1 and not kernel.serial:
         ptrs = [a.__array_interface__["data"][0] for a in (*arrs, *outs, *(temps or ()))]
         if not kernel.plan:
             kernel.plan = new_plan(kernel.stages)
         run_stages(kernel.stages, ptrs, scalars, kernel.threads, kernel.plan)
+        kernel.serial = all_serial(kernel.stages, kernel.plan, kernel.threads)
     elif pyfn is not None:
         pyfn(*arrs, *outs, *(temps or ()), *scalars)
     else:

@@ -92,3 +92,10 @@ def run_stages(stages: Sequence[tuple[Callable, tuple[int, ...], int, int, int]]
 def new_plan(stages: Sequence) -> list:
     """A fresh ``plan`` for ``run_stages``: every stage undecided."""
     return [(TIMED_RUNS, float("inf"))] * len(stages)
+
+
+def all_serial(stages: Sequence, plan: list, threads: int) -> bool:
+    """Whether every stage that could go to the threads was decided serial (then one call of the
+    whole kernel runs them all, without a Python loop over stages and their buffers)."""
+    return all(plan[j] is False or not slices or min(threads, hi - lo) <= 1
+               for j, (_, _, lo, hi, slices) in enumerate(stages))
