@@ -2,7 +2,10 @@
 
 One MCJIT engine per process holds every kernel's object code. Compilation runs
 LLVM's -O3 pipeline for the host CPU's name and features (AVX2/AVX-512 when
-present), so the loop vectorizer targets the machine it runs on.
+present), so the loop vectorizer targets the machine it runs on. The vectorizer is told to prefer
+no gathers and scatters (``_features``): with AVX-512 it otherwise reads strided windows (a 2x2
+max pool's ``X[2*y + k]``) with ``vgather`` instructions, which were 2-3x slower here than the
+shuffled wide loads it uses instead; ``TENSORCOMP_GATHERS=1`` lets it choose them again.
 
 Object code is cached on disk under ``$TENSORCOMP_CACHE_DIR/objects`` (next to the
 tuning database), one file per kernel named by a hash of its IR and of everything
@@ -14,6 +17,7 @@ LLVM again. ``TENSORCOMP_OBJECT_CACHE=0`` turns the cache off.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -32,14 +36,22 @@ def _init() -> tuple[llvm.TargetMachine, llvm.ExecutionEngine]:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         target = llvm.Target.from_default_triple()
-        tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                          features=llvm.get_host_cpu_features().flatten(),
+        tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=_features(),
                                           opt=3, jit=True, codemodel="jitdefault")
         backing = llvm.parse_assembly("")
         _state["tm"] = tm
         _state["engine"] = llvm.create_mcjit_compiler(backing, tm)
         _state["compiled"] = 0
     return _state["tm"], _state["engine"]  # type: ignore[return-value]
+
+
+def _features() -> str:
+    """The host CPU's features for LLVM, plus the preference for shuffled loads over gathers (see
+    the module docstring) unless ``TENSORCOMP_GATHERS`` is set to 1."""
+    feats = llvm.get_host_cpu_features().flatten()
+    if os.environ.get("TENSORCOMP_GATHERS", "0").strip() in ("1", "true", "yes", "on"):
+        return feats
+    return ",".join(f for f in (feats, "+prefer-no-gather", "+prefer-no-scatter") if f)
 
 
 def host_target() -> str:
@@ -126,7 +138,7 @@ def _environment() -> tuple[str, ...]:
     tm, _ = _init()
     import llvmlite
     return (str(objects.OBJECT_FORMAT), llvmlite.__version__, str(llvm.llvm_version_info), tm.triple,
-            llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), repr(sorted(_veclib().items())))
+            llvm.get_host_cpu_name(), _features(), repr(sorted(_veclib().items())))
 
 
 def _object_key(ir_text: str) -> str:
