@@ -196,7 +196,9 @@ def test_default_layouts_for_each_heavy_statement_and_for_long_reduction_runs():
     x, w, g = (rng.standard_normal(s).astype(np.float32) for s in [(64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10)])
     assert _chosen(gw, [ArraySpec.of(a) for a in (x, w, g)]) == (
         Layout("I", (1, 2, 3, 0)), Layout("dO", (1, 2, 3, 0)))
-    assert str(gw.loopnest(x, w, g)).splitlines()[-2].strip() == "for n in range(0, 64):"
+    lines = str(gw.loopnest(x, w, g)).splitlines()  # the batch loop right around a dot tile (4 x 2)
+    assert [ln.strip() for ln in lines[-4:-1]] == ["for n in range(0, 64):", "for f_i in range(0, 4):",
+                                                    "for c_i in range(0, 2):"]
     want = np.zeros((16, 6, 5, 5))
     for k0 in range(5):
         for k1 in range(5):
@@ -377,3 +379,30 @@ def test_avx512_facts_give_16_lane_tiles_that_compute_the_product(monkeypatch, n
     nest = str(op.loopnest(a, b))
     assert "vectors of 16 lanes" in nest
     np.testing.assert_allclose(op(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("facts, dtype, batch", [("AVX512", np.float32, 64), ("AVX512", np.float32, 37),
+                                                  ("AVX512", np.float64, 21), ("AVX2", np.float32, 37)])
+def test_a_weight_gradient_summed_over_a_contiguous_batch_runs_as_a_dot_tile(monkeypatch, facts, dtype, batch):
+    """A weight gradient whose reads walk the batch contiguously has no vector tile (its written
+    innermost axis is 5 long); its default tile is a dot tile: rows over two written indices inside
+    every reduction loop, one vector of partial sums per element along the batch (the last vector
+    masked when the batch is not whole vectors), and the outermost loop shared by the cores. With 32
+    registers, rows over the window offset whose loads overlap (k); with 16, 4 x 2 over f and c."""
+    from tensorcomp import target
+    for name, value in getattr(target, facts).items():
+        monkeypatch.setattr(target, name, value)
+    op = tc.op("dW[f, c, k] += dO[n, f, y] * I[n, c, k + y]",
+               schedule=(Layout("dO", (1, 2, 0)), Layout("I", (1, 2, 0))))
+    g = rng.standard_normal((batch, 16, 10)).astype(dtype)
+    x = rng.standard_normal((batch, 6, 14)).astype(dtype)
+    nest = str(op.loopnest(g, x))
+    lanes = target.VECTOR_BYTES // np.dtype(dtype).itemsize
+    size = 20 if facts == "AVX512" else 8
+    assert f"# vector_sum tile: {size} elements of dW in registers, vectors of {lanes} lanes" in nest
+    loops = [ln.split()[1] for ln in nest.splitlines() if ln.lstrip().startswith("for ")]
+    assert loops[-4:] == ["y", "n", "f_i", "k" if facts == "AVX512" else "c_i"]
+    assert next(ln for ln in nest.splitlines() if "for f_o" in ln).strip().endswith("# parallel")
+    want = np.einsum("nfy,ncky->fck", g.astype(np.float64),
+                     np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), 10, axis=2))
+    np.testing.assert_allclose(op(g, x), want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)

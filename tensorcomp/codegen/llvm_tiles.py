@@ -66,9 +66,10 @@ class _VectorSumBody:
     """The innermost body of a vector reduction: one vector of the operand added to the partial sums."""
 
     tile: Tile
-    slot: ir.Value
+    slots: tuple  # one vector of partial sums per element of the tile
     vty: ir.Type
     lins: dict
+    points: tuple  # the tile loops' values (offsets from their starts) at each element
     lanes: int = 0  # the last, partial vector of the reduction: this many lanes (0: a whole vector)
 
 
@@ -203,10 +204,13 @@ class TileEmitter:
         self.builder.call(fn, [value, ptr, ir.Constant(I32, bits // 8), mask])
 
     def vector_sum(self, found: Tile) -> None:
-        """A one-element tile whose innermost reduction loop walks its operands contiguously (or
-        leaves them put): partial sums in one SIMD vector across the whole reduction, added up once
-        at the end, instead of a chain of scalar additions one latency apart. A reduction that is
-        not whole vectors ends in one masked vector (its other lanes touch no memory and add 0)."""
+        """A tile of a few elements whose innermost reduction loop walks its operands contiguously (or
+        leaves them put): per written element, partial sums in one SIMD vector across the whole
+        reduction (the tile loops unrolled inside each vector step, so the elements' sums are
+        independent chains that share the loads they have in common: a weight gradient's dot products
+        over the batch), added up once at the end, instead of a chain of scalar additions one latency
+        apart. A reduction that is not whole vectors ends in one masked vector (its other lanes touch
+        no memory and add 0)."""
         st = self.bound.statements[found.compute.stmt].stmt
         t = self.bound.tensors[st.target].dtype
         inner = found.reduction[-1]
@@ -215,48 +219,71 @@ class TileEmitter:
         lins = {name: to_lin(e) for name, e in found.compute.env}
         b = self.builder
         vty = ir.VectorType(REG[t], width)
+        points = tuple(itertools.product(*[range(lp.hi.value - lp.lo.value) for lp in found.tile]))
         with b.goto_entry_block():
-            slot = b.alloca(vty, name="vsum")
-        b.store(ir.Constant(vty, [0.0] * width), slot)
+            slots = tuple(b.alloca(vty, name="vsum") for _ in points)
+        for slot in slots:
+            b.store(ir.Constant(vty, [0.0] * width), slot)
         whole = inner.lo.value + extent - extent % width
         chain: tuple[Node, ...] = ()
         if whole > inner.lo.value:
-            chain = (For(inner.var, inner.lo, IConst(whole), width, (_VectorSumBody(found, slot, vty, lins),),
-                         inner.kind),)
+            chain = (For(inner.var, inner.lo, IConst(whole), width,
+                         (_VectorSumBody(found, slots, vty, lins, points),), inner.kind),)
         if extent % width:  # the last, partial vector: a loop of one trip at its first element
             chain += (For(inner.var, IConst(whole), IConst(whole + 1), 1,
-                          (_VectorSumBody(found, slot, vty, lins, extent % width),), inner.kind),)
+                          (_VectorSumBody(found, slots, vty, lins, points, extent % width),), inner.kind),)
         for lp in reversed(found.reduction[:-1]):
             chain = (For(lp.var, lp.lo, lp.hi, lp.step, chain, lp.kind),)
         for node in chain:
             self.loop(node)
-        total = b.load(slot, typ=vty)
-        while width > 1:  # add the halves until one lane is left
-            width //= 2
-            halves = [b.shuffle_vector(total, ir.Constant(total.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(I32, width), list(range(k, k + width))))
-                      for k in (0, width)]
-            total = b.fadd(halves[0], halves[1], flags=FAST)
         info = self.bound.tensors[st.target]
-        ptr = b.gep(self.ptr[st.target], [self.lin(found.offset, self.vars)], source_etype=I8, inbounds=True)
-        old = self._load(info, ptr)
-        b.store(b.fadd(old, b.extract_element(total, ir.Constant(I32, 0)), flags=FAST), ptr,
-                align=self.buffer_strides[st.target].align)
+        saved = {lp.var: self.vars.get(lp.var) for lp in found.tile}
+        for slot, point in zip(slots, points):
+            self._at_point(found, point)
+            total = b.load(slot, typ=vty)
+            lanes = width
+            while lanes > 1:  # add the halves until one lane is left
+                lanes //= 2
+                halves = [b.shuffle_vector(total, ir.Constant(total.type, ir.Undefined),
+                                           ir.Constant(ir.VectorType(I32, lanes), list(range(k, k + lanes))))
+                          for k in (0, lanes)]
+                total = b.fadd(halves[0], halves[1], flags=FAST)
+            ptr = b.gep(self.ptr[st.target], [self.lin(found.offset, self.vars)], source_etype=I8, inbounds=True)
+            old = self._load(info, ptr)
+            b.store(b.fadd(old, b.extract_element(total, ir.Constant(I32, 0)), flags=FAST), ptr,
+                    align=self.buffer_strides[st.target].align)
+        self._restore(saved)
+
+    def _at_point(self, found: Tile, point: tuple[int, ...]) -> None:
+        for lp, v in zip(found.tile, point):
+            self.vars[lp.var] = ir.Constant(I64, lp.lo.value + v)
+
+    def _restore(self, saved: dict) -> None:
+        for var, v in saved.items():
+            if v is None:
+                self.vars.pop(var, None)
+            else:
+                self.vars[var] = v
 
     def vector_sum_body(self, body: "_VectorSumBody") -> None:
         b = self.builder
         st = self.bound.statements[body.tile.compute.stmt].stmt
         t = self.bound.tensors[st.target].dtype
         width = body.vty.count
-        if body.lanes:
-            mask = ir.Constant(ir.VectorType(I1, width), [1] * body.lanes + [0] * (width - body.lanes))
-            self._lane_mask = mask
-            value = b.select(mask, self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty),
-                             ir.Constant(body.vty, [0.0] * width))
-            self._lane_mask = None
-        else:
-            value = self._vexpr(st.expr, body.lins, body.tile.reduction[-1].var, t, body.vty)
-        b.store(b.fadd(b.load(body.slot, typ=body.vty), value, flags=FAST), body.slot)
+        var = body.tile.reduction[-1].var
+        saved = {lp.var: self.vars.get(lp.var) for lp in body.tile.tile}
+        mask = ir.Constant(ir.VectorType(I1, width), [1] * body.lanes + [0] * (width - body.lanes))
+        for slot, point in zip(body.slots, body.points):
+            self._at_point(body.tile, point)
+            if body.lanes:
+                self._lane_mask = mask
+                value = b.select(mask, self._vexpr(st.expr, body.lins, var, t, body.vty),
+                                 ir.Constant(body.vty, [0.0] * width))
+                self._lane_mask = None
+            else:
+                value = self._vexpr(st.expr, body.lins, var, t, body.vty)
+            b.store(b.fadd(b.load(slot, typ=body.vty), value, flags=FAST), slot)
+        self._restore(saved)
 
     def vector_tile(self, tile: Tile) -> None:
         """The tile with its innermost loop evaluated on SIMD vectors (loads of contiguous operands,

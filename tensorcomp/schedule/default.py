@@ -26,8 +26,8 @@ import numpy as np
 from ..lang.ir import Access
 from ..strides import ITEMSIZE, permuted_strides
 from ..target import ALIASED_ROW_BYTES, TILE_CACHE_BYTES
-from .microkernel import (MIN_DEFAULT_SCORE, MIN_REDUCTION, columns_contiguous, default_tile, packed_schedules,
-                          reduction_steps, tile_schedules)
+from .microkernel import (MIN_DEFAULT_SCORE, MIN_REDUCTION, columns_contiguous, default_dot_tile, default_tile,
+                          packed_schedules, reduction_steps, tile_schedules)
 from .order import default_order
 from .lower import gather_form
 from .records import Fuse, Layout, Record, Reorder, Split, to_json
@@ -39,13 +39,14 @@ TILE_LAYOUTS = 4  # layout candidates (best first) under which a heavy statement
 def default_tiles(bound, records: tuple[Record, ...], strides: dict[str, tuple[int, ...]]) -> tuple[Record, ...]:
     """``records`` plus, for every statement of ``bound`` (after Rfactor and blocking) without loop
     records of its own (Split, Reorder, Fuse) and not run in gather form, the default vector tile
-    under these byte ``strides`` (``microkernel.default_tile``), spelled out as records."""
+    under these byte ``strides`` (``microkernel.default_tile``), or else its dot tile
+    (``microkernel.default_dot_tile``), spelled out as records."""
     sizes = itemsizes(bound)
     out = list(records)
     for k, bs in enumerate(bound.statements):
         if gather_form(bs, "cpu") or any(isinstance(r, (Split, Reorder, Fuse)) and r.stmt == k for r in records):
             continue
-        out += default_tile(bs, k, strides, sizes) or ()
+        out += default_tile(bs, k, strides, sizes) or default_dot_tile(bs, k, strides, sizes) or ()
     return tuple(out)
 
 

@@ -106,8 +106,8 @@ class Tile:
 
     * "vector": the innermost tile loop in SIMD vectors of ``lanes`` elements (accumulators in vector
       registers; contiguous operands loaded as vectors, the others broadcast), the rest unrolled;
-    * "vector_sum": a one-element tile whose innermost reduction loop runs in vectors of ``lanes``
-      partial sums, added up once at the end;
+    * "vector_sum": a tile whose innermost reduction loop runs in vectors of ``lanes`` partial sums
+      per element (the tile loops unrolled inside it), added up once at the end;
     * "scalar": the tile unrolled over a stack array that LLVM keeps in registers;
     * "register": (CUDA) a thread's register array, the tile loops unrolled.
 

@@ -14,9 +14,10 @@ how (the decision the code generators used to take themselves while printing):
   is contiguous in the written tensor and at least one SIMD vector long, its expression made of
   reads contiguous along that loop (or not depending on it) under + - * / and negation, with at
   most ``MAX_VECTOR_ACCUMULATORS`` accumulator vectors;
-* CPU, "vector_sum": a one-element tile (no tile loops) summing floats whose innermost reduction
-  loop (constant bounds, unit step, at least a vector long) the expression varies along and can be
-  evaluated on vectors;
+* CPU, "vector_sum": a tile of at most ``MAX_VECTOR_ACCUMULATORS`` elements (often one: no tile
+  loops) summing floats whose innermost reduction loop (constant bounds, unit step, at least a
+  vector long) the expression varies along and can be evaluated on vectors: one vector of partial
+  sums per element;
 * CPU, "scalar": any other tile of at most ``MAX_SCALAR_TILE`` elements;
 * CUDA, "register": any tile of at most ``CUDA_MAX_TILE`` elements.
 """
@@ -63,11 +64,11 @@ def _tile(node: For, bound: Bound, strides: Strides, target: str) -> Tile | None
     lanes = _vector_tile_lanes(found, bound, strides)
     if lanes:
         return replace(found, kind="vector", lanes=lanes)
-    if found.size > MAX_SCALAR_TILE:
-        return None
     lanes = _vector_sum_lanes(found, bound, strides)
     if lanes:
         return replace(found, kind="vector_sum", lanes=lanes)
+    if found.size > MAX_SCALAR_TILE:
+        return None
     return replace(found, kind="scalar")
 
 
@@ -130,9 +131,9 @@ def _vector_tile_lanes(tile: Tile, bound: Bound, strides: Strides) -> int:
 
 
 def _vector_sum_lanes(tile: Tile, bound: Bound, strides: Strides) -> int:
-    """Vector lanes when a one-element tile runs as a "vector_sum", else 0."""
+    """Vector lanes when a tile runs as a "vector_sum", else 0."""
     t = _float_sum(tile, bound)
-    if t is None or tile.tile:
+    if t is None or tile.size > target.MAX_VECTOR_ACCUMULATORS:
         return 0
     inner = tile.reduction[-1]
     if inner.step != 1 or not isinstance(inner.lo, IConst) or not isinstance(inner.hi, IConst):
