@@ -133,13 +133,20 @@ def test_an_unwritable_cache_warns_once_and_tuning_still_returns(tmp_path, monke
 
 
 @pytest.mark.parametrize("src,ranges", [
-    ("O[i] = A[(i + 9223372036854775808) // 4611686018427387904]", {"i": 3}),
+    ("O[i] = A[(i + 9223372036854775807) // 4611686018427387905]", {"i": 3}),
     ("O[i] = A[(i + 18446744073709551616) % 5]", {"i": 3}),
     ("O[i] = A[(2305843009213693952 * i) % 5]", {"i": 3}),
 ])
 def test_index_arithmetic_beyond_64_bits_is_refused(src, ranges):
     with pytest.raises(tc.RangeError, match="beyond what 64-bit index arithmetic holds"):
         tc.op(src, ranges=ranges)(np.arange(5.0))
+
+
+def test_a_division_whose_large_constant_comes_out_whole_is_computed_exactly():
+    """``(i + 2**63) // 2**62`` is ``i // 2**62 + 2`` in the normal form of divisions: no term left
+    beyond 64-bit arithmetic, so it runs, and gives what Python's integers give."""
+    op = tc.op("O[i] = A[(i + 9223372036854775808) // 4611686018427387904]", ranges={"i": 3})
+    np.testing.assert_array_equal(op(np.arange(5.0)), [2.0, 2.0, 2.0])
 
 
 def test_values_that_do_not_fit_are_refused():

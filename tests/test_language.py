@@ -209,3 +209,24 @@ def test_integer_division_by_zero_and_minus_one_follow_numpy_without_trapping():
 
 def test_zero_dimensional_arrays_as_scalar_parameters():
     check(tc.op("O[i] = A[i] * s")(np.arange(3.0), s=np.array(2.0)), np.arange(3.0) * 2)
+
+
+def test_floor_divisions_take_a_normal_form_that_cancels_and_evaluates_as_python():
+    """isl spells a fused loop's first index ``i - (99*i + 99) // 100``; in the normal form of
+    divisions that is ``i // 100``, so the byte offset of a contiguous access through the fused
+    loop (400, 40 and 4 bytes per index) folds to ``4*i``, and every form evaluates as Python's
+    floor division does."""
+    import random
+    from tensorcomp.lang.ir import Lin
+    i = Lin.var("i")
+    first = i - (i * 99 + 99).floordiv(100)
+    second = i * -9 - (i * 9 + 9).floordiv(10) + (i * 99 + 99).floordiv(100) * 10
+    assert str(first) == "i // 100"
+    assert str((first * 400 + second * 40 + i.mod(10) * 4).expand_mod()) == "4*i"
+    draw = random.Random(5)
+    for _ in range(2000):
+        num = Lin(tuple((n, c) for n in "ab" if (c := draw.randint(-300, 300))), draw.randint(-500, 500))
+        den = draw.randint(1, 120)
+        for a in range(-20, 21, 5):
+            for b in range(-21, 21, 7):
+                assert num.floordiv(den).evaluate({"a": a, "b": b}) == num.evaluate({"a": a, "b": b}) // den

@@ -102,14 +102,28 @@ class Lin:
         return Lin(tuple((a, c * k) for a, c in self.terms), self.const * k)
 
     def floordiv(self, den: int) -> "Lin":
-        """``self // den``; constants fold, and ``(2*i + 4) // 2`` stays symbolic."""
+        """``self // den`` in a normal form, so that equal divisions compare equal and cancel (see
+        ``expand_mod``): whole multiples of ``den`` come out of the coefficients (each left in
+        ``(-den/2, den/2]``) and of the constant (left in ``[0, den)``), and a numerator with only
+        negative coefficients is negated (``(-u + b) // d == -((u - b + d - 1) // d)``). isl writes
+        the first index of a fused loop ``i`` over a 16 x 10 x 10 box as ``i - (99*i + 99) // 100``:
+        that is ``i // 100``."""
         if den == 1:
             return self
         if self.is_const:
             return Lin.of(self.const // den)
-        if all(c % den == 0 for _, c in self.terms) and self.const % den == 0:
-            return Lin(tuple((a, c // den) for a, c in self.terms), self.const // den)
-        return Lin(((FloorDiv(self, den), 1),), 0)
+        whole, rest = Lin(), []
+        for atom, c in self.terms:
+            q = (c + (den - 1) // 2) // den
+            if q:
+                whole = whole + Lin(((atom, q),), 0)
+            if c - q * den:
+                rest.append((atom, c - q * den))
+        if not rest:
+            return whole + Lin.of(self.const // den)
+        if all(c < 0 for _, c in rest):
+            return whole - Lin(tuple((a, -c) for a, c in rest), den - 1 - self.const).floordiv(den)
+        return whole + Lin.of(self.const // den) + Lin(((FloorDiv(Lin(tuple(rest), self.const % den), den), 1),), 0)
 
     def mod(self, den: int) -> "Lin":
         """``self % den`` (Python's non-negative remainder for den > 0)."""
