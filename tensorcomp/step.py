@@ -25,6 +25,7 @@ from .opdef import Op
 from .errors import TraceError
 from .runtime import kernel as cpu_kernel
 from .epilogues import fuse_epilogues
+from .forward_values import keep_forward_values
 from .tensor import Tensor
 from .trace import Call, Program, View, spec_of, trace
 
@@ -130,7 +131,8 @@ def merge_calls(p: Program) -> Program:
 
 STEP = (
     eliminate_dead,  # calls whose results nothing reads
-    share_common,  # one op on the same values twice (forward values a gradient recomputes)
+    share_common,  # one op on the same values twice
+    keep_forward_values,  # a gradient reads the forward values it would recompute
     fuse_epilogues,  # an elementwise call into the call making its input (an activation into its convolution)
     merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
 )

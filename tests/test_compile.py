@@ -288,6 +288,49 @@ def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
     assert stats["calls"] < stats["calls_traced"]
 
 
+def test_a_gradient_reads_the_forward_values_it_would_recompute():
+    """keep_forward_values: a custom op with temporaries (a softmax over a product); its gradient op,
+    which recomputes the forward statements whose values it reads, instead reads them from the
+    forward call (they become outputs of its call); the compiled step trains as the eager one does."""
+    attend = tc.op("A[n, j] += X[n, i] * W[j, i]\nM[n] = max(A[n, j])\nE[n, j] = exp(A[n, j] - M[n])\n"
+                   "Z[n] += E[n, j]\nP[n, j] = E[n, j] / Z[n]")
+    w0 = rng.standard_normal((6, 8)).astype(np.float32)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(w0.copy())
+            self.pool = nn.MaxPool2d(2)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.pool(x).reshape(x.shape[0], 8)
+            return self.head(attend(h, self.w))
+    x = rng.random((5, 2, 4, 4), dtype=np.float32)
+    y = rng.integers(0, 3, 5)
+    results = []
+    for compiled in (False, True):
+        nn.manual_seed(4)
+        model = Net()
+        opt = optim.Adam(model.parameters(), lr=0.05)
+        fn = _step_of(model, nn.CrossEntropyLoss(), opt)
+        step = tc.compile(fn) if compiled else fn
+        losses = [float(step(x, y).numpy()) for _ in range(6)]
+        results.append((losses, model.state_dict()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for k, v in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-4, atol=1e-6)
+    source = step.source
+    forward = next(line for line in source.splitlines() if line.startswith("# ") and "<- op 'A[n, j] +=" in line)
+    assert all(f"{t}=v" in forward for t in ("P", "A", "M", "E", "Z"))  # the forward call keeps its values
+    header = next(line for line in source.splitlines() if "<- op 'dE_part[n, j]" in line)
+    block = source[source.index(header):].split("\n# ")[0]
+    assert all(f"{t}=v" in header for t in ("A", "M", "E", "Z"))  # read from the forward call ...
+    mine = header.split("=")[1].split(" ")[0]  # the gradient call's value: its temporaries are mine_T
+    assert not [line for line in block.splitlines() for t in "AMEZ" if line.startswith(f"{mine}_{t}[")]
+    assert "max(" not in block  # ... not recomputed
+
+
 def test_outputs_option_returns_tensors_later_statements_read():
     op = tc.op("C[i, j] += A[i, k] * B[k, j]\nZ[i, j] = C[i, j] + 1\nO[i, j] = relu(Z[i, j])", outputs=("Z", "O"))
     a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
