@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--tune", type=float, default=None, metavar="S",
                        help="seconds of blocking tuning for the kernels the second step spends its time in, before "
                             "training goes on (CPU; 0: none). Default: up to 60 s of tuning in a background "
-                            "process while training goes on, tuned kernels swapped in between steps. Tuned "
+                            "process while training goes on (when 30 s or more of training are left), tuned "
+                            "kernels swapped in between steps. Tuned "
                             "schedules are stored: a later run uses them at once and never tunes them again")
     train.set_defaults(run=lambda a: __import__("tensorcomp.train", fromlist=["main"]).main(a))
     demo = sub.add_parser("demo", help="run ops on the bundled MNIST subset and time the capsule kernel")

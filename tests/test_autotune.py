@@ -190,6 +190,16 @@ def test_train_tunes_the_kernels_of_its_second_step(cache):
     assert result["compiling_steps"] == (2 if result["compiled"] else 1) and result["steps"] == 6
 
 
+def test_background_tuning_starts_only_when_enough_training_is_left(cache, monkeypatch):
+    """A run whose steps left would end before the worker's kernels came back does not start it."""
+    from tensorcomp import train as training
+    short = training.train("lenet", epochs=1, max_steps=12, progress=False, tune_s=60, background=True)
+    assert short["tuning"] == "skipped" and short["tuned_ops"] == 0 and short["steps"] == 12
+    monkeypatch.setattr(training, "BACKGROUND_MIN_S", 0.0)
+    started = training.train("lenet", epochs=1, max_steps=12, progress=False, tune_s=60, background=True)
+    assert started["tuning"] == "background" and started["steps"] == 12
+
+
 def test_with_budget_left_after_every_candidate_tiles_are_tried_with_other_reduction_blocks(cache):
     op = tc.op("C[i, j] += A[i, k] * B[k, j]")
     a = rng.standard_normal((8, 2048)).astype(np.float32)
