@@ -406,3 +406,20 @@ def test_a_weight_gradient_summed_over_a_contiguous_batch_runs_as_a_dot_tile(mon
     want = np.einsum("nfy,ncky->fck", g.astype(np.float64),
                      np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), 10, axis=2))
     np.testing.assert_allclose(op(g, x), want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)
+
+
+@pytest.mark.parametrize("d", [16, 15])
+def test_a_dot_tile_runs_its_reduction_over_a_fused_contiguous_group(monkeypatch, d):
+    """Both reads walk (j, d) as one contiguous run: the dot tile's innermost reduction is the fused
+    loop j_d (150 elements: the last vector masked), 4 x 4 elements of X in registers."""
+    from tensorcomp import target
+    for name, value in target.AVX512.items():
+        monkeypatch.setattr(target, name, value)
+    op = tc.op("X[n, k] += U[n, j, d] * W[k, j, d]")
+    u = rng.standard_normal((64, 10, d)).astype(np.float32)
+    w = rng.standard_normal((8, 10, d)).astype(np.float32)
+    lines = [ln.strip() for ln in str(op.loopnest(u, w)).splitlines()]
+    at = lines.index("# vector_sum tile: 16 elements of X in registers, vectors of 16 lanes")
+    assert lines[at + 1:at + 4] == [f"for j_d in range(0, {10 * d}):", "for n_i in range(0, 4):",
+                                    "for k_i in range(0, 4):"]
+    np.testing.assert_allclose(op(u, w), np.einsum("njd,kjd->nk", u.astype(np.float64), w), rtol=1e-4, atol=1e-4)

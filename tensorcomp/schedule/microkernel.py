@@ -330,14 +330,16 @@ def default_dot_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: 
     written = [n for n in st.write_names() if n in extent]
     inner = order[-1]
     lanes = target.VECTOR_BYTES // itemsize[st.target]
-    if group or inner in written or extent[inner] < lanes or set(st.write_names()) - set(written):
+    group = list(group) or [inner]  # a fused group: its loops walk one contiguous run together
+    if any(n in written for n in group) or math.prod(extent[n] for n in group) < lanes or \
+            set(st.write_names()) - set(written):
         return None
     reads = list(dict.fromkeys((a.tensor, a.index) for a in st.accesses()))
     moving = []  # the reads that move along the innermost loop: each must walk it contiguously
     for tensor, index in reads:
         used = {n for lin in index for n in lin.names()}
-        if inner in used:
-            if _byte_stride(tensor, index, inner, strides) != itemsize[tensor]:
+        if used & set(group):
+            if inner not in used or _byte_stride(tensor, index, inner, strides) != itemsize[tensor]:
                 return None
             moving.append(used)
     axes = {n: {d for d, lin in enumerate(st.index) if n in lin.names()} for n in written}
@@ -386,7 +388,10 @@ def default_dot_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: 
         return None
     outer.insert(0, outer.pop(pick))
     reductions = [n for n in order if n not in written]
-    return tuple(records) + (Reorder(k, tuple(outer + reductions + tile)),)
+    fuses = []  # the group fused pairwise from the inside: (j, d) -> j_d
+    for n in reversed(group[:-1]):
+        fuses.append(Fuse(k, n, group[-1] if not fuses else f"{fuses[-1].outer}_{fuses[-1].inner}"))
+    return tuple(records) + (Reorder(k, tuple(outer + reductions + tile)),) + tuple(fuses)
 
 
 def reduction_steps(bs) -> int:
