@@ -285,8 +285,10 @@ class Op:
 
     def canonical(self) -> str:
         """The op's canonical source (names renamed in order of appearance): the tuning database key."""
-        kept = f"\n# outputs: {', '.join(self.kept_outputs)}" if self.kept_outputs else ""
-        return canonical_source(self.program) + kept
+        if self.__dict__.get("_canonical") is None:  # (the program never changes after __init__)
+            kept = f"\n# outputs: {', '.join(self.kept_outputs)}" if self.kept_outputs else ""
+            self._canonical = canonical_source(self.program) + kept
+        return self._canonical
 
     def with_schedule(self, schedule, use_tuned: bool | None = None) -> "Op":
         """The same op run with another schedule (a tuple of records; see tensorcomp.schedule).

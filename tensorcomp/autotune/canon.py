@@ -34,8 +34,7 @@ def names_map(program: Program) -> dict[str, str]:
     return {**tensors, **indices, **params}
 
 
-def _expr(e: Expr, m: dict[str, str]) -> Expr:
-    lins = {k: Lin.var(v) for k, v in m.items()}
+def _expr(e: Expr, m: dict[str, str], lins: dict[str, Lin]) -> Expr:
     if isinstance(e, Access):
         return Access(m[e.tensor], tuple(lin.rename(lins) for lin in e.index))
     if isinstance(e, Index):
@@ -43,7 +42,7 @@ def _expr(e: Expr, m: dict[str, str]) -> Expr:
     if isinstance(e, Param):
         return Param(m[e.name])
     if isinstance(e, Call):
-        return Call(e.fn, tuple(_expr(a, m) for a in e.args))
+        return Call(e.fn, tuple(_expr(a, m, lins) for a in e.args))
     return e
 
 
@@ -59,7 +58,7 @@ def renamed_source(program: Program, m: dict[str, str]) -> str:
     out = []
     for st in program.statements:
         out.append(str(Statement(m[st.target], tuple(lin.rename(lins) for lin in st.index), st.reduce,
-                                 _expr(st.expr, m))))
+                                 _expr(st.expr, m, lins))))
     return "\n".join(out)
 
 
