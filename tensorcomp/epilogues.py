@@ -10,8 +10,10 @@ convolution's output) stay outputs (``Op(outputs=...)``); the others become temp
 compiler folds into their reader (a bias add into the activation) or keeps in the loop nest the
 statements share (``schedule.fusion``). Chains fuse too: a merged call is a producer again.
 
-Only plain ops (``tc.op``) merge: a derived gradient op binds to its base op's domains, which its
-source alone does not state.
+Plain ops (``tc.op``) merge, and gradient ops whose statements run over exactly the domains a plain
+op's range inference gives them (``gradient_calls.as_plain``: a ReLU's gradient into the max pool's
+or the convolution's gradient before it); other gradient ops bind to their base op's domains, which
+their source alone does not state, and stay apart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import replace
 
 from .autotune.canon import renamed_source
 from .errors import TensorcompError
+from .gradient_calls import as_plain
 from .opdef import Op
 from .trace import Call, Program
 
@@ -74,13 +77,20 @@ def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
     return Call(merged, params, tuple(value[t] for t in merged.inputs), tuple(value[t] for t in merged.outputs))
 
 
+def _plain_call(item, p: Program):
+    """A gradient op's call as the call of an equal plain op where there is one (``gradient_calls``)."""
+    if isinstance(item, Call) and type(item.op) is not Op:
+        return as_plain(item, p.specs) or item
+    return item
+
+
 def fuse_epilogues(p: Program) -> Program:
     """Each elementwise call that directly follows the call making one of its inputs runs inside it."""
     keep = p.kept()
     body = list(p.body)
     k = 0
     while k + 1 < len(body):
-        a, b = body[k], body[k + 1]
+        a, b = _plain_call(body[k], p), _plain_call(body[k + 1], p)
         if isinstance(a, Call) and isinstance(b, Call) and _producer(a.op) and _elementwise(b.op) and \
                 set(a.outputs) & set(b.inputs):
             reads = Counter(v for item in body for v in (item.inputs if isinstance(item, Call) else (item.source,)))

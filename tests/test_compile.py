@@ -256,7 +256,8 @@ def test_independent_calls_of_one_op_merge_into_one_call():
     for _ in range(4):
         compiled(x, y)
     stats = compiled.stats(x, y)
-    assert stats["calls"] == stats["calls_traced"] - 3 - 1  # (the ReLU also runs inside the first Linear)
+    # (the ReLU also runs inside the first Linear, and its gradient inside the second Linear's gradient)
+    assert stats["calls"] == stats["calls_traced"] - 3 - 2
     updates = [line for line in compiled.source.splitlines() if line.startswith("# ") and "M2_3" in line]
     assert len(updates) == 1  # one call writes all four parameters' moments and values
 
@@ -329,6 +330,28 @@ def test_a_gradient_reads_the_forward_values_it_would_recompute():
     mine = header.split("=")[1].split(" ")[0]  # the gradient call's value: its temporaries are mine_T
     assert not [line for line in block.splitlines() for t in "AMEZ" if line.startswith(f"{mine}_{t}[")]
     assert "max(" not in block  # ... not recomputed
+
+
+def test_gradient_calls_equal_to_plain_ops_take_their_epilogues():
+    """gradient_calls.as_plain: a gradient op whose statements a plain op computes over the same
+    domains becomes that op's call (inputs it never reads dropped), so fuse_epilogues runs the
+    ReLU's gradient inside the Linear gradient before it; a strided convolution's gradient (its
+    input gradient keeps the input's shape, which the scatter alone does not reach) and a max pool's
+    (a plain op would divide by the integer tie count in float64) stay gradient ops."""
+    from tensorcomp.gradient_calls import as_plain
+    from tensorcomp.trace import Call
+    specs = lambda *arrays: [tc.trace.spec_of(a) for a in arrays]  # noqa: E731
+    relu = tc.grad(tc.op("O[i, j] = relu(X[i, j])"), "X")
+    x, d = (rng.standard_normal((4, 5)).astype(np.float32) for _ in range(2))
+    plain = as_plain(Call(relu, (), (0, 1), (2,)), specs(x, d))  # values 0, 1: X, dO
+    assert type(plain.op) is tc.Op and plain.op.inputs == ("dO", "X") and plain.inputs == (1, 0)
+    np.testing.assert_array_equal(plain.op(d, x), relu(x, d))
+    conv = tc.grad(tc.op("C[n, y, f] += I[n, 2*y + k, c] * W[k, c, f]"), ["I", "W"])
+    i, w, g = (np.zeros(s, np.float32) for s in [(2, 10, 3), (3, 3, 4), (2, 4, 4)])
+    assert as_plain(Call(conv, (), (0, 1, 2), (3, 4)), specs(i, w, g)) is None
+    pool = tc.grad(tc.op("O[n, y] = max(X[n, 2*y + k])", ranges={"k": 2}), "X")
+    assert as_plain(Call(pool, (), (0, 1), (2,)), specs(np.zeros((2, 8), np.float32),
+                                                         np.zeros((2, 4), np.float32))) is None
 
 
 def test_outputs_option_returns_tensors_later_statements_read():
