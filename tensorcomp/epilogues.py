@@ -90,7 +90,11 @@ def fuse_epilogues(p: Program) -> Program:
     body = list(p.body)
     k = 0
     while k + 1 < len(body):
-        a, b = _plain_call(body[k], p), _plain_call(body[k + 1], p)
+        a, b = body[k], body[k + 1]
+        if isinstance(a, Call) and isinstance(b, Call) and set(a.outputs) & set(b.inputs) and \
+                len(b.op.program.statements) == 1:  # (checked first: gradient calls are bound to compare)
+            b = _plain_call(b, p)
+            a = _plain_call(a, p) if _elementwise(b.op) else a
         if isinstance(a, Call) and isinstance(b, Call) and _producer(a.op) and _elementwise(b.op) and \
                 set(a.outputs) & set(b.inputs):
             reads = Counter(v for item in body for v in (item.inputs if isinstance(item, Call) else (item.source,)))
