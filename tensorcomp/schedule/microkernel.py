@@ -148,17 +148,8 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                 records.append(Split(k, split.index, split.factor))
             if red_split is not None:
                 records.append(Split(k, red_split[0], red_split[1]))
-            outer, inner = [], []
-            row_of = dict(rows)
-            for n in others:
-                if n not in row_of:
-                    outer.append(n)
-                elif row_of[n] == extent[n]:
-                    inner.append(n)
-                else:
-                    records.append(Split(k, n, row_of[n]))
-                    outer.append(f"{n}_o")
-                    inner.append(f"{n}_i")
+            splits, outer, inner = _rows_inside(k, others, dict(rows), extent)
+            records += splits
             seq = _reuse_order(outer + col_outer, reads, sweeps, names, extent)
             # outermost a loop the cores can share: one over a plain written index (a scatter's
             # k0 in dI[k0 + 2*y0] is not; 9x9 conv dI 2 threads instead of 1)
@@ -187,6 +178,22 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
             lines = sum(step * per[last] for step, per in sweeps if last in per)  # new bytes per step
             out.append((reuse + 0.01 * fmas - LINE_COST * lines / fmas, tuple(records)))
     return out
+
+
+def _rows_inside(k: int, loops: list[str], row_of: dict[str, int], extent: dict[str, int]):
+    """(splits, outer loops, tile loops): each of ``loops`` with rows stays outside, or moves into the
+    tile whole (rows = its extent) or as the inner part of a split by its rows."""
+    splits, outer, inner = [], [], []
+    for n in loops:
+        if n not in row_of:
+            outer.append(n)
+        elif row_of[n] == extent[n]:
+            inner.append(n)
+        else:
+            splits.append(Split(k, n, row_of[n]))
+            outer.append(f"{n}_o")
+            inner.append(f"{n}_i")
+    return splits, outer, inner
 
 
 def _loads(reads: list, rows, vectors: int, cols: set[str]) -> int:
@@ -369,19 +376,8 @@ def default_dot_tile(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: 
     if best is None:
         return None
     records: list[Record] = []
-    row_of = dict(best[1])
-    outer, tile = [], []
-    for n in order:
-        if n not in written:
-            continue
-        if n not in row_of:
-            outer.append(n)
-        elif row_of[n] == extent[n]:
-            tile.append(n)
-        else:
-            records.append(Split(k, n, row_of[n]))
-            outer.append(f"{n}_o")
-            tile.append(f"{n}_i")
+    splits, outer, tile = _rows_inside(k, [n for n in order if n in written], dict(best[1]), extent)
+    records += splits
     # outermost a loop over a plain written index, so the cores can share it
     pick = next((j for j, n in enumerate(outer) if _source(n, set(bs.names)) in plain), 0)
     if not outer:  # nothing left outside the tile for the cores to share
