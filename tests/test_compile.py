@@ -262,6 +262,23 @@ def test_independent_calls_of_one_op_merge_into_one_call():
     assert len(updates) == 1  # one call writes all four parameters' moments and values
 
 
+def _same_training(build, make_opt, x, y, steps):
+    """``steps`` eager and ``steps`` compiled steps from the same initial parameters agree (losses,
+    parameters); returns the compiled step."""
+    results = []
+    for compiled in (False, True):
+        nn.manual_seed(4)
+        model = build()
+        fn = _step_of(model, nn.CrossEntropyLoss(), make_opt(model))
+        step = tc.compile(fn) if compiled else fn
+        losses = [float(step(x, y).numpy()) for _ in range(steps)]
+        results.append((losses, model.state_dict()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for k, v in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-4, atol=1e-6)
+    return step
+
+
 def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
     """fuse_epilogues: the ReLU after a convolution becomes statements of the convolution's call; the
     convolution's output stays an output, since the ReLU's gradient reads it; the step still trains as
@@ -271,17 +288,7 @@ def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
         return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     x = rng.random((4, 1, 6, 6), dtype=np.float32)
     y = rng.integers(0, 3, 4)
-    results = []
-    for compiled in (False, True):
-        model = build()
-        opt = optim.SGD(model.parameters(), lr=0.1)
-        fn = _step_of(model, nn.CrossEntropyLoss(), opt)
-        step = tc.compile(fn) if compiled else fn
-        losses = [float(step(x, y).numpy()) for _ in range(5)]
-        results.append((losses, model.state_dict()))
-    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
-    for k, v in results[0][1].items():
-        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-4, atol=1e-6)
+    step = _same_training(build, lambda m: optim.SGD(m.parameters(), lr=0.1), x, y, 5)
     headers = [line for line in step.source.splitlines() if line.startswith("# ")]
     fused = headers[0]
     assert fused.startswith("# O_a=v") and ", O_b=v" in fused and "relu" not in "".join(headers[1:3])
@@ -309,18 +316,7 @@ def test_a_gradient_reads_the_forward_values_it_would_recompute():
             return self.head(attend(h, self.w))
     x = rng.random((5, 2, 4, 4), dtype=np.float32)
     y = rng.integers(0, 3, 5)
-    results = []
-    for compiled in (False, True):
-        nn.manual_seed(4)
-        model = Net()
-        opt = optim.Adam(model.parameters(), lr=0.05)
-        fn = _step_of(model, nn.CrossEntropyLoss(), opt)
-        step = tc.compile(fn) if compiled else fn
-        losses = [float(step(x, y).numpy()) for _ in range(6)]
-        results.append((losses, model.state_dict()))
-    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
-    for k, v in results[0][1].items():
-        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-4, atol=1e-6)
+    step = _same_training(Net, lambda m: optim.Adam(m.parameters(), lr=0.05), x, y, 6)
     source = step.source
     forward = next(line for line in source.splitlines() if line.startswith("# ") and "<- op 'A[n, j] +=" in line)
     assert all(f"{t}=v" in forward for t in ("P", "A", "M", "E", "Z"))  # the forward call keeps its values
