@@ -69,12 +69,16 @@ def as_plain(call: Call, specs) -> Call | None:
     if key not in _PLAIN:
         _PLAIN[key] = None
         try:
-            base = g.base  # its options carry over: window ranges, padded inputs
-            options = dict(ranges=base.given_ranges or None, pad=base.pad_widths or None,
-                           pad_value=base.pad_values or None)
-            plain = Op(renamed_source(g.program, {}), **options)
+            source = renamed_source(g.program, {})
+            bare = Op(source)
+            indices = {n for st in bare.program.statements for n in st.index_names()}
+            base = g.base  # its options carry over (those naming the plain op's indices and inputs)
+            options = dict(ranges={n: r for n, r in base.given_ranges.items() if n in indices} or None,
+                           pad={t: w for t, w in base.pad_widths.items() if t in bare.inputs} or None,
+                           pad_value={t: x for t, x in base.pad_values.items() if t in bare.inputs} or None)
+            plain = Op(source, **options)
             if plain.outputs != g.outputs:  # (outputs= only where needed: an elementwise op without it merges)
-                plain = Op(renamed_source(g.program, {}), outputs=g.outputs, **options)
+                plain = Op(source, outputs=g.outputs, **options)
             given = dict(zip(g.inputs, (_blank(specs[v]) for v in call.inputs)))
             params = dict(call.params)
             if all(t in given for t in plain.inputs) and set(plain.params) <= set(params) and _same(
