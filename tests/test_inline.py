@@ -111,3 +111,19 @@ def test_a_copy_is_read_from_its_source_by_every_reader():
     for k in range(3):
         want_di[:, :, k:k + 6] += np.einsum("nfy,fc->ncy", d, w[:, :, k])
     np.testing.assert_allclose(di, want_di, rtol=1e-12)
+
+
+def test_an_elementwise_sum_into_a_tensor_written_once_is_an_assignment():
+    """A ReLU's gradient ``dX[i, j] += dO[i, j] * where(X[i, j] > 0, 1, 0)`` writes each element of dX
+    once: it stores, with no zeroing pass before it. A sum over an index the target lacks keeps its
+    zeroing and its sum."""
+    g = tc.grad(tc.op("O[i, j] = relu(X[i, j])"), "X")
+    x, d = (np.random.default_rng(3).standard_normal((6, 40)).astype(np.float32) for _ in range(2))
+    assert kernel_statements(g, x, d) == ["dX[i, j] = dO[i, j] * where(X[i, j] > 0, 1, 0)"]
+    assert str(g.loopnest(x, d)) == ("for i_j in range(0, 240):  # parallel\n"
+                                     "  dX[i_j // 40, i_j % 40] = dO[i_j // 40, i_j % 40] * "
+                                     "where(X[i_j // 40, i_j % 40] > 0, 1, 0)")
+    np.testing.assert_array_equal(g(x, d), d * (x > 0))
+    rows = tc.op("O[i] += A[i, j]")
+    assert kernel_statements(rows, x) == ["O[i] += A[i, j]"] and "O[i] = 0.0" in str(rows.loopnest(x))
+    np.testing.assert_allclose(rows(x), x.sum(1), rtol=1e-5, atol=1e-5)
