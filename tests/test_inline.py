@@ -115,8 +115,8 @@ def test_a_copy_is_read_from_its_source_by_every_reader():
 
 def test_an_elementwise_sum_into_a_tensor_written_once_is_an_assignment():
     """A ReLU's gradient ``dX[i, j] += dO[i, j] * where(X[i, j] > 0, 1, 0)`` writes each element of dX
-    once: it stores, with no zeroing pass before it. A sum over an index the target lacks keeps its
-    zeroing and its sum."""
+    once: it stores, with no zeroing pass before it; so does a max pool's gradient over windows side by
+    side. Overlapping windows, and a sum over an index the target lacks, keep their zeroing and sums."""
     g = tc.grad(tc.op("O[i, j] = relu(X[i, j])"), "X")
     x, d = (np.random.default_rng(3).standard_normal((6, 40)).astype(np.float32) for _ in range(2))
     assert kernel_statements(g, x, d) == ["dX[i, j] = dO[i, j] * where(X[i, j] > 0, 1, 0)"]
@@ -124,6 +124,10 @@ def test_an_elementwise_sum_into_a_tensor_written_once_is_an_assignment():
                                      "  dX[i_j // 40, i_j % 40] = dO[i_j // 40, i_j % 40] * "
                                      "where(X[i_j // 40, i_j % 40] > 0, 1, 0)")
     np.testing.assert_array_equal(g(x, d), d * (x > 0))
+    pool = tc.grad(tc.op("O[n, y] = max(X[n, 2*y + k])", ranges={"k": 2}), "X")  # windows side by side
+    assert kernel_statements(pool, x, x[:, :20])[-1].startswith("dX[n, k + 2*y] = where(")
+    overlapping = tc.grad(tc.op("O[n, y] = max(X[n, y + k])", ranges={"k": 2}), "X")
+    assert kernel_statements(overlapping, x[:, :21], x[:, :20])[-1].startswith("dX[n, k + y] += where(")
     rows = tc.op("O[i] += A[i, j]")
     assert kernel_statements(rows, x) == ["O[i] += A[i, j]"] and "O[i] = 0.0" in str(rows.loopnest(x))
     np.testing.assert_allclose(rows(x), x.sum(1), rtol=1e-5, atol=1e-5)
