@@ -40,7 +40,8 @@ def _elementwise(op: Op) -> bool:
     return all(lin.plain_var is not None for a in st.accesses() for lin in a.index)
 
 
-def _producer(op: Op) -> bool:
+def rewritable(op: Op) -> bool:
+    """A plain op whose source a pass may rewrite: no schedule of its own, no index tensors."""
     return type(op) is Op and not op.lookup_checks and not op.schedule
 
 
@@ -95,7 +96,7 @@ def fuse_epilogues(p: Program) -> Program:
                 len(b.op.program.statements) == 1:  # (checked first: gradient calls are bound to compare)
             b = _plain_call(b, p)
             a = _plain_call(a, p) if _elementwise(b.op) else a
-        if isinstance(a, Call) and isinstance(b, Call) and _producer(a.op) and _elementwise(b.op) and \
+        if isinstance(a, Call) and isinstance(b, Call) and rewritable(a.op) and _elementwise(b.op) and \
                 set(a.outputs) & set(b.inputs):
             reads = Counter(v for item in body for v in (item.inputs if isinstance(item, Call) else (item.source,)))
             mine = Counter(b.inputs)

@@ -21,9 +21,11 @@ from dataclasses import replace
 import numpy as np
 
 from .autodiff.transpose import DerivedOp
+from .epilogues import rewritable
 from .errors import TensorcompError
 from .opdef import Op
-from .trace import Call, Program
+from .strides import contiguous
+from .trace import Call, Program, blank
 
 _KEPT: dict[tuple, tuple[Op, DerivedOp] | None] = {}  # (base ident, gradient ident, kept) -> new ops
 
@@ -54,19 +56,6 @@ def _rebuilt(base: Op, g: DerivedOp, kept: tuple[str, ...]) -> tuple[Op, Derived
     return _KEPT[key]
 
 
-def _contiguous(shape: tuple[int, ...], dtype: np.dtype) -> tuple:
-    """The spec (shape, dtype, byte strides) of a new C-contiguous array."""
-    strides, step = [], dtype.itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return (tuple(shape), dtype, tuple(reversed(strides)))
-
-
-def _plain(op: Op) -> bool:
-    return type(op) is Op and not op.schedule and not op.lookup_checks
-
-
 def keep_forward_values(p: Program) -> Program:
     """Each gradient call reads the forward values it recomputes from the forward call before it."""
     body = list(p.body)
@@ -85,7 +74,7 @@ def keep_forward_values(p: Program) -> Program:
                     all(params.get(k) == x for k, x in f.params):
                 found = i
                 break
-        if found is None or not _plain(body[found].op):
+        if found is None or not rewritable(body[found].op):
             continue
         f = body[found]
         kept = _recomputed(g.op)
@@ -93,14 +82,14 @@ def keep_forward_values(p: Program) -> Program:
         if rebuilt is None:
             continue
         forward, gradient = rebuilt
-        tensors = f.op.bind(*(np.broadcast_to(np.zeros((), specs[v][1]), specs[v][0]) for v in f.inputs),
-                            **dict(f.params)).tensors
+        tensors = f.op.bind(*(blank(specs[v]) for v in f.inputs), **dict(f.params)).tensors
         made = dict(zip(f.op.outputs, f.outputs))
         outputs = list(f.outputs)
         for t in forward.outputs[len(f.op.outputs):]:
             made[t] = len(specs)
             outputs.append(len(specs))
-            specs.append(_contiguous(tensors[t].shape, np.dtype(tensors[t].dtype)))
+            dtype = np.dtype(tensors[t].dtype)
+            specs.append((tensors[t].shape, dtype, contiguous(tensors[t].shape, dtype.itemsize)))
         body[found] = replace(f, op=forward, outputs=tuple(outputs))
         body[j] = replace(g, op=gradient, inputs=g.inputs + tuple(made[t] for t in kept))
     return replace(p, body=tuple(body), specs=tuple(specs))

@@ -18,20 +18,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import islpy as isl
-import numpy as np
 
 from .autodiff.transpose import DerivedOp
 from .autotune.canon import renamed_source
 from .errors import TensorcompError
 from .opdef import Op
-from .trace import Call
+from .trace import Call, blank
 
 _PLAIN: dict[tuple, Op | None] = {}  # (gradient op identity, input specs) -> the plain op, or None
-
-
-def _blank(spec) -> np.ndarray:
-    """An array of this shape and dtype that takes no memory (binding reads shapes and dtypes only)."""
-    return np.broadcast_to(np.zeros((), spec[1]), spec[0])
 
 
 def _in_order(bs, names: tuple[str, ...]) -> isl.Set | None:
@@ -79,7 +73,7 @@ def as_plain(call: Call, specs) -> Call | None:
             plain = Op(source, **options)
             if plain.outputs != g.outputs:  # (outputs= only where needed: an elementwise op without it merges)
                 plain = Op(source, outputs=g.outputs, **options)
-            given = dict(zip(g.inputs, (_blank(specs[v]) for v in call.inputs)))
+            given = dict(zip(g.inputs, (blank(specs[v]) for v in call.inputs)))
             params = dict(call.params)
             if all(t in given for t in plain.inputs) and set(plain.params) <= set(params) and _same(
                     g.bind(*given.values(), **params),

@@ -62,6 +62,11 @@ def spec_of(a: np.ndarray) -> Spec:
     return (a.shape, a.dtype, a.strides)
 
 
+def blank(spec: Spec) -> np.ndarray:
+    """An array of the spec's shape and dtype that takes no memory (for binding, which reads only those)."""
+    return np.broadcast_to(np.zeros((), spec[1]), spec[0])
+
+
 @dataclass(frozen=True)
 class Program:
     """One traced run of a step. ``result`` mirrors the function's return value with each array or

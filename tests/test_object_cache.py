@@ -96,3 +96,14 @@ def test_an_edited_or_moved_manifest_is_never_trusted(tmp_path, monkeypatch):
     other.write_text(path.read_text())  # a valid manifest under another kernel's key
     assert objects.read_manifest("0" * 32) is None and not other.exists()
     assert objects.read_manifest(path.name[:-len(".kernel.json")]) is not None
+
+
+def test_llvm_prefers_shuffled_loads_to_gathers_unless_asked(monkeypatch):
+    """The target features ask LLVM for shuffled wide loads instead of gathers (and they are part of
+    the object key: a kernel built either way is cached apart); TENSORCOMP_GATHERS=1 leaves them out."""
+    from tensorcomp.runtime import jit
+    monkeypatch.delenv("TENSORCOMP_GATHERS", raising=False)
+    assert jit._features().endswith("+prefer-no-gather,+prefer-no-scatter")
+    assert jit._features() in jit._environment()
+    monkeypatch.setenv("TENSORCOMP_GATHERS", "1")
+    assert "prefer-no-gather" not in jit._features()
