@@ -262,6 +262,9 @@ class Op:
             elif isinstance(r, Stage) and r.tensor not in [t for t, _ in self.program.ranks]:
                 raise ScheduleError(f"{self.label}: Stage names tensor '{r.tensor}', which the op does not use; "
                                     f"its tensors are: {', '.join(t for t, _ in self.program.ranks)}")
+            elif isinstance(r, Stage) and r.buffers not in (1, 2):
+                raise ScheduleError(f"{self.label}: Stage buffers must be 1 (one shared tile per iteration) or 2 "
+                                    f"(double-buffered), got {r.buffers!r}")
             if isinstance(r, (Block, Layout)):
                 continue
             if not 0 <= r.stmt < len(self.program.statements):

@@ -48,6 +48,11 @@ CORPUS = [
         tc.schedule.Reorder(0, ("n", "y", "x", "co", "ky", "kx", "ci", "q", "p", "r")), tc.schedule.Threads(0, (2, 2, 8)),
         tc.schedule.Stage(0, "I", "ky"), tc.schedule.Stage(0, "W", "kx"))), (z32(2, 9, 9, 3, 4, 4), z32(3, 3, 3, 8, 4, 4)),
      {}),
+    # double-buffered: the next k_o's tiles loaded into registers while this one's are used
+    (tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(
+        tc.schedule.Split(0, "i", 4), tc.schedule.Split(0, "k", 4), tc.schedule.Reorder(0, ("i_o", "j", "k_o", "k_i", "i_i")),
+        tc.schedule.Threads(0, (4, 16)), tc.schedule.Stage(0, "A", "k_o", 2), tc.schedule.Stage(0, "B", "k_o", 2))),
+     (z32(36, 16), z32(16, 20)), {}),
     # index names that the generated code must not capture
     (tc.op("O[rest, flat] += A[rest, acc] * B[acc, flat]"), (z32(3, 4), z32(4, 5)), {}),
     # the C library's functions (erf, expm1, log1p, atan2) and the ones made of others
@@ -179,7 +184,32 @@ def test_shared_memory_tiles_golden():
     assert "__shared__ float tc_s_W[384];  // 1 x 1 x 3 x 8 x 4 x 4 box of W per iteration of kx" in caps
 
 
+def test_double_buffered_tiles_golden():
+    code = CORPUS[18][0].code(*CORPUS[18][1], target="cuda")
+    assert "__shared__ float tc_s_A[128];  // 16 x 4 box of A per iteration of k_o" in code  # two 64-element tiles
+    before = code[code.index("int tc_buf_k_o = 0;"):code.index("for (idx k_o = 0; k_o < 4; k_o += 1) {")]
+    assert "const idx k_o = 0;" in before and before.count("__syncthreads();") == 1  # the first tiles, then a barrier
+    loop = code[code.index("for (idx k_o = 0; k_o < 4; k_o += 1) {"):]
+    assert loop.count("__syncthreads();") == 1  # one barrier per iteration, after the compute
+    assert "const bool tc_more_k_o = k_o + 1 < 4;" in loop
+    assert "const float *tc_sp_A = tc_s_A + tc_buf_k_o * 64;" in loop  # this iteration's tile
+    # the next iteration's elements, one per thread, into registers: the loop variable rebound to k_o + 1
+    assert "const idx tc_next = k_o + 1;\n          {\n            const idx k_o = tc_next;" in loop
+    assert "tc_pf_A[tc_j] = (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16) ?" in loop
+    # the statement reads this iteration's tile; the registers go to the other buffer after it
+    compute, store = loop.index("tc_sp_A[((ix_i) - tc_sb_A_0) * 4"), loop.index("tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e]")
+    assert compute < store < loop.index("__syncthreads();") < loop.index("tc_buf_k_o ^= 1;")
+
+
 @pytest.mark.parametrize("schedule,message", [
+    ((S.Split(0, "k", 4), S.Reorder(0, ("i", "j", "k_o", "k_i")), S.Threads(0, (4, 8)), S.Stage(0, "A", "k_o", 2),
+      S.Stage(0, "B", "k_o")),
+     "Stage: A and B are staged at loop 'k_o' of statement 0 with 2 and 1 buffers; tiles staged at one loop share "
+     "their barriers, so give them the same buffers"),
+    ((S.Split(0, "k", 250), S.Reorder(0, ("i", "j", "k_o", "k_i")), S.Threads(0, (8, 32)), S.Stage(0, "A", "k_o", 2),
+      S.Stage(0, "B", "k_o", 2)),
+     "Stage: the shared tiles of statement 0 (A 8 x 250, B 250 x 32) need 80000 bytes per block; at most 49152 "
+     "fit (stage at an inner loop, split the staged loop by a smaller factor, or use fewer threads)"),
     ((S.Reorder(0, ("i", "j", "k")), S.Stage(0, "A", "j")),
      "Stage: statement 0 has no reduction loop 'j' around its register tile; its reduction loops are: k"),
     ((S.Reorder(0, ("i", "j", "k")), S.Stage(0, "C", "k")), "Stage: statement 0 does not read C; it reads A, B"),
@@ -205,3 +235,7 @@ def test_malformed_gpu_records_are_refused(schedule, message):
         tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(S.Stage(0, "Q", "k"),))
     assert str(info.value) == ("op 'C[i, j] += A[i, k] * B[k, j]': Stage names tensor 'Q', which the op does not "
                                "use; its tensors are: A, B, C")
+    with pytest.raises(tc.ScheduleError) as info:
+        tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(S.Stage(0, "A", "k", 3),))
+    assert str(info.value) == ("op 'C[i, j] += A[i, k] * B[k, j]': Stage buffers must be 1 (one shared tile per "
+                               "iteration) or 2 (double-buffered), got 3")

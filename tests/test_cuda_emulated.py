@@ -50,6 +50,15 @@ STAGED = [
 ]
 
 
+
+def _double(schedule):
+    return tuple(S.Stage(r.stmt, r.tensor, r.loop, buffers=2) if isinstance(r, S.Stage) else r for r in schedule)
+
+
+# the same with double-buffered tiles (the next iteration's tile loaded while this one is used)
+STAGED += [(source, _double(schedule), shapes) for source, schedule, shapes in STAGED[:4]]
+
+
 @pytest.mark.parametrize("case", range(len(STAGED)))
 def test_shared_memory_tiles_match_the_cpu(case):
     source, schedule, shapes = STAGED[case]

@@ -105,7 +105,7 @@ def rename_records(records: tuple[Record, ...], m: dict[str, str]) -> tuple[Reco
             known(r.stmt).update({r.index + "_o": new + "_o", r.index + "_i": new + "_i"})
             out.append(Rfactor(r.stmt, new, r.parts))
         elif isinstance(r, Stage):
-            out.append(Stage(r.stmt, m[r.tensor], loop(r.stmt, r.loop)))
+            out.append(Stage(r.stmt, m[r.tensor], loop(r.stmt, r.loop), r.buffers))
         elif isinstance(r, (Block, Threads)):
             out.append(r)
     return tuple(out)

@@ -129,7 +129,7 @@ class _CudaBuilder(StagingEmitter):
             sg = self.staged[a.tensor]
             terms = [f"({lin_c(a.index[axis], lambda x: self.env[x])} - {sg.bases[axis]}) * {sg.sstrides[axis]}"
                      for axis in range(len(a.index))]
-            text = f"tc_s_{a.tensor}[{' + '.join(terms) or '0'}]"
+            text = f"tc_s{'p' if sg.buffers == 2 else ''}_{a.tensor}[{' + '.join(terms) or '0'}]"
             return f"({text} != 0)" if info.dtype == "bool" else text
         if not info.pad or not any(lo or hi for lo, hi in info.pad):
             text = self.ref(a.tensor, self.offset(a.tensor, a.index), read=True)
@@ -272,7 +272,7 @@ class _CudaBuilder(StagingEmitter):
         out = [f"{pad}{{  // register tile: {size} element{'s' if size != 1 else ''} of {st.target}",
                f"{pad}  {ctype} tc_acc[{size}];"]
         for sg in staged:
-            out.append(f"{pad}  __shared__ {MEMTYPE[self.bound.tensors[sg.tensor].dtype]} tc_s_{sg.tensor}[{sg.size}];"
+            out.append(f"{pad}  __shared__ {MEMTYPE[self.bound.tensors[sg.tensor].dtype]} tc_s_{sg.tensor}[{sg.buffers * sg.size}];"
                        f"  // {' x '.join(map(str, sg.extents))} box of {sg.tensor} per iteration of {sg.loop}")
 
         def over_tile(inner: list[str], d: int) -> list[str]:
@@ -300,13 +300,18 @@ class _CudaBuilder(StagingEmitter):
                 break
             unrolled.add(lp.var)
         for lp in reduction:
+            here = [sg for sg in staged if sg.loop == lp.var]
+            double = bool(here) and here[0].buffers == 2
+            if double:
+                out += self.first_tiles(here, box["threads"], lp, d)
             if lp.var in unrolled:
                 out.append(f"{'  ' * d}#pragma unroll")
             out.append(f"{'  ' * d}for (idx {lp.var} = {iexpr_c(lp.lo)}; {lp.var} < {iexpr_c(lp.hi)}; "
                        f"{lp.var} += {lp.step}) {{")
             d += 1
-            here = [sg for sg in staged if sg.loop == lp.var]
-            if here:
+            if double:
+                out += self.prefetch(here, box["threads"], lp, d)
+            elif here:
                 out += self.load_staged(here, box["threads"], d)
             if lp.var == guard_at and box["active"] != "true":
                 out.append(f"{'  ' * d}if (tc_active) {{")
@@ -348,6 +353,9 @@ class _CudaBuilder(StagingEmitter):
             if lp.var == guard_at and box["active"] != "true":
                 d -= 1
                 out.append(f"{'  ' * d}}}")
+            here = [sg for sg in staged if sg.loop == lp.var and sg.buffers == 2]
+            if here:
+                out += self.store_prefetched(here, box["threads"], lp, d)
             d -= 1
             out.append(f"{'  ' * d}}}")
         out += guarded(over_tile([f"{element} = {acc};"], depth + 1), depth + 1)

@@ -16,7 +16,7 @@ from ..schedule.loopnest import Compute, IConst, to_lin
 from ..schedule.records import Stage
 from ..strides import ITEMSIZE
 from ..target import CUDA_SHARED_BYTES
-from .cuda_c import ivars
+from .cuda_c import MEMTYPE, iexpr_c, ivars
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class _Staged:
     extents: tuple[int, ...]
     sstrides: tuple[int, ...]
     order: tuple[int, ...]  # axes, innermost (fastest in the copy) first
+    buffers: int = 1  # 2: double-buffered (the next iteration's tile loaded while this one is used)
 
     @property
     def size(self) -> int:
@@ -74,7 +75,13 @@ class StagingEmitter:
                 varying[lp.var] = (lp.lo.value, last - lp.lo.value)
             fixed = set(names[:pos + 1]) | set(box["fixed_vars"])
             out.append(self.box_of(k, st, found.compute, r, varying, thread_vars, fixed))
-        used = sum(sg.size * ITEMSIZE[self.bound.tensors[sg.tensor].dtype] for sg in out)
+        for sg in out:
+            other = next((o for o in out if o.loop == sg.loop and o.buffers != sg.buffers), None)
+            if other is not None:
+                raise ScheduleError(f"Stage: {sg.tensor} and {other.tensor} are staged at loop '{sg.loop}' of statement "
+                                    f"{k} with {sg.buffers} and {other.buffers} buffers; tiles staged at one loop "
+                                    f"share their barriers, so give them the same buffers")
+        used = sum(sg.buffers * sg.size * ITEMSIZE[self.bound.tensors[sg.tensor].dtype] for sg in out)
         if used > CUDA_SHARED_BYTES:
             boxes = ", ".join(f"{sg.tensor} {' x '.join(map(str, sg.extents))}" for sg in out)
             raise ScheduleError(f"Stage: the shared tiles of statement {k} ({boxes}) need {used} bytes per block; "
@@ -131,7 +138,7 @@ class StagingEmitter:
         for ax in order:
             sstrides[ax] = n
             n *= extents[ax]
-        return _Staged(r.tensor, r.loop, tuple(bases), tuple(exprs), tuple(extents), tuple(sstrides), order)
+        return _Staged(r.tensor, r.loop, tuple(bases), tuple(exprs), tuple(extents), tuple(sstrides), order, r.buffers)
 
     def load_staged(self, tiles: list[_Staged], threads: int, d: int) -> list[str]:
         """The block's cooperative copies of ``tiles`` into shared memory, between two barriers."""
@@ -139,22 +146,83 @@ class StagingEmitter:
         names = " and ".join(sg.tensor for sg in tiles)
         lines = [f"{pad}__syncthreads();  // every thread is done with the previous tile of {names}"]
         for sg in tiles:
-            info = self.bound.tensors[sg.tensor]
-            for base, expr in zip(sg.bases, sg.exprs):
-                lines.append(f"{pad}const idx {base} = {expr};")
+            lines += self._bases(sg, pad)
             lines += [f"{pad}for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{",
-                      f"{pad}  idx tc_r = tc_e;"]
-            for j, axis in enumerate(sg.order):
-                step = f" tc_r /= {sg.extents[axis]};" if j + 1 < len(sg.order) else ""
-                lines.append(f"{pad}  const idx tc_c{axis} = {sg.bases[axis]} + tc_r % {sg.extents[axis]};{step}")
-            pads = info.pad or ((0, 0),) * len(sg.bases)
-            conds = " && ".join(f"tc_c{axis} >= {lo} && tc_c{axis} < {lo + n}" for axis, ((lo, _), n) in
-                                enumerate(zip(pads, info.shape))) or "true"
-            offset = " + ".join(f"(tc_c{axis} - {lo}) * {stride}LL" if lo else f"tc_c{axis} * {stride}LL"
-                                for axis, ((lo, _), stride) in enumerate(zip(pads, self.buffer_strides[sg.tensor].strides)))
-            fill = "0" if info.dtype == "bool" else self.constant(info.pad_value if info.pad else 0, info.dtype)
-            value = self.ref(sg.tensor, offset or "0", read=True)
-            lines.append(f"{pad}  tc_s_{sg.tensor}[tc_e] = ({conds}) ? {value} : {fill};")
-            lines.append(f"{pad}}}")
+                      *self._element(sg, pad + "  ", f"tc_s_{sg.tensor}[tc_e] = {{}};"), f"{pad}}}"]
         lines.append(f"{pad}__syncthreads();  // the tile of {names} is in shared memory")
+        return lines
+
+    # -- double buffering: the tile of the next iteration, loaded while this one is used -------------
+    def first_tiles(self, tiles: list[_Staged], threads: int, loop, d: int) -> list[str]:
+        """Before a double-buffered loop: its first iteration's tiles into buffer 0, then a barrier
+        (the previous use of the buffers ended at the barrier closing that loop's last iteration)."""
+        pad = "  " * d
+        lines = [f"{pad}int tc_buf_{loop.var} = 0;  // the buffer that holds this iteration's tiles",
+                 f"{pad}if ({iexpr_c(loop.lo)} < {iexpr_c(loop.hi)}) {{",
+                 f"{pad}  const idx {loop.var} = {iexpr_c(loop.lo)};"]
+        for sg in tiles:
+            lines += self._bases(sg, pad + "  ")
+            lines += [f"{pad}  for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{",
+                      *self._element(sg, pad + "    ", f"tc_s_{sg.tensor}[tc_e] = {{}};"), f"{pad}  }}"]
+        lines += [f"{pad}}}", f"{pad}__syncthreads();  // the first tile of {' and '.join(sg.tensor for sg in tiles)} "
+                  f"is in shared memory"]
+        return lines
+
+    def prefetch(self, tiles: list[_Staged], threads: int, loop, d: int) -> list[str]:
+        """At the top of an iteration: this iteration's tiles (``tc_sp_<tensor>``) and the next
+        iteration's elements, each thread's share loaded into registers."""
+        pad = "  " * d
+        lines = [f"{pad}const bool tc_more_{loop.var} = {loop.var} + {loop.step} < {iexpr_c(loop.hi)};"]
+        for sg in tiles:
+            ctype = MEMTYPE[self.bound.tensors[sg.tensor].dtype]
+            lines += self._bases(sg, pad)  # where this iteration's tile sits in the tensor
+            lines += [f"{pad}const {ctype} *tc_sp_{sg.tensor} = tc_s_{sg.tensor} + tc_buf_{loop.var} * {sg.size};",
+                      f"{pad}{ctype} tc_pf_{sg.tensor}[{-(-sg.size // threads)}];"]
+        lines += [f"{pad}if (tc_more_{loop.var}) {{", f"{pad}  const idx tc_next = {loop.var} + {loop.step};",
+                  f"{pad}  {{", f"{pad}    const idx {loop.var} = tc_next;"]
+        for sg in tiles:
+            lines += self._bases(sg, pad + "    ")
+            lines += [f"{pad}    #pragma unroll", f"{pad}    for (int tc_j = 0; tc_j < {-(-sg.size // threads)}; tc_j++) {{",
+                      f"{pad}      const idx tc_e = threadIdx.x + tc_j * {threads};",
+                      f"{pad}      if (tc_e < {sg.size}) {{",
+                      *self._element(sg, pad + "        ", f"tc_pf_{sg.tensor}[tc_j] = {{}};"),
+                      f"{pad}      }}", f"{pad}    }}"]
+        lines += [f"{pad}  }}", f"{pad}}}"]
+        return lines
+
+    def store_prefetched(self, tiles: list[_Staged], threads: int, loop, d: int) -> list[str]:
+        """At the bottom of an iteration: the registers loaded by ``prefetch`` into the other
+        buffer, a barrier, and the buffers swapped."""
+        pad = "  " * d
+        lines = [f"{pad}if (tc_more_{loop.var}) {{"]
+        for sg in tiles:
+            n = -(-sg.size // threads)
+            lines += [f"{pad}  #pragma unroll", f"{pad}  for (int tc_j = 0; tc_j < {n}; tc_j++) {{",
+                      f"{pad}    const idx tc_e = threadIdx.x + tc_j * {threads};",
+                      f"{pad}    if (tc_e < {sg.size}) tc_s_{sg.tensor}[(tc_buf_{loop.var} ^ 1) * {sg.size} + tc_e] = "
+                      f"tc_pf_{sg.tensor}[tc_j];", f"{pad}  }}"]
+        lines += [f"{pad}}}",
+                  f"{pad}__syncthreads();  // this iteration's tiles are used up; the next ones are in shared memory",
+                  f"{pad}tc_buf_{loop.var} ^= 1;"]
+        return lines
+
+    def _bases(self, sg: _Staged, pad: str) -> list[str]:
+        return [f"{pad}const idx {base} = {expr};" for base, expr in zip(sg.bases, sg.exprs)]
+
+    def _element(self, sg: _Staged, pad: str, sink: str) -> list[str]:
+        """Element ``tc_e`` of ``sg``'s box, read from the tensor (its pad value outside it), given to
+        ``sink`` (a format string with one ``{}``)."""
+        info = self.bound.tensors[sg.tensor]
+        lines = [f"{pad}idx tc_r = tc_e;"]
+        for j, axis in enumerate(sg.order):
+            step = f" tc_r /= {sg.extents[axis]};" if j + 1 < len(sg.order) else ""
+            lines.append(f"{pad}const idx tc_c{axis} = {sg.bases[axis]} + tc_r % {sg.extents[axis]};{step}")
+        pads = info.pad or ((0, 0),) * len(sg.bases)
+        conds = " && ".join(f"tc_c{axis} >= {lo} && tc_c{axis} < {lo + n}" for axis, ((lo, _), n) in
+                            enumerate(zip(pads, info.shape))) or "true"
+        offset = " + ".join(f"(tc_c{axis} - {lo}) * {stride}LL" if lo else f"tc_c{axis} * {stride}LL"
+                            for axis, ((lo, _), stride) in enumerate(zip(pads, self.buffer_strides[sg.tensor].strides)))
+        fill = "0" if info.dtype == "bool" else self.constant(info.pad_value if info.pad else 0, info.dtype)
+        value = self.ref(sg.tensor, offset or "0", read=True)
+        lines.append(pad + sink.format(f"({conds}) ? {value} : {fill}"))
         return lines

@@ -62,6 +62,11 @@ of them.
   there; threads of a block that read the same elements then load them from
   global memory once. The loops from the parallel ones down to ``loop`` must
   have the same bounds in every thread, those inside it constant bounds.
+  With ``buffers=2`` the copy is double-buffered: the block loads the next
+  iteration's tile into registers while it computes on the current one, then
+  stores it into a second shared array (one barrier per iteration, and the
+  global loads' latency hidden behind the arithmetic). Every ``Stage`` at one
+  loop has the same ``buffers``.
 
 Loops that a statement runs *inside* its reduction loops, with constant
 bounds (after a ``Reorder``), form its register tile: the generated code keeps
@@ -132,6 +137,7 @@ class Stage:
     stmt: int
     tensor: str
     loop: str
+    buffers: int = 1
 
 
 Record = Union[Split, Reorder, Fuse, Layout, Rfactor, Block, Threads, Stage]
