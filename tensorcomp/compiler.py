@@ -7,6 +7,7 @@ returns a new one; ``PLAN`` ends at the loop nest, ``CPU`` and ``CUDA`` go on to
     fold_elementwise  temporaries computed elementwise and read once, folded into readers  schedule.inline
     choose_schedule   the op's own records, else the tuned ones stored for this signature
                       (autotune.database), else the default pass's records               schedule.default
+                      (on the GPU: the first default candidate whose code fits)          schedule.gpu
     factor            Rfactor records: a reduction cut into pieces on the threads          schedule.rfactor
     block             blocked layouts: a packed axis becomes two loops (v_o, v_i)          schedule.blocking
     lay_out           every buffer's byte strides: as passed, or as a Layout record says   strides
@@ -44,6 +45,7 @@ from .runtime import cuda
 from .runtime import kernel as cpu_kernel
 from .runtime import launch, objects
 from .schedule.blocking import apply_blocks
+from .schedule import gpu as gpu_schedule
 from .schedule.default import default_schedule, default_tiles
 from .schedule.inline import inline_elementwise
 from .schedule.lower import lower
@@ -51,7 +53,7 @@ from .schedule.records import Layout, to_json
 from .schedule.rfactor import apply_rfactor
 from .schedule.tiles import mark_tiles as find_tiles
 from .strides import ITEMSIZE, BufferStrides, contiguous, permuted_strides
-from .target import PARALLEL_MIN_POINTS, memory_bytes, num_threads
+from .target import CUDA_SMS, PARALLEL_MIN_POINTS, memory_bytes, num_threads
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def choose_schedule(u: Unit) -> Unit:
         schedule = stored_schedule(op, u.specs, u.params, u.target)
         if schedule is None and u.target == "cpu":
             schedule = default_schedule(u.bound, op.inputs, list(u.specs), num_threads())
+        elif schedule is None and u.target == "cuda":
+            schedule = default_cuda_schedule(u)
     for r in schedule or ():
         if getattr(r, "stmt", None) is not None and r.stmt >= len(u.bound.statements):
             raise ScheduleError(f"{op.label}: {type(r).__name__} names statement {r.stmt}, but the kernel runs "
@@ -140,6 +144,19 @@ def choose_schedule(u: Unit) -> Unit:
                 raise ScheduleError(f"{op.label}: Layout {'pad' if r.pad else 'blocks'} is built for the CPU only; "
                                     "drop it for target='cuda'")
     return replace(u, schedule=tuple(schedule or ()))
+
+
+def default_cuda_schedule(u: Unit) -> tuple:
+    """The first of ``schedule.gpu``'s default candidates whose code can be generated (its shared
+    tiles fit in a block's shared memory); none: the plain mapping, one thread per output element."""
+    after = PLAN[[name for name, _ in PLAN].index("choose_schedule") + 1:]
+    for cand in gpu_schedule.default_candidates(u.op.inputs, u.bound, list(u.specs), CUDA_SMS):
+        try:
+            generate_cuda(run(after, replace(u, schedule=cand)))
+            return cand
+        except ScheduleError:
+            continue
+    return ()
 
 
 def factor(u: Unit) -> Unit:

@@ -86,6 +86,7 @@ CUDA_MAX_GRID = 1 << 20  # blocks per launch; the grid-stride loop covers the re
 CUDA_MAX_TILE = 64  # elements in one thread's register tile
 CUDA_UNROLL = 16  # reduction steps unrolled inside a register tile (lets nvcc merge loads into vectors)
 CUDA_SHARED_BYTES = 48 * 1024  # static shared memory per block (every architecture since sm_20)
+CUDA_SMS = 132  # multiprocessors the default GPU schedule plans for (an H100 SXM); the tuner asks the device
 
 
 def memory_bytes() -> int | None:

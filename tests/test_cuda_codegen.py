@@ -64,6 +64,8 @@ CORPUS = [
     (tc.op("O[b, d] += E[T[b, l], d]"), (z32(5, 3), np.zeros((2, 4), np.int64)), {}),
     (tc.op("O[T[i], d] += X[i, d]", ranges={"T": 4}), (z64(6, 2), np.zeros(6, np.int64)), {}),
     (tc.op("C[i0, i1] += where(j <= i1, X[i0, j], where(j < 0, X[i0, i1], 0))"), (z32(3, 5),), {}),
+    # the plain mapping of a contraction: one thread per output element
+    (tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(tc.schedule.Block(256),)), (z32(8, 5), z32(5, 7)), {}),
 ]
 GRADS = [
     (tc.grad(CORPUS[1][0], ["I", "W"]), CORPUS[1][1] + (z32(2, 4, 4, 4, 2, 3),), {}),
@@ -84,7 +86,7 @@ def _sources() -> str:
 
 
 def test_code_for_cuda_needs_no_gpu():
-    op, arrays, _ = CORPUS[0]
+    op, arrays, _ = CORPUS[-1]  # the plain mapping: a Block record and nothing else
     code = op.code(*arrays, target="cuda")
     assert ('extern "C" __global__ void kernel_stage1(const float *__restrict__ b_A, const float *__restrict__ b_B, '
             'float *__restrict__ b_C)') in code  # read-only inputs are const
@@ -130,15 +132,35 @@ def test_register_tile_reads_are_vector_loads_in_ptx(tmp_path):
 
 
 def test_launch_configuration_golden():
-    op = tc.op("O[n, y, x, f] += I[n, y + ky, x + kx, c] * W[ky, kx, c, f]")
+    op = tc.op("O[n, y, x, f] += I[n, y + ky, x + kx, c] * W[ky, kx, c, f]", schedule=(S.Block(256),))
     code = op.code(z32(8, 10, 10, 16), z32(3, 3, 16, 32), target="cuda")
     launches = re.findall(r"// launch (.*)", code)
-    # the fill and the convolution: one thread per output element (8*8*8*32), reductions in each thread
+    # the plain mapping: the fill and the convolution, one thread per output element (8*8*8*32),
+    # reductions in each thread
     assert launches == ["kernel_stage0<<<64, 256>>>: 16384 parallel iterations",
                         "kernel_stage1<<<64, 256>>>: 16384 parallel iterations"]
     # a reduction whose outermost loop is not a written index runs on one thread
     colsum = tc.op("O[j] += A[i, j]", schedule=(tc.schedule.Reorder(0, ("i", "j")),))
     assert "<<<1, 1>>>: sequential" in colsum.code(z32(5, 3), target="cuda")
+
+
+def test_default_gpu_schedule_golden():
+    # with no schedule of its own or tuned, a contraction gets register tiles fed from double-buffered
+    # shared-memory tiles, staged at the outer part of a split reduction loop
+    conv = tc.op("O[n, y, x, f] += I[n, y + ky, x + kx, c] * W[ky, kx, c, f]")
+    code = conv.code(z32(8, 10, 10, 16), z32(3, 3, 16, 32), target="cuda")
+    assert re.findall(r"// launch (.*)", code)[1] == ("kernel_stage1<<<64, 128>>>: 8192 parallel iterations in boxes "
+                                                      "of 128 threads")
+    assert "{  // register tile: 2 elements of O" in code
+    assert "__shared__ float tc_s_I[128];  // 2 x 1 x 4 x 8 box of I per iteration of c_o" in code
+    assert "__shared__ float tc_s_W[512];  // 1 x 1 x 8 x 32 box of W per iteration of c_o" in code
+    assert "int tc_buf_c_o = 0;" in code  # double-buffered
+    # the capsule convolution at batch 64: staged tiles that fit in 48 KB (ci split by 4)
+    caps = tc.op(CORPUS[1][0].source).code(z32(64, 30, 30, 32, 4, 4), z32(3, 3, 32, 32, 4, 4), target="cuda")
+    assert "{  // register tile: 64 elements of O" in caps
+    assert "__shared__ float tc_s_I[3072];  // 8 x 1 x 3 x 4 x 4 x 4 box of I per iteration of ci_o" in caps
+    # elementwise ops keep the plain mapping
+    assert "__shared__" not in tc.op("B[i] = A[i] * 2").code(z32(1000), target="cuda")
 
 
 def test_unknown_targets_and_devices_are_refused():

@@ -71,13 +71,13 @@ def test_shared_memory_tiles_match_the_cpu(case):
 
 
 def test_tuner_shared_memory_variants_match_the_cpu():
-    from tensorcomp.autotune import gpu
+    from tensorcomp.schedule import gpu
     from tensorcomp.compiler import ArraySpec
     op = tc.op(CAPSULE)
     arrays = _random_like([np.zeros((2, 9, 9, 16, 4, 4), np.float32), np.zeros((3, 3, 16, 8, 4, 4), np.float32)], 7)
     specs = [ArraySpec.of(a) for a in arrays]
     bound = op.bind_specs(specs, op.check_call(tuple(arrays), {}))
-    staged = [c for _, c in gpu.candidates(op, bound, specs, sms=132) if any(isinstance(r, S.Stage) for r in c)]
+    staged = [c for _, c in gpu.candidates(op.inputs, bound, specs, sms=132) if any(isinstance(r, S.Stage) for r in c)]
     runnable = []
     for cand in staged:  # the search skips those whose tiles do not fit in shared memory
         try:
