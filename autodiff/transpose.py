@@ -238,6 +238,7 @@ class DerivedOp(Op):
         self.given_ranges, self.pad_widths, self.pad_values = {}, {}, {}
         self.schedule = ()
         self.use_tuned = True
+        self.precision = base.precision  # a tf32 op's gradients run on tensor cores too
         self.ident = ("derived", self.source, base.ident, to_json(self.schedule), True)
         self._cache = {}
         self._n_in = len(inputs)

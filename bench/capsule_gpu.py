@@ -1,5 +1,6 @@
 """The capsule convolution on an NVIDIA GPU: tensorcomp (default, tuned, fresh process) beside
-torch eager CUDA (unfold + einsum) and torch.compile, forward and both gradients, in one run.
+torch eager CUDA (unfold + einsum) and torch.compile, forward and both gradients, in one run; and
+with TF32 tensor cores on both sides (torch ``allow_tf32``, tensorcomp ``precision="tf32"``).
 
     python bench/capsule_gpu.py [--budget 60] [--grad-budget 30] [--rounds 7]
 
@@ -116,13 +117,13 @@ def main() -> None:
     rows: dict[str, dict] = {}
     notes: dict[str, str] = {}
 
-    def add(name: str, kind: str, fn, check=None):
+    def add(name: str, kind: str, fn, check=None, tol: float = 1e-4):
         out = fn()
         if check is not None:
             for key, got in check(out).items():
                 want = refs[key]
                 err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-                if not err < 1e-4:
+                if not err < tol:
                     notes[name] = f"WRONG ({key}: relative error {err:.1e})"
         rows[name] = {"kind": kind, "fn": fn, "times": []}
 
@@ -145,6 +146,25 @@ def main() -> None:
     notes["tensorcomp tuned"] = (f"tuning {result.tuning_s:.1f} s, {len(result.trials)} schedules; "
                                  f"best {list(result.schedule)}")
     add("tensorcomp tuned", "fwd", lambda: op(gI, gW), lambda o: {"fwd": host(o)})
+
+    # TF32 on both sides (tensor cores): torch with allow_tf32, tensorcomp with precision="tf32"
+    def tf32_on(fn):
+        def run():
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            try:
+                return fn()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        return run
+    with torch.no_grad():
+        add("torch eager, TF32 on", "fwd", tf32_on(lambda: eager(tI, tW)), lambda o: {"fwd": host(o)}, tol=1e-2)
+    op32 = tc.op(SRC, precision="tf32", use_tuned=False)
+    add("tensorcomp precision='tf32', default schedule", "fwd", lambda: op32(gI, gW), lambda o: {"fwd": host(o)},
+        tol=1e-2)
+    tuned32 = tc.op(SRC, precision="tf32")
+    res32 = tc.tune(tuned32, gI, gW, target="cuda", budget_s=args.grad_budget, progress=False)
+    notes["tensorcomp precision='tf32', tuned"] = f"tuning {res32.tuning_s:.1f} s; best {list(res32.schedule)}"
+    add("tensorcomp precision='tf32', tuned", "fwd", lambda: tuned32(gI, gW), lambda o: {"fwd": host(o)}, tol=1e-2)
 
     # gradients: torch autograd (both inputs, one backward) vs tensorcomp's derived ops
     aI, aW = tI.clone().requires_grad_(), tW.clone().requires_grad_()
@@ -173,12 +193,15 @@ def main() -> None:
         med["tensorcomp tuned, fresh process (warm database)"] = fresh
         rows["tensorcomp tuned, fresh process (warm database)"] = {"kind": "fwd"}
     eager_t = med["torch eager (unfold + einsum)"]
-    lines += ["", "| contender | µs | TFLOP/s | fraction of SGEMM ceiling | vs torch eager | note |",
+    eager32 = med["torch eager, TF32 on"]
+    lines += ["", "| contender | µs | TFLOP/s | fraction of SGEMM ceiling | vs torch eager (TF32 rows: vs torch "
+              "eager with TF32) | note |",
               "|---|---:|---:|---:|---:|---|"]
     for name, t in med.items():
         flops = 3 * FLOPS if "forward + backward" in name else FLOPS  # each gradient costs one forward
         tf = flops / t / 1e12
-        vs = f"{eager_t / t:.2f}x" if rows[name]["kind"] == "fwd" else "-"
+        vs = f"{(eager32 if 'TF32' in name or 'tf32' in name else eager_t) / t:.2f}x" \
+            if rows[name]["kind"] == "fwd" else "-"
         lines.append(f"| {name} | {t * 1e6:.1f} | {tf:.2f} | {tf * 1e3 / ceiling:.2f} | {vs} | {notes.get(name, '')} |")
     tb = med["torch autograd forward + backward (dI and dW)"]
     ours = med["tensorcomp tuned"] + med["tensorcomp dI tuned"] + med["tensorcomp dW tuned"]

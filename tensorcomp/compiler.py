@@ -150,9 +150,12 @@ def default_cuda_schedule(u: Unit) -> tuple:
     """The first of ``schedule.gpu``'s default candidates whose code can be generated (its shared
     tiles fit in a block's shared memory); none: the plain mapping, one thread per output element."""
     after = PLAN[[name for name, _ in PLAN].index("choose_schedule") + 1:]
-    for cand in gpu_schedule.default_candidates(u.op.inputs, u.bound, list(u.specs), CUDA_SMS):
+    precision = getattr(u.op, "precision", "fp32")
+    for cand, mma in gpu_schedule.default_candidates(u.op.inputs, u.bound, list(u.specs), CUDA_SMS, precision):
         try:
-            generate_cuda(run(after, replace(u, schedule=cand)))
+            trial = generate_cuda(run(after, replace(u, schedule=cand)))
+            if mma and trial.code.source.count("tc_mma_tf32(") < 2:  # (the prelude defines it)
+                continue  # meant for tensor cores, but its tile did not come out in their shape
             return cand
         except ScheduleError:
             continue
@@ -201,7 +204,8 @@ def lower_loops(u: Unit) -> Unit:
 
 
 def mark_tiles(u: Unit) -> Unit:
-    return replace(u, nest=find_tiles(u.nest, u.bound, {t: s.strides for t, s in u.strides.items()}, u.target))
+    return replace(u, nest=find_tiles(u.nest, u.bound, {t: s.strides for t, s in u.strides.items()}, u.target,
+                                      getattr(u.op, "precision", "fp32")))
 
 
 def generate_llvm(u: Unit) -> Unit:
@@ -219,7 +223,8 @@ def compile_llvm(u: Unit) -> Unit:
 
 def generate_cuda(u: Unit, name: str = "tc_kernel", aligned: bool = True) -> Unit:
     with labelled(u.op.label):
-        program = cuda_program(u.nest, u.bound, buffers(u.op, u.bound), u.strides, name, u.schedule, aligned)
+        program = cuda_program(u.nest, u.bound, buffers(u.op, u.bound), u.strides, name, u.schedule, aligned,
+                               getattr(u.op, "precision", "fp32"))
     return replace(u, code=program)
 
 

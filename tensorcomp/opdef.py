@@ -34,6 +34,7 @@ from .schedule.blocking import check_blocks
 from .schedule.records import Block, Fuse, Layout, Reorder, Rfactor, Split, Stage, Threads, to_json
 
 _DTYPES = {np.dtype(t).num: t for t in ("float32", "float64", "int32", "int64", "bool")}
+PRECISIONS = ("fp32", "tf32")  # float32 arithmetic; TF32 inputs on the GPU's tensor cores (codegen.cuda_mma)
 # while ``profiling()`` is active: (op, input signature) -> [op, inputs, params, seconds, calls]
 _PROFILE: dict[tuple, list] | None = None
 # while a step is traced (``tensorcomp.trace``): called with (op, input arrays, params, output arrays)
@@ -112,7 +113,7 @@ class Op:
 
     def __init__(self, source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
                  pad_value: dict[str, float] | None = None, schedule: tuple = (), use_tuned: bool = True,
-                 outputs: tuple[str, ...] | None = None) -> None:
+                 outputs: tuple[str, ...] | None = None, precision: str = "fp32") -> None:
         if not isinstance(source, str):
             raise ArgumentError(f"tc.op expects the source text as a string, got {type(source).__name__}")
         self.source = textwrap.dedent(source).strip("\n")
@@ -130,9 +131,15 @@ class Op:
                                 f"{type(schedule).__name__}")
         self.schedule = self.check_schedule(tuple(schedule))
         self.use_tuned = bool(use_tuned)  # without a schedule of its own: look up tuned ones (database)?
+        if precision not in PRECISIONS:
+            raise ArgumentError(f"{self.label}: precision must be one of {', '.join(map(repr, PRECISIONS))} "
+                                f"(tf32: contractions on the GPU's tensor cores, inputs rounded to 10 mantissa "
+                                f"bits), got {precision!r}")
+        self.precision = precision
         self.ident = (self.source, tuple(sorted(self.given_ranges.items())), tuple(sorted(self.pad_widths.items())),
                       tuple(sorted(self.pad_values.items())), to_json(self.schedule),
-                      self.use_tuned and not self.schedule, self.kept_outputs)
+                      self.use_tuned and not self.schedule, self.kept_outputs) + (
+                          (precision,) if precision != "fp32" else ())
         self._cache: dict[tuple, Any] = {}  # call signature -> kernel
         self._n_in = len(self.inputs)
         self.lookup_checks = lookup_checks(self.program.lookups, self.inputs, self.given_ranges)
@@ -298,7 +305,8 @@ class Op:
         ``with_schedule((), use_tuned=False)`` always runs the default schedule."""
         return Op(self.source, ranges=self.given_ranges or None, pad=self.pad_widths or None,
                   pad_value=self.pad_values or None, schedule=tuple(schedule),
-                  use_tuned=self.use_tuned if use_tuned is None else use_tuned, outputs=self.kept_outputs)
+                  use_tuned=self.use_tuned if use_tuned is None else use_tuned, outputs=self.kept_outputs,
+                  precision=self.precision)
 
     def forget_kernels(self, *arrays: Any, **params: Any) -> None:
         """Drop the kernels compiled for these inputs' signature (all of them when none are given), so
@@ -555,7 +563,8 @@ def _device_relayout(arr, perm: tuple[int, ...]):
 
 
 def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | None = None,
-       pad_value: dict[str, float] | None = None, schedule: tuple = (), use_tuned: bool = True) -> Op:
+       pad_value: dict[str, float] | None = None, schedule: tuple = (), use_tuned: bool = True,
+       precision: str = "fp32") -> Op:
     """Parse ``source`` into an :class:`Op` (names and syntax are checked now; shapes at call time).
 
     ``ranges`` bounds indices explicitly: ``{"i": 4}`` means 0 <= i < 4 and
@@ -563,6 +572,9 @@ def op(source: str, ranges: dict[str, Any] | None = None, pad: dict[str, Any] | 
     sees the input as if ``numpy.pad(x, widths)`` had been applied, so reads
     outside the real array give 0 (or ``pad_value[name]``). ``schedule`` gives schedule records;
     without them, calls run the tuned schedule stored for their inputs (``use_tuned=False``: never)
-    or the default one (``op.schedule_for(*arrays)`` prints which).
+    or the default one (``op.schedule_for(*arrays)`` prints which). ``precision="tf32"`` opts into
+    the GPU's tensor cores for contractions whose register tiles fit them (inputs rounded to TF32,
+    sums in float32; see ``codegen.cuda_mma``); the CPU computes in the tensors' own precision.
     """
-    return Op(source, ranges=ranges, pad=pad, pad_value=pad_value, schedule=schedule, use_tuned=use_tuned)
+    return Op(source, ranges=ranges, pad=pad, pad_value=pad_value, schedule=schedule, use_tuned=use_tuned,
+              precision=precision)

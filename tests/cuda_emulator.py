@@ -33,6 +33,7 @@ SHIM = r"""
 #include <algorithm>
 #include <barrier>
 #include <cmath>
+#include <cstring>
 #include <thread>
 #include <vector>
 using std::min; using std::max;
@@ -48,6 +49,33 @@ static inline void __syncthreads() { tc_barrier->arrive_and_wait(); }
 struct float4 { float x, y, z, w; };
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }  // CUDA built-ins C++ lacks
 static inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+// tensor cores (codegen.cuda_mma): TF32 rounding, and mma.m16n8k8 as the warp's 32 threads meeting
+// at the block's barrier (the generated launch keeps a block's warps in step), each lane's fragment
+// elements where the PTX ISA puts them
+#define TC_HOST_MMA
+static inline unsigned tc_to_tf32(float x) {
+  unsigned u; std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // nearest, ties away from zero
+  return u;
+}
+static float tc_mma_in[1024][6];
+static inline float tc_bits(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline void tc_mma_tf32(float *d, const unsigned *a, const unsigned *b) {
+  const unsigned t = threadIdx.x, w = t & ~31u, lane = t & 31u, g = lane / 4, tig = lane % 4;
+  for (int r = 0; r < 4; r++) tc_mma_in[t][r] = tc_bits(a[r]);
+  for (int r = 0; r < 2; r++) tc_mma_in[t][4 + r] = tc_bits(b[r]);
+  __syncthreads();
+  float out[4];
+  for (unsigned j = 0; j < 4; j++) {
+    const unsigned row = g + 8 * (j >> 1), col = 2 * tig + (j & 1);
+    float s = d[j];
+    for (unsigned k = 0; k < 8; k++)
+      s += tc_mma_in[w + (row % 8) * 4 + k % 4][(row >= 8) + 2 * (k >= 4)] * tc_mma_in[w + col * 4 + k % 4][4 + (k >= 4)];
+    out[j] = s;
+  }
+  __syncthreads();
+  for (int j = 0; j < 4; j++) d[j] = out[j];
+}
 """
 
 RUN = r"""
@@ -82,7 +110,7 @@ def compile_module(source: str) -> ctypes.CDLL:
         types = [p.rsplit(" ", 1)[0].replace("__restrict__", "").strip() for p in params.split(", ")]
         args = ", ".join(f"*({t} *)argv[{k}]" for k, t in enumerate(types))
         body = source.split(f"void {name}(", 1)[1].split("\n}\n", 1)[0]
-        wrappers.append(RUN.format(name=name, args=args, barriers="true" if "__syncthreads" in body else "false"))
+        wrappers.append(RUN.format(name=name, args=args, barriers="true" if "__syncthreads" in body or "tc_mma_tf32" in body else "false"))
     text = SHIM + source + "\n".join(wrappers)
     digest = hashlib.sha1(text.encode()).hexdigest()[:16]
     src, so = _BUILD / f"{digest}.cpp", _BUILD / f"{digest}.so"

@@ -206,8 +206,11 @@ def target_key(target: str = "cpu") -> str:
 
 
 def op_key(op, arrays: list, params: dict, target: str = "cpu") -> str:
-    """The database key of ``op`` (its canonical form) on inputs like ``arrays`` for ``target``."""
-    return make_key(op.canonical(), signature(arrays, params), target_key(target))
+    """The database key of ``op`` (its canonical form) on inputs like ``arrays`` for ``target`` (and
+    precision: a TF32 op's best schedule is its own)."""
+    precision = getattr(op, "precision", "fp32")
+    return make_key(op.canonical(), signature(arrays, params),
+                    target_key(target) + (f" {precision}" if precision != "fp32" else ""))
 
 
 def stored_schedule(op, arrays: list, params: dict, target: str = "cpu") -> tuple[Record, ...] | None:

@@ -58,7 +58,7 @@ def tune_cuda(op: Op, inputs: tuple, budget: float, trials: int | None, progress
     default_s = _time(lambda: default.call_cuda(tuple(devs), params), repeats)
     best_s, best = default_s, ()
     log: list[dict] = [{"schedule": "[]", "seconds": default_s}]
-    cands = [c for _, c in candidates(op.inputs, bound, specs, rc.device_info()["sms"])]
+    cands = [c for _, c in candidates(op.inputs, bound, specs, rc.device_info()["sms"], op.precision)]
     if trials is not None:
         cands = cands[:trials]
     trial_ops: list[tuple] = []

@@ -47,7 +47,10 @@ from ..schedule.loopnest import to_lin
 from ..strides import ITEMSIZE, BufferStrides
 from ..target import CUDA_BLOCK, CUDA_MAX_GRID, CUDA_UNROLL
 from .cuda_c import CTYPE, MEMTYPE, iexpr_c, lin_c
+from ..schedule.tensor_cores import mma_plan
+from .cuda_mma import MMA_PRELUDE, MmaEmitter
 from .cuda_staging import StagingEmitter, _Staged
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -75,11 +78,12 @@ __device__ __forceinline__ i64 tc_imod(i64 a, i64 b) { return (b == 0 || b == -1
 """
 
 
-class _CudaBuilder(StagingEmitter):
+class _CudaBuilder(StagingEmitter, MmaEmitter):
     """Builds one kernel's CUDA C: one ``__global__`` function per top-level loop nest."""
 
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
-                 name: str, schedule: tuple, aligned: bool) -> None:
+                 name: str, schedule: tuple, aligned: bool, precision: str = "fp32") -> None:
+        self.precision, self.tensor_cores = precision, False
         self.nest, self.bound, self.buffers, self.buffer_strides, self.name = nest, bound, buffers, buffer_strides, name
         self.block = next((r.threads for r in schedule if isinstance(r, Block)), CUDA_BLOCK)
         self.threads = {r.stmt: r.shape for r in schedule if isinstance(r, Threads)}
@@ -441,6 +445,13 @@ class _CudaBuilder(StagingEmitter):
             launch, body = self.boxed(j, node, stmts)
             comment = (f"// launch {launch.name}<<<{launch.grid}, {launch.block}>>>: {launch.total} parallel "
                        f"iterations in boxes of {launch.block} threads")
+        elif isinstance(node, For) and node.kind == "parallel" and node.step == 1 and self.warp_plan(node):
+            loops = self.collapsed(node)
+            total, grid, body = self.warp_tiles(loops, self.warp_plan(node))
+            launch = Launch(f"{self.name}_stage{j}", min(grid, CUDA_MAX_GRID), self.block, total)
+            comment = (f"// launch {launch.name}<<<{launch.grid}, {launch.block}>>>: {total} tiles, one per warp "
+                       f"(tensor cores)")
+            self.tensor_cores = True
         elif isinstance(node, For) and node.kind == "parallel" and node.step == 1:
             loops = self.collapsed(node)
             extents = [lp.hi.value - lp.lo.value for lp in loops]
@@ -461,6 +472,16 @@ class _CudaBuilder(StagingEmitter):
             launch = Launch(f"{self.name}_stage{j}", 1, 1, 1)
             comment = f"// launch {launch.name}<<<1, 1>>>: sequential"
         return launch, "\n".join([comment, head + " {", *prologue, *body, "}"])
+
+    def warp_plan(self, node: For):
+        """With precision="tf32", the tensor-core mapping of a parallel nest whose body is one
+        register tile (``codegen.cuda_mma``), or None."""
+        if self.precision != "tf32":
+            return None
+        body = self.collapsed(node)[-1].body
+        if len(body) != 1 or not isinstance(body[0], Tile) or body[0].kind != "mma" or self.block % 32:
+            return None
+        return mma_plan(self.bound, body[0])
 
     def boxed(self, j: int, node: Node, stmts: set[int]) -> tuple[Launch, list[str]]:
         """A launch whose blocks each cover a box of the parallel loops (``Threads``/``Stage`` records)."""
@@ -520,6 +541,8 @@ class _CudaBuilder(StagingEmitter):
             launch, text = self.stage(j, node)
             parts.append(text)
             launches.append(launch)
+        if self.tensor_cores:
+            parts.insert(1, MMA_PRELUDE)
         source = "\n\n".join(parts) + "\n"
         if self.narrow():
             source = re.sub(r"(?<=\d)LL\b", "", source.replace("INDEX_TYPE", "int"))
@@ -538,12 +561,14 @@ class _CudaBuilder(StagingEmitter):
 
 
 def cuda_program(nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
-                 name: str = "kernel", schedule: tuple = (), aligned: bool = True) -> CudaProgram:
+                 name: str = "kernel", schedule: tuple = (), aligned: bool = True, precision: str = "fp32"
+                 ) -> CudaProgram:
     """CUDA C source for ``nest`` (one ``__global__`` function per top-level nest, each preceded by a
     comment giving its launch configuration) and the launches, in order. ``schedule``: the GPU records
 (``Block``, ``Threads``, ``Stage``) are read here, the others were applied by ``lower``. ``aligned``: every buffer
-    starts on a 16-byte boundary (device allocations do; views into them may not)."""
-    return _CudaBuilder(nest, bound, buffers, buffer_strides, name, schedule, aligned).build()
+    starts on a 16-byte boundary (device allocations do; views into them may not). ``precision``:
+    "tf32" runs the register tiles that fit on tensor cores (``codegen.cuda_mma``)."""
+    return _CudaBuilder(nest, bound, buffers, buffer_strides, name, schedule, aligned, precision).build()
 
 
 def generate_cuda(nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],

@@ -14,7 +14,8 @@ every input that the box's threads share (one that does not depend on one of the
 shared memory (``Stage``), single- or double-buffered; a variant whose tiles do not fit in 48 KB
 is refused when code is generated, and skipped.
 
-The default (``default_candidates``) is the best-ranked double-buffered shared-memory variant, in
+With ``precision="tf32"`` the default first tries tiles that tensor cores take
+(``schedule.tensor_cores.mma_schedules``). Otherwise (and after those) it is the best-ranked double-buffered shared-memory variant, in
 the op's own layouts, then the next ones, then the best register tile alone: the compiler takes
 the first whose tiles fit (``compiler.choose_schedule``).
 """
@@ -29,6 +30,7 @@ from ..strides import contiguous
 from ..target import CUDA_MAX_TILE
 from .default import layout_candidates
 from .records import Block, Record, Reorder, Split, Stage, Threads
+from .tensor_cores import mma_schedules
 
 BLOCKS = (64, 128, 256)
 STAGED_TILES = 8  # the best tiles that also get shared-memory variants
@@ -177,9 +179,12 @@ def _strides(inputs: list[str], bound, arrays: list) -> dict[str, tuple[int, ...
     return strides
 
 
-def candidates(inputs: list[str], bound, arrays: list, sms: int) -> list[tuple[float, tuple[Record, ...]]]:
-    """(score, schedule) of every candidate the tuner measures, best-scored first."""
+def candidates(inputs: list[str], bound, arrays: list, sms: int, precision: str = "fp32"
+               ) -> list[tuple[float, tuple[Record, ...]]]:
+    """(score, schedule) of every candidate the tuner measures, best-scored first (with precision
+    "tf32", the tiles tensor cores take first, each with 64, 128 and 256 threads per block)."""
     k = _main(bound)
+    warps = mma_schedules(bound, k) if precision == "tf32" else []
     layouts = [()] + [c for _, c in layout_candidates(inputs, bound, arrays)[:2] if c]
     scored = []
     full = sms * 512  # threads that hide most latency when each has a tile of independent work
@@ -197,16 +202,19 @@ def candidates(inputs: list[str], bound, arrays: list, sms: int) -> list[tuple[f
                 score = reuse * fill * (1.0 if block == 128 else 0.9) * (1.0 - 0.05 * j)
                 scored.append((score, tuple(layout) + records + (Block(block),)))
     scored.sort(key=lambda s: -s[0])
-    return scored
+    return [(float("inf"), c + (Block(block),)) for c in warps for block in BLOCKS] + scored
 
 
-def default_candidates(inputs: list[str], bound, arrays: list, sms: int) -> list[tuple[Record, ...]]:
-    """The default GPU schedule's choices, best first: double-buffered shared-memory variants of
-    the best register tiles in the op's own layouts (no relayout copy per call), then the best
-    register tile alone. Unmeasured, the default asks more of filling the GPU than the tuner's
-    ranking does: a tile's reuse counts in full only when its threads give every multiprocessor
-    two boxes of 128 threads, and in proportion below that."""
+def default_candidates(inputs: list[str], bound, arrays: list, sms: int, precision: str = "fp32"
+                       ) -> list[tuple[tuple[Record, ...], bool]]:
+    """The default GPU schedule's choices, best first, each with whether it is meant for tensor
+    cores: with precision "tf32", tiles of the shape they take; then double-buffered
+    shared-memory variants of the best register tiles in the op's own layouts (no relayout copy
+    per call); then the best register tile alone. Unmeasured, the default asks more of filling the
+    GPU than the tuner's ranking does: a tile's reuse counts in full only when its threads give
+    every multiprocessor two boxes of 128 threads, and in proportion below that."""
     k = _main(bound)
+    warps = [(c, True) for c in mma_schedules(bound, k)[:DEFAULT_TRIES]] if precision == "tf32" else []
     full = sms * 2 * BOX_THREADS
     tiles = sorted(tile_candidates(bound, k, _strides(inputs, bound, arrays)),
                    key=lambda t: -t[1] * min(1.0, t[2] / full))
@@ -215,7 +223,8 @@ def default_candidates(inputs: list[str], bound, arrays: list, sms: int) -> list
         variants = [v for v in staged_variants(bound, k, records) if any(isinstance(r, Stage) and r.buffers == 2
                                                                           for r in v)]
         staged += sorted(variants, key=_per_barrier)
-    return staged[:DEFAULT_TRIES] + [tiles[0][0] + (Block(BOX_THREADS),)] if tiles else []
+    plain = staged[:DEFAULT_TRIES] + [tiles[0][0] + (Block(BOX_THREADS),)] if tiles else []
+    return warps + [(c, False) for c in plain]
 
 
 def _per_barrier(variant: tuple[Record, ...]) -> tuple[int, int]:

@@ -109,7 +109,8 @@ class Tile:
     * "vector_sum": a tile whose innermost reduction loop runs in vectors of ``lanes`` partial sums
       per element (the tile loops unrolled inside it), added up once at the end;
     * "scalar": the tile unrolled over a stack array that LLVM keeps in registers;
-    * "register": (CUDA) a thread's register array, the tile loops unrolled.
+    * "register": (CUDA) a thread's register array, the tile loops unrolled;
+    * "mma": (CUDA, precision "tf32") a warp's tensor-core fragments (``schedule.tensor_cores``).
 
     ``offset`` is the written element's byte offset as a function of the loop variables."""
 

@@ -19,7 +19,9 @@ how (the decision the code generators used to take themselves while printing):
   vector long) the expression varies along and can be evaluated on vectors: one vector of partial
   sums per element;
 * CPU, "scalar": any other tile of at most ``MAX_SCALAR_TILE`` elements;
-* CUDA, "register": any tile of at most ``CUDA_MAX_TILE`` elements.
+* CUDA, "register": any tile of at most ``CUDA_MAX_TILE`` elements;
+* CUDA with ``precision="tf32"``, "mma": a tile of the shape tensor cores take, computed by a whole
+  warp (``schedule.tensor_cores``).
 """
 
 from __future__ import annotations
@@ -32,34 +34,37 @@ from ..lang.ir import Access, Call, Expr, Index, Lin, walk
 from ..strides import ITEMSIZE
 from .. import target
 from ..target import CUDA_MAX_TILE, MAX_SCALAR_TILE
+from .tensor_cores import mma_plan
 from .loopnest import Compute, For, IConst, If, LoopNest, Node, Tile, to_lin
 
 Strides = dict[str, tuple[int, ...]]
 
 
-def mark_tiles(nest: LoopNest, bound: Bound, strides: Strides, target: str) -> LoopNest:
+def mark_tiles(nest: LoopNest, bound: Bound, strides: Strides, target: str, precision: str = "fp32") -> LoopNest:
     """``nest`` with every register tile replaced by a ``Tile`` node (see the module docstring)."""
-    return LoopNest(tuple(_mark(n, bound, strides, target) for n in nest.body), nest.statements)
+    return LoopNest(tuple(_mark(n, bound, strides, target, precision) for n in nest.body), nest.statements)
 
 
-def _mark(node: Node, bound: Bound, strides: Strides, target: str) -> Node:
+def _mark(node: Node, bound: Bound, strides: Strides, target: str, precision: str) -> Node:
     if isinstance(node, If):
-        return replace(node, then=tuple(_mark(n, bound, strides, target) for n in node.then),
-                       orelse=tuple(_mark(n, bound, strides, target) for n in node.orelse))
+        return replace(node, then=tuple(_mark(n, bound, strides, target, precision) for n in node.then),
+                       orelse=tuple(_mark(n, bound, strides, target, precision) for n in node.orelse))
     if not isinstance(node, For):
         return node
-    found = _tile(node, bound, strides, target)
+    found = _tile(node, bound, strides, target, precision)
     if found is not None:
         return found
-    return replace(node, body=tuple(_mark(n, bound, strides, target) for n in node.body))
+    return replace(node, body=tuple(_mark(n, bound, strides, target, precision) for n in node.body))
 
 
-def _tile(node: For, bound: Bound, strides: Strides, target: str) -> Tile | None:
+def _tile(node: For, bound: Bound, strides: Strides, target: str, precision: str) -> Tile | None:
     """The tile rooted at ``node`` with its kind decided, or None."""
     found = register_tile(node, bound, strides)
     if found is None:
         return None
     if target == "cuda":
+        if precision == "tf32" and mma_plan(bound, found) is not None:
+            return replace(found, kind="mma")
         return found if found.size <= CUDA_MAX_TILE else None
     lanes = _vector_tile_lanes(found, bound, strides)
     if lanes:
