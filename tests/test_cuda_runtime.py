@@ -111,3 +111,13 @@ def test_training_steps_on_the_gpu_follow_the_cpu(model):
     assert gpu["device"] == "cuda"
     np.testing.assert_allclose(gpu["initial_loss"], cpu["initial_loss"], rtol=1e-3)
     np.testing.assert_allclose(gpu["final_loss"], cpu["final_loss"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_tensor_cores_on_the_gpu_match_tf32_references(case):
+    from test_tensor_cores import CASES, _inputs, _reference
+    op, shapes = CASES[case]
+    arrays = _inputs(shapes, case)
+    got = op(*arrays, target="cuda")
+    want = _reference(op, arrays)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(np.abs(want).max()))
