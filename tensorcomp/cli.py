@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="run each training step as one compiled program (tc.compile: traced on its first calls "
                            "with each batch shape, then replayed); the default on the CPU with one rank")
     mode.add_argument("--eager", action="store_true",
-                      help="run the training step op by op (for debugging; always so on CUDA and with several ranks)")
+                      help="run the training step op by op (for debugging; always so with several ranks)")
     train.set_defaults(eager=False)
     train.add_argument("--retune", action="store_true",
                        help="tune kernels again even when the tuning database has a result for them")

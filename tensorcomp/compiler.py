@@ -390,6 +390,36 @@ def cuda_kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: t
     return found
 
 
+@dataclass(frozen=True)
+class _Functions:
+    """Some of a module's prepared functions: what ``launch.run`` uses of a module."""
+    functions: tuple
+
+
+def cuda_step_kernels(calls: list[tuple]) -> list[launch.CudaKernel]:
+    """The CUDA kernels of a whole step (``calls``: (op, specs, kinds, params, whether every input is
+    16-byte aligned) per call), compiled as **one module** -- one nvcc run, one load: each call's
+    kernel in a C++ namespace of its own, its launches named apart (``tc_s<k>_stage<j>``)."""
+    units, parts, names, formats = [], [], [], []
+    for k, (op, specs, kinds, params, aligned) in enumerate(calls):
+        u = generate_cuda(run(PLAN, Unit(op, tuple(specs), kinds, params, "cuda")), name=f"tc_s{k}",
+                          aligned=aligned)
+        parts.append(f"namespace tc_s{k} {{\n{u.code.source}}}  // namespace tc_s{k}\n")
+        fmt = "P" * len(buffers(op, u.bound)) + "".join("d" if kinds[p] == "float" else "q" for p in op.params)
+        names += [launch_.name for launch_ in u.code.launches]
+        formats += [fmt] * len(u.code.launches)
+        units.append(u)
+    module = cuda.Module("\n".join(parts), names, formats)
+    kernels, first = [], 0
+    for u in units:
+        n = len(u.code.launches)
+        kernels.append(launch.CudaKernel(u.bound, u.nest, _Functions(tuple(module.functions[first:first + n])),
+                                         u.code.launches, *_shapes(u.op, u.bound, u.kinds),
+                                         *_relayouts(u.op, u.schedule)))
+        first += n
+    return kernels
+
+
 def forget(op, key: tuple | None = None) -> None:
     """Drop this process's kernels of ops equal to ``op`` (for the call signature ``key`` only, when
     given), after tuning: the next call picks up the new schedule."""

@@ -49,6 +49,15 @@ def _indices(op: Op) -> set[str]:
     return {n for st in op.program.statements for n in st.index_names()}
 
 
+def _precision(a: Op, b: Op) -> str:
+    """The merged op's precision: TF32 where one is and the other computes no sums (its precision
+    changes nothing), else float32."""
+    if a.precision == b.precision:
+        return a.precision
+    fp32 = a if a.precision == "fp32" else b
+    return "tf32" if all(st.reduce is None for st in fp32.program.statements) else "fp32"
+
+
 def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
     """``a`` then ``b`` as one call, or None when the merged source does not come out as planned."""
     pa, pb = a.op.program, b.op.program
@@ -65,7 +74,8 @@ def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
     try:
         merged = Op(renamed_source(pa, ma) + "\n" + renamed_source(pb, mb), ranges=a.op.given_ranges or None,
                     pad={ma[k]: w for k, w in a.op.pad_widths.items()} or None,
-                    pad_value={ma[k]: x for k, x in a.op.pad_values.items()} or None, outputs=tuple(keep))
+                    pad_value={ma[k]: x for k, x in a.op.pad_values.items()} or None, outputs=tuple(keep),
+                    precision=_precision(a.op, b.op))
     except TensorcompError:  # a merge the language refuses: the calls stay apart
         return None
     value = {ma[t]: v for t, v in zip(a.op.inputs, a.inputs)}

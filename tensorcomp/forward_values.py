@@ -43,7 +43,7 @@ def _rebuilt(base: Op, g: DerivedOp, kept: tuple[str, ...]) -> tuple[Op, Derived
         try:
             extra = tuple(t for t in kept if t not in base.outputs)
             forward = Op(base.source, ranges=base.given_ranges or None, pad=base.pad_widths or None,
-                         pad_value=base.pad_values or None, outputs=base.outputs + extra)
+                         pad_value=base.pad_values or None, outputs=base.outputs + extra, precision=base.precision)
             derived = [d for d in g.derived if d.stmt.target not in kept]
             extra_inputs = dict(g.extra_inputs)
             extra_inputs.update({t: t for t in kept})

@@ -69,7 +69,8 @@ def as_plain(call: Call, specs) -> Call | None:
             base = g.base  # its options carry over (those naming the plain op's indices and inputs)
             options = dict(ranges={n: r for n, r in base.given_ranges.items() if n in indices} or None,
                            pad={t: w for t, w in base.pad_widths.items() if t in bare.inputs} or None,
-                           pad_value={t: x for t, x in base.pad_values.items() if t in bare.inputs} or None)
+                           pad_value={t: x for t, x in base.pad_values.items() if t in bare.inputs} or None,
+                           precision=g.precision)
             plain = Op(source, **options)
             if plain.outputs != g.outputs:  # (outputs= only where needed: an elementwise op without it merges)
                 plain = Op(source, outputs=g.outputs, **options)

@@ -39,6 +39,8 @@ PRECISIONS = ("fp32", "tf32")  # float32 arithmetic; TF32 inputs on the GPU's te
 _PROFILE: dict[tuple, list] | None = None
 # while a step is traced (``tensorcomp.trace``): called with (op, input arrays, params, output arrays)
 _RECORDER: list = []
+# while a step is traced: called with (host array, device array) when host data goes to the device
+UPLOADS: list = []
 # how an op runs on ``tc.Tensor`` arguments (set by ``tensorcomp.tensor``, which sits above this module):
 # it returns Tensors and records the call on the gradient tape
 TENSOR_APPLY: list = []
@@ -371,9 +373,6 @@ class Op:
 
     def call_cuda(self, arrays: tuple, params: dict[str, Any]):
         """Run on the GPU: device arrays stay there (GPUArrays out); host arrays go there and back."""
-        if _RECORDER:
-            raise TraceError(f"tc.compile: {self.label} runs on the GPU inside a traced step; compiled steps run on "
-                             f"the CPU for now: call the step without tc.compile")
         host = not any(cuda.is_device_array(a) for a in arrays)
         if self.lookup_checks:
             self.check_lookups(list(arrays))
@@ -388,7 +387,17 @@ class Op:
             kernel = self._cache[key] = compiler.cuda_kernel(self, specs, kinds, params, key, aligned=key[1])
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
                    for p, cast in zip(self.params, kernel.param_casts)] if params else []
-        outs = launch.run(kernel, devs, scalars, _device_relayout)
+        if UPLOADS:  # a traced step: host inputs go up on each replay
+            for a, d in zip(arrays, devs):
+                if not cuda.is_device_array(a):
+                    UPLOADS[-1](a, d)
+        given = tuple(devs)  # (``run`` replaces relaid-out inputs in ``devs`` itself)
+        outs = launch.run(kernel, devs, scalars, device_relayout)
+        if _RECORDER:  # a traced step (tensorcomp.step): the call as the device ran it
+            if host:
+                raise TraceError(f"tc.compile: {self.label} was called on host arrays with target='cuda' inside a "
+                                 f"traced step; keep the step's tensors on one device (tc.Tensor(x, device='cuda'))")
+            _RECORDER[-1](self, given, params, outs)
         if host:
             outs = [cuda.to_host(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -552,7 +561,7 @@ def lookup_checks(lookups: tuple, inputs: tuple[str, ...], ranges: dict[str, tup
 _COPIES: dict[tuple[int, tuple[int, ...]], "Op"] = {}
 
 
-def _device_relayout(arr, perm: tuple[int, ...]):
+def device_relayout(arr, perm: tuple[int, ...]):
     """A copy of a device array stored with its axes in physical order ``perm`` (an op of its own)."""
     rank = len(perm)
     copy = _COPIES.get((rank, perm))

@@ -21,13 +21,14 @@ import numpy as np
 from . import compiler
 from .autotune.canon import renamed_source
 from .compiler import ArraySpec
-from .opdef import Op
+from .opdef import Op, device_relayout
 from .errors import TraceError
-from .runtime import kernel as cpu_kernel
+from .runtime import kernel as cpu_kernel, launch
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .tensor import Tensor
-from .trace import Call, Program, View, spec_of, trace
+from .runtime import cuda
+from .trace import Call, Program, View, is_array, spec_of, trace
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -57,7 +58,7 @@ def share_common(p: Program) -> Program:
             outs = item.outputs
         else:
             item = replace(item, source=alias.get(item.source, item.source))
-            key = ("view", item.source, item.offset, item.shape, item.strides, item.dtype)
+            key = ("view", item.source, item.offset, item.shape, item.strides, item.dtype, item.upload)
             outs = (item.output,)
         first = seen.get(key)
         if first is not None:
@@ -81,7 +82,7 @@ def _merged_op(op: Op, n: int) -> Op | None:
         if type(op) is Op and not (op.given_ranges or op.pad_widths or op.lookup_checks or op.schedule):
             names = [*op.inputs, *op.outputs, *op.program.temporaries, *op.params]
             texts = [renamed_source(op.program, {t: f"{t}_{k}" for t in names}) for k in range(n)]
-            candidate = Op("\n".join(texts))
+            candidate = Op("\n".join(texts), precision=op.precision)
             want_in = tuple(f"{t}_{k}" for k in range(n) for t in op.inputs)
             want_out = tuple(f"{t}_{k}" for k in range(n) for t in op.outputs)
             if candidate.inputs == want_in and candidate.outputs == want_out:
@@ -151,8 +152,11 @@ def _rename_result(r: Any, alias: dict[int, int]) -> Any:
 
 # -- two traces must agree ----------------------------------------------------------------------------
 
-def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
-    return spec_of(a) == spec_of(b) and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+def _same_array(a: Any, b: Any) -> bool:
+    if spec_of(a) != spec_of(b):
+        return False
+    a, b = (cuda.to_host(x) if cuda.is_device_array(x) else x for x in (a, b))
+    return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
 def check_agree(a: Program, b: Program) -> None:
@@ -227,13 +231,16 @@ class _Holder:
 
 
 def _resolve(p: Program) -> tuple:
-    """The body as runs (kernels looked up once), each value's last use marked."""
+    """The body as runs (kernels looked up once; on the GPU, all of them compiled as one module),
+    each value's last use marked."""
     last: dict[int, int] = {}
     for k, item in enumerate(p.body):
         for v in (item.inputs if isinstance(item, Call) else (item.source,)):
             last[v] = k
     keep = p.kept()
     runs = []
+    device = on_device(p) if p.device == "cuda" else set()
+    kernels = iter(_cuda_kernels(p, device))
     for k, item in enumerate(p.body):
         reads = item.inputs if isinstance(item, Call) else (item.source,)
         release = tuple(v for v in dict.fromkeys(reads) if last.get(v) == k and v not in keep)
@@ -241,11 +248,47 @@ def _resolve(p: Program) -> tuple:
             runs.append((item, release))
             continue
         op, params = item.op, dict(item.params)
-        kernel = op.kernel_for([ArraySpec(*p.specs[v]) for v in item.inputs], params)
+        if any(v in device for v in item.inputs):
+            kernel = next(kernels)
+        else:
+            kernel = op.kernel_for([ArraySpec(*p.specs[v]) for v in item.inputs], params)
         scalars = tuple(cast(params[n]) for n, cast in zip(op.params, kernel.param_casts))
         runs.append((_Run(kernel, scalars, op if op.lookup_checks else None, item.inputs, item.outputs, release),
                      None))
     return tuple(runs)
+
+
+def on_device(p: Program) -> set[int]:
+    """The values a replay holds on the GPU: as traced for the inputs; uploads and views of device
+    values; the outputs of calls that read one (as eager calls run on the GPU when an input is there)."""
+    out = {v for v, _ in p.sources if v in p.on_device}
+    for item in p.body:
+        if isinstance(item, View):
+            if item.upload or item.source in out:
+                out.add(item.output)
+        elif any(v in out for v in item.inputs):
+            out.update(item.outputs)
+    return out
+
+
+def _cuda_kernels(p: Program, device: set[int]) -> list:
+    """The CUDA kernel of every call that runs on the GPU, in body order, built as one module
+    (``compiler.cuda_step_kernels``). A value is 16-byte aligned (vector loads) unless it is a view
+    at an offset that is not: call outputs come from the memory pool, and arguments and state are
+    checked at each replay."""
+    aligned: dict[int, bool] = {}
+    calls = []
+    for item in p.body:
+        if isinstance(item, View):
+            aligned[item.output] = item.upload or (aligned.get(item.source, True) and item.offset % 16 == 0)
+            continue
+        if not any(v in device for v in item.inputs):
+            continue
+        specs = [ArraySpec(*p.specs[v]) for v in item.inputs]
+        params = dict(item.params)
+        calls.append((item.op, specs, item.op.check_call(tuple(specs), params), params,
+                      all(aligned.get(v, True) for v in item.inputs)))
+    return compiler.cuda_step_kernels(calls) if calls else []
 
 
 @dataclass
@@ -273,15 +316,15 @@ class CompiledStep:
         arrays, key = [], []
         for a in args:
             data = a.data if isinstance(a, Tensor) else a
-            if isinstance(data, np.ndarray) and data.size:
+            if is_array(data) and data.size:
                 arrays.append(data)
-                key.append((type(a).__name__, data.shape, data.dtype.str, data.strides))
+                key.append((type(a).__name__, "cuda" if cuda.is_device_array(data) else "cpu", *spec_of(data)))
             elif isinstance(data, (bool, int, float, str, type(None))):
                 key.append(("python", type(data).__name__, data))
             else:
                 what = "an empty array" if isinstance(data, np.ndarray) else f"a {type(a).__name__}"
                 raise TraceError(f"tc.compile({self.name}): argument {len(key)} is {what}; a compiled step takes "
-                                 f"non-empty numpy arrays, tc.Tensors (on the CPU) and Python scalars")
+                                 f"non-empty numpy or device arrays, tc.Tensors and Python scalars")
         return arrays, tuple(key)
 
     def forget_kernels(self) -> None:
@@ -343,8 +386,8 @@ class CompiledStep:
             if isinstance(item, Call):
                 specs = [ArraySpec(*entry.program.specs[v]) for v in item.inputs]
                 params = dict(item.params)
-                unit = compiler.plan(item.op, specs, item.op.check_call(tuple(specs), params), params, "cpu",
-                                     "mark_tiles")
+                unit = compiler.plan(item.op, specs, item.op.check_call(tuple(specs), params), params,
+                                     entry.program.device, "mark_tiles")
                 out.append(f"# {_header(item)}\n{unit.nest}")
         return "\n".join(out)
 
@@ -367,7 +410,7 @@ class CompiledStep:
 def _guards_hold(p: Program) -> bool:
     for k, data, grad in p.guards:
         t = p.state[k]
-        if not isinstance(t.data, np.ndarray) or spec_of(t.data) != data:
+        if not is_array(t.data) or spec_of(t.data) != data:
             return False
         if (t.grad is None) != (grad is None) or (grad is not None and spec_of(t.grad) != grad):
             return False
@@ -380,6 +423,8 @@ def _same_guards(a: Program, b: Program) -> bool:
 
 def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     p = entry.program
+    if p.device == "cuda":
+        return _replay_cuda(entry, arrays)
     env: list[Any] = [None] * len(p.specs)
     for v, src in p.sources:
         kind = src.kind
@@ -403,6 +448,51 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
             release = r.release
         else:
             env[r.output] = _view(env[r.source], r)
+        for v in release:
+            env[v] = None
+    for k, attr, v in p.writes:
+        setattr(p.state[k], attr, None if v is None else env[v])
+    return _rebuild(p.result, env)
+
+
+def _aligned(a: Any) -> Any:
+    """A device array on a 16-byte boundary: ``a``, or a copy of it (the step's kernels assume it)."""
+    if not cuda.is_device_array(a) or a.__cuda_array_interface__["data"][0] % 16 == 0:
+        return a
+    return cuda.as_device(cuda.to_host(cuda.as_device(a)))
+
+
+def _replay_cuda(entry: _Entry, arrays: list) -> Any:
+    """``_replay`` on the GPU: launches from one module, in order; host data is uploaded where the
+    trace uploaded it."""
+    p = entry.program
+    env: list[Any] = [None] * len(p.specs)
+    for v, src in p.sources:
+        kind = src.kind
+        if kind == "argument":
+            env[v] = _aligned(arrays[src.index])
+        elif kind == "data":
+            env[v] = _aligned(p.state[src.index].data)
+        elif kind == "grad":
+            env[v] = _aligned(p.state[src.index].grad)
+        else:
+            env[v] = p.constants[src.index]
+    for r, release in entry.runs:
+        if release is None:
+            devs = [env[v] for v in r.inputs]
+            if r.checks is not None:
+                r.checks.check_lookups(devs)
+            if isinstance(r.kernel, launch.CudaKernel):
+                outs = launch.run(r.kernel, devs, list(r.scalars), device_relayout)
+            else:
+                outs = cpu_kernel.run(r.kernel, devs, r.scalars)
+            for v, o in zip(r.outputs, outs):
+                env[v] = o
+            release = r.release
+        elif r.upload:
+            env[r.output] = cuda.as_device(env[r.source])
+        else:
+            env[r.output] = cuda.view(env[r.source], r.offset, r.shape, r.strides, r.dtype)
         for v in release:
             env[v] = None
     for k, attr, v in p.writes:

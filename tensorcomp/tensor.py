@@ -18,7 +18,7 @@ import numpy as np
 from . import ops, opdef
 from .autodiff import grad as derive
 from .errors import ArgumentError, DeviceError, DtypeError, ShapeError
-from .opdef import Op
+from .opdef import UPLOADS, Op
 from .runtime import cuda
 
 _grad_enabled = [True]
@@ -115,7 +115,10 @@ def _to(a: Any, device: str, dtype: Any = None):
         if _on_device(a) and (dtype is None or np.dtype(dtype) == a.dtype):
             return cuda.as_device(a)
         host = cuda.to_host(cuda.as_device(a)) if _on_device(a) else a
-        return cuda.as_device(np.asarray(host, dtype=dtype))
+        dev = cuda.as_device(host := np.asarray(host, dtype=dtype))
+        if UPLOADS:  # a traced step: a copy on each replay
+            UPLOADS[-1](host, dev)
+        return dev
     if device != "cpu":
         raise DeviceError(f"unknown device '{device}'; devices: cpu, cuda")
     if _on_device(a):

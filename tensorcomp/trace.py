@@ -21,6 +21,7 @@ import numpy as np
 
 from . import opdef
 from .errors import TraceError
+from .runtime import cuda
 from .opdef import Op
 from .tensor import Tensor, _VALUE_GUARDS, state_tensors
 
@@ -36,14 +37,16 @@ class Call:
 
 @dataclass(frozen=True)
 class View:
-    """Value ``output`` is a numpy view of value ``source``: ``offset`` bytes from its first element,
-    with this shape and these byte strides."""
+    """Value ``output`` is a view of value ``source``: ``offset`` bytes from its first element, with
+    this shape and these byte strides; with ``upload``, a copy of host value ``source`` on the device
+    (a step on the GPU given numpy data: labels, a batch)."""
     source: int
     offset: int
     shape: tuple[int, ...]
     strides: tuple[int, ...]
     dtype: np.dtype
     output: int
+    upload: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,15 @@ class Source:
 Spec = tuple  # (shape, dtype, byte strides) of an array
 
 
-def spec_of(a: np.ndarray) -> Spec:
-    return (a.shape, a.dtype, a.strides)
+def spec_of(a: Any) -> Spec:
+    if isinstance(a, np.ndarray):
+        return (a.shape, a.dtype, a.strides)
+    return (tuple(a.shape), np.dtype(a.dtype), tuple(a.strides))  # a device array
+
+
+def is_array(a: Any) -> bool:
+    """A numpy array or a device array (``__cuda_array_interface__``): what a step's values are."""
+    return isinstance(a, np.ndarray) or cuda.is_device_array(a)
 
 
 def blank(spec: Spec) -> np.ndarray:
@@ -81,6 +91,8 @@ class Program:
     writes: tuple[tuple[int, str, int | None], ...]
     result: Any
     guards: tuple[tuple[int, Spec, Spec | None], ...]
+    device: str = "cpu"  # "cuda": some values are device arrays (``on_device``)
+    on_device: frozenset = frozenset()  # the values that were device arrays in the traced run
 
     def kept(self) -> set[int]:
         """The values the step hands on: written back to state or returned."""
@@ -100,20 +112,30 @@ def result_values(r: Any):
             yield from result_values(y)
 
 
-def _bounds(a: np.ndarray) -> tuple[int, int]:
-    lo, hi = np.lib.array_utils.byte_bounds(a) if hasattr(np.lib, "array_utils") else np.byte_bounds(a)
-    return lo, hi
+def _bounds(a: Any) -> tuple[int, int]:
+    """The first byte ``a`` covers and the one past its last."""
+    lo = hi = _pointer(a)
+    for n, stride in zip(a.shape, a.strides):
+        if n == 0:
+            return lo, lo
+        if stride < 0:
+            lo += (n - 1) * stride
+        else:
+            hi += (n - 1) * stride
+    return lo, hi + np.dtype(a.dtype).itemsize
 
 
-def owner(a: np.ndarray) -> np.ndarray:
+def owner(a: Any) -> Any:
     """The array whose memory ``a`` views (``a`` itself when it owns it or views a non-array)."""
-    while isinstance(a.base, np.ndarray):
+    while is_array(getattr(a, "base", None)):
         a = a.base
     return a
 
 
-def _pointer(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _pointer(a: Any) -> int:
+    if isinstance(a, np.ndarray):
+        return a.__array_interface__["data"][0]
+    return a.__cuda_array_interface__["data"][0]
 
 
 class _Recorder:
@@ -136,7 +158,7 @@ class _Recorder:
         for t in state_tensors():
             self.start[id(t)] = (t, t.data, t.grad)
             for attr, a in (("data", t.data), ("grad", t.grad)):
-                if isinstance(a, np.ndarray):
+                if is_array(a):
                     self.pending[id(a)] = (t, attr)
                     self.pending_owner.setdefault(id(owner(a)), []).append((t, attr))
         for k, a in enumerate(arrays):
@@ -168,7 +190,7 @@ class _Recorder:
             return v
         if id(a) in self.pending:
             return self._state_value(*self.pending.pop(id(a)))
-        if not isinstance(a, np.ndarray):
+        if not is_array(a):
             a = np.asarray(a)
         mem = owner(a)
         if mem is not a:
@@ -190,6 +212,12 @@ class _Recorder:
         return v
 
     # -- the hooks ----------------------------------------------------------------------------------
+    def upload(self, host: np.ndarray, dev: Any) -> None:
+        """Host array ``host`` went to the device as ``dev``: a copy each replay."""
+        source = self.value(host)
+        self.body.append(View(source, 0, tuple(dev.shape), tuple(dev.strides), np.dtype(dev.dtype), self._new(dev),
+                              upload=True))
+
     def record(self, op: Op, arrays: tuple, params: dict, outs: list) -> None:
         inputs = tuple(self.value(a) for a in arrays)
         plain = tuple((k, v.item() if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0)
@@ -228,17 +256,18 @@ class _Recorder:
         for k, t in enumerate(self.state):
             _, data, grad = self.start[id(t)]
             guards.append((k, spec_of(data), None if grad is None else spec_of(grad)))
+        on_device = frozenset(v for v, a in enumerate(self.arrays) if cuda.is_device_array(a))
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
-                       self._result(result), tuple(guards))
+                       self._result(result), tuple(guards), "cuda" if on_device else "cpu", on_device)
 
     def _is_view(self, a: Any) -> bool:
-        return isinstance(a, np.ndarray) and id(owner(a)) in self.by_owner
+        return is_array(a) and id(owner(a)) in self.by_owner
 
     def _result(self, r: Any) -> Any:
         if isinstance(r, Tensor):
             return ("tensor", self.value(r.data))
-        if isinstance(r, np.ndarray):
+        if is_array(r):
             return ("array", self.value(r))
         if isinstance(r, (tuple, list)):
             return (type(r).__name__, tuple(self._result(x) for x in r))
@@ -256,9 +285,11 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray]) -> tup
     tensor arguments). Returns fn's result and the program."""
     rec = _Recorder(name, arrays)
     _VALUE_GUARDS.append(rec.guard)
+    opdef.UPLOADS.append(rec.upload)
     try:
         with opdef.record_calls(rec.record):
             result = fn(*args)
     finally:
         _VALUE_GUARDS.remove(rec.guard)
+        opdef.UPLOADS.remove(rec.upload)
     return result, rec.finish(result)

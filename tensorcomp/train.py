@@ -143,8 +143,9 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     the same kernels to stay bit-identical). ``check_every`` K > 0: every K steps, check that all ranks
     hold the same parameters. Only rank 0 shows progress.
 
-    ``compiled`` (CPU, one rank): the training step runs through ``tc.compile`` (traced on its first
-    calls with each batch shape, then replayed as one program); otherwise op by op (``--eager``).
+    ``compiled`` (one rank): the training step runs through ``tc.compile`` (traced on its first
+    calls with each batch shape, then replayed as one program; on CUDA its kernels are one module);
+    otherwise op by op (``--eager``).
     """
     if model_name not in MODELS:
         raise ArgumentError(f"tensorcomp train: unknown model {model_name!r}; models: {', '.join(MODELS)}")
@@ -171,7 +172,7 @@ def fit(model_name: str, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3
     shared = dist.DistributedOptimizer(opt) if ranks > 1 else None
     loss_fn = make_loss()
     loader = DataLoader(xtr, ytr, batch_size, shuffle=True, seed=seed, rank=dist.rank(), ranks=ranks)
-    compiled = compiled and device == "cpu" and shared is None
+    compiled = compiled and shared is None
 
     def one_step(xb, yb):
         logits = model(Tensor(xb, device=device))

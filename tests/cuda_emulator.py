@@ -79,6 +79,7 @@ static inline void tc_mma_tf32(float *d, const unsigned *a, const unsigned *b) {
 """
 
 RUN = r"""
+extern "C" void {name}({params});  // (the kernel may sit in a namespace: C linkage names it alike)
 extern "C" void emu_{name}(unsigned grid, unsigned block, void **argv) {{
   gridDim.x = grid; gridDim.y = gridDim.z = 1; blockDim.x = block; blockDim.y = blockDim.z = 1;
   for (unsigned b = 0; b < grid; b++) {{
@@ -110,7 +111,7 @@ def compile_module(source: str) -> ctypes.CDLL:
         types = [p.rsplit(" ", 1)[0].replace("__restrict__", "").strip() for p in params.split(", ")]
         args = ", ".join(f"*({t} *)argv[{k}]" for k, t in enumerate(types))
         body = source.split(f"void {name}(", 1)[1].split("\n}\n", 1)[0]
-        wrappers.append(RUN.format(name=name, args=args, barriers="true" if "__syncthreads" in body or "tc_mma_tf32" in body else "false"))
+        wrappers.append(RUN.format(name=name, params=params, args=args, barriers="true" if "__syncthreads" in body or "tc_mma_tf32" in body else "false"))
     text = SHIM + source + "\n".join(wrappers)
     digest = hashlib.sha1(text.encode()).hexdigest()[:16]
     src, so = _BUILD / f"{digest}.cpp", _BUILD / f"{digest}.so"
@@ -124,18 +125,59 @@ def compile_module(source: str) -> ctypes.CDLL:
 
 
 class DeviceArray:
-    """Host memory standing in for a device array: shape, dtype, byte strides and an address."""
+    """Host memory standing in for a pycuda GPUArray: shape, dtype, byte strides, an address
+    (``gpudata``), ``__cuda_array_interface__``, views (``reshape``, ``base``) and ``fill``."""
 
-    def __init__(self, shape, dtype, strides=None, base: np.ndarray | None = None) -> None:
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+    def __init__(self, shape, dtype, strides=None, base=None, gpudata=None) -> None:
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         size = int(np.prod(self.shape)) if self.shape else 1
         self.strides = tuple(strides) if strides is not None else tuple(
             np.empty(self.shape, self.dtype).strides) if self.shape else ()
-        self.base = base if base is not None else np.empty(max(size, 1), self.dtype)
-        self.gpudata = self.base.ctypes.data
+        if isinstance(base, DeviceArray):  # a view of another device array
+            self.base, self.memory = base, base.memory
+        else:
+            self.base, self.memory = None, base if base is not None else np.empty(max(size, 1), self.dtype)
+        self.gpudata = self.memory.ctypes.data if gpudata is None else int(gpudata)
+
+    size = property(lambda self: int(np.prod(self.shape)) if self.shape else 1)
+    ndim = property(lambda self: len(self.shape))
+    nbytes = property(lambda self: self.size * self.dtype.itemsize)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.gpudata, False),
+                "strides": self.strides, "version": 3}
+
+    def _numpy(self) -> np.ndarray:
+        """The array as a numpy view of the memory it stands for."""
+        offset = self.gpudata - self.memory.ctypes.data
+        flat = self.memory.view(np.uint8)
+        return np.lib.stride_tricks.as_strided(flat[offset:].view(self.dtype) if self.size else flat[:0].view(
+            self.dtype), self.shape, self.strides)
 
     def host(self) -> np.ndarray:
-        return np.lib.stride_tricks.as_strided(self.base, self.shape, self.strides).copy()
+        return self._numpy().copy()
+
+    get = host
+
+    def reshape(self, *shape) -> "DeviceArray":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+        if -1 in shape:
+            known = int(np.prod([n for n in shape if n != -1]))
+            shape = tuple(self.size // known if n == -1 else n for n in shape)
+        if self.strides != tuple(np.empty(self.shape, self.dtype).strides):
+            raise AssertionError("reshape of a non-contiguous device array")
+        return DeviceArray(shape, self.dtype, None, base=self, gpudata=self.gpudata)
+
+    def fill(self, value) -> "DeviceArray":
+        self._numpy()[...] = value
+        return self
+
+    def set(self, host) -> None:
+        self._numpy()[...] = host
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
 class _Function:
@@ -152,9 +194,10 @@ class _Function:
 
 
 class Module:
-    def __init__(self, source: str, names: list[str], arg_format: str) -> None:
+    def __init__(self, source: str, names: list[str], arg_format) -> None:
         lib = compile_module(source)
-        self.functions = [_Function(lib, name, arg_format) for name in names]
+        formats = [arg_format] * len(names) if isinstance(arg_format, str) else arg_format
+        self.functions = [_Function(lib, name, fmt) for name, fmt in zip(names, formats)]
 
 
 def _as_device(x):
@@ -164,15 +207,21 @@ def _as_device(x):
     return DeviceArray(host.shape, host.dtype, base=host.reshape(-1).copy() if host.size else None)
 
 
+def _view(base: DeviceArray, offset: int, shape, strides, dtype) -> DeviceArray:
+    return DeviceArray(shape, dtype, strides, base=base, gpudata=base.gpudata + offset)
+
+
 @contextlib.contextmanager
 def emulated():
     """``target="cuda"`` runs on the CPU emulator inside the block."""
-    saved = {name: getattr(rc, name) for name in ("is_device_array", "as_device", "empty", "to_host", "Module")}
+    saved = {name: getattr(rc, name) for name in ("is_device_array", "as_device", "empty", "to_host", "Module",
+                                                  "view")}
     rc.is_device_array = lambda x: isinstance(x, DeviceArray)
     rc.as_device = _as_device
     rc.empty = lambda shape, dtype, strides=None: DeviceArray(shape, dtype, strides)
     rc.to_host = lambda arr: arr.host()
     rc.Module = Module
+    rc.view = _view
     try:
         yield
     finally:

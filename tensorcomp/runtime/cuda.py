@@ -111,6 +111,13 @@ def empty(shape: tuple[int, ...], dtype: np.dtype, strides: tuple[int, ...] | No
     return ga.GPUArray(tuple(shape), np.dtype(dtype), allocator=_pool().allocate, strides=strides)
 
 
+def view(base, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype):
+    """A device array viewing ``base``'s memory ``offset`` bytes on (a compiled step's views)."""
+    import pycuda.gpuarray as ga
+    return ga.GPUArray(tuple(shape), np.dtype(dtype), gpudata=int(base.gpudata) + offset, strides=tuple(strides),
+                       base=base)
+
+
 def to_host(arr) -> np.ndarray:
     """Copy a device array to a new numpy array with the same shape (any dense stride order)."""
     drv = _driver()
@@ -176,18 +183,20 @@ def modules_loaded() -> int:
 
 
 class Module:
-    """A compiled CUDA C module with one prepared function per launch."""
+    """A compiled CUDA C module with one prepared function per launch (``arg_format``: pycuda's
+    argument format of every function, or one per name)."""
 
-    def __init__(self, source: str, names: list[str], arg_format: str) -> None:
+    def __init__(self, source: str, names: list[str], arg_format: str | list[str]) -> None:
         drv = _driver()
         _LOADED[0] += 1
         pending = _PENDING.pop(source, None)
         cubin = pending.result() if pending is not None else compile_cubin(source)
         self.module = drv.module_from_buffer(cubin)
         self.functions = []
-        for name in names:
+        formats = [arg_format] * len(names) if isinstance(arg_format, str) else arg_format
+        for name, fmt in zip(names, formats):
             fn = self.module.get_function(name)
-            fn.prepare(arg_format)
+            fn.prepare(fmt)
             self.functions.append(fn)
 
 
