@@ -214,7 +214,8 @@ def default_candidates(inputs: list[str], bound, arrays: list, sms: int, precisi
     GPU than the tuner's ranking does: a tile's reuse counts in full only when its threads give
     every multiprocessor two boxes of 128 threads, and in proportion below that."""
     k = _main(bound)
-    warps = [(c, True) for c in mma_schedules(bound, k)[:DEFAULT_TRIES]] if precision == "tf32" else []
+    # (tensor cores: a tile per warp; at least 16 warps per multiprocessor, else the most warps)
+    warps = [(c, True) for c in mma_schedules(bound, k, 16 * sms)[:DEFAULT_TRIES]] if precision == "tf32" else []
     full = sms * 2 * BOX_THREADS
     tiles = sorted(tile_candidates(bound, k, _strides(inputs, bound, arrays)),
                    key=lambda t: -t[1] * min(1.0, t[2] / full))

@@ -86,11 +86,13 @@ def mma_plan(bound, found: Tile) -> MmaPlan | None:
     return None
 
 
-def mma_schedules(bound, k: int) -> list[tuple]:
-    """Schedules whose register tile for statement ``k`` fits ``mma_plan``, best guess first: one
-    written index that only one operand reads, split by 32 or 16, for M; one that only the other
-    reads, split by 16 or 8, for N; a reduction index both read, split by 8, innermost, for K;
-    the other written indices outside (warps), the other reductions around the K group."""
+def mma_schedules(bound, k: int, warps: int = 0) -> list[tuple]:
+    """Schedules whose register tile for statement ``k`` fits ``mma_plan``: one written index that
+    only one operand reads, split by 32 or 16, for M; one that only the other reads, split by 16
+    or 8, for N; a reduction index both read, split by 8, innermost, for K; the other written
+    indices outside (one tile per warp), the other reductions around the K group. Best guess first:
+    the largest tiles (most reuse of each fragment) among those that give at least ``warps`` warps,
+    then the others by how many warps they give."""
     bs = bound.statements[k]
     st = bs.stmt
     e = st.expr
@@ -114,6 +116,9 @@ def mma_schedules(bound, k: int) -> list[tuple]:
             elif extent[name] % f == 0:
                 out.append(((Split(k, name, f),), f"{name}_o", f"{name}_i"))
         return out
+    total = 1
+    for w in written:
+        total *= extent[w]
     out = []
     for a, b in (e.args, e.args[::-1]):
         ra, rb = reads(a), reads(b)
@@ -125,5 +130,7 @@ def mma_schedules(bound, k: int) -> list[tuple]:
                     parts(m, (32, 16)), parts(n, (16, 8)), parts(kk, (8,))):
                 outer = [w for w in written if w not in (m, n)] + [x for x in (mo, no) if x]
                 order = outer + [r for r in reductions if r != kk] + [x for x in (ko, ki) if x] + [mi, ni]
-                out.append(mr + nr + kr + (Reorder(k, tuple(order)),))
-    return list(dict.fromkeys(out))
+                tile = (extent[m] if mo is None else mr[0].factor) * (extent[n] if no is None else nr[0].factor)
+                out.append((mr + nr + kr + (Reorder(k, tuple(order)),), total // tile, tile))
+    out.sort(key=lambda c: (0, -c[2]) if c[1] >= warps else (1, -c[1]))  # (stable: the order above breaks ties)
+    return list(dict.fromkeys(c[0] for c in out))
