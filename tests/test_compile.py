@@ -239,7 +239,7 @@ def test_values_python_computes_are_refused_when_they_change():
 
 def test_bad_arguments_and_introspection_before_compiling():
     step = tc.compile(lambda x: x)
-    with pytest.raises(tc.TraceError, match="argument 0 is a object; a compiled step takes non-empty numpy arrays"):
+    with pytest.raises(tc.TraceError, match="argument 0 is a object; a compiled step takes non-empty numpy or device arrays"):
         step(object())
     with pytest.raises(tc.TraceError, match="no compiled program for any arguments yet"):
         step.source

@@ -215,12 +215,27 @@ def test_double_buffered_tiles_golden():
     assert loop.count("__syncthreads();") == 1  # one barrier per iteration, after the compute
     assert "const bool tc_more_k_o = k_o + 1 < 4;" in loop
     assert "const float *tc_sp_A = tc_s_A + tc_buf_k_o * 64;" in loop  # this iteration's tile
-    # the next iteration's elements, one per thread, into registers: the loop variable rebound to k_o + 1
+    # the next iteration's tile copied into the other buffer (cp.async on sm_80+), the loop variable rebound
     assert "const idx tc_next = k_o + 1;\n          {\n            const idx k_o = tc_next;" in loop
-    assert "tc_pf_A[tc_j] = (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16) ?" in loop
-    # the statement reads this iteration's tile; the registers go to the other buffer after it
-    compute, store = loop.index("tc_sp_A[((ix_i) - tc_sb_A_0) * 4"), loop.index("tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e]")
-    assert compute < store < loop.index("__syncthreads();") < loop.index("tc_buf_k_o ^= 1;")
+    assert ("if (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16) tc_copy_async4(&tc_s_A[(tc_buf_k_o ^ 1) * 64 "
+            "+ tc_e], (const char *)b_A + (tc_c0 * 64 + tc_c1 * 4));\n") in loop
+    assert "else tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e] = ((float)0.0);" in loop  # outside A: the pad value
+    # the statement reads this iteration's tile; the copies are waited for after it, then the barrier
+    compute, wait = loop.index("tc_sp_A[((ix_i) - tc_sb_A_0) * 4"), loop.index("tc_copies_done();")
+    assert compute < wait < loop.index("__syncthreads();") < loop.index("tc_buf_k_o ^= 1;")
+    assert "cp.async.ca.shared.global [%0], [%1], 4;" in code and "cp.async.wait_all;" in code
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_double_buffered_copies_are_asynchronous_in_ptx(tmp_path):
+    src = tmp_path / "db.cu"
+    src.write_text(CORPUS[18][0].code(*CORPUS[18][1], target="cuda"))
+    for arch, want in (("sm_80", True), ("sm_75", False)):
+        proc = subprocess.run([NVCC, f"-arch={arch}", "-ptx", str(src), "-o", str(tmp_path / f"{arch}.ptx")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ptx = (tmp_path / f"{arch}.ptx").read_text()
+        assert ("cp.async.ca.shared.global" in ptx and "cp.async.wait_all" in ptx) == want
 
 
 @pytest.mark.parametrize("schedule,message", [

@@ -49,7 +49,7 @@ from ..target import CUDA_BLOCK, CUDA_MAX_GRID, CUDA_UNROLL
 from .cuda_c import CTYPE, MEMTYPE, iexpr_c, lin_c
 from ..schedule.tensor_cores import mma_plan
 from .cuda_mma import MMA_PRELUDE, MmaEmitter
-from .cuda_staging import StagingEmitter, _Staged
+from .cuda_staging import COPY_PRELUDE, StagingEmitter, _Staged
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class _CudaBuilder(StagingEmitter, MmaEmitter):
 
     def __init__(self, nest: LoopNest, bound: Bound, buffers: list[str], buffer_strides: dict[str, BufferStrides],
                  name: str, schedule: tuple, aligned: bool, precision: str = "fp32") -> None:
-        self.precision, self.tensor_cores = precision, False
+        self.precision, self.tensor_cores, self.copies = precision, False, False
         self.nest, self.bound, self.buffers, self.buffer_strides, self.name = nest, bound, buffers, buffer_strides, name
         self.block = next((r.threads for r in schedule if isinstance(r, Block)), CUDA_BLOCK)
         self.threads = {r.stmt: r.shape for r in schedule if isinstance(r, Threads)}
@@ -543,6 +543,8 @@ class _CudaBuilder(StagingEmitter, MmaEmitter):
             launches.append(launch)
         if self.tensor_cores:
             parts.insert(1, MMA_PRELUDE)
+        if self.copies:
+            parts.insert(1, COPY_PRELUDE)
         source = "\n\n".join(parts) + "\n"
         if self.narrow():
             source = re.sub(r"(?<=\d)LL\b", "", source.replace("INDEX_TYPE", "int"))

@@ -18,6 +18,28 @@ from ..strides import ITEMSIZE
 from ..target import CUDA_SHARED_BYTES
 from .cuda_c import MEMTYPE, iexpr_c, ivars
 
+# double-buffered tiles: element copies global -> shared, asynchronous where the GPU has cp.async
+COPY_PRELUDE = """__device__ __forceinline__ void tc_copy_async4(void *dst, const void *src) {  // global -> shared
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src));
+#else
+  *(unsigned *)dst = *(const unsigned *)src;
+#endif
+}
+__device__ __forceinline__ void tc_copy_async8(void *dst, const void *src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src));
+#else
+  *(unsigned long long *)dst = *(const unsigned long long *)src;
+#endif
+}
+__device__ __forceinline__ void tc_copies_done() {  // this thread's asynchronous copies have landed
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+"""
+
 
 @dataclass(frozen=True)
 class _Staged:
@@ -169,42 +191,40 @@ class StagingEmitter:
         return lines
 
     def prefetch(self, tiles: list[_Staged], threads: int, loop, d: int) -> list[str]:
-        """At the top of an iteration: this iteration's tiles (``tc_sp_<tensor>``) and the next
-        iteration's elements, each thread's share loaded into registers."""
+        """At the top of an iteration: this iteration's tiles (``tc_sp_<tensor>``), and the copies of
+        the next iteration's into the other buffers started -- asynchronous on sm_80 and newer
+        (``cp.async``: no registers held, the loads overlap the arithmetic), plain stores before."""
         pad = "  " * d
+        self.copies = True
         lines = [f"{pad}const bool tc_more_{loop.var} = {loop.var} + {loop.step} < {iexpr_c(loop.hi)};"]
         for sg in tiles:
             ctype = MEMTYPE[self.bound.tensors[sg.tensor].dtype]
             lines += self._bases(sg, pad)  # where this iteration's tile sits in the tensor
-            lines += [f"{pad}const {ctype} *tc_sp_{sg.tensor} = tc_s_{sg.tensor} + tc_buf_{loop.var} * {sg.size};",
-                      f"{pad}{ctype} tc_pf_{sg.tensor}[{-(-sg.size // threads)}];"]
+            lines.append(f"{pad}const {ctype} *tc_sp_{sg.tensor} = tc_s_{sg.tensor} + tc_buf_{loop.var} * {sg.size};")
         lines += [f"{pad}if (tc_more_{loop.var}) {{", f"{pad}  const idx tc_next = {loop.var} + {loop.step};",
                   f"{pad}  {{", f"{pad}    const idx {loop.var} = tc_next;"]
         for sg in tiles:
+            size = ITEMSIZE[self.bound.tensors[sg.tensor].dtype]
+            dst = f"tc_s_{sg.tensor}[(tc_buf_{loop.var} ^ 1) * {sg.size} + tc_e]"
             lines += self._bases(sg, pad + "    ")
-            lines += [f"{pad}    #pragma unroll", f"{pad}    for (int tc_j = 0; tc_j < {-(-sg.size // threads)}; tc_j++) {{",
-                      f"{pad}      const idx tc_e = threadIdx.x + tc_j * {threads};",
-                      f"{pad}      if (tc_e < {sg.size}) {{",
-                      *self._element(sg, pad + "        ", f"tc_pf_{sg.tensor}[tc_j] = {{}};"),
-                      f"{pad}      }}", f"{pad}    }}"]
+            lines += [f"{pad}    for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{"]
+            if size in (4, 8):
+                conds, offset, fill, coords = self._element_parts(sg, pad + "      ")
+                lines += coords + [f"{pad}      if ({conds}) tc_copy_async{size}(&{dst}, (const char *)b_{sg.tensor} + "
+                                   f"({offset}));", f"{pad}      else {dst} = {fill};"]
+            else:
+                lines += self._element(sg, pad + "      ", f"{dst} = {{}};")
+            lines.append(f"{pad}    }}")
         lines += [f"{pad}  }}", f"{pad}}}"]
         return lines
 
     def store_prefetched(self, tiles: list[_Staged], threads: int, loop, d: int) -> list[str]:
-        """At the bottom of an iteration: the registers loaded by ``prefetch`` into the other
-        buffer, a barrier, and the buffers swapped."""
+        """At the bottom of an iteration: the copies ``prefetch`` started waited for, a barrier, and
+        the buffers swapped."""
         pad = "  " * d
-        lines = [f"{pad}if (tc_more_{loop.var}) {{"]
-        for sg in tiles:
-            n = -(-sg.size // threads)
-            lines += [f"{pad}  #pragma unroll", f"{pad}  for (int tc_j = 0; tc_j < {n}; tc_j++) {{",
-                      f"{pad}    const idx tc_e = threadIdx.x + tc_j * {threads};",
-                      f"{pad}    if (tc_e < {sg.size}) tc_s_{sg.tensor}[(tc_buf_{loop.var} ^ 1) * {sg.size} + tc_e] = "
-                      f"tc_pf_{sg.tensor}[tc_j];", f"{pad}  }}"]
-        lines += [f"{pad}}}",
-                  f"{pad}__syncthreads();  // this iteration's tiles are used up; the next ones are in shared memory",
-                  f"{pad}tc_buf_{loop.var} ^= 1;"]
-        return lines
+        return [f"{pad}tc_copies_done();  // this thread's copies of the next tiles have landed",
+                f"{pad}__syncthreads();  // this iteration's tiles are used up; the next ones are in shared memory",
+                f"{pad}tc_buf_{loop.var} ^= 1;"]
 
     def _bases(self, sg: _Staged, pad: str) -> list[str]:
         return [f"{pad}const idx {base} = {expr};" for base, expr in zip(sg.bases, sg.exprs)]
@@ -212,6 +232,14 @@ class StagingEmitter:
     def _element(self, sg: _Staged, pad: str, sink: str) -> list[str]:
         """Element ``tc_e`` of ``sg``'s box, read from the tensor (its pad value outside it), given to
         ``sink`` (a format string with one ``{}``)."""
+        conds, offset, fill, lines = self._element_parts(sg, pad)
+        value = self.ref(sg.tensor, offset, read=True)
+        lines.append(pad + sink.format(f"({conds}) ? {value} : {fill}"))
+        return lines
+
+    def _element_parts(self, sg: _Staged, pad: str) -> tuple[str, str, str, list[str]]:
+        """(whether element ``tc_e`` of ``sg``'s box lies inside the tensor, its byte offset there,
+        the value outside, the lines computing its coordinates)."""
         info = self.bound.tensors[sg.tensor]
         lines = [f"{pad}idx tc_r = tc_e;"]
         for j, axis in enumerate(sg.order):
@@ -223,6 +251,4 @@ class StagingEmitter:
         offset = " + ".join(f"(tc_c{axis} - {lo}) * {stride}LL" if lo else f"tc_c{axis} * {stride}LL"
                             for axis, ((lo, _), stride) in enumerate(zip(pads, self.buffer_strides[sg.tensor].strides)))
         fill = "0" if info.dtype == "bool" else self.constant(info.pad_value if info.pad else 0, info.dtype)
-        value = self.ref(sg.tensor, offset or "0", read=True)
-        lines.append(pad + sink.format(f"({conds}) ? {value} : {fill}"))
-        return lines
+        return conds, offset or "0", fill, lines
