@@ -159,6 +159,10 @@ def test_default_gpu_schedule_golden():
     caps = tc.op(CORPUS[1][0].source).code(z32(64, 30, 30, 32, 4, 4), z32(3, 3, 32, 32, 4, 4), target="cuda")
     assert "{  // register tile: 64 elements of O" in caps
     assert "__shared__ float tc_s_I[3072];  // 8 x 1 x 3 x 4 x 4 x 4 box of I per iteration of ci_o" in caps
+    # a strided convolution's input gradient (gather form): a register tile of (p, q) per thread
+    dI = tc.grad(tc.op(CORPUS[1][0].source), "I").code(z32(32, 14, 14, 32, 4, 4), z32(3, 3, 32, 32, 4, 4),
+                                                       z32(32, 6, 6, 32, 4, 4), target="cuda")
+    assert "{  // register tile: 16 elements of dI" in dI
     # elementwise ops keep the plain mapping
     assert "__shared__" not in tc.op("B[i] = A[i] * 2").code(z32(1000), target="cuda")
 

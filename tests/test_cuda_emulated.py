@@ -91,3 +91,23 @@ def test_tuner_shared_memory_variants_match_the_cpu():
         for cand in [runnable[0], runnable[-1]] + [c for c in runnable if any(
                 isinstance(r, S.Split) and r.index == "ci" for r in c)][:1]:
             _close(op.with_schedule(cand)(*arrays, target="cuda"), want)
+
+
+CAPSULE_DI_SHAPES = ((2, 14, 14, 8, 4, 4), (3, 3, 8, 8, 4, 4), (2, 6, 6, 8, 4, 4))
+
+
+@pytest.mark.parametrize("schedule", [None, (S.Reorder(0, ("n", "di1", "di2", "ci", "ky", "y", "kx", "x", "co", "r",
+                                                                 "p", "q")),)], ids=["default", "reorder"])
+def test_gather_form_register_tiles_match_the_cpu(schedule):
+    # a strided convolution's input gradient runs in gather form (loops over dI's coordinates, di1 and
+    # di2 for its two compound axes); a register tile of plain written indices sits inside the reductions
+    g = tc.grad(tc.op(CAPSULE), "I")
+    arrays = _random_like([np.zeros(s, np.float32) for s in CAPSULE_DI_SHAPES], 3)
+    run = g if schedule is None else g.with_schedule(schedule)
+    code = run.code(*arrays, target="cuda")
+    assert ("// register tile: 16 elements of dI" if schedule else "// register tile: 2 elements of dI") in code
+    # the accumulators are loaded once, before the loops over the points writing each element
+    assert code.index("tc_acc[") < code.index("for (idx ky = max(")
+    with emulated():
+        got = run(*arrays, target="cuda")
+    _close(got, g(*arrays))

@@ -40,16 +40,23 @@ def loop_dims(k: int, bs: BoundStatement, records: list[Record], strides: dict[s
         if isinstance(r, (Split, Reorder, Fuse)) and not 0 <= r.stmt:
             raise ScheduleError(f"schedule record {r} names statement {r.stmt}, which does not exist")
     dims = [Dim(n, dim[n], extents[n][0], extents[n][1], frozenset([n])) for n in bs.names]
-    if gather and not any(isinstance(r, Reorder) for r in mine):
-        # gather form: loops over the written element's coordinates outermost (see lower.is_conflicting_scatter)
+    reorder = next((r for r in reversed(mine) if isinstance(r, Reorder)), None)
+    if gather:
+        # gather form: loops over the written element's coordinates (see lower.is_conflicting_scatter),
+        # named by their plain index or as <target><axis>, outermost -- or in the order of a Reorder
+        # that names exactly these loops (a register tile of written coordinates inside the reductions)
         order, _ = default_order(bs, strides, itemsize)
         outer = []
         for j, lin in enumerate(bs.stmt.index):
-            name = lin.plain_var or f"{bs.stmt.target.lower()}{j}"
+            name = lin.plain_var or gather_name(bs, j)
             outer.append(Dim(name, lin.to_isl(dim), 0, 0, frozenset(written_plain | {name})))
         plain = [lin.plain_var for lin in bs.stmt.index]
         inner = [d for n in order for d in dims if d.name == n and n not in plain]
-        return outer + inner, {d.name for d in outer}
+        if reorder is None:
+            return outer + inner, {d.name for d in outer}
+        if sorted(reorder.order) == sorted(d.name for d in outer + inner):
+            ordered = [next(d for d in outer + inner if d.name == n) for n in reorder.order]
+            return ordered, {d.name for d in outer}
 
     for r in mine:
         if isinstance(r, Split):
@@ -102,6 +109,19 @@ def loop_dims(k: int, bs: BoundStatement, records: list[Record], strides: dict[s
         disjoint = disjoint_writers(bs)  # an isl check, once per statement
         safe |= {d.name for d in dims if d.sources <= disjoint}
     return dims, safe
+
+
+def gather_name(bs: BoundStatement, axis: int) -> str:
+    """The loop over axis ``axis`` of the written tensor in gather form, where its index is not a
+    plain index (``di1`` for axis 1 of ``dI``)."""
+    return f"{bs.stmt.target.lower()}{axis}"
+
+
+def gather_loops(bs: BoundStatement, order: list[str]) -> list[str]:
+    """The loops of a statement in gather form: the written coordinates, then the other indices in
+    ``order``."""
+    plain = [lin.plain_var for lin in bs.stmt.index]
+    return [p or gather_name(bs, j) for j, p in enumerate(plain)] + [n for n in order if n not in plain]
 
 
 def disjoint_writers(bs: BoundStatement) -> set[str]:

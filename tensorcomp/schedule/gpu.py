@@ -26,9 +26,12 @@ import itertools
 
 import numpy as np
 
-from ..strides import contiguous
+from ..strides import ITEMSIZE, contiguous
 from ..target import CUDA_MAX_TILE
 from .default import layout_candidates
+from .dims import gather_loops
+from .lower import is_conflicting_scatter
+from .order import default_order
 from .records import Block, Record, Reorder, Split, Stage, Threads
 from .tensor_cores import mma_schedules
 
@@ -109,11 +112,45 @@ def tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]) -> list[
     return out
 
 
+def gather_tile_candidates(bound, k: int, strides: dict[str, tuple[int, ...]]
+                           ) -> list[tuple[tuple[Record, ...], float, int]]:
+    """(records, score, threads) for the register tiles of a statement the GPU runs in gather form
+    (a transposed convolution's input gradient ``dI[n, 2*y + ky, ..] += ..``; ``schedule.lower``):
+    one to three of its plain written indices (whole) inside the reductions, the other written
+    coordinates on the threads; scored like ``tile_candidates`` (multiply-adds per load), without
+    its coalescing term."""
+    bs = bound.statements[k]
+    st = bs.stmt
+    if st.reduce is None or not is_conflicting_scatter(bs):
+        return []
+    extent = {n: hi - lo for n, lo, hi in bs.extents}
+    plain = [lin.plain_var for lin in st.index if lin.plain_var is not None and extent[lin.plain_var] > 1]
+    itemsize = {t: ITEMSIZE[info.dtype] for t, info in bound.tensors.items()}
+    loops = gather_loops(bs, list(default_order(bs, strides, itemsize)[0]))
+    total = 1
+    for info_n in bound.tensors[st.target].shape:
+        total *= info_n
+    accesses = list(dict.fromkeys(st.accesses()))
+    out = []
+    for size in (1, 2, 3):
+        for tile in itertools.combinations(plain, size):
+            points = int(np.prod([extent[t] for t in tile]))
+            if not 2 <= points <= CUDA_MAX_TILE:
+                continue
+            loads = sum(int(np.prod([extent[t] for t in tile if t in {n for lin in a.index for n in lin.names()}]))
+                        for a in accesses)
+            order = tuple(n for n in loops if n not in tile) + tile
+            out.append(((Reorder(k, order),), points / max(loads, 1), total // points))
+    return out
+
+
 def staged_variants(bound, k: int, records: tuple[Record, ...]) -> list[tuple[Record, ...]]:
     """Shared-memory variants of a register-tile candidate: ``Threads`` boxes of 128 and 256 threads
     over its innermost parallel loops, and ``Stage`` records for the inputs that some loop of the
     box does not index, at each of its two outermost reduction loops or at the outer part of its
     longest reduction split by 2, 4, 8 or 16."""
+    if is_conflicting_scatter(bound.statements[k]):  # gather form: its reduction loops' bounds vary by thread
+        return []
     reorder = next((r for r in records if isinstance(r, Reorder)), None)
     if reorder is None:
         return []
@@ -189,7 +226,8 @@ def candidates(inputs: list[str], bound, arrays: list, sms: int, precision: str 
     scored = []
     full = sms * 512  # threads that hide most latency when each has a tile of independent work
     n_in = max(1, len(set(bound.statements[k].stmt.accesses())))
-    tiles = tile_candidates(bound, k, _strides(inputs, bound, arrays))
+    strides = _strides(inputs, bound, arrays)
+    tiles = tile_candidates(bound, k, strides) + gather_tile_candidates(bound, k, strides)
     best = sorted(tiles, key=lambda t: -t[1])[:STAGED_TILES]
     for records, reuse, threads in tiles + [((), 1 / n_in, 0)]:
         fill = min(1.0, threads / full) ** 0.5 if threads else 1.0
@@ -217,7 +255,8 @@ def default_candidates(inputs: list[str], bound, arrays: list, sms: int, precisi
     # (tensor cores: a tile per warp; at least 16 warps per multiprocessor, else the most warps)
     warps = [(c, True) for c in mma_schedules(bound, k, 16 * sms)[:DEFAULT_TRIES]] if precision == "tf32" else []
     full = sms * 2 * BOX_THREADS
-    tiles = sorted(tile_candidates(bound, k, _strides(inputs, bound, arrays)),
+    strides = _strides(inputs, bound, arrays)
+    tiles = sorted(tile_candidates(bound, k, strides) + gather_tile_candidates(bound, k, strides),
                    key=lambda t: -t[1] * min(1.0, t[2] / full))
     staged = []
     for records, _, _ in tiles[:STAGED_TILES]:

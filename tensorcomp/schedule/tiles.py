@@ -34,6 +34,7 @@ from ..lang.ir import Access, Call, Expr, Index, Lin, walk
 from ..strides import ITEMSIZE
 from .. import target
 from ..target import CUDA_MAX_TILE, MAX_SCALAR_TILE
+from .dims import gather_name
 from .tensor_cores import mma_plan
 from .loopnest import Compute, For, IConst, If, LoopNest, Node, Tile, to_lin
 
@@ -92,10 +93,15 @@ def register_tile(node: Node, bound: Bound, strides: Strides) -> Tile | None:
     lins = {name: to_lin(e) for name, e in n.env}
     if any(v is None for v in lins.values()):
         return None
-    st = bound.statements[n.stmt].stmt
+    bs = bound.statements[n.stmt]
+    st = bs.stmt
+    seen = set().union(*(lin.names() for lin in lins.values()))
     total = Lin()
-    for lin, stride in zip(st.index, strides[st.target]):
-        total = total + lin.rename(lins) * stride
+    for j, (lin, stride) in enumerate(zip(st.index, strides[st.target])):
+        if lin.plain_var is None and gather_name(bs, j) in seen:  # gather form: the loop over this coordinate
+            total = total + Lin.var(gather_name(bs, j)) * stride
+        else:
+            total = total + lin.rename(lins) * stride
     total = total.expand_mod()
     used = set(total.names())
     j = len(loops)
