@@ -41,6 +41,7 @@ using std::min; using std::max;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 struct tc_dim3 { unsigned x = 0, y = 0, z = 0; };
 static thread_local tc_dim3 threadIdx, blockIdx;
 static tc_dim3 blockDim, gridDim;

@@ -204,9 +204,14 @@ def test_colliding_scatter_without_batch_index_is_scheduled_as_a_gather():
     batched = tc.grad(tc.op("O[n, y] += I[n, 2*y + k] * W[k]"), "I")
     outer = batched.loopnest(r(2, 9), W, r(2, 4)).body[-1]
     assert outer.var == "n" and outer.kind == "parallel" and outer.body[0].var != "di1"
-    # on the GPU the gather form is always used: every written coordinate becomes a thread
-    assert "// launch kernel_stage1<<<1, 256>>>: 18 parallel iterations" in batched.code(
+    # on the GPU the gather form is always used: every written coordinate becomes a thread (the plain
+    # mapping), or the default keeps the plain written index n in a register tile inside the reductions
+    from tensorcomp.schedule import Block
+    assert "// launch kernel_stage1<<<1, 256>>>: 18 parallel iterations" in batched.with_schedule((Block(256),)).code(
         r(2, 9), W, r(2, 4), target="cuda")
+    default = batched.code(r(2, 9), W, r(2, 4), target="cuda")
+    assert "// launch kernel_stage1<<<1, 128>>>: 9 parallel iterations" in default
+    assert "{  // register tile: 2 elements of dI" in default
     # an injective scatter keeps its scatter order
     split = tc.op("O[i // 2, i % 2] = A[i]")
     assert split.loopnest(np.zeros(6)).body[-1].var == "i"

@@ -152,13 +152,13 @@ def test_default_gpu_schedule_golden():
     assert re.findall(r"// launch (.*)", code)[1] == ("kernel_stage1<<<64, 128>>>: 8192 parallel iterations in boxes "
                                                       "of 128 threads")
     assert "{  // register tile: 2 elements of O" in code
-    assert "__shared__ float tc_s_I[128];  // 2 x 1 x 4 x 8 box of I per iteration of c_o" in code
-    assert "__shared__ float tc_s_W[512];  // 1 x 1 x 8 x 32 box of W per iteration of c_o" in code
+    assert "__shared__ __align__(16) float tc_s_I[128];  // 2 x 1 x 4 x 8 box of I per iteration of c_o" in code
+    assert "__shared__ __align__(16) float tc_s_W[512];  // 1 x 1 x 8 x 32 box of W per iteration of c_o" in code
     assert "int tc_buf_c_o = 0;" in code  # double-buffered
     # the capsule convolution at batch 64: staged tiles that fit in 48 KB (ci split by 4)
     caps = tc.op(CORPUS[1][0].source).code(z32(64, 30, 30, 32, 4, 4), z32(3, 3, 32, 32, 4, 4), target="cuda")
     assert "{  // register tile: 64 elements of O" in caps
-    assert "__shared__ float tc_s_I[3072];  // 8 x 1 x 3 x 4 x 4 x 4 box of I per iteration of ci_o" in caps
+    assert "__shared__ __align__(16) float tc_s_I[3072];  // 8 x 1 x 3 x 4 x 4 x 4 box of I per iteration of ci_o" in caps
     # a strided convolution's input gradient (gather form): a register tile of (p, q) per thread
     dI = tc.grad(tc.op(CORPUS[1][0].source), "I").code(z32(32, 14, 14, 32, 4, 4), z32(3, 3, 32, 32, 4, 4),
                                                        z32(32, 6, 6, 32, 4, 4), target="cuda")
@@ -191,12 +191,16 @@ def test_shared_memory_tiles_golden():
     assert "for (idx tc_blk = blockIdx.x; tc_blk < 6; tc_blk += gridDim.x) {  // uniform in the block" in code
     assert "const bool tc_active = j < 20 && i_o < 9;" in code
     # the boxes: 4 threads x 4 rows of i_i by 4 steps of k_i of A, 4 steps by 16 threads of B
-    assert "__shared__ float tc_s_A[64];  // 16 x 4 box of A per iteration of k_o" in code
-    assert "__shared__ float tc_s_B[64];  // 4 x 16 box of B per iteration of k_o" in code
+    assert "__shared__ __align__(16) float tc_s_A[64];  // 16 x 4 box of A per iteration of k_o" in code
+    assert "__shared__ __align__(16) float tc_s_B[64];  // 4 x 16 box of B per iteration of k_o" in code
     staged = code[code.index("for (idx k_o = 0; k_o < 3; k_o += 1) {"):]
     assert staged.count("__syncthreads();") == 2  # one before the copies, one after
     assert "const idx tc_sb_A_0 = 4 * tc_b_i_o;\n" in staged and "const idx tc_sb_A_1 = 4 * k_o;\n" in staged
-    assert "for (idx tc_e = threadIdx.x; tc_e < 64; tc_e += 64) {" in staged  # every thread copies one element
+    # A's rows of 4 k-steps are contiguous: each thread copies one 16-byte chunk (16 threads), when it lies
+    # inside A on a 16-byte boundary, else element by element
+    assert "for (idx tc_e = threadIdx.x * 4; tc_e < 64; tc_e += 256) {  // chunks of 4" in staged
+    assert ("if (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 12 && tc_c1 + 3 < 12 && (unsigned long long)tc_src "
+            "% 16 == 0) tc_copy16(&tc_s_A[tc_e], tc_src);") in staged
     # copies are bounds-checked (the last box overhangs A); the statement reads the copy
     assert "tc_s_A[tc_e] = (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 12) ? (*(const float *)((const " \
            "char *)b_A + (tc_c0 * 48 + tc_c1 * 4))) : ((float)0.0);" in staged
@@ -206,13 +210,13 @@ def test_shared_memory_tiles_golden():
     # the strided capsule read: per ky, for 2 x 2 x 8 threads over (y, x, co), I[n, 2*y + ky, 2*x + kx, ci, p, q]
     # spans 1 x (2*1 + 1) x (2*1 + 2 + 1) x 3 x 4 x 4 (y; x and kx vary), W per (ky, kx) 3 x 8 x 4 x 4
     caps = CORPUS[17][0].code(*CORPUS[17][1], target="cuda")
-    assert "__shared__ float tc_s_I[720];  // 1 x 3 x 5 x 3 x 4 x 4 box of I per iteration of ky" in caps
-    assert "__shared__ float tc_s_W[384];  // 1 x 1 x 3 x 8 x 4 x 4 box of W per iteration of kx" in caps
+    assert "__shared__ __align__(16) float tc_s_I[720];  // 1 x 3 x 5 x 3 x 4 x 4 box of I per iteration of ky" in caps
+    assert "__shared__ __align__(16) float tc_s_W[384];  // 1 x 1 x 3 x 8 x 4 x 4 box of W per iteration of kx" in caps
 
 
 def test_double_buffered_tiles_golden():
     code = CORPUS[18][0].code(*CORPUS[18][1], target="cuda")
-    assert "__shared__ float tc_s_A[128];  // 16 x 4 box of A per iteration of k_o" in code  # two 64-element tiles
+    assert "__shared__ __align__(16) float tc_s_A[128];  // 16 x 4 box of A per iteration of k_o" in code  # two 64-element tiles
     before = code[code.index("int tc_buf_k_o = 0;"):code.index("for (idx k_o = 0; k_o < 4; k_o += 1) {")]
     assert "const idx k_o = 0;" in before and before.count("__syncthreads();") == 1  # the first tiles, then a barrier
     loop = code[code.index("for (idx k_o = 0; k_o < 4; k_o += 1) {"):]
@@ -221,13 +225,18 @@ def test_double_buffered_tiles_golden():
     assert "const float *tc_sp_A = tc_s_A + tc_buf_k_o * 64;" in loop  # this iteration's tile
     # the next iteration's tile copied into the other buffer (cp.async on sm_80+), the loop variable rebound
     assert "const idx tc_next = k_o + 1;\n          {\n            const idx k_o = tc_next;" in loop
-    assert ("if (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16) tc_copy_async4(&tc_s_A[(tc_buf_k_o ^ 1) * 64 "
-            "+ tc_e], (const char *)b_A + (tc_c0 * 64 + tc_c1 * 4));\n") in loop
-    assert "else tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e] = ((float)0.0);" in loop  # outside A: the pad value
+    assert ("if (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16 && tc_c1 + 3 < 16 && (unsigned long long)tc_src "
+            "% 16 == 0) tc_copy_async16(&tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e], tc_src);") in loop
+    assert ("tc_s_A[(tc_buf_k_o ^ 1) * 64 + tc_e] = (tc_c0 >= 0 && tc_c0 < 36 && tc_c1 >= 0 && tc_c1 < 16) ? ") in loop
     # the statement reads this iteration's tile; the copies are waited for after it, then the barrier
     compute, wait = loop.index("tc_sp_A[((ix_i) - tc_sb_A_0) * 4"), loop.index("tc_copies_done();")
     assert compute < wait < loop.index("__syncthreads();") < loop.index("tc_buf_k_o ^= 1;")
-    assert "cp.async.ca.shared.global [%0], [%1], 4;" in code and "cp.async.wait_all;" in code
+    assert "cp.async.cg.shared.global [%0], [%1], 16;" in code and "cp.async.wait_all;" in code
+    # a box whose innermost axis is not whole chunks copies elements, asynchronously too
+    odd = tc.op("C[i, j] += A[i, k] * B[k, j]", schedule=(
+        S.Split(0, "i", 4), S.Split(0, "k", 3), S.Reorder(0, ("i_o", "j", "k_o", "k_i", "i_i")), S.Threads(0, (4, 16)),
+        S.Stage(0, "A", "k_o", 2), S.Stage(0, "B", "k_o", 2))).code(z32(36, 18), z32(18, 20), target="cuda")
+    assert "tc_copy_async4(&tc_s_A[(tc_buf_k_o ^ 1) * 48 + tc_e], (const char *)b_A + (tc_c0 * 72 + tc_c1 * 4));" in odd
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
@@ -239,7 +248,7 @@ def test_double_buffered_copies_are_asynchronous_in_ptx(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         ptx = (tmp_path / f"{arch}.ptx").read_text()
-        assert ("cp.async.ca.shared.global" in ptx and "cp.async.wait_all" in ptx) == want
+        assert ("cp.async.cg.shared.global" in ptx and "cp.async.wait_all" in ptx) == want
 
 
 @pytest.mark.parametrize("schedule,message", [

@@ -57,6 +57,9 @@ def _double(schedule):
 
 # the same with double-buffered tiles (the next iteration's tile loaded while this one is used)
 STAGED += [(source, _double(schedule), shapes) for source, schedule, shapes in STAGED[:4]]
+# A's box rows (3 k-steps) are not whole 16-byte chunks: element copies; B's (16 columns) are chunks
+STAGED.append((MATMUL, (S.Split(0, "i", 4), S.Split(0, "k", 3), S.Reorder(0, ("i_o", "j", "k_o", "k_i", "i_i")),
+                        S.Threads(0, (4, 16)), S.Stage(0, "A", "k_o", 2), S.Stage(0, "B", "k_o", 2)), ((36, 18), (18, 20))))
 
 
 @pytest.mark.parametrize("case", range(len(STAGED)))

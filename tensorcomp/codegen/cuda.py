@@ -276,7 +276,8 @@ class _CudaBuilder(StagingEmitter, MmaEmitter):
         out = [f"{pad}{{  // register tile: {size} element{'s' if size != 1 else ''} of {st.target}",
                f"{pad}  {ctype} tc_acc[{size}];"]
         for sg in staged:
-            out.append(f"{pad}  __shared__ {MEMTYPE[self.bound.tensors[sg.tensor].dtype]} tc_s_{sg.tensor}[{sg.buffers * sg.size}];"
+            out.append(f"{pad}  __shared__ __align__(16) {MEMTYPE[self.bound.tensors[sg.tensor].dtype]} "
+                       f"tc_s_{sg.tensor}[{sg.buffers * sg.size}];"
                        f"  // {' x '.join(map(str, sg.extents))} box of {sg.tensor} per iteration of {sg.loop}")
 
         def over_tile(inner: list[str], d: int) -> list[str]:

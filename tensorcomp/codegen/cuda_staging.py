@@ -33,6 +33,14 @@ __device__ __forceinline__ void tc_copy_async8(void *dst, const void *src) {
   *(unsigned long long *)dst = *(const unsigned long long *)src;
 #endif
 }
+__device__ __forceinline__ void tc_copy_async16(void *dst, const void *src) {  // 16-byte aligned both
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src));
+#else
+  *(float4 *)dst = *(const float4 *)src;
+#endif
+}
+__device__ __forceinline__ void tc_copy16(void *dst, const void *src) { *(float4 *)dst = *(const float4 *)src; }
 __device__ __forceinline__ void tc_copies_done() {  // this thread's asynchronous copies have landed
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_all;" ::: "memory");
@@ -169,8 +177,7 @@ class StagingEmitter:
         lines = [f"{pad}__syncthreads();  // every thread is done with the previous tile of {names}"]
         for sg in tiles:
             lines += self._bases(sg, pad)
-            lines += [f"{pad}for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{",
-                      *self._element(sg, pad + "  ", f"tc_s_{sg.tensor}[tc_e] = {{}};"), f"{pad}}}"]
+            lines += self._copies(sg, threads, pad, "", False)
         lines.append(f"{pad}__syncthreads();  // the tile of {names} is in shared memory")
         return lines
 
@@ -184,8 +191,7 @@ class StagingEmitter:
                  f"{pad}  const idx {loop.var} = {iexpr_c(loop.lo)};"]
         for sg in tiles:
             lines += self._bases(sg, pad + "  ")
-            lines += [f"{pad}  for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{",
-                      *self._element(sg, pad + "    ", f"tc_s_{sg.tensor}[tc_e] = {{}};"), f"{pad}  }}"]
+            lines += self._copies(sg, threads, pad + "  ", "", False)
         lines += [f"{pad}}}", f"{pad}__syncthreads();  // the first tile of {' and '.join(sg.tensor for sg in tiles)} "
                   f"is in shared memory"]
         return lines
@@ -195,7 +201,6 @@ class StagingEmitter:
         the next iteration's into the other buffers started -- asynchronous on sm_80 and newer
         (``cp.async``: no registers held, the loads overlap the arithmetic), plain stores before."""
         pad = "  " * d
-        self.copies = True
         lines = [f"{pad}const bool tc_more_{loop.var} = {loop.var} + {loop.step} < {iexpr_c(loop.hi)};"]
         for sg in tiles:
             ctype = MEMTYPE[self.bound.tensors[sg.tensor].dtype]
@@ -204,17 +209,8 @@ class StagingEmitter:
         lines += [f"{pad}if (tc_more_{loop.var}) {{", f"{pad}  const idx tc_next = {loop.var} + {loop.step};",
                   f"{pad}  {{", f"{pad}    const idx {loop.var} = tc_next;"]
         for sg in tiles:
-            size = ITEMSIZE[self.bound.tensors[sg.tensor].dtype]
-            dst = f"tc_s_{sg.tensor}[(tc_buf_{loop.var} ^ 1) * {sg.size} + tc_e]"
             lines += self._bases(sg, pad + "    ")
-            lines += [f"{pad}    for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{"]
-            if size in (4, 8):
-                conds, offset, fill, coords = self._element_parts(sg, pad + "      ")
-                lines += coords + [f"{pad}      if ({conds}) tc_copy_async{size}(&{dst}, (const char *)b_{sg.tensor} + "
-                                   f"({offset}));", f"{pad}      else {dst} = {fill};"]
-            else:
-                lines += self._element(sg, pad + "      ", f"{dst} = {{}};")
-            lines.append(f"{pad}    }}")
+            lines += self._copies(sg, threads, pad + "    ", f"(tc_buf_{loop.var} ^ 1) * {sg.size} + ", True)
         lines += [f"{pad}  }}", f"{pad}}}"]
         return lines
 
@@ -225,6 +221,41 @@ class StagingEmitter:
         return [f"{pad}tc_copies_done();  // this thread's copies of the next tiles have landed",
                 f"{pad}__syncthreads();  // this iteration's tiles are used up; the next ones are in shared memory",
                 f"{pad}tc_buf_{loop.var} ^= 1;"]
+
+    def _copies(self, sg: _Staged, threads: int, pad: str, at: str, asynchronous: bool) -> list[str]:
+        """The block's copy of ``sg``'s box into ``tc_s_<tensor>[at + e]``. Where the box's physical
+        innermost axis is contiguous in the tensor and whole 16-byte chunks of it fit the box, each
+        thread copies chunks -- one 16-byte load (``cp.async`` when ``asynchronous``) per chunk that
+        lies inside the tensor on a 16-byte boundary, element by element otherwise; else elements
+        (``cp.async`` of 4 or 8 bytes when ``asynchronous``)."""
+        info = self.bound.tensors[sg.tensor]
+        size = ITEMSIZE[info.dtype]
+        inner = sg.order[0]
+        lanes = 16 // size if size in (4, 8) else 1
+        dst = f"tc_s_{sg.tensor}[{at}tc_e]"
+        if lanes > 1 and self.aligned and sg.extents[inner] % lanes == 0 and \
+                abs(self.buffer_strides[sg.tensor].strides[inner]) == size:
+            self.copies = True
+            conds, offset, _, coords = self._element_parts(sg, pad + "  ")
+            lo = (info.pad or ((0, 0),) * len(sg.bases))[inner][0]
+            copy = "tc_copy_async16" if asynchronous else "tc_copy16"
+            return [f"{pad}for (idx tc_e = threadIdx.x * {lanes}; tc_e < {sg.size}; tc_e += {threads * lanes}) {{"
+                    f"  // chunks of {lanes}", *coords,
+                    f"{pad}  const char *tc_src = (const char *)b_{sg.tensor} + ({offset});",
+                    f"{pad}  if ({conds} && tc_c{inner} + {lanes - 1} < {lo + info.shape[inner]} && "
+                    f"(unsigned long long)tc_src % 16 == 0) {copy}(&{dst}, tc_src);",
+                    f"{pad}  else for (int tc_v = 0; tc_v < {lanes}; tc_v++) {{",
+                    f"{pad}    const idx tc_e2 = tc_e + tc_v;", f"{pad}    {{", f"{pad}      const idx tc_e = tc_e2;",
+                    *self._element(sg, pad + "      ", f"{dst} = {{}};"), f"{pad}    }}", f"{pad}  }}", f"{pad}}}"]
+        lines = [f"{pad}for (idx tc_e = threadIdx.x; tc_e < {sg.size}; tc_e += {threads}) {{"]
+        if asynchronous and size in (4, 8):
+            self.copies = True
+            conds, offset, fill, coords = self._element_parts(sg, pad + "  ")
+            lines += coords + [f"{pad}  if ({conds}) tc_copy_async{size}(&{dst}, (const char *)b_{sg.tensor} + "
+                               f"({offset}));", f"{pad}  else {dst} = {fill};"]
+        else:
+            lines += self._element(sg, pad + "  ", f"{dst} = {{}};")
+        return lines + [f"{pad}}}"]
 
     def _bases(self, sg: _Staged, pad: str) -> list[str]:
         return [f"{pad}const idx {base} = {expr};" for base, expr in zip(sg.bases, sg.exprs)]
