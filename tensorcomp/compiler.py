@@ -311,11 +311,14 @@ def _param_types(u: Unit) -> list:
     return [ctypes.c_double if u.kinds[p] == "float" else ctypes.c_int64 for p in u.op.params]
 
 
-def _relayouts(op, schedule: tuple) -> tuple[tuple, tuple]:
-    """(inputs copied into a scheduled layout per call, output axis orders) of a schedule."""
+def _relayouts(op, schedule: tuple, specs: tuple = ()) -> tuple[tuple, tuple]:
+    """(inputs copied into a scheduled layout per call -- those not already in it, ``specs`` given --,
+    output axis orders) of a schedule."""
     layouts = {r.tensor: r for r in schedule if isinstance(r, Layout)}
     ins = tuple((k, layouts[n].perm, layouts[n].pad, layouts[n].blocks) for k, n in enumerate(op.inputs)
-                if n in layouts)
+                if n in layouts and not (k < len(specs) and not layouts[n].pad and not layouts[n].blocks and
+                                         tuple(specs[k].strides) == permuted_strides(
+                                             specs[k].shape, layouts[n].perm, specs[k].dtype.itemsize)))
     outs = tuple(layouts[n].perm if n in layouts else None for n in op.outputs)
     if not ins and not any(p is not None for p in outs):
         return (), ()
@@ -335,7 +338,7 @@ def load(u: Unit) -> cpu_kernel.Kernel:
     points = sum(int(np.prod([hi - lo for _, lo, hi in bs.extents])) for bs in u.bound.statements)
     threads = num_threads() if points >= PARALLEL_MIN_POINTS and any(s for *_, s in stages) else 1
     return cpu_kernel.Kernel(u.bound, u.nest, u.compiled, stages, threads, *_shapes(u.op, u.bound, u.kinds),
-                             *_relayouts(u.op, u.schedule))
+                             *_relayouts(u.op, u.schedule, u.specs))
 
 
 def manifest_key(op, specs, kinds: dict[str, str], params: dict[str, Any]) -> str | None:
@@ -385,7 +388,7 @@ def cuda_kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: t
     u = run(PLAN, Unit(op, tuple(specs), kinds, params, "cuda"))
     u = build_cuda(generate_cuda(u, aligned=aligned))
     found = launch.CudaKernel(u.bound, u.nest, u.compiled, u.code.launches, *_shapes(op, u.bound, kinds),
-                              *_relayouts(op, u.schedule))
+                              *_relayouts(op, u.schedule, u.specs))
     _KERNELS[(op.ident, key)] = found
     return found
 
@@ -415,7 +418,7 @@ def cuda_step_kernels(calls: list[tuple]) -> list[launch.CudaKernel]:
         n = len(u.code.launches)
         kernels.append(launch.CudaKernel(u.bound, u.nest, _Functions(tuple(module.functions[first:first + n])),
                                          u.code.launches, *_shapes(u.op, u.bound, u.kinds),
-                                         *_relayouts(u.op, u.schedule)))
+                                         *_relayouts(u.op, u.schedule, u.specs)))
         first += n
     return kernels
 

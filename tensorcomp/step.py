@@ -24,6 +24,7 @@ from .compiler import ArraySpec
 from .opdef import Op, device_relayout
 from .errors import TraceError
 from .runtime import kernel as cpu_kernel, launch
+from .assign_layouts import assign_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .tensor import Tensor
@@ -291,6 +292,24 @@ def _cuda_kernels(p: Program, device: set[int]) -> list:
     return compiler.cuda_step_kernels(calls) if calls else []
 
 
+def _copies(runs: tuple) -> int:
+    return sum(len(r.kernel.relayout) for r, _ in runs if isinstance(r, _Run))
+
+
+def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
+    """``assign_layouts`` on the kernels' per-call copies; the program with fewer copies is kept."""
+    wanted = {k: [(pos, perm) for pos, perm, pad, blocks in r.kernel.relayout if not pad and not blocks]
+              for k, (r, _) in enumerate(runs) if isinstance(r, _Run) and r.kernel.relayout}
+    moved_p, moved = assign_layouts(p, wanted)
+    if not moved or not ASSIGN_LAYOUTS:
+        return p, runs
+    moved_runs = _resolve(moved_p)
+    return (moved_p, moved_runs) if _copies(moved_runs) < _copies(runs) else (p, runs)
+
+
+ASSIGN_LAYOUTS = True  # (False: every kernel copies its inputs into its own layouts, for A/B runs)
+
+
 @dataclass
 class _Entry:
     program: Program  # after the STEP passes
@@ -357,6 +376,9 @@ class CompiledStep:
         t0 = time.perf_counter()
         runs = _resolve(after)
         seconds["resolve_kernels"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        after, runs = _assign_layouts(after, runs)
+        seconds["assign_layouts"] = time.perf_counter() - t0
         self._entries.setdefault(key, []).append(_Entry(after, program, runs, seconds))
         return result
 
@@ -397,7 +419,7 @@ class CompiledStep:
         the passes' seconds."""
         entry = self._entry(args)
         before, after = entry.traced, entry.program
-        relayouts = sum(len(r.kernel.relayout) for r, _ in entry.runs if isinstance(r, _Run))
+        relayouts = _copies(entry.runs)
         return {
             "calls_traced": sum(isinstance(x, Call) for x in before.body),
             "calls": sum(isinstance(x, Call) for x in after.body),

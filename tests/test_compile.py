@@ -279,6 +279,25 @@ def _same_training(build, make_opt, x, y, steps):
     return step
 
 
+def test_values_are_written_in_the_layouts_their_readers_copy_them_into(monkeypatch):
+    import tensorcomp.step as step_module
+    from tensorcomp.schedule import Layout
+    batches = _batches(4, 64)  # (the batch size at which LeNet's kernels lay values out)
+    on = _train(MODELS["lenet"][0], MODELS["lenet"][1], batches, True)
+    monkeypatch.setattr(step_module, "ASSIGN_LAYOUTS", False)
+    off = _train(MODELS["lenet"][0], MODELS["lenet"][1], batches, True)
+    _assert_same_training(on, off)
+    x, y = batches[0]
+    # without the pass the kernels copy pooled, flattened and gradient values into their orders on
+    # every call; with it the calls making them write them so, and no kernel copies
+    assert off[2].stats(x, y)["relayout_copies"] >= 4 and on[2].stats(x, y)["relayout_copies"] == 0
+    program = on[2]._entry(()).program
+    laid = [c for c in program.body if isinstance(c, tc.trace.Call) and
+            any(isinstance(r, Layout) and r.tensor in c.op.outputs for r in c.op.schedule)]
+    assert len(laid) >= 4
+    assert "assign_layouts" in on[2].stats(x, y)["pass_seconds"]
+
+
 def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
     """fuse_epilogues: the ReLU after a convolution becomes statements of the convolution's call; the
     convolution's output stays an output, since the ReLU's gradient reads it; the step still trains as
