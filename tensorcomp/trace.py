@@ -81,7 +81,8 @@ def blank(spec: Spec) -> np.ndarray:
 class Program:
     """One traced run of a step. ``result`` mirrors the function's return value with each array or
     tensor replaced by ``("array"|"tensor", value)``; ``writes`` are (state tensor, "data"|"grad",
-    value or None); ``guards`` (state tensor, data spec, grad spec or None) must hold for a replay."""
+    value or None); ``guards`` (state tensor, data spec, grad spec or None, whether the step reads that
+    gradient) must hold for a replay (the gradient's only where it is read)."""
     name: str
     specs: tuple[Spec, ...]  # every value's array spec
     sources: tuple[tuple[int, Source], ...]
@@ -90,7 +91,7 @@ class Program:
     body: tuple[Call | View, ...]
     writes: tuple[tuple[int, str, int | None], ...]
     result: Any
-    guards: tuple[tuple[int, Spec, Spec | None], ...]
+    guards: tuple[tuple[int, Spec, Spec | None, bool], ...]
     device: str = "cpu"  # "cuda": some values are device arrays (``on_device``)
     on_device: frozenset = frozenset()  # the values that were device arrays in the traced run
 
@@ -253,9 +254,10 @@ class _Recorder:
                     self.state.append(t)
                 writes.append((k, attr, None if now is None else self.value(now)))
         guards = []
+        read = {src.index for _, src in self.sources if src.kind == "grad"}
         for k, t in enumerate(self.state):
             _, data, grad = self.start[id(t)]
-            guards.append((k, spec_of(data), None if grad is None else spec_of(grad)))
+            guards.append((k, spec_of(data), None if grad is None else spec_of(grad), k in read))
         on_device = frozenset(v for v, a in enumerate(self.arrays) if cuda.is_device_array(a))
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
