@@ -9,29 +9,34 @@ making call's op that output's layout (``Layout`` on its output: the kernel writ
 value that spec, so the reading kernel, compiled for the new strides, finds it already in place.
 
 A value is moved only when every call that copies it wants the same order (or the first such
-order when they differ: the others keep their copy), it is made by a plain op with no schedule of
-its own, nothing else sees its memory (it is not handed on, written back to state, or viewed), and
-the making op can name the output. The pass works on the program and the copies its kernels would
-make (``wanted``), so it runs where kernels are resolved (``step``), and the step keeps the
-program with fewer copies.
+order when they differ: the others keep their copy), it is made by an op with no schedule of its
+own, nothing else sees its memory (it is not handed on, written back to state, or viewed), and the
+making op can name the output. Whether a move pays is measured, not assumed: writing a pooled
+activation batch-innermost made LeNet's pooling 5x slower, and a linear layer compiled for an input
+already transposed chose a slower tile than the one it copied into. So ``step`` times the kernels
+that make or read each candidate value (``touching``) on inputs of their specs, with and without
+the move, and keeps the moves that make them faster.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
 
 from .opdef import Op
+from .runtime import kernel as cpu_kernel, objects
 from .schedule.records import Layout
 from .strides import permuted_strides
 from .trace import Call, Program, View
 
 
-def assign_layouts(p: Program, wanted: dict[int, list[tuple[int, tuple[int, ...]]]]) -> tuple[Program, int]:
-    """``p`` with values written in the layouts their readers copy them into, and how many values
-    moved. ``wanted``: body index of a call -> (input position, axis order) of each input its kernel
-    copies into another order on every call."""
+def assign_layouts(p: Program, wanted: dict[int, list[tuple[int, tuple[int, ...]]]], only: set[int] | None = None
+                   ) -> tuple[Program, list[int]]:
+    """``p`` with values written in the layouts their readers copy them into, and the values moved
+    (of ``only``, when given). ``wanted``: body index of a call -> (input position, axis order) of
+    each input its kernel copies into another order on every call."""
     kept = p.kept()
     viewed = {item.source for item in p.body if isinstance(item, View)}
     maker: dict[int, int] = {}
@@ -44,10 +49,10 @@ def assign_layouts(p: Program, wanted: dict[int, list[tuple[int, tuple[int, ...]
         for pos, perm in wanted[k]:
             v = p.body[k].inputs[pos]
             orders.setdefault(v, tuple(perm))  # (the first reader's order wins)
-    body, specs, moved = list(p.body), list(p.specs), 0
+    body, specs, moved = list(p.body), list(p.specs), []
     for v, perm in orders.items():
         k = maker.get(v)
-        if k is None or v in kept or v in viewed:
+        if k is None or v in kept or v in viewed or (only is not None and v not in only):
             continue
         call = body[k]
         op = call.op
@@ -58,8 +63,71 @@ def assign_layouts(p: Program, wanted: dict[int, list[tuple[int, tuple[int, ...]
         body[k] = replace(call, op=_with_layout(op, records + (Layout(tensor, perm),)))
         shape, dtype, _ = specs[v]
         specs[v] = (shape, dtype, permuted_strides(shape, perm, np.dtype(dtype).itemsize))
-        moved += 1
+        moved.append(v)
     return replace(p, body=tuple(body), specs=tuple(specs)), moved
+
+
+def touching(p: Program, v: int) -> list[int]:
+    """Body indices of the calls that make or read value ``v``."""
+    return [k for k, item in enumerate(p.body) if isinstance(item, Call) and (v in item.outputs or v in item.inputs)]
+
+
+def choose_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program, tuple]:
+    """``assign_layouts`` on the copies the resolved ``runs`` make (``step``'s, one per body item;
+    ``resolve``: a program -> its runs), each move kept where the kernels making and reading the
+    value run faster with it (timed on inputs of their specs); the program and its runs. The choice
+    is stored on disk under ``key`` (the program's), so a new process does not time it again."""
+    wanted = {k: [(pos, perm) for pos, perm, pad, blocks in r.kernel.relayout if not pad and not blocks]
+              for k, (r, _) in enumerate(runs) if hasattr(r, "kernel") and r.kernel.relayout}
+    moved_all, candidates = assign_layouts(p, wanted)
+    if not candidates:
+        return p, runs
+    names = {v: _describe(p, moved_all, v) for v in candidates}  # (value numbers differ between processes)
+    stored = objects.read_manifest(key, "layouts")
+    if stored is not None and isinstance(stored.get("moves"), list):
+        keep = {v for v in candidates if names[v] in stored["moves"]}
+    else:
+        keep = set()
+        for v in candidates:
+            one, _ = assign_layouts(p, wanted, {v})
+            ks = touching(p, v)
+            if all(runs[k][0].checks is None for k in ks) and \
+                    _seconds(one, resolve(one), ks) < 0.98 * _seconds(p, runs, ks):
+                keep.add(v)
+        objects.write_manifest(key, {"moves": sorted(names[v] for v in keep)}, "layouts")
+    if not keep:
+        return p, runs
+    moved, _ = assign_layouts(p, wanted, keep)
+    return moved, resolve(moved)
+
+
+def _describe(p: Program, moved: Program, v: int) -> str:
+    """Value ``v``'s move in words that do not depend on value numbers: its maker and new spec."""
+    maker = next(c for c in p.body if isinstance(c, Call) and v in c.outputs)
+    return f"{maker.op.source} -> {maker.op.outputs[maker.outputs.index(v)]} {moved.specs[v]}"
+
+
+def _seconds(p: Program, runs: tuple, ks: list[int], repeats: int = 5) -> float:
+    """Best-of-``repeats`` seconds of the runs at body indices ``ks`` on random inputs of their specs."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for k in ks:
+        r = runs[k][0]
+        arrays = []
+        for v in r.inputs:
+            shape, dtype, strides = p.specs[v]
+            order = sorted(range(len(shape)), key=lambda a: -strides[a])
+            physical = tuple(shape[a] for a in order)
+            data = rng.standard_normal(physical).astype(dtype) if np.dtype(dtype).kind == "f" else \
+                np.zeros(physical, dtype)
+            arrays.append(data.transpose(np.argsort(order)) if order else data)
+        best = float("inf")
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            cpu_kernel.run(r.kernel, list(arrays), r.scalars)
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    return total
 
 
 _OPS: dict[tuple, Op] = {}  # (op identity, records) -> the op with those records

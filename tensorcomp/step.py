@@ -23,8 +23,9 @@ from .autotune.canon import renamed_source
 from .compiler import ArraySpec
 from .opdef import Op, device_relayout
 from .errors import TraceError
+from .runtime import jit, objects
 from .runtime import kernel as cpu_kernel, launch
-from .assign_layouts import assign_layouts
+from .assign_layouts import choose_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .tensor import Tensor
@@ -296,18 +297,18 @@ def _copies(runs: tuple) -> int:
     return sum(len(r.kernel.relayout) for r, _ in runs if isinstance(r, _Run))
 
 
-def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
-    """``assign_layouts`` on the kernels' per-call copies; the program with fewer copies is kept."""
-    wanted = {k: [(pos, perm) for pos, perm, pad, blocks in r.kernel.relayout if not pad and not blocks]
-              for k, (r, _) in enumerate(runs) if isinstance(r, _Run) and r.kernel.relayout}
-    moved_p, moved = assign_layouts(p, wanted)
-    if not moved or not ASSIGN_LAYOUTS:
-        return p, runs
-    moved_runs = _resolve(moved_p)
-    return (moved_p, moved_runs) if _copies(moved_runs) < _copies(runs) else (p, runs)
-
-
 ASSIGN_LAYOUTS = True  # (False: every kernel copies its inputs into its own layouts, for A/B runs)
+
+
+def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
+    """``assign_layouts.choose_layouts`` (CPU programs; ``ASSIGN_LAYOUTS``)."""
+    if p.device == "cuda" or not ASSIGN_LAYOUTS:
+        return p, runs
+    # (its calls described without value numbers, sorted: state tensors come in no fixed order)
+    calls = sorted(f"{c.op.ident!r} {c.params!r} {[p.specs[v] for v in (*c.inputs, *c.outputs)]!r}"
+                   for c in p.body if isinstance(c, Call))
+    key = objects.hash_parts(("layouts", *calls, objects.code_fingerprint(), jit.host_target()))
+    return choose_layouts(p, runs, _resolve, key)
 
 
 @dataclass

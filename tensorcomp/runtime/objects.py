@@ -59,7 +59,7 @@ def _manifest_sum(key: str, body: str) -> str:
     return hashlib.sha256(f"{key}\0{body}".encode()).hexdigest()
 
 
-def read_manifest(key: str) -> dict | None:
+def read_manifest(key: str, kind: str = "kernel") -> dict | None:
     """The manifest stored under ``key``: what a new process needs to run a kernel compiled before
     (its object code's key, stages, output and temporary shapes) without binding, scheduling,
     lowering or generating IR again. None when there is none or it cannot be read; one whose checksum
@@ -67,7 +67,7 @@ def read_manifest(key: str) -> dict | None:
     directory = objects_dir()
     if directory is None:
         return None
-    path = directory / f"{key}.kernel.json"
+    path = directory / f"{key}.{kind}.json"
     try:
         stored = json.loads(path.read_text())
         if stored["sum"] == _manifest_sum(key, stored["manifest"]):
@@ -82,13 +82,14 @@ def read_manifest(key: str) -> dict | None:
     return None
 
 
-def write_manifest(key: str, manifest: dict) -> None:
+def write_manifest(key: str, manifest: dict, kind: str = "kernel") -> None:
     """Store ``manifest`` under ``key`` with its checksum (atomically; a cache that cannot be written
-    is skipped)."""
+    is skipped). ``kind`` names what it describes ("kernel"; "layouts": a compiled step's measured
+    layout choices)."""
     directory = objects_dir()
     if directory is None:
         return
-    path = directory / f"{key}.kernel.json"
+    path = directory / f"{key}.{kind}.json"
     body = json.dumps(manifest)
     try:
         directory.mkdir(parents=True, exist_ok=True)
