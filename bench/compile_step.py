@@ -4,7 +4,7 @@
 
 Each model (batch 64, Adam 1e-3, seed 0, one fixed batch of the bundled MNIST subset) runs in a fresh
 process with an empty cache directory (cold) and again with that cache (warm): the seconds until the
-compiled step first replays (its calls 1-3 run eagerly under the tracer), then the step's ms in
+compiled step first replays (its calls 1-2 run eagerly under the tracer), then the step's ms in
 interleaved rounds of the eager step and the compiled one (best and median), and the program's
 counts: op calls and statements before and after the whole-program passes, stages per step, peak
 bytes of the step's own arrays, relayout copies per step, and each pass's seconds.
