@@ -379,6 +379,14 @@ def has_manifest(op, specs, kinds: dict[str, str], params: dict[str, Any]) -> bo
     return mkey is not None and objects.read_manifest(mkey) is not None
 
 
+def output_layouts(op, specs, kinds: dict[str, str], params: dict[str, Any], target: str = "cpu") -> tuple:
+    """((shape, dtype) of each output, its axis order or None for C order) under the schedule the
+    compiler picks for inputs of these specs."""
+    u = plan(op, specs, kinds, params, target, upto="choose_schedule")
+    shapes, _, _ = _shapes(op, u.bound, kinds)
+    return shapes, _relayouts(op, u.schedule)[1] or (None,) * len(op.outputs)
+
+
 def cuda_kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: tuple, aligned: bool = True
                 ) -> launch.CudaKernel:
     """The CUDA kernel for these inputs (built once per process by equal ops)."""

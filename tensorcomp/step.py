@@ -30,7 +30,9 @@ from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .tensor import Tensor
 from .runtime import cuda
-from .trace import Call, Program, View, is_array, spec_of, trace
+from .schedule.records import Layout
+from .strides import contiguous, permuted_strides
+from .trace import Call, Program, View, header, is_array, peak_bytes, program_source, spec_of, statements, trace
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -260,6 +262,54 @@ def _resolve(p: Program) -> tuple:
     return tuple(runs)
 
 
+def settle_layouts(p: Program) -> Program:
+    """``p`` with each call's outputs in the layout its kernel writes them in. The trace recorded the
+    layouts the eager kernels wrote; a call the passes gave another op (a forward op returning extra
+    values, a fused or merged op) may write another (its own default schedule picks its outputs'
+    axis orders), and a reader compiled for the recorded strides would read it wrongly. So the
+    calls are planned in order and each output's spec becomes what its kernel writes -- except a
+    value that is viewed, handed on or written back to state, whose memory others see as recorded:
+    its call is pinned to the recorded layout (a ``Layout`` record on that output)."""
+    specs, body = list(p.specs), list(p.body)
+    pinned = p.kept() | {item.source for item in p.body if isinstance(item, View)}
+    device = on_device(p) if p.device == "cuda" else set()
+    for k, item in enumerate(body):
+        if not isinstance(item, Call):
+            continue
+        for _ in range(2):  # (a pinned op is planned once more)
+            written = _written(item, [ArraySpec(*specs[v]) for v in item.inputs], any(v in device for v in item.inputs))
+            wrong = [(j, v) for j, v in enumerate(item.outputs) if written[j] != tuple(specs[v][2])]
+            pins = [(j, v) for j, v in wrong if v in pinned]
+            if not pins:
+                break
+            records = tuple(r for r in item.op.schedule if not (isinstance(r, Layout) and r.tensor in
+                                                                  {item.op.outputs[j] for j, _ in pins}))
+            item = body[k] = replace(item, op=item.op.with_schedule(records + tuple(
+                Layout(item.op.outputs[j], _order(specs[v][2])) for j, v in pins)))
+        for j, v in enumerate(item.outputs):
+            specs[v] = (specs[v][0], specs[v][1], written[j])
+    return replace(p, body=tuple(body), specs=tuple(specs))
+
+
+def _written(item: Call, specs: list[ArraySpec], gpu: bool) -> list[tuple[int, ...]]:
+    """The byte strides of each output of ``item``'s kernel for inputs of these specs."""
+    params = dict(item.params)
+    if gpu:
+        shapes, perms = compiler.output_layouts(item.op, specs, item.op.check_call(tuple(specs), params), params,
+                                                "cuda")
+    else:
+        kernel = item.op.kernel_for(specs, params)
+        perms = kernel.out_perms or (None,) * len(kernel.outputs)
+        shapes = kernel.outputs
+    return [contiguous(shape, dtype.itemsize) if perm is None else permuted_strides(shape, perm, dtype.itemsize)
+            for (shape, dtype), perm in zip(shapes, perms)]
+
+
+def _order(strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The axis order (outermost first) of a dense layout's strides."""
+    return tuple(sorted(range(len(strides)), key=lambda a: -abs(strides[a])))
+
+
 def on_device(p: Program) -> set[int]:
     """The values a replay holds on the GPU: as traced for the inputs; uploads and views of device
     values; the outputs of calls that read one (as eager calls run on the GPU when an input is there)."""
@@ -358,7 +408,8 @@ class CompiledStep:
         arrays, key = self._arrays(args)
         for entry in self._entries.get(key, ()):
             if _guards_hold(entry.program):
-                if not entry.runs:
+                if not entry.runs:  # (after tuning: new kernels may write their outputs in other orders)
+                    entry.program = settle_layouts(entry.program)
                     entry.runs = _resolve(entry.program)
                 self.replays += 1
                 return _replay(entry, arrays)
@@ -381,6 +432,7 @@ class CompiledStep:
             after = step_pass(after)
             seconds[step_pass.__name__] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        after = settle_layouts(after)
         runs = _resolve(after)
         seconds["resolve_kernels"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -417,7 +469,7 @@ class CompiledStep:
                 params = dict(item.params)
                 unit = compiler.plan(item.op, specs, item.op.check_call(tuple(specs), params), params,
                                      entry.program.device, "mark_tiles")
-                out.append(f"# {_header(item)}\n{unit.nest}")
+                out.append(f"# {header(item)}\n{unit.nest}")
         return "\n".join(out)
 
     def stats(self, *args: Any) -> dict:
@@ -430,7 +482,7 @@ class CompiledStep:
         return {
             "calls_traced": sum(isinstance(x, Call) for x in before.body),
             "calls": sum(isinstance(x, Call) for x in after.body),
-            "statements_traced": _statements(before), "statements": _statements(after),
+            "statements_traced": statements(before), "statements": statements(after),
             "values": len(after.specs), "peak_bytes": peak_bytes(after),
             "relayout_copies": relayouts, "pass_seconds": dict(entry.pass_seconds),
         }
@@ -546,61 +598,6 @@ def _rebuild(r: Any, env: list) -> Any:
     if kind == "dict":
         return {k: _rebuild(y, env) for k, y in x}
     return x
-
-
-# -- printing and counting -------------------------------------------------------------------------------
-
-def _header(c: Call) -> str:
-    ins = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.inputs, c.inputs))
-    outs = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.outputs, c.outputs))
-    scalars = "".join(f", {n}={x!r}" for n, x in c.params)
-    return f"{outs} <- {c.op.label} ({ins}{scalars})"
-
-
-def program_source(p: Program) -> str:
-    """The program as index expressions: each call's statements with its tensors renamed to values
-    (temporaries of a call are ``v<out>_<name>``), views as comments."""
-    lines = []
-    for item in p.body:
-        if isinstance(item, View):
-            lines.append(f"# v{item.output} = view of v{item.source} (shape {item.shape}, byte offset "
-                         f"{item.offset}, strides {item.strides})")
-            continue
-        names = {n: f"v{v}" for n, v in zip(item.op.inputs, item.inputs)}
-        names.update({n: f"v{v}" for n, v in zip(item.op.outputs, item.outputs)})
-        tag = f"v{item.outputs[0]}" if item.outputs else "t"
-        names.update({n: f"{tag}_{n}" for n in item.op.program.temporaries})
-        lines.append(f"# {_header(item)}")
-        lines.append(renamed_source(item.op.program, names))
-    return "\n".join(lines)
-
-
-def _statements(p: Program) -> int:
-    return sum(len(c.op.program.statements) for c in p.body if isinstance(c, Call))
-
-
-def peak_bytes(p: Program) -> int:
-    """The most bytes the step's own arrays (call outputs; not inputs, state or constants) hold at
-    once when each is released after its last reader."""
-    last: dict[int, int] = {}
-    for k, item in enumerate(p.body):
-        for v in (item.inputs if isinstance(item, Call) else (item.source,)):
-            last[v] = k
-    keep = p.kept()
-    n = len(p.body)
-    live, peak = 0, 0
-    frees: dict[int, int] = {}
-    for k, item in enumerate(p.body):
-        if isinstance(item, Call):
-            for v in item.outputs:
-                shape, dtype, _ = p.specs[v]
-                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                live += size
-                end = n if v in keep else last.get(v, k)
-                frees[end] = frees.get(end, 0) + size
-        peak = max(peak, live)
-        live -= frees.pop(k, 0)
-    return peak
 
 
 def compile(fn: Callable) -> CompiledStep:  # noqa: A001 - tc.compile, as torch.compile

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import opdef
+from .autotune.canon import renamed_source
 from .errors import TraceError
 from .runtime import cuda
 from .opdef import Op
@@ -295,3 +296,60 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray]) -> tup
         _VALUE_GUARDS.remove(rec.guard)
         opdef.UPLOADS.remove(rec.upload)
     return result, rec.finish(result)
+
+
+# -- printing and counting -------------------------------------------------------------------------------
+
+def header(c: Call) -> str:
+    """A call in one line: outputs <- op (inputs, scalars)."""
+    ins = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.inputs, c.inputs))
+    outs = ", ".join(f"{n}=v{v}" for n, v in zip(c.op.outputs, c.outputs))
+    scalars = "".join(f", {n}={x!r}" for n, x in c.params)
+    return f"{outs} <- {c.op.label} ({ins}{scalars})"
+
+
+def program_source(p: Program) -> str:
+    """The program as index expressions: each call's statements with its tensors renamed to values
+    (temporaries of a call are ``v<out>_<name>``), views as comments."""
+    lines = []
+    for item in p.body:
+        if isinstance(item, View):
+            lines.append(f"# v{item.output} = view of v{item.source} (shape {item.shape}, byte offset "
+                         f"{item.offset}, strides {item.strides})")
+            continue
+        names = {n: f"v{v}" for n, v in zip(item.op.inputs, item.inputs)}
+        names.update({n: f"v{v}" for n, v in zip(item.op.outputs, item.outputs)})
+        tag = f"v{item.outputs[0]}" if item.outputs else "t"
+        names.update({n: f"{tag}_{n}" for n in item.op.program.temporaries})
+        lines.append(f"# {header(item)}")
+        lines.append(renamed_source(item.op.program, names))
+    return "\n".join(lines)
+
+
+def statements(p: Program) -> int:
+    """The statements of all the program's calls."""
+    return sum(len(c.op.program.statements) for c in p.body if isinstance(c, Call))
+
+
+def peak_bytes(p: Program) -> int:
+    """The most bytes the step's own arrays (call outputs; not inputs, state or constants) hold at
+    once when each is released after its last reader."""
+    last: dict[int, int] = {}
+    for k, item in enumerate(p.body):
+        for v in (item.inputs if isinstance(item, Call) else (item.source,)):
+            last[v] = k
+    keep = p.kept()
+    n = len(p.body)
+    live, peak = 0, 0
+    frees: dict[int, int] = {}
+    for k, item in enumerate(p.body):
+        if isinstance(item, Call):
+            for v in item.outputs:
+                shape, dtype, _ = p.specs[v]
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                live += size
+                end = n if v in keep else last.get(v, k)
+                frees[end] = frees.get(end, 0) + size
+        peak = max(peak, live)
+        live -= frees.pop(k, 0)
+    return peak

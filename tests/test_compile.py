@@ -44,7 +44,10 @@ def _assert_same_training(a, b, rtol=1e-4):
         assert np.max(np.abs(sa[k] - sb[k])) <= rtol * scale, k
 
 
-@pytest.mark.parametrize("model,batch", [("lenet", 8), ("capsnet-small", 4), ("capsnet-em", 4), ("capsnet", 2)])
+# (LeNet at batch 64: its pooling kernels write channels-last when traced, and the pooling ops the passes
+# rebuild write C order: readers must be compiled for what is written, see step.settle_layouts)
+@pytest.mark.parametrize("model,batch", [("lenet", 8), ("lenet", 64), ("capsnet-small", 4), ("capsnet-em", 4),
+                                         ("capsnet", 2)])
 def test_twenty_compiled_steps_match_eager(model, batch):
     build, loss_cls = MODELS[model]
     batches = _batches(20, batch)
@@ -55,6 +58,34 @@ def test_twenty_compiled_steps_match_eager(model, batch):
     # the first call's gradients were None and the later ones' not, but the step sets them to None before
     # backward without reading them: two traces agree and the third call replays
     assert step.traces == 2 and step.replays == 18
+
+
+def test_a_rewritten_call_writes_where_its_readers_read(tmp_path, monkeypatch):
+    """The trace records the layout each eager kernel wrote; a call the passes give another op (the
+    max pool returning its maximum for its gradient) may write another (here: the traced pool runs a
+    tuned schedule writing channels-last, the rebuilt op its default, C order). Readers must be
+    compiled for what is written (step.settle_layouts), or they read it wrongly."""
+    from tensorcomp.autotune import database
+    from tensorcomp.compiler import ArraySpec
+    from tensorcomp.schedule import Layout
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    batches = _batches(6, 64)
+    lenet = MODELS["lenet"]
+    probe = _train(*lenet, batches[:3], True)[2]._entry(())
+    pools = [c for c in probe.traced.body if isinstance(c, tc.trace.Call) and  # (not their gradients)
+             c.op.source.startswith("O[n, c, y0, y1] = max(") and "nO[" not in c.op.source]
+    for c in pools:
+        spec = ArraySpec(*probe.traced.specs[c.inputs[0]])
+        assert database.store_result(c.op, [spec], dict(c.params), "cpu", (Layout("O", (0, 2, 3, 1)),), 1e-3, [])
+        c.op.forget_kernels()
+    eager = _train(*lenet, batches, False)
+    compiled = _train(*lenet, batches, True)
+    program = compiled[2]._entry(()).traced
+    tuned = {(c.op.ident, probe.traced.specs[c.inputs[0]]) for c in pools}
+    written = [program.specs[c.outputs[0]][2] for c in program.body if isinstance(c, tc.trace.Call) and
+               (c.op.ident, program.specs[c.inputs[0]]) in tuned]
+    assert len(written) == 2 and all(s[1] < s[3] for s in written)  # (traced: channels innermost, as tuned)
+    _assert_same_training(eager, compiled, rtol=1e-5)
 
 
 class _Votes(nn.Module):
