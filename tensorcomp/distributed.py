@@ -126,11 +126,12 @@ def _params(model_or_params) -> list:
 
 def broadcast_parameters(model_or_params) -> None:
     """Overwrite every rank's parameters with rank 0's (call once before training); checks first that
-    all ranks have the same parameter shapes and dtypes."""
-    params = _params(model_or_params)
-    agree("the model's parameters (shapes, dtypes)", [(p.data.shape, p.data.dtype.str) for p in params])
+    all ranks have the same parameter shapes and dtypes. One process has nothing to do (its
+    parameters may live anywhere, a GPU included)."""
     if size() == 1:
         return
+    params = _params(model_or_params)
+    agree("the model's parameters (shapes, dtypes)", [(p.data.shape, p.data.dtype.str) for p in params])
     for p in params:
         buf = np.ascontiguousarray(p.data)
         _state["comm"].Bcast(buf, root=0)

@@ -89,3 +89,14 @@ def test_host_arrays_with_target_cuda_inside_a_traced_step_are_refused():
     assert str(info.value) == ("tc.compile: op 'B[i] = A[i] * 2' was called on host arrays with target='cuda' "
                                "inside a traced step; keep the step's tensors on one device "
                                "(tc.Tensor(x, device='cuda'))")
+
+
+def test_one_process_trains_device_parameters_without_mpi():
+    # (tensorcomp train broadcasts rank 0's parameters first: with one process there is nothing to
+    # send, and the parameters may live on the GPU)
+    from tensorcomp import distributed as dist
+    with emulated():
+        model = nn.Linear(3, 2)
+        model.to("cuda")
+        dist.broadcast_parameters(model)
+        assert model.weight.device == "cuda"
