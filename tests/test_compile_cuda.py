@@ -100,3 +100,54 @@ def test_one_process_trains_device_parameters_without_mpi():
         model.to("cuda")
         dist.broadcast_parameters(model)
         assert model.weight.device == "cuda"
+
+
+class _Dense(nn.Module):
+    """A layer whose contraction runs on tensor cores (precision="tf32"), its gradients too."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.w = nn.Parameter(0.1 * np.random.default_rng(3).standard_normal((i, o)).astype(np.float32))
+        self.op = tc.op("Y[n, o] += X[n, i] * W[i, o]", precision="tf32")
+
+    def forward(self, x):
+        return self.op(x, self.w)
+
+
+def test_a_compiled_gpu_step_runs_tf32_layers_on_tensor_cores(tmp_path):
+    data = np.random.default_rng(1)
+    batches = [(data.standard_normal((32, 16)).astype(np.float32), data.integers(0, 8, 32)) for _ in range(5)]
+    built = []
+
+    class Counted(cuda_emulator.Module):
+        def __init__(self, source, names, arg_format):
+            built.append(source)
+            super().__init__(source, names, arg_format)
+
+    def run(compiled):
+        nn.manual_seed(0)
+        model = nn.Sequential(_Dense(16, 32), nn.ReLU(), _Dense(32, 8))
+        model.to("cuda")
+        opt, lossf = optim.SGD(model.parameters(), 0.1), nn.CrossEntropyLoss()
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = lossf(model(tc.Tensor(x, device="cuda")), y)
+            loss.backward()
+            opt.step()
+            return loss
+        f = tc.compile(step) if compiled else step
+        return [float(f(x, y).numpy()) for x, y in batches], {k: np.asarray(v) for k, v in model.state_dict().items()}
+    with emulated():
+        rc.Module = Counted
+        eager, compiled = run(False), run(True)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)  # (both in TF32: the same arithmetic)
+    for k in eager[1]:
+        np.testing.assert_allclose(compiled[1][k], eager[1][k], rtol=1e-4, atol=1e-5)
+    # the step's module: tf32 contractions (forward, input and weight gradients) on tensor cores
+    assert built[-1].count("tc_mma_tf32(&tc_c[") >= 3
+    if shutil.which("nvcc"):
+        (tmp_path / "step.cu").write_text(built[-1])
+        proc = subprocess.run(["nvcc", "-arch=sm_80", "-cubin", str(tmp_path / "step.cu"), "-o",
+                               str(tmp_path / "step.cubin")], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
