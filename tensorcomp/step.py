@@ -506,21 +506,25 @@ def _same_guards(a: Program, b: Program, exact: bool = False) -> bool:
     return key(a) == key(b)
 
 
+def _environment(p: Program, arrays: list, prepare: Callable[[Any], Any] | None = None) -> list:
+    """Every value's array slot, the program's inputs filled in (arguments, state, constants; each
+    argument and state array passed through ``prepare``, when given)."""
+    env: list[Any] = [None] * len(p.specs)
+    for v, src in p.sources:
+        kind = src.kind
+        if kind == "constant":
+            env[v] = p.constants[src.index]
+            continue
+        a = arrays[src.index] if kind == "argument" else getattr(p.state[src.index], kind)
+        env[v] = a if prepare is None else prepare(a)
+    return env
+
+
 def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     p = entry.program
     if p.device == "cuda":
         return _replay_cuda(entry, arrays)
-    env: list[Any] = [None] * len(p.specs)
-    for v, src in p.sources:
-        kind = src.kind
-        if kind == "argument":
-            env[v] = arrays[src.index]
-        elif kind == "data":
-            env[v] = p.state[src.index].data
-        elif kind == "grad":
-            env[v] = p.state[src.index].grad
-        else:
-            env[v] = p.constants[src.index]
+    env = _environment(p, arrays)
     run = cpu_kernel.run
     for r, release in entry.runs:
         if release is None:
@@ -551,17 +555,7 @@ def _replay_cuda(entry: _Entry, arrays: list) -> Any:
     """``_replay`` on the GPU: launches from one module, in order; host data is uploaded where the
     trace uploaded it."""
     p = entry.program
-    env: list[Any] = [None] * len(p.specs)
-    for v, src in p.sources:
-        kind = src.kind
-        if kind == "argument":
-            env[v] = _aligned(arrays[src.index])
-        elif kind == "data":
-            env[v] = _aligned(p.state[src.index].data)
-        elif kind == "grad":
-            env[v] = _aligned(p.state[src.index].grad)
-        else:
-            env[v] = p.constants[src.index]
+    env = _environment(p, arrays, _aligned)
     for r, release in entry.runs:
         if release is None:
             devs = [env[v] for v in r.inputs]
