@@ -343,7 +343,7 @@ def _cuda_kernels(p: Program, device: set[int]) -> list:
     return compiler.cuda_step_kernels(calls) if calls else []
 
 
-def _copies(runs: tuple) -> int:
+def _relayout_count(runs: tuple) -> int:
     return sum(len(r.kernel.relayout) for r, _ in runs if isinstance(r, _Run))
 
 
@@ -478,7 +478,7 @@ class CompiledStep:
         the passes' seconds."""
         entry = self._entry(args)
         before, after = entry.traced, entry.program
-        relayouts = _copies(entry.runs)
+        relayouts = _relayout_count(entry.runs)
         return {
             "calls_traced": sum(isinstance(x, Call) for x in before.body),
             "calls": sum(isinstance(x, Call) for x in after.body),
