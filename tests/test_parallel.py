@@ -93,3 +93,25 @@ def test_a_parallel_stage_runs_on_the_threads_only_when_its_serial_runs_outlast_
             assert decided and all(p is want for p in decided) == (call >= threads.TIMED_RUNS - 1)
             # every stage serial: later calls run the whole kernel in one call
             assert k.serial == (not want and call >= threads.TIMED_RUNS - 1)
+
+
+def test_native_workers_run_each_slice_of_each_job_exactly_once():
+    """Jobs posted back to back on the native pool (workers spinning, the caller taking slices too):
+    a stage run in place (input and output one buffer, ``O = A * s``) on slices of [3, 517) doubles
+    each element in range exactly once -- a slice run twice would quadruple it, one missed leave it --,
+    for slice counts from 1 to past the element count, with the scalar passed through the trampoline."""
+    from tensorcomp.runtime import pool
+    op = tc.op("O[i, j] = A[i, j] * s")
+    a = rng.standard_normal((600, 33))
+    op(a, s=1.0)
+    (fn, take, *_), = kernel_of(op).stages
+    assert len(take) == 2
+    workers = pool.get(max(num_threads() - 1, 1))
+    for slices in (1, 2, 3, 7, 64, 513, 900):
+        for _ in range(20):
+            o = a.copy()
+            assert pool.run_stage(workers, fn, [o.ctypes.data] * 2, [2.0], 3, 517, slices)
+            expect = a.copy().reshape(-1)
+            expect[3:517] *= 2
+            np.testing.assert_array_equal(o.reshape(-1), expect)
+    assert not pool.run_stage(workers, lambda *args: None, [], [], 0, 1, 1)  # Python callables: not native

@@ -247,6 +247,24 @@ def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list,
     return Compiled(name, address, fn, pyfn, staged)
 
 
+def compile_module(ir_text: str, names: tuple[str, ...], cached: bool = True) -> dict[str, int]:
+    """Compile a runtime module (not a kernel: its symbols keep their names, so each is compiled once
+    per process) and return the addresses of its functions ``names``. ``cached=False``: code that
+    holds this process's addresses, never written to the object-code cache."""
+    with _lock:
+        tm, engine = _init()
+        loaded: dict = _state.setdefault("modules", {})
+        if names[0] not in loaded:
+            obj = _object_code(ir_text, _object_key(ir_text)) if cached else tm.emit_object(optimize(ir_text))
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            engine.finalize_object()
+            for name in names:
+                loaded[name] = engine.get_function_address(name)
+        if not all(loaded.get(name) for name in names):
+            raise TensorcompError(f"runtime module: no function among {names}; hint: this is a bug, please report it")
+        return {name: loaded[name] for name in names}
+
+
 def object_counts() -> dict[str, int]:
     """Kernels this process ran LLVM for (``llvm``) and loaded from the object-code cache instead
     (``loaded``); kernels equal to one already loaded take neither."""

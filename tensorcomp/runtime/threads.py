@@ -15,6 +15,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from .pool import get as native_pool
+from .pool import run_stage
+
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -38,18 +41,10 @@ GAIN = 3.0  # a stage runs in parallel when it takes this many hand-offs' time s
 
 
 def dispatch_seconds(threads: int) -> float:
-    """What handing work to the pool's threads and waiting for them costs here (median of 20 empty
-    hand-offs): tens of microseconds on a busy 2-core machine, as much as a small stage's whole run."""
+    """What handing a stage to the native workers and waiting for them costs here, with the workers
+    awake (``pool.Pool.hand_off_seconds``): a few microseconds (Python threads: ~40-60 us)."""
     if not _DISPATCH:
-        pool = _get_pool(max(threads - 1, 1))
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            futures = [pool.submit(int) for _ in range(1, threads)]
-            for f in futures:
-                f.result()
-            times.append(time.perf_counter() - t0)
-        _DISPATCH.append(sorted(times)[len(times) // 2])
+        _DISPATCH.append(native_pool(max(threads - 1, 1)).hand_off_seconds())
     return _DISPATCH[0]
 
 
@@ -79,8 +74,10 @@ def run_stages(stages: Sequence[tuple[Callable, tuple[int, ...], int, int, int]]
         if n <= 1:
             fn(*own, lo, hi, *scalars)
             continue
-        pool = _get_pool(n - 1)
         c = min(hi - lo, n * slices)
+        if run_stage(native_pool(n - 1), fn, own, scalars, lo, hi, c):
+            continue
+        pool = _get_pool(n - 1)
         bounds = [lo + (hi - lo) * t // c for t in range(c + 1)]
         slices = iter(list(zip(bounds[:-1], bounds[1:])))
         futures = [pool.submit(_take, fn, own, scalars, slices) for _ in range(1, n)]
