@@ -28,11 +28,12 @@ from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
+from .native_step import NativeStep, build as build_native
 from .tensor import Tensor
 from .runtime import cuda
 from .schedule.records import Layout
 from .strides import contiguous, permuted_strides
-from .trace import Call, Program, View, header, is_array, peak_bytes, program_source, spec_of, statements, trace
+from .trace import Call, Program, View, header, view_of, is_array, peak_bytes, program_source, spec_of, statements, trace
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -219,21 +220,6 @@ class _Run:
     release: tuple[int, ...]
 
 
-def _view(base: np.ndarray, v: View) -> np.ndarray:
-    interface = {"data": (base.__array_interface__["data"][0] + v.offset, False), "shape": v.shape,
-                 "strides": v.strides, "typestr": v.dtype.str, "version": 3}
-    holder = _Holder(interface, base)
-    return np.asarray(holder)
-
-
-class _Holder:
-    """Keeps a view's base alive and presents the view's memory to numpy."""
-
-    def __init__(self, interface: dict, base: np.ndarray) -> None:
-        self.__array_interface__ = interface
-        self.base = base
-
-
 def _resolve(p: Program) -> tuple:
     """The body as runs (kernels looked up once; on the GPU, all of them compiled as one module),
     each value's last use marked."""
@@ -348,6 +334,7 @@ def _relayout_count(runs: tuple) -> int:
 
 
 ASSIGN_LAYOUTS = True  # (False: every kernel copies its inputs into its own layouts, for A/B runs)
+NATIVE = True  # (False: replays stay in Python, a loop over the calls; for A/B runs)
 
 
 def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
@@ -367,6 +354,10 @@ class _Entry:
     traced: Program  # as recorded
     runs: tuple
     pass_seconds: dict
+    # the replay as one native call (``native_step``), built at the second replay (the first decides
+    # which parallel stages go to the threads); a string: why it stays on the Python replay
+    native: Any = None
+    replays: int = 0
 
 
 class CompiledStep:
@@ -402,7 +393,7 @@ class CompiledStep:
         ``Op.forget_kernels`` dropped the old kernels)."""
         for entries in self._entries.values():
             for entry in entries:
-                entry.runs = ()
+                entry.runs, entry.native, entry.replays = (), None, 0
 
     def __call__(self, *args: Any) -> Any:
         arrays, key = self._arrays(args)
@@ -485,6 +476,9 @@ class CompiledStep:
             "statements_traced": statements(before), "statements": statements(after),
             "values": len(after.specs), "peak_bytes": peak_bytes(after),
             "relayout_copies": relayouts, "pass_seconds": dict(entry.pass_seconds),
+            "dispatch": "one native call" if isinstance(entry.native, NativeStep) else
+            f"Python replay ({entry.native or 'not built yet'})",
+            "native_peak_bytes": entry.native.peak_bytes if isinstance(entry.native, NativeStep) else None,
         }
 
 
@@ -525,6 +519,12 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     if p.device == "cuda":
         return _replay_cuda(entry, arrays)
     env = _environment(p, arrays)
+    entry.replays += 1
+    if entry.native is None and entry.replays > 1 and NATIVE:
+        entry.native = build_native(p, entry.runs)
+    if isinstance(entry.native, NativeStep):
+        entry.native(env)
+        return _finish(p, env)
     run = cpu_kernel.run
     for r, release in entry.runs:
         if release is None:
@@ -536,9 +536,14 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
                 env[v] = o
             release = r.release
         else:
-            env[r.output] = _view(env[r.source], r)
+            env[r.output] = view_of(env[r.source], r)
         for v in release:
             env[v] = None
+    return _finish(p, env)
+
+
+def _finish(p: Program, env: list) -> Any:
+    """Write the new state back and build the result."""
     for k, attr, v in p.writes:
         setattr(p.state[k], attr, None if v is None else env[v])
     return _rebuild(p.result, env)
@@ -574,9 +579,7 @@ def _replay_cuda(entry: _Entry, arrays: list) -> Any:
             env[r.output] = cuda.view(env[r.source], r.offset, r.shape, r.strides, r.dtype)
         for v in release:
             env[v] = None
-    for k, attr, v in p.writes:
-        setattr(p.state[k], attr, None if v is None else env[v])
-    return _rebuild(p.result, env)
+    return _finish(p, env)
 
 
 def _rebuild(r: Any, env: list) -> Any:

@@ -353,3 +353,19 @@ def peak_bytes(p: Program) -> int:
         peak = max(peak, live)
         live -= frees.pop(k, 0)
     return peak
+
+
+def view_of(base: np.ndarray, v: View) -> np.ndarray:
+    """View ``v`` of array ``base`` (keeping ``base`` alive)."""
+    interface = {"data": (base.__array_interface__["data"][0] + v.offset, False), "shape": v.shape,
+                 "strides": v.strides, "typestr": v.dtype.str, "version": 3}
+    holder = _Holder(interface, base)
+    return np.asarray(holder)
+
+
+class _Holder:
+    """Keeps a view's base alive and presents the view's memory to numpy."""
+
+    def __init__(self, interface: dict, base: np.ndarray) -> None:
+        self.__array_interface__ = interface
+        self.base = base

@@ -1,0 +1,328 @@
+"""A compiled step's replay as one native call: every stage of every kernel, in order, from one function.
+
+``step.py`` replays a program with a Python loop over its calls: per call, output arrays made, inputs
+relaid, the kernel's stages run (``runtime.kernel.run``). Once every kernel has run (its parallel
+stages decided, ``runtime.threads``), ``build`` turns the resolved program into one LLVM function,
+``tc_step(slots)``:
+
+- **memory planned once**: every value the step makes and does not hand on, every kernel's
+  temporaries and every relaid input gets a fixed place in one arena, reused by liveness (first fit,
+  64-byte aligned: a value's place is free again after its last reader, or after the last reader of
+  any view of it); ``peak_bytes`` is the arena's size. Values handed on (written back to state,
+  returned, or viewed by those) are new arrays per call: the caller may keep them.
+- **stages called directly**: a serial stage is a call of its entry with constant buffer addresses
+  (arena values) or ones loaded from ``slots`` (the step's inputs and handed-on values, filled per
+  call); a parallel one is a job on the native worker pool (``runtime.pool``); a relaid input is a
+  copy loop emitted into the same module; a view is its source's address plus an offset.
+
+Python per call: fill the input slots, make the handed-on arrays, check index tensors the step reads
+from its inputs, one ctypes call (which releases the interpreter's lock). What ``build`` cannot run
+(blocked relayouts, index tensors the step computes itself, a kernel that is not native CPU code)
+leaves the program on the Python replay; ``build`` then returns the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .runtime import jit, pool
+from .runtime import kernel as cpu_kernel
+from .runtime.kernel import kept_buffer
+from .strides import contiguous, padded_shape, permuted_strides
+from .target import num_threads
+from .trace import Program, View, view_of
+
+ALIGN = 64
+
+
+class _Arena:
+    """First-fit placement of buffers in one block of memory (offsets, ``ALIGN``-byte aligned)."""
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
+        self.end = 0
+
+    def take(self, nbytes: int) -> int:
+        size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        for k, (off, n) in enumerate(self.free):
+            if n >= size:
+                self.free[k:k + 1] = [(off + size, n - size)] if n > size else []
+                return off
+        if self.free and self.free[-1][0] + self.free[-1][1] == self.end:  # grow the last free block
+            off = self.free.pop()[0]
+            self.end = off + size
+            return off
+        off, self.end = self.end, self.end + size
+        return off
+
+    def give(self, off: int, nbytes: int) -> None:
+        size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        blocks = sorted(self.free + [(off, size)])
+        merged: list[tuple[int, int]] = []
+        for o, n in blocks:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((o, n))
+        self.free = merged
+
+
+class _Shape:
+    """Stands for an array whose shape is all ``Op.check_lookups`` reads of it."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+@dataclass
+class NativeStep:
+    """One program's replay as one native call (see the module docstring)."""
+
+    fn: Any  # ctypes: void (int64 *slots)
+    slots: np.ndarray  # per value: its address (filled per call for inputs and handed-on values)
+    inputs: tuple[int, ...]  # values read from the environment each call
+    fresh: tuple[tuple[int, tuple, np.dtype, tuple], ...]  # handed-on values: (value, shape, dtype, strides)
+    views: tuple[View, ...]  # views the caller sees (of handed-on or input values), in program order
+    checks: tuple  # (op, per input of the call: value to check, or a stand-in with its shape)
+    arena: np.ndarray
+    pool: Any
+    stages: int  # stage calls per step
+    jobs: int  # of which parallel jobs
+    copies: int  # relayout copies per step
+
+    @property
+    def peak_bytes(self) -> int:
+        return int(self.arena.nbytes)
+
+    def __call__(self, env: list) -> None:
+        """Run the step on ``env`` (every input value filled in); fills in the values handed on."""
+        slots = self.slots
+        for v in self.inputs:
+            slots[v] = env[v].__array_interface__["data"][0]
+        for v, shape, dtype, strides in self.fresh:
+            a = env[v] = _empty(shape, dtype, strides)
+            slots[v] = a.__array_interface__["data"][0]
+        for view in self.views:
+            env[view.output] = view_of(env[view.source], view)
+        for op, arrays in self.checks:
+            op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
+        self.pool.poke()
+        with self.pool.lock:
+            self.fn(slots.ctypes.data)
+
+
+def _empty(shape: tuple, dtype: np.dtype, strides: tuple) -> np.ndarray:
+    order = sorted(range(len(shape)), key=lambda a: -strides[a])
+    phys = np.empty(tuple(shape[a] for a in order), dtype)
+    return phys.transpose(np.argsort(order))
+
+
+def _value_strides(p: Program, runs: tuple) -> dict[int, tuple]:
+    """The byte strides every value has at run time: inputs as recorded, call outputs as their kernel
+    writes them, views as recorded."""
+    out = {v: tuple(p.specs[v][2]) for v, _ in p.sources}
+    for r, release in runs:
+        if release is not None:
+            out[r.output] = tuple(r.strides)
+            continue
+        for v, (shape, dtype), perm in zip(r.outputs, r.kernel.outputs, r.kernel.out_perms or
+                                           [None] * len(r.kernel.outputs)):
+            out[v] = contiguous(shape, dtype.itemsize) if perm is None else \
+                permuted_strides(shape, perm, dtype.itemsize)
+    return out
+
+
+def _c_order(shape: tuple, strides: tuple, itemsize: int) -> bool:
+    """Whether byte ``strides`` lay ``shape`` out in C order without gaps (axes of one element aside)."""
+    want = contiguous(shape, itemsize)
+    return all(n == 1 or s == w for n, s, w in zip(shape, strides, want))
+
+
+def _word(value: Any, ctype: type) -> str:
+    """A scalar as an LLVM constant of the entry's parameter type (a double by its exact bits)."""
+    if ctype is ctypes.c_double:
+        return f"double 0x{np.float64(value).view(np.uint64):016X}"
+    return f"i64 {int(value)}"
+
+
+def _bits(value: Any, ctype: type) -> int:
+    return int(np.float64(value).view(np.int64)) if ctype is ctypes.c_double else int(value)
+
+
+def _copy_ir(name: str, shape: tuple, src: tuple, dst: tuple, itemsize: int) -> str:
+    """A loop nest copying ``shape`` elements from byte strides ``src`` to byte strides ``dst``."""
+    ty, depth = f"i{8 * itemsize}", len(shape)
+    out = [f"define internal void @{name}(ptr %dst, ptr %src) {{", "entry:", "  br label %h0"]
+    for d in range(depth):
+        out += [f"h{d}:", f"  %i{d} = phi i64 [0, %{'entry' if d == 0 else f'h{d - 1}'}], [%n{d}, %t{d}]"]
+        if d + 1 < depth:
+            out.append(f"  br label %h{d + 1}")
+    so = " ".join(f"%so{d} = mul i64 %i{d}, {src[d]}\n  %ds{d} = mul i64 %i{d}, {dst[d]}\n " for d in range(depth))
+    out.append("  " + so.rstrip())
+    out.append("  %sa0 = add i64 0, %so0\n  %da0 = add i64 0, %ds0")
+    for d in range(1, depth):
+        out.append(f"  %sa{d} = add i64 %sa{d - 1}, %so{d}\n  %da{d} = add i64 %da{d - 1}, %ds{d}")
+    out += [f"  %sp = getelementptr i8, ptr %src, i64 %sa{depth - 1}",
+            f"  %dp = getelementptr i8, ptr %dst, i64 %da{depth - 1}",
+            f"  %x = load {ty}, ptr %sp", f"  store {ty} %x, ptr %dp", f"  br label %t{depth - 1}"]
+    for d in reversed(range(depth)):
+        after = f"t{d - 1}" if d else "done"
+        out += [f"t{d}:", f"  %n{d} = add i64 %i{d}, 1", f"  %c{d} = icmp slt i64 %n{d}, {shape[d]}",
+                f"  br i1 %c{d}, label %h{d}, label %{after}"]
+    out += ["done:", "  ret void", "}"]
+    return "\n".join(out)
+
+
+_built = [0]
+
+
+def build(p: Program, runs: tuple) -> NativeStep | str:
+    """The program's replay as one native call, or why it stays on the Python replay."""
+    if p.device == "cuda":
+        return "a step on the GPU launches its kernels from Python"
+    strides = _value_strides(p, runs)
+    specs = p.specs
+    root: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, (r, release) in enumerate(runs):
+        if release is not None:
+            root[r.output] = root.get(r.source, r.source)
+        for v in (r.inputs if release is None else (r.source,)):
+            last[v] = k
+    sources = {v for v, _ in p.sources}
+    handed = {root.get(v, v) for v in p.kept()} - sources
+    end: dict[int, int] = {}
+    for v, k in last.items():
+        end[root.get(v, v)] = max(end.get(root.get(v, v), -1), k)
+
+    def nbytes(shape: tuple, dtype: Any) -> int:
+        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+    # -- memory: arena offsets by liveness ------------------------------------------------------------
+    arena = _Arena()
+    place: dict[int, int] = {}  # arena value -> offset
+    frees: dict[int, list[int]] = {}  # body index -> arena values whose place is free after it
+    calls = []  # per call: (run, kernel inputs [(value, None) | (value, (copy offset, shape, src, dst))], temps)
+    for k, (r, release) in enumerate(runs):
+        if release is not None:
+            for v in frees.pop(k, ()):
+                arena.give(place[v], nbytes(specs[v][0], specs[v][1]))
+            continue
+        kernel = r.kernel
+        if not isinstance(kernel, cpu_kernel.Kernel):
+            return f"{type(kernel).__name__} is not a CPU kernel"
+        ins: list = [(v, None) for v in r.inputs]
+        scratch = []
+        for pos, perm, pad, blocks in kernel.relayout:
+            if blocks:
+                return "a kernel reads an input in a blocked layout (copied by numpy)"
+            v = r.inputs[pos]
+            shape, dtype = tuple(specs[v][0]), np.dtype(specs[v][1])
+            phys = tuple(shape[a] for a in perm)
+            src = tuple(strides[v][a] for a in perm)
+            if not pad and _c_order(phys, src, dtype.itemsize):
+                continue
+            full = padded_shape(phys, pad)
+            off = arena.take(nbytes(full, dtype))
+            scratch.append((off, nbytes(full, dtype)))
+            ins[pos] = (v, (off, phys, src, contiguous(full, dtype.itemsize)[:len(phys)], dtype.itemsize))
+        for v, (shape, dtype) in zip(r.outputs, kernel.outputs):
+            if v not in handed:
+                place[v] = arena.take(nbytes(shape, dtype))
+                frees.setdefault(end.get(v, k), []).append(v)
+        temps = []
+        for shape, dtype in kernel.temporaries:
+            off = arena.take(nbytes(shape, dtype))
+            scratch.append((off, nbytes(shape, dtype)))
+            temps.append(off)
+        for off, n in scratch:
+            arena.give(off, n)
+        for v in frees.pop(k, ()):
+            arena.give(place[v], nbytes(specs[v][0], specs[v][1]))
+        calls.append((k, ins, temps))
+    raw = kept_buffer((max(arena.end, ALIGN) + ALIGN,), np.uint8)
+    start = -raw.__array_interface__["data"][0] % ALIGN
+    memory = raw[start:start + max(arena.end, ALIGN)]
+    base = memory.__array_interface__["data"][0]
+
+    # -- code -------------------------------------------------------------------------------------------
+    workers = pool.get(max(num_threads() - 1, 1))
+    run_job = workers.run_address
+    name = f"tc_step_{_built[0]}"
+    _built[0] += 1
+    body, entry, copies = [], [], []
+    ptr: dict[int, str] = {}
+    slot_values = sorted(sources | handed)
+    for v in slot_values:
+        entry.append(f"  %sp{v} = getelementptr i64, ptr %slots, i64 {v}\n  %s{v} = load ptr, ptr %sp{v}")
+        ptr[v] = f"%s{v}"
+    for v, off in place.items():
+        ptr[v] = f"inttoptr (i64 {base + off} to ptr)"
+    views_seen = []
+    stage_calls = jobs = 0
+    calls_at = {k: (ins, temps) for k, ins, temps in calls}
+    for k, (r, release) in enumerate(runs):
+        if release is not None:
+            body.append(f"  %w{r.output} = getelementptr i8, ptr {ptr[r.source]}, i64 {r.offset}")
+            ptr[r.output] = f"%w{r.output}"
+            if root.get(r.output, r.output) in sources | handed:
+                views_seen.append(r)
+            continue
+        ins, temps = calls_at[k]
+        kernel = r.kernel
+        args = []
+        for v, copy in ins:
+            if copy is None:
+                args.append(ptr[v])
+                continue
+            off, phys, src, dst, itemsize = copy
+            cname = f"{name}_copy{len(copies)}"
+            copies.append(_copy_ir(cname, phys, src, dst, itemsize))
+            body.append(f"  call void @{cname}(ptr inttoptr (i64 {base + off} to ptr), ptr {ptr[v]})")
+            args.append(f"inttoptr (i64 {base + off} to ptr)")
+        args += [ptr[v] for v in r.outputs]
+        args += [f"inttoptr (i64 {base + off} to ptr)" for off in temps]
+        for j, (fn, take, lo, hi, slices) in enumerate(kernel.stages):
+            found = pool.native(fn)
+            if found is None:
+                return "a stage entry is not native code"
+            address, tramp = found
+            types = type(fn)._argtypes_[len(take) + 2:]  # noqa: SLF001
+            n = min(kernel.threads, hi - lo) if slices else 1
+            parallel = n > 1 and kernel.threads > 1 and len(kernel.plan) > j and kernel.plan[j] is True
+            stage_calls += 1
+            if not parallel:
+                vals = [f"ptr {args[t]}" for t in take] + [f"i64 {lo}", f"i64 {hi}"] + \
+                    [_word(s, t) for s, t in zip(r.scalars, types)]
+                body.append(f"  call void inttoptr (i64 {address} to ptr)({', '.join(vals)})")
+                continue
+            jobs += 1
+            b, s = f"%b{k}_{j}", f"%c{k}_{j}"
+            entry.append(f"  {b} = alloca [{max(len(take), 1)} x ptr], align 8\n"
+                         f"  {s} = alloca [{max(len(types), 1)} x i64], align 8")
+            for i, t in enumerate(take):
+                body.append(f"  {b}p{i} = getelementptr ptr, ptr {b}, i64 {i}\n  store ptr {args[t]}, ptr {b}p{i}")
+            for i, (value, t) in enumerate(zip(r.scalars, types)):
+                body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n  store i64 {_bits(value, t)}, ptr {s}p{i}")
+            count = min(hi - lo, n * slices)
+            body.append(f"  call void inttoptr (i64 {run_job} to ptr)(ptr inttoptr (i64 {workers.address} to ptr), "
+                        f"ptr inttoptr (i64 {tramp} to ptr), ptr inttoptr (i64 {address} to ptr), ptr {b}, "
+                        f"i64 {lo}, i64 {hi}, ptr {s}, i64 {count})")
+    text = "\n".join([f"define void @{name}(ptr %slots) {{", *entry, *body, "  ret void", "}", *copies]) + "\n"
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.compile_module(text, (name,), cached=False)[name])
+    checks = []
+    for k, (r, release) in enumerate(runs):
+        if release is None and r.checks is not None:
+            looked = {c[0] for c in r.checks.lookup_checks}
+            if any(root.get(r.inputs[i], r.inputs[i]) not in sources for i in looked):
+                return "an index tensor the step computes itself is checked per call"
+            checks.append((r.checks, tuple(v if i in looked else _Shape(tuple(specs[v][0]))
+                                           for i, v in enumerate(r.inputs))))
+    fresh = tuple((v, tuple(specs[v][0]), np.dtype(specs[v][1]), strides[v]) for v in sorted(handed))
+    slots = np.zeros(len(specs), np.int64)
+    return NativeStep(fn, slots, tuple(sorted(sources)), fresh, tuple(views_seen), tuple(checks), memory, workers,
+                      stage_calls, jobs, len(copies))

@@ -1,0 +1,108 @@
+"""A compiled step replayed as one native call (``tensorcomp.native_step``)."""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+import tensorcomp as tc
+import tensorcomp.step as step_module
+from tensorcomp import nn, optim
+from tensorcomp.native_step import ALIGN, _Arena, _copy_ir
+from tensorcomp.runtime import jit
+from tensorcomp.train import MODELS
+
+rng = np.random.default_rng(11)
+
+
+def _run(model, batches, native, steps):
+    step_module.NATIVE = native
+    try:
+        build, loss_cls = MODELS[model]
+        nn.manual_seed(1)
+        net, lossf = build(), loss_cls()
+        opt = optim.Adam(net.parameters())
+
+        def fn(x, y):
+            opt.zero_grad()
+            loss = lossf(net(tc.Tensor(x)), y)
+            loss.backward()
+            opt.step()
+            return loss
+        f = tc.compile(fn)
+        losses = [f(*batches[k % len(batches)]) for k in range(steps)]
+        return losses, net, f
+    finally:
+        step_module.NATIVE = True
+
+
+@pytest.mark.parametrize("model,batch", [("lenet", 16), ("capsnet-em", 2)])
+def test_a_compiled_step_runs_as_one_native_call_exactly_as_the_python_replay(model, batch):
+    batches = [(rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)) for _ in range(3)]
+    native_losses, native_net, f = _run(model, batches, True, 7)
+    python_losses, python_net, g = _run(model, batches, False, 7)
+    stats = f.stats(*batches[0])
+    assert stats["dispatch"] == "one native call"
+    assert g.stats(*batches[0])["dispatch"] == "Python replay (not built yet)"
+    assert stats["native_peak_bytes"] > 0
+    # bit for bit: the same kernels on the same data, only the dispatch differs
+    assert [float(x.data) for x in native_losses] == [float(x.data) for x in python_losses]
+    for (k, a), (_, b) in zip(native_net.state_dict().items(), python_net.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_values_a_native_step_hands_on_are_new_arrays_every_call():
+    """The losses it returns and the parameters it writes back are the caller's to keep: a later step
+    does not write into them (its own values live in an arena reused every call)."""
+    batches = [(rng.random((8, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 8)) for _ in range(2)]
+    losses, net, f = _run("lenet", batches, True, 4)
+    assert f.stats(*batches[0])["dispatch"] == "one native call"
+    weight = net.state_dict()  # after the 4th call
+    held = {k: v for k, v in ((k, p.data) for k, p in zip(weight, net.parameters()))}
+    copies = {k: v.copy() for k, v in held.items()}
+    kept = [float(x.data) for x in losses]
+    for _ in range(3):
+        f(*batches[0])
+    assert [float(x.data) for x in losses] == kept
+    assert len({id(x.data) for x in losses}) == len(losses)
+    for k in held:
+        np.testing.assert_array_equal(held[k], copies[k], err_msg=k)
+    assert any(not np.array_equal(p.data, copies[k]) for k, p in zip(held, net.parameters()))
+
+
+def test_the_arena_keeps_live_buffers_apart_and_reuses_freed_places():
+    arena, live = _Arena(), {}
+    r = np.random.default_rng(3)
+    total = 0
+    for step in range(2000):
+        if live and r.random() < 0.5:
+            k = list(live)[r.integers(len(live))]
+            off, n = live.pop(k)
+            arena.give(off, n)
+            continue
+        n = int(r.integers(1, 5000))
+        off = arena.take(n)
+        assert off % ALIGN == 0
+        for o, m in live.values():
+            assert off + n <= o or o + m <= off, "two live buffers overlap"
+        live[step] = (off, n)
+        total += n
+    assert arena.end < total / 10  # places were reused
+    for off, n in list(live.values()):
+        arena.give(off, n)
+    assert arena.free == [(0, arena.end)]  # freed places merge back into one
+
+
+@pytest.mark.parametrize("shape,perm,itemsize", [((3, 5, 7), (2, 0, 1), 4), ((64, 6, 12, 12), (0, 2, 3, 1), 4),
+                                                 ((9, 2), (1, 0), 8), ((4, 1, 33), (1, 2, 0), 2)])
+def test_a_relayout_copy_loop_writes_what_numpy_transposes(shape, perm, itemsize):
+    dtype = {2: np.int16, 4: np.float32, 8: np.float64}[itemsize]
+    a = rng.standard_normal(shape).astype(dtype) if itemsize != 2 else rng.integers(-99, 99, shape).astype(dtype)
+    phys = tuple(shape[p] for p in perm)
+    out = np.full(phys, 7, dtype)
+    name = f"copy_test_{'_'.join(map(str, shape))}_{itemsize}"
+    text = _copy_ir(name, phys, tuple(a.strides[p] for p in perm), out.strides, itemsize)
+    text = text.replace("define internal void", "define void")
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(jit.compile_module(text, (name,), cached=False)[name])
+    fn(out.ctypes.data, a.ctypes.data)
+    np.testing.assert_array_equal(out, a.transpose(perm))
