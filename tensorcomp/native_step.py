@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import jit, pool
+from .runtime import jit, objects, pool
 from .runtime import kernel as cpu_kernel
 from .runtime.kernel import kept_buffer
 from .strides import contiguous, padded_shape, permuted_strides
@@ -156,16 +156,15 @@ def _bits(value: Any, ctype: type) -> int:
 def _copy_ir(name: str, shape: tuple, src: tuple, dst: tuple, itemsize: int) -> str:
     """A loop nest copying ``shape`` elements from byte strides ``src`` to byte strides ``dst``."""
     ty, depth = f"i{8 * itemsize}", len(shape)
-    out = [f"define internal void @{name}(ptr %dst, ptr %src) {{", "entry:", "  br label %h0"]
+    out = [f"define void @{name}(ptr %dst, ptr %src) {{", "entry:", "  br label %h0"]
     for d in range(depth):
         out += [f"h{d}:", f"  %i{d} = phi i64 [0, %{'entry' if d == 0 else f'h{d - 1}'}], [%n{d}, %t{d}]"]
         if d + 1 < depth:
             out.append(f"  br label %h{d + 1}")
-    so = " ".join(f"%so{d} = mul i64 %i{d}, {src[d]}\n  %ds{d} = mul i64 %i{d}, {dst[d]}\n " for d in range(depth))
-    out.append("  " + so.rstrip())
-    out.append("  %sa0 = add i64 0, %so0\n  %da0 = add i64 0, %ds0")
-    for d in range(1, depth):
-        out.append(f"  %sa{d} = add i64 %sa{d - 1}, %so{d}\n  %da{d} = add i64 %da{d - 1}, %ds{d}")
+    for d in range(depth):  # byte offsets, summed over the axes
+        prev_s, prev_d = (f"%sa{d - 1}", f"%da{d - 1}") if d else ("0", "0")
+        out += [f"  %so{d} = mul i64 %i{d}, {src[d]}", f"  %sa{d} = add i64 {prev_s}, %so{d}",
+                f"  %do{d} = mul i64 %i{d}, {dst[d]}", f"  %da{d} = add i64 {prev_d}, %do{d}"]
     out += [f"  %sp = getelementptr i8, ptr %src, i64 %sa{depth - 1}",
             f"  %dp = getelementptr i8, ptr %dst, i64 %da{depth - 1}",
             f"  %x = load {ty}, ptr %sp", f"  store {ty} %x, ptr %dp", f"  br label %t{depth - 1}"]
@@ -180,149 +179,192 @@ def _copy_ir(name: str, shape: tuple, src: tuple, dst: tuple, itemsize: int) -> 
 _built = [0]
 
 
+def _nbytes(shape: tuple, dtype: Any) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+@dataclass
+class _Lives:
+    """Where each value lives: ``root`` (a view -> the value it views, through views), ``sources``
+    (the step's inputs), ``handed`` (made by the step and handed on: new arrays per call) and ``end``
+    (a value -> the index of the last run reading it or a view of it)."""
+    root: dict
+    sources: set
+    handed: set
+    end: dict
+
+
+def _lives(p: Program, runs: tuple) -> _Lives:
+    root: dict[int, int] = {}
+    end: dict[int, int] = {}
+    for k, (r, release) in enumerate(runs):
+        if release is not None:
+            root[r.output] = root.get(r.source, r.source)
+        for v in (r.inputs if release is None else (r.source,)):
+            end[root.get(v, v)] = k
+    sources = {v for v, _ in p.sources}
+    return _Lives(root, sources, {root.get(v, v) for v in p.kept()} - sources, end)
+
+
+def _plan_memory(p: Program, runs: tuple, strides: dict, lives: _Lives) -> tuple[dict, dict, int] | str:
+    """Arena offsets: ``place`` (value -> offset), per call (its index) ``(kernel inputs, temporaries)``
+    — an input relaid is ``(value, (offset, physical shape, source strides, strides, itemsize))`` —,
+    and the arena's size; or why the program cannot be planned."""
+    specs, arena = p.specs, _Arena()
+    place: dict[int, int] = {}
+    frees: dict[int, list[int]] = {}  # run index -> arena values whose place is free after it
+    calls = {}
+    for k, (r, release) in enumerate(runs):
+        if release is None:
+            kernel = r.kernel
+            if not isinstance(kernel, cpu_kernel.Kernel):
+                return f"{type(kernel).__name__} is not a CPU kernel"
+            ins: list = [(v, None) for v in r.inputs]
+            scratch = []
+            for pos, perm, pad, blocks in kernel.relayout:
+                if blocks:
+                    return "a kernel reads an input in a blocked layout (copied by numpy)"
+                v = r.inputs[pos]
+                shape, dtype = tuple(specs[v][0]), np.dtype(specs[v][1])
+                phys = tuple(shape[a] for a in perm)
+                src = tuple(strides[v][a] for a in perm)
+                if not pad and _c_order(phys, src, dtype.itemsize):
+                    continue  # (already in the kernel's layout)
+                full = padded_shape(phys, pad)
+                scratch.append((arena.take(_nbytes(full, dtype)), _nbytes(full, dtype)))
+                ins[pos] = (v, (scratch[-1][0], phys, src, contiguous(full, dtype.itemsize), dtype.itemsize))
+            for v, (shape, dtype) in zip(r.outputs, kernel.outputs):
+                if v not in lives.handed:
+                    place[v] = arena.take(_nbytes(shape, dtype))
+                    frees.setdefault(lives.end.get(v, k), []).append(v)
+            temps = []
+            for shape, dtype in kernel.temporaries:
+                scratch.append((arena.take(_nbytes(shape, dtype)), _nbytes(shape, dtype)))
+                temps.append(scratch[-1][0])
+            for off, n in scratch:
+                arena.give(off, n)
+            calls[k] = (ins, temps)
+        for v in frees.pop(k, ()):
+            arena.give(place[v], _nbytes(specs[v][0], specs[v][1]))
+    return place, calls, arena.end
+
+
+def _checks(p: Program, runs: tuple, lives: _Lives) -> tuple | str:
+    """(op, its inputs: a value to check, or a stand-in with its shape) per call with index tensors."""
+    out = []
+    for r, release in runs:
+        if release is None and r.checks is not None:
+            looked = {c[0] for c in r.checks.lookup_checks}
+            if any(lives.root.get(r.inputs[i], r.inputs[i]) not in lives.sources for i in looked):
+                return "an index tensor the step computes itself is checked per call"
+            out.append((r.checks, tuple(v if i in looked else _Shape(tuple(p.specs[v][0]))
+                                        for i, v in enumerate(r.inputs))))
+    return tuple(out)
+
+
+class _Emitter:
+    """The step function's LLVM IR: one straight line of stage calls, jobs, copies and views."""
+
+    def __init__(self, name: str, base: int, workers: Any) -> None:
+        self.name, self.base, self.workers = name, base, workers
+        self.entry: list[str] = []
+        self.body: list[str] = []
+        self.copies = 0
+        self.ptr: dict[int, str] = {}
+        self.stages = self.jobs = 0
+
+    def at(self, off: int) -> str:
+        return f"inttoptr (i64 {self.base + off} to ptr)"
+
+    def slot(self, v: int) -> None:
+        self.entry.append(f"  %sp{v} = getelementptr i64, ptr %slots, i64 {v}\n  %s{v} = load ptr, ptr %sp{v}")
+        self.ptr[v] = f"%s{v}"
+
+    def view(self, v: View) -> None:
+        self.body.append(f"  %w{v.output} = getelementptr i8, ptr {self.ptr[v.source]}, i64 {v.offset}")
+        self.ptr[v.output] = f"%w{v.output}"
+
+    def copy(self, v: int, off: int, phys: tuple, src: tuple, dst: tuple, itemsize: int) -> str:
+        """Value ``v`` copied to arena offset ``off`` by a copy loop (its own module, named after what it
+        copies: cached on disk like a kernel); returns the copy's address."""
+        name = "tc_copy_" + objects.hash_parts((repr((phys, src, dst, itemsize)),))[:24]
+        address = jit.compile_module(_copy_ir(name, phys, src, dst, itemsize), (name,))[name]
+        self.copies += 1
+        self.body.append(f"  call void inttoptr (i64 {address} to ptr)(ptr {self.at(off)}, ptr {self.ptr[v]})")
+        return self.at(off)
+
+    def stage(self, label: str, fn: Any, args: list[str], lo: int, hi: int, scalars: tuple, count: int) -> bool:
+        """A stage entry over [lo, hi): called, or (``count`` > 1 slices) a job for the workers."""
+        found = pool.native(fn)
+        if found is None:
+            return False
+        address, tramp = found
+        types = type(fn)._argtypes_[len(args) + 2:]  # noqa: SLF001 - the entry's scalar types
+        self.stages += 1
+        if count <= 1:
+            vals = [f"ptr {a}" for a in args] + [f"i64 {lo}", f"i64 {hi}"] + \
+                [_word(s, t) for s, t in zip(scalars, types)]
+            self.body.append(f"  call void inttoptr (i64 {address} to ptr)({', '.join(vals)})")
+            return True
+        self.jobs += 1
+        b, s = f"%b{label}", f"%c{label}"
+        self.entry.append(f"  {b} = alloca [{max(len(args), 1)} x ptr], align 8\n"
+                          f"  {s} = alloca [{max(len(types), 1)} x i64], align 8")
+        for i, a in enumerate(args):
+            self.body.append(f"  {b}p{i} = getelementptr ptr, ptr {b}, i64 {i}\n  store ptr {a}, ptr {b}p{i}")
+        for i, (value, t) in enumerate(zip(scalars, types)):
+            self.body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n"
+                             f"  store i64 {_bits(value, t)}, ptr {s}p{i}")
+        self.body.append(f"  call void inttoptr (i64 {self.workers.run_address} to ptr)(ptr inttoptr (i64 "
+                         f"{self.workers.address} to ptr), ptr inttoptr (i64 {tramp} to ptr), ptr inttoptr (i64 "
+                         f"{address} to ptr), ptr {b}, i64 {lo}, i64 {hi}, ptr {s}, i64 {count})")
+        return True
+
+    def text(self) -> str:
+        return "\n".join([f"define void @{self.name}(ptr %slots) {{", *self.entry, *self.body, "  ret void", "}"]) + "\n"
+
+
 def build(p: Program, runs: tuple) -> NativeStep | str:
     """The program's replay as one native call, or why it stays on the Python replay."""
     if p.device == "cuda":
         return "a step on the GPU launches its kernels from Python"
     strides = _value_strides(p, runs)
-    specs = p.specs
-    root: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for k, (r, release) in enumerate(runs):
-        if release is not None:
-            root[r.output] = root.get(r.source, r.source)
-        for v in (r.inputs if release is None else (r.source,)):
-            last[v] = k
-    sources = {v for v, _ in p.sources}
-    handed = {root.get(v, v) for v in p.kept()} - sources
-    end: dict[int, int] = {}
-    for v, k in last.items():
-        end[root.get(v, v)] = max(end.get(root.get(v, v), -1), k)
-
-    def nbytes(shape: tuple, dtype: Any) -> int:
-        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-
-    # -- memory: arena offsets by liveness ------------------------------------------------------------
-    arena = _Arena()
-    place: dict[int, int] = {}  # arena value -> offset
-    frees: dict[int, list[int]] = {}  # body index -> arena values whose place is free after it
-    calls = []  # per call: (run, kernel inputs [(value, None) | (value, (copy offset, shape, src, dst))], temps)
-    for k, (r, release) in enumerate(runs):
-        if release is not None:
-            for v in frees.pop(k, ()):
-                arena.give(place[v], nbytes(specs[v][0], specs[v][1]))
-            continue
-        kernel = r.kernel
-        if not isinstance(kernel, cpu_kernel.Kernel):
-            return f"{type(kernel).__name__} is not a CPU kernel"
-        ins: list = [(v, None) for v in r.inputs]
-        scratch = []
-        for pos, perm, pad, blocks in kernel.relayout:
-            if blocks:
-                return "a kernel reads an input in a blocked layout (copied by numpy)"
-            v = r.inputs[pos]
-            shape, dtype = tuple(specs[v][0]), np.dtype(specs[v][1])
-            phys = tuple(shape[a] for a in perm)
-            src = tuple(strides[v][a] for a in perm)
-            if not pad and _c_order(phys, src, dtype.itemsize):
-                continue
-            full = padded_shape(phys, pad)
-            off = arena.take(nbytes(full, dtype))
-            scratch.append((off, nbytes(full, dtype)))
-            ins[pos] = (v, (off, phys, src, contiguous(full, dtype.itemsize)[:len(phys)], dtype.itemsize))
-        for v, (shape, dtype) in zip(r.outputs, kernel.outputs):
-            if v not in handed:
-                place[v] = arena.take(nbytes(shape, dtype))
-                frees.setdefault(end.get(v, k), []).append(v)
-        temps = []
-        for shape, dtype in kernel.temporaries:
-            off = arena.take(nbytes(shape, dtype))
-            scratch.append((off, nbytes(shape, dtype)))
-            temps.append(off)
-        for off, n in scratch:
-            arena.give(off, n)
-        for v in frees.pop(k, ()):
-            arena.give(place[v], nbytes(specs[v][0], specs[v][1]))
-        calls.append((k, ins, temps))
-    raw = kept_buffer((max(arena.end, ALIGN) + ALIGN,), np.uint8)
+    lives = _lives(p, runs)
+    planned = _plan_memory(p, runs, strides, lives)
+    checks = _checks(p, runs, lives)
+    for failed in (planned, checks):
+        if isinstance(failed, str):
+            return failed
+    place, calls, size = planned
+    raw = kept_buffer((max(size, ALIGN) + ALIGN,), np.uint8)
     start = -raw.__array_interface__["data"][0] % ALIGN
-    memory = raw[start:start + max(arena.end, ALIGN)]
-    base = memory.__array_interface__["data"][0]
-
-    # -- code -------------------------------------------------------------------------------------------
+    memory = raw[start:start + max(size, ALIGN)]
     workers = pool.get(max(num_threads() - 1, 1))
-    run_job = workers.run_address
-    name = f"tc_step_{_built[0]}"
+    code = _Emitter(f"tc_step_{_built[0]}", memory.__array_interface__["data"][0], workers)
     _built[0] += 1
-    body, entry, copies = [], [], []
-    ptr: dict[int, str] = {}
-    slot_values = sorted(sources | handed)
-    for v in slot_values:
-        entry.append(f"  %sp{v} = getelementptr i64, ptr %slots, i64 {v}\n  %s{v} = load ptr, ptr %sp{v}")
-        ptr[v] = f"%s{v}"
+    for v in sorted(lives.sources | lives.handed):
+        code.slot(v)
     for v, off in place.items():
-        ptr[v] = f"inttoptr (i64 {base + off} to ptr)"
-    views_seen = []
-    stage_calls = jobs = 0
-    calls_at = {k: (ins, temps) for k, ins, temps in calls}
+        code.ptr[v] = code.at(off)
+    shown = []  # views the caller sees (of inputs or of values handed on)
     for k, (r, release) in enumerate(runs):
         if release is not None:
-            body.append(f"  %w{r.output} = getelementptr i8, ptr {ptr[r.source]}, i64 {r.offset}")
-            ptr[r.output] = f"%w{r.output}"
-            if root.get(r.output, r.output) in sources | handed:
-                views_seen.append(r)
+            code.view(r)
+            if lives.root.get(r.output, r.output) in lives.sources | lives.handed:
+                shown.append(r)
             continue
-        ins, temps = calls_at[k]
+        ins, temps = calls[k]
         kernel = r.kernel
-        args = []
-        for v, copy in ins:
-            if copy is None:
-                args.append(ptr[v])
-                continue
-            off, phys, src, dst, itemsize = copy
-            cname = f"{name}_copy{len(copies)}"
-            copies.append(_copy_ir(cname, phys, src, dst, itemsize))
-            body.append(f"  call void @{cname}(ptr inttoptr (i64 {base + off} to ptr), ptr {ptr[v]})")
-            args.append(f"inttoptr (i64 {base + off} to ptr)")
-        args += [ptr[v] for v in r.outputs]
-        args += [f"inttoptr (i64 {base + off} to ptr)" for off in temps]
+        args = [code.ptr[v] if copy is None else code.copy(v, *copy) for v, copy in ins]
+        args += [code.ptr[v] for v in r.outputs] + [code.at(off) for off in temps]
         for j, (fn, take, lo, hi, slices) in enumerate(kernel.stages):
-            found = pool.native(fn)
-            if found is None:
-                return "a stage entry is not native code"
-            address, tramp = found
-            types = type(fn)._argtypes_[len(take) + 2:]  # noqa: SLF001
             n = min(kernel.threads, hi - lo) if slices else 1
-            parallel = n > 1 and kernel.threads > 1 and len(kernel.plan) > j and kernel.plan[j] is True
-            stage_calls += 1
-            if not parallel:
-                vals = [f"ptr {args[t]}" for t in take] + [f"i64 {lo}", f"i64 {hi}"] + \
-                    [_word(s, t) for s, t in zip(r.scalars, types)]
-                body.append(f"  call void inttoptr (i64 {address} to ptr)({', '.join(vals)})")
-                continue
-            jobs += 1
-            b, s = f"%b{k}_{j}", f"%c{k}_{j}"
-            entry.append(f"  {b} = alloca [{max(len(take), 1)} x ptr], align 8\n"
-                         f"  {s} = alloca [{max(len(types), 1)} x i64], align 8")
-            for i, t in enumerate(take):
-                body.append(f"  {b}p{i} = getelementptr ptr, ptr {b}, i64 {i}\n  store ptr {args[t]}, ptr {b}p{i}")
-            for i, (value, t) in enumerate(zip(r.scalars, types)):
-                body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n  store i64 {_bits(value, t)}, ptr {s}p{i}")
-            count = min(hi - lo, n * slices)
-            body.append(f"  call void inttoptr (i64 {run_job} to ptr)(ptr inttoptr (i64 {workers.address} to ptr), "
-                        f"ptr inttoptr (i64 {tramp} to ptr), ptr inttoptr (i64 {address} to ptr), ptr {b}, "
-                        f"i64 {lo}, i64 {hi}, ptr {s}, i64 {count})")
-    text = "\n".join([f"define void @{name}(ptr %slots) {{", *entry, *body, "  ret void", "}", *copies]) + "\n"
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.compile_module(text, (name,), cached=False)[name])
-    checks = []
-    for k, (r, release) in enumerate(runs):
-        if release is None and r.checks is not None:
-            looked = {c[0] for c in r.checks.lookup_checks}
-            if any(root.get(r.inputs[i], r.inputs[i]) not in sources for i in looked):
-                return "an index tensor the step computes itself is checked per call"
-            checks.append((r.checks, tuple(v if i in looked else _Shape(tuple(specs[v][0]))
-                                           for i, v in enumerate(r.inputs))))
-    fresh = tuple((v, tuple(specs[v][0]), np.dtype(specs[v][1]), strides[v]) for v in sorted(handed))
-    slots = np.zeros(len(specs), np.int64)
-    return NativeStep(fn, slots, tuple(sorted(sources)), fresh, tuple(views_seen), tuple(checks), memory, workers,
-                      stage_calls, jobs, len(copies))
+            parallel = n > 1 and len(kernel.plan) > j and kernel.plan[j] is True  # (decided by earlier runs)
+            if not code.stage(f"{k}_{j}", fn, [args[t] for t in take], lo, hi, r.scalars,
+                              min(hi - lo, n * slices) if parallel else 1):
+                return "a stage entry is not native code"
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.compile_module(code.text(), (code.name,), cached=False,
+                                                                       optimized=False)[code.name])
+    fresh = tuple((v, tuple(p.specs[v][0]), np.dtype(p.specs[v][1]), strides[v]) for v in sorted(lives.handed))
+    return NativeStep(fn, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
+                      checks, memory, workers, code.stages, code.jobs, code.copies)

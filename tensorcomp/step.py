@@ -478,7 +478,8 @@ class CompiledStep:
             "relayout_copies": relayouts, "pass_seconds": dict(entry.pass_seconds),
             "dispatch": "one native call" if isinstance(entry.native, NativeStep) else
             f"Python replay ({entry.native or 'not built yet'})",
-            "native_peak_bytes": entry.native.peak_bytes if isinstance(entry.native, NativeStep) else None,
+            **({"native_peak_bytes": entry.native.peak_bytes, "native_stage_calls": entry.native.stages,
+                "native_jobs": entry.native.jobs} if isinstance(entry.native, NativeStep) else {}),
         }
 
 

@@ -44,7 +44,7 @@ def test_a_compiled_step_runs_as_one_native_call_exactly_as_the_python_replay(mo
     stats = f.stats(*batches[0])
     assert stats["dispatch"] == "one native call"
     assert g.stats(*batches[0])["dispatch"] == "Python replay (not built yet)"
-    assert stats["native_peak_bytes"] > 0
+    assert stats["native_peak_bytes"] > 0 and stats["native_stage_calls"] >= stats["calls"]
     # bit for bit: the same kernels on the same data, only the dispatch differs
     assert [float(x.data) for x in native_losses] == [float(x.data) for x in python_losses]
     for (k, a), (_, b) in zip(native_net.state_dict().items(), python_net.state_dict().items()):

@@ -102,13 +102,19 @@ def _use_veclib(mod: llvm.ModuleRef) -> llvm.ModuleRef:
     return out
 
 
-def optimize(ir_text: str) -> llvm.ModuleRef:
-    """Parse, verify and run the -O3 pipeline on a module (vector math calls go to libmvec)."""
+def _parsed(ir_text: str) -> llvm.ModuleRef:
     tm, _ = _init()
     mod = llvm.parse_assembly(ir_text)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
+    return mod
+
+
+def optimize(ir_text: str) -> llvm.ModuleRef:
+    """Parse, verify and run the -O3 pipeline on a module (vector math calls go to libmvec)."""
+    tm, _ = _init()
+    mod = _parsed(ir_text)
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
@@ -247,15 +253,17 @@ def _link(key: str, code: Callable, name: str, nbuffers: int, param_types: list,
     return Compiled(name, address, fn, pyfn, staged)
 
 
-def compile_module(ir_text: str, names: tuple[str, ...], cached: bool = True) -> dict[str, int]:
+def compile_module(ir_text: str, names: tuple[str, ...], cached: bool = True, optimized: bool = True) -> dict[str, int]:
     """Compile a runtime module (not a kernel: its symbols keep their names, so each is compiled once
     per process) and return the addresses of its functions ``names``. ``cached=False``: code that
-    holds this process's addresses, never written to the object-code cache."""
+    holds this process's addresses, never written to the object-code cache; ``optimized=False``: no
+    -O3 pipeline (straight-line calls gain nothing from it)."""
     with _lock:
         tm, engine = _init()
         loaded: dict = _state.setdefault("modules", {})
         if names[0] not in loaded:
-            obj = _object_code(ir_text, _object_key(ir_text)) if cached else tm.emit_object(optimize(ir_text))
+            obj = _object_code(ir_text, _object_key(ir_text)) if cached else \
+                tm.emit_object(optimize(ir_text) if optimized else _parsed(ir_text))
             engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             engine.finalize_object()
             for name in names:
