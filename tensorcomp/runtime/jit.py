@@ -268,6 +268,7 @@ def compile_module(ir_text: str, names: tuple[str, ...], cached: bool = True, op
             engine.finalize_object()
             for name in names:
                 loaded[name] = engine.get_function_address(name)
+            _state["compiled"] = int(_state["compiled"]) + 1  # type: ignore[arg-type]
         if not all(loaded.get(name) for name in names):
             raise TensorcompError(f"runtime module: no function among {names}; hint: this is a bug, please report it")
         return {name: loaded[name] for name in names}
@@ -280,6 +281,7 @@ def object_counts() -> dict[str, int]:
 
 
 def compile_count() -> int:
-    """How many kernels this process has built, CPU and GPU, whether LLVM compiled their code or it
-    came from the object-code cache (to check that an op's kernel cache works)."""
+    """How many kernels (and runtime modules: a native step, its copy loops) this process has built, CPU
+    and GPU, whether LLVM compiled their code or it came from the object-code cache (to check that an
+    op's kernel cache works; a training step that built one counts as compiling)."""
     return int(_state.get("compiled", 0)) + cuda.modules_loaded()  # type: ignore[arg-type]
