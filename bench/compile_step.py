@@ -5,7 +5,8 @@
 Each model (batch 64, Adam 1e-3, seed 0, one fixed batch of the bundled MNIST subset) runs in a fresh
 process with an empty cache directory (cold) and again with that cache (warm): the seconds until the
 compiled step first replays (its calls 1-2 run eagerly under the tracer), then the step's ms in
-interleaved rounds of the eager step and the compiled one (best and median), and the program's
+interleaved rounds of the eager step, the compiled one (one native call per step) and the same
+program replayed by a Python loop over its calls (best and median), and the program's
 counts: op calls and statements before and after the whole-program passes, stages per step, peak
 bytes of the step's own arrays, relayout copies per step, and each pass's seconds.
 """
@@ -50,9 +51,15 @@ compiled = tc.compile(step)
 while compiled.replays == 0:
     compiled(x, y)
 first_replay_s = time.perf_counter() - t_start
-rounds = {"eager": [], "compiled": []}
+import tensorcomp.step as step_module
+step_module.NATIVE = False  # the same program replayed by a Python loop over its calls, for comparison
+replayed = tc.compile(step)
+while replayed.replays < 3:
+    replayed(x, y)
+step_module.NATIVE = True
+rounds = {"eager": [], "compiled": [], "python_replay": []}
 for _ in range(steps):
-    for mode, fn in (("eager", step), ("compiled", compiled)):
+    for mode, fn in (("eager", step), ("compiled", compiled), ("python_replay", replayed)):
         t0 = time.perf_counter()
         fn(x, y)
         rounds[mode].append(1e3 * (time.perf_counter() - t0))
@@ -61,7 +68,9 @@ entry = compiled._entries[compiled._arrays((x, y))[1]][-1]
 stats["stages"] = sum(len(r.kernel.stages) for r, rel in entry.runs if rel is None)
 print(json.dumps({"first_replay_s": first_replay_s, "traces": compiled.traces,
                   "eager_ms": [min(rounds["eager"]), float(np.median(rounds["eager"]))],
-                  "compiled_ms": [min(rounds["compiled"]), float(np.median(rounds["compiled"]))], **stats}))
+                  "compiled_ms": [min(rounds["compiled"]), float(np.median(rounds["compiled"]))],
+                  "python_replay_ms": [min(rounds["python_replay"]), float(np.median(rounds["python_replay"]))],
+                  **stats}))
 """
 
 
