@@ -1,6 +1,7 @@
 """Parallel loop nests give the same results as NumPy (the kernels here are big enough to use threads)."""
 
 import numpy as np
+import pytest
 
 import tensorcomp as tc
 from tensorcomp.target import num_threads
@@ -115,3 +116,25 @@ def test_native_workers_run_each_slice_of_each_job_exactly_once():
             expect[3:517] *= 2
             np.testing.assert_array_equal(o.reshape(-1), expect)
     assert not pool.run_stage(workers, lambda *args: None, [], [], 0, 1, 1)  # Python callables: not native
+
+
+def test_idle_native_workers_sleep_and_the_next_job_wakes_them():
+    import platform
+    import time
+
+    from tensorcomp.runtime import pool
+    if platform.system() != "Linux" or platform.machine() not in pool.FUTEX:
+        pytest.skip("workers sleep on a futex only on Linux")
+    op = tc.op("O[i, j] = A[i, j] * s")
+    a = rng.standard_normal((300, 20))
+    op(a, s=1.0)
+    (fn, take, *_), = kernel_of(op).stages
+    workers = pool.get(max(num_threads() - 1, 1))
+    for _ in range(5):
+        o = a.copy()
+        assert pool.run_stage(workers, fn, [o.ctypes.data] * 2, [3.0], 0, a.size, 8)
+        np.testing.assert_array_equal(o, 3 * a)
+        deadline = time.monotonic() + 5
+        while workers.words[pool.SLEEPERS] < workers.workers and time.monotonic() < deadline:
+            time.sleep(pool.SPIN_NS * 1e-9)
+        assert workers.words[pool.SLEEPERS] == workers.workers == workers.words[pool.ACTIVE]

@@ -2,21 +2,26 @@
 
 Handing a stage to Python threads (``concurrent.futures``) and waiting costs ~40-60 us here: the
 operating system wakes a sleeping thread, and each side takes the interpreter's lock. Here the
-workers wait in native code instead: a worker thread enters ``tc_pool_work`` (through ctypes, which
-releases the interpreter's lock) and spins on the pool's *ticket* until a job is posted or it has
-been idle for ``IDLE_NS``; only then does it go back to Python and sleep on an event. A stage posted
-while the workers spin starts on them within a microsecond or so, the way OpenMP runtimes hand out
-parallel regions. ``poke`` wakes sleeping workers (one event each); the caller of a job never waits
-for a worker to wake: it takes slices itself, and a job whose workers sleep runs on its own thread.
+workers wait in native code instead: a worker thread enters ``tc_pool_work`` once (through ctypes,
+which releases the interpreter's lock) and spins on the pool's *ticket*; a stage posted while it
+spins starts on it within a microsecond or so, the way OpenMP runtimes hand out parallel regions.
+After ``SPIN_NS`` without a job it sleeps on a futex (Linux) and the next job's caller wakes it:
+the core is free between steps, and the caller of a job never waits for a worker to wake — it takes
+slices itself, so a job posted to sleeping workers starts on its own thread. Where there is no
+futex, a worker that has spun long enough returns to Python and waits on an event that ``poke``
+sets before each job.
 
-The protocol (all in ``_IR``): the ticket is one 64-bit word, ``job number << 40 | slices << 20 |
+The protocol (all in ``_ir``): the ticket is one 64-bit word, ``job number << 40 | slices << 20 |
 next slice``. The caller stores the job (a trampoline, the stage's entry, its buffers, scalars and
 range), zeroes ``finished`` and publishes a new ticket; every thread (caller included) claims the
 next slice with a compare-and-swap of the ticket, runs it and adds one to ``finished``; the caller
 returns when ``finished`` reaches the slice count. A slice's job cannot change under the thread that
 claimed it (the next job is posted only after every slice finished), and the job number makes each
-ticket unique. A trampoline (``trampoline``, one per entry signature) calls an entry of any
-signature from the uniform ``(entry, buffers, lo, hi, scalars)``.
+ticket unique. A worker about to sleep counts itself a sleeper and then looks at the ticket once
+more; a caller publishes the ticket and then reads the sleeper count (both sequentially
+consistent), so either the worker sees the job or the caller sees the sleeper and wakes it. A
+trampoline (``trampoline``, one per entry signature) calls an entry of any signature from the
+uniform ``(entry, buffers, lo, hi, scalars)``.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ import numpy as np
 
 from . import jit
 
-IDLE_NS = 2_000_000  # a worker spins this long after its last slice before it sleeps (2 ms)
+# A worker spins this long after its last slice before it sleeps: long enough to span the serial
+# stages between a step's parallel ones, short enough to leave the core to others between steps
+# (the background tuner runs at idle priority, which a spinning thread starves).
+SPIN_NS = 200_000
 MAX_SLICES = (1 << 20) - 1
+FUTEX = {"x86_64": 202, "aarch64": 98}  # the futex system call's number (Linux)
+FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 
 # Pool words (int64, each group on its own cache line): 0 ticket; 8 finished; 16 workers in native
-# code; 24.. the job: trampoline, entry, buffers, lo, hi, scalars; 32 quit.
-TICKET, FINISHED, ACTIVE, JOB, QUIT, WORDS = 0, 8, 16, 24, 32, 40
+# code; 24.. the job: trampoline, entry, buffers, lo, hi, scalars; 32 quit; 40 sleeping workers;
+# 48 the wake word (32 bits: the futex's).
+TICKET, FINISHED, ACTIVE, JOB, QUIT, SLEEPERS, SEQ, WORDS = 0, 8, 16, 24, 32, 40, 48, 56
 
 
 def _pause() -> str:
@@ -47,8 +58,35 @@ def _pause() -> str:
 def _ir() -> str:
     pause = _pause()
     declare = "declare void @llvm.x86.sse2.pause()" if pause else ""
+    futex = FUTEX.get(platform.machine()) if platform.system() == "Linux" else None
+    if futex is None:  # no futex here: a worker that has spun long enough returns to Python and its event
+        sleep = f"""  %slp = getelementptr i64, ptr %pool, i64 {SLEEPERS}
+  br label %out"""
+        wake = ""
+    else:  # count itself a sleeper, look for work once more, then wait until the wake word changes
+        sleep = f"""  %slp = getelementptr i64, ptr %pool, i64 {SLEEPERS}
+  %seqp = getelementptr i64, ptr %pool, i64 {SEQ}
+  %seq = load atomic i32, ptr %seqp seq_cst, align 8
+  %sl0 = atomicrmw add ptr %slp, i64 1 seq_cst
+  %tk = load atomic i64, ptr %pool seq_cst, align 8
+  %tnext = and i64 %tk, 1048575
+  %tk20 = lshr i64 %tk, 20
+  %tn = and i64 %tk20, 1048575
+  %posted = icmp ult i64 %tnext, %tn
+  %q2 = load atomic i64, ptr %qp seq_cst, align 8
+  %quit2 = icmp ne i64 %q2, 0
+  %awake = or i1 %posted, %quit2
+  br i1 %awake, label %unsleep, label %block
+block:
+  %seq64 = zext i32 %seq to i64
+  %w = call i64 (i64, ...) @syscall(i64 {futex}, ptr %seqp, i64 {FUTEX_WAIT_PRIVATE}, i64 %seq64, ptr null)
+  br label %unsleep"""
+        wake = f"""  %seqp = getelementptr i64, ptr %pool, i64 {SEQ}
+  %old = atomicrmw add ptr %seqp, i32 1 seq_cst
+  %w = call i64 (i64, ...) @syscall(i64 {futex}, ptr %seqp, i64 {FUTEX_WAKE_PRIVATE}, i64 2147483647)"""
     return f"""
 {declare}
+declare i64 @syscall(i64, ...)
 declare i32 @sched_yield()
 declare i32 @clock_gettime(i32, ptr)
 
@@ -112,16 +150,17 @@ out:
   ret i64 %ran
 }}
 
-; a worker: take slices while jobs come; return after idle_ns without one (or when told to quit)
-define i64 @tc_pool_work(ptr %pool, i64 %idle_ns) {{
+; a worker: take slices while jobs come; after spin_ns without one, sleep on the futex (where there
+; is one; else return to Python), or return when told to quit
+define i64 @tc_pool_work(ptr %pool, i64 %spin_ns) {{
 entry:
   %act = getelementptr i64, ptr %pool, i64 {ACTIVE}
   %a0 = atomicrmw add ptr %act, i64 1 seq_cst
   %start = call i64 @now()
   br label %loop
 loop:
-  %last = phi i64 [%start, %entry], [%last, %idle], [%t2, %worked], [%last, %spin]
-  %spins = phi i64 [0, %entry], [%spins1, %idle], [0, %worked], [%spins1, %spin]
+  %last = phi i64 [%start, %entry], [%t2, %worked], [%last, %spin], [%last, %idle], [%t4, %unsleep]
+  %spins = phi i64 [0, %entry], [0, %worked], [%spins1, %spin], [%spins1, %idle], [0, %unsleep]
   %qp = getelementptr i64, ptr %pool, i64 {QUIT}
   %q = load atomic i64, ptr %qp monotonic, align 8
   %quit = icmp ne i64 %q, 0
@@ -145,11 +184,23 @@ idle:
   %y = call i32 @sched_yield()
   %t3 = call i64 @now()
   %d = sub i64 %t3, %last
-  %long = icmp sgt i64 %d, %idle_ns
-  br i1 %long, label %out, label %loop
+  %long = icmp sgt i64 %d, %spin_ns
+  br i1 %long, label %sleep, label %loop
+sleep:
+{sleep}
+unsleep:
+  %sl1 = atomicrmw sub ptr %slp, i64 1 seq_cst
+  %t4 = call i64 @now()
+  br label %loop
 out:
   %a1 = atomicrmw sub ptr %act, i64 1 seq_cst
   ret i64 0
+}}
+
+; wake every sleeping worker (a job was posted, or quit was set)
+define void @tc_pool_wake(ptr %pool) {{
+{wake}
+  ret void
 }}
 
 define void @tc_pool_nothing(i64 %lo, i64 %hi) {{
@@ -180,11 +231,19 @@ entry:
   %hiword = shl i64 %job2, 40
   %nword = shl i64 %n, 20
   %ticket = or i64 %hiword, %nword
-  store atomic i64 %ticket, ptr %pool release, align 8
+  store atomic i64 %ticket, ptr %pool seq_cst, align 8
+  %slp = getelementptr i64, ptr %pool, i64 {SLEEPERS}
+  %sleepers = load atomic i64, ptr %slp seq_cst, align 8
+  %asleep = icmp ne i64 %sleepers, 0
+  br i1 %asleep, label %wake, label %work
+wake:
+  call void @tc_pool_wake(ptr %pool)
+  br label %work
+work:
   %ran = call i64 @take(ptr %pool)
   br label %wait
 wait:
-  %spins = phi i64 [0, %entry], [%spins1, %again], [%spins1, %yield]
+  %spins = phi i64 [0, %work], [%spins1, %again], [%spins1, %yield]
   %f = load atomic i64, ptr %fin acquire, align 8
   %all = icmp eq i64 %f, %n
   %spins1 = add i64 %spins, 1
@@ -209,7 +268,7 @@ _state: dict = {}
 
 def _functions() -> dict[str, int]:
     if "functions" not in _state:
-        _state["functions"] = jit.compile_module(_ir(), ("tc_pool_work", "tc_pool_run", "tc_pool_nothing"))
+        _state["functions"] = jit.compile_module(_ir(), ("tc_pool_work", "tc_pool_run", "tc_pool_nothing", "tc_pool_wake"))
     return _state["functions"]
 
 
@@ -268,7 +327,7 @@ class Pool:
             event.clear()
             if self.words[QUIT]:
                 return
-            self._work(self.address, IDLE_NS)
+            self._work(self.address, SPIN_NS)
 
     def poke(self) -> None:
         """Wake the workers that sleep (they spin for the next jobs until idle again)."""
@@ -304,6 +363,7 @@ class Pool:
 
     def close(self) -> None:
         self.words[QUIT] = 1
+        ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_functions()["tc_pool_wake"])(self.address)
         for e in self._events:
             e.set()
 
