@@ -99,19 +99,20 @@ class NativeStep:
         return int(self.arena.nbytes)
 
     def __call__(self, env: list) -> None:
-        """Run the step on ``env`` (every input value filled in); fills in the values handed on."""
+        """Run the step on ``env`` (every input value filled in); fills in the values handed on. One
+        call at a time (its slots and arena are its own): the pool's lock is held throughout."""
         slots = self.slots
-        for v in self.inputs:
-            slots[v] = env[v].__array_interface__["data"][0]
-        for v, shape, dtype, strides in self.fresh:
-            a = env[v] = _empty(shape, dtype, strides)
-            slots[v] = a.__array_interface__["data"][0]
-        for view in self.views:
-            env[view.output] = view_of(env[view.source], view)
-        for op, arrays in self.checks:
-            op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
-        self.pool.poke()
         with self.pool.lock:
+            for v in self.inputs:
+                slots[v] = env[v].__array_interface__["data"][0]
+            for v, shape, dtype, strides in self.fresh:
+                a = env[v] = _empty(shape, dtype, strides)
+                slots[v] = a.__array_interface__["data"][0]
+            for view in self.views:
+                env[view.output] = view_of(env[view.source], view)
+            for op, arrays in self.checks:
+                op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
+            self.pool.poke()
             self.fn(slots.ctypes.data)
 
 

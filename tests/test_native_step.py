@@ -106,3 +106,29 @@ def test_a_relayout_copy_loop_writes_what_numpy_transposes(shape, perm, itemsize
     fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(jit.compile_module(text, (name,), cached=False)[name])
     fn(out.ctypes.data, a.ctypes.data)
     np.testing.assert_array_equal(out, a.transpose(perm))
+
+
+def test_a_native_step_checks_the_index_tensors_it_is_given_before_it_runs():
+    nn.manual_seed(0)
+    net, lossf = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)), nn.CrossEntropyLoss()
+    opt = optim.SGD(net.parameters(), 0.1)
+
+    def fn(x, y):
+        opt.zero_grad()
+        loss = lossf(net(tc.Tensor(x)), y)
+        loss.backward()
+        opt.step()
+        return loss
+    f = tc.compile(fn)
+    x, y = np.ones((3, 4, 4), np.float32), np.array([0, 1, 4])
+    for _ in range(4):
+        f(x, y)
+    assert f.stats(x, y)["dispatch"] == "one native call"
+    before = [p.data.copy() for p in net.parameters()]
+    with pytest.raises(tc.IndexRangeError) as e:
+        f(x, np.array([0, 5, 1]))
+    assert str(e.value) == ("op 'L += -Y[n, T[n]] * inv_n': index tensor T holds 5 at position (1,), outside axis 1 "
+                            "of Y, of extent 5; its values must lie in [0, 5)")
+    for a, p in zip(before, net.parameters()):  # nothing ran
+        np.testing.assert_array_equal(p.data, a)
+    assert np.isfinite(float(f(x, y).data))  # and the step runs again
