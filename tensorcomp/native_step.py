@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from .errors import TraceError
 from .runtime import jit, objects, pool
 from .runtime import kernel as cpu_kernel
 from .runtime.kernel import kept_buffer
@@ -93,6 +94,7 @@ class NativeStep:
     stages: int  # stage calls per step
     jobs: int  # of which parallel jobs
     copies: int  # relayout copies per step
+    clock: Any = None  # a profiling build's clock readings (see ``build``)
 
     @property
     def peak_bytes(self) -> int:
@@ -321,12 +323,20 @@ class _Emitter:
                          f"{address} to ptr), ptr {b}, i64 {lo}, i64 {hi}, ptr {s}, i64 {count})")
         return True
 
+    def clock(self, address: int) -> None:
+        """Store the monotonic clock (ns) at ``address`` here (a profiling build)."""
+        n = len(self.body)
+        self.body.append(f"  %clk{n} = call i64 inttoptr (i64 {pool.clock_address()} to ptr)()\n"
+                         f"  store i64 %clk{n}, ptr inttoptr (i64 {address} to ptr)")
+
     def text(self) -> str:
         return "\n".join([f"define void @{self.name}(ptr %slots) {{", *self.entry, *self.body, "  ret void", "}"]) + "\n"
 
 
-def build(p: Program, runs: tuple) -> NativeStep | str:
-    """The program's replay as one native call, or why it stays on the Python replay."""
+def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeStep | str:
+    """The program's replay as one native call, or why it stays on the Python replay. ``clock`` (int64,
+    one more element than ``runs``): a profiling build, which stores the clock before the first run
+    and after each run there."""
     if p.device == "cuda":
         return "a step on the GPU launches its kernels from Python"
     strides = _value_strides(p, runs)
@@ -348,11 +358,15 @@ def build(p: Program, runs: tuple) -> NativeStep | str:
     for v, off in place.items():
         code.ptr[v] = code.at(off)
     shown = []  # views the caller sees (of inputs or of values handed on)
+    if clock is not None:
+        code.clock(clock.ctypes.data)
     for k, (r, release) in enumerate(runs):
         if release is not None:
             code.view(r)
             if lives.root.get(r.output, r.output) in lives.sources | lives.handed:
                 shown.append(r)
+            if clock is not None:
+                code.clock(clock.ctypes.data + 8 * (k + 1))
             continue
         ins, temps = calls[k]
         kernel = r.kernel
@@ -364,8 +378,24 @@ def build(p: Program, runs: tuple) -> NativeStep | str:
             if not code.stage(f"{k}_{j}", fn, [args[t] for t in take], lo, hi, r.scalars,
                               min(hi - lo, n * slices) if parallel else 1):
                 return "a stage entry is not native code"
+        if clock is not None:
+            code.clock(clock.ctypes.data + 8 * (k + 1))
     fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.compile_module(code.text(), (code.name,), cached=False,
                                                                        optimized=False)[code.name])
     fresh = tuple((v, tuple(p.specs[v][0]), np.dtype(p.specs[v][1]), strides[v]) for v in sorted(lives.handed))
     return NativeStep(fn, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
-                      checks, memory, workers, code.stages, code.jobs, code.copies)
+                      checks, memory, workers, code.stages, code.jobs, code.copies, clock)
+
+
+def profile(p: Program, runs: tuple, run: Callable[[NativeStep], None], rounds: int) -> np.ndarray:
+    """Median milliseconds of each run of the program over ``rounds`` calls of a profiling build
+    (``run(native)`` makes one call: fills the inputs, runs it, writes the state back)."""
+    clock = np.zeros(len(runs) + 1, np.int64)
+    native = build(p, runs, clock)
+    if isinstance(native, str):
+        raise TraceError(f"this program runs as the Python replay ({native}): no native call to profile")
+    times = []
+    for _ in range(rounds):
+        run(native)
+        times.append(np.diff(clock) / 1e6)
+    return np.median(times, axis=0)

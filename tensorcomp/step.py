@@ -28,12 +28,12 @@ from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
-from .native_step import NativeStep, build as build_native
+from .native_step import NativeStep, build as build_native, profile as profile_native
 from .tensor import Tensor
 from .runtime import cuda
 from .schedule.records import Layout
 from .strides import contiguous, permuted_strides
-from .trace import Call, Program, View, header, view_of, is_array, peak_bytes, program_source, spec_of, statements, trace
+from .trace import Call, Program, View, header, rebuild_result, view_of, is_array, peak_bytes, program_source, spec_of, statements, trace
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -463,6 +463,19 @@ class CompiledStep:
                 out.append(f"# {header(item)}\n{unit.nest}")
         return "\n".join(out)
 
+    def profile(self, *args: Any, rounds: int = 10) -> list[tuple[str, float]]:
+        """(call, median milliseconds) for each call of the compiled program for these arguments, in
+        program order, timed inside its native call over ``rounds`` calls of the step (which train, as
+        calling the step does)."""
+        entry, (arrays, _) = self._entry(args), self._arrays(args)
+
+        def run(native: NativeStep) -> None:
+            env = _environment(entry.program, arrays)
+            native(env)
+            _finish(entry.program, env)
+        times = profile_native(entry.program, entry.runs, run, rounds)  # (runs: one per body item)
+        return [(header(item), float(t)) for item, t in zip(entry.program.body, times) if isinstance(item, Call)]
+
     def stats(self, *args: Any) -> dict:
         """Counts for the compiled program of these arguments: op calls and statements before and
         after the passes, values, peak bytes of the step's own arrays, relayout copies per step, and
@@ -547,7 +560,7 @@ def _finish(p: Program, env: list) -> Any:
     """Write the new state back and build the result."""
     for k, attr, v in p.writes:
         setattr(p.state[k], attr, None if v is None else env[v])
-    return _rebuild(p.result, env)
+    return rebuild_result(p.result, env)
 
 
 def _aligned(a: Any) -> Any:
@@ -581,21 +594,6 @@ def _replay_cuda(entry: _Entry, arrays: list) -> Any:
         for v in release:
             env[v] = None
     return _finish(p, env)
-
-
-def _rebuild(r: Any, env: list) -> Any:
-    kind, x = r
-    if kind == "tensor":
-        return Tensor(env[x])
-    if kind == "array":
-        return env[x]
-    if kind == "tuple":
-        return tuple(_rebuild(y, env) for y in x)
-    if kind == "list":
-        return [_rebuild(y, env) for y in x]
-    if kind == "dict":
-        return {k: _rebuild(y, env) for k, y in x}
-    return x
 
 
 def compile(fn: Callable) -> CompiledStep:  # noqa: A001 - tc.compile, as torch.compile

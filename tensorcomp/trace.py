@@ -369,3 +369,19 @@ class _Holder:
     def __init__(self, interface: dict, base: np.ndarray) -> None:
         self.__array_interface__ = interface
         self.base = base
+
+
+def rebuild_result(r: Any, env: list) -> Any:
+    """A ``Program.result`` with each value taken from ``env``."""
+    kind, x = r
+    if kind == "tensor":
+        return Tensor(env[x])
+    if kind == "array":
+        return env[x]
+    if kind == "tuple":
+        return tuple(rebuild_result(y, env) for y in x)
+    if kind == "list":
+        return [rebuild_result(y, env) for y in x]
+    if kind == "dict":
+        return {k: rebuild_result(y, env) for k, y in x}
+    return x

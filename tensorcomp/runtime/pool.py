@@ -203,6 +203,11 @@ define void @tc_pool_wake(ptr %pool) {{
   ret void
 }}
 
+define i64 @tc_now() {{
+  %t = call i64 @now()
+  ret i64 %t
+}}
+
 define void @tc_pool_nothing(i64 %lo, i64 %hi) {{
   ret void
 }}
@@ -268,8 +273,14 @@ _state: dict = {}
 
 def _functions() -> dict[str, int]:
     if "functions" not in _state:
-        _state["functions"] = jit.compile_module(_ir(), ("tc_pool_work", "tc_pool_run", "tc_pool_nothing", "tc_pool_wake"))
+        _state["functions"] = jit.compile_module(_ir(), ("tc_pool_work", "tc_pool_run", "tc_pool_nothing", "tc_pool_wake",
+                                                              "tc_now"))
     return _state["functions"]
+
+
+def clock_address() -> int:
+    """Address of ``i64 tc_now()``: the monotonic clock in nanoseconds (for timing native code)."""
+    return _functions()["tc_now"]
 
 
 def trampoline(buffers: int, scalar_types: Sequence[type]) -> int:
