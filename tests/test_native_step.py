@@ -132,3 +132,13 @@ def test_a_native_step_checks_the_index_tensors_it_is_given_before_it_runs():
     for a, p in zip(before, net.parameters()):  # nothing ran
         np.testing.assert_array_equal(p.data, a)
     assert np.isfinite(float(f(x, y).data))  # and the step runs again
+
+
+def test_profile_times_each_call_of_the_program_inside_the_native_call():
+    batches = [(rng.random((8, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 8))]
+    _, net, f = _run("lenet", batches, True, 4)
+    stats = f.stats(*batches[0])
+    rows = f.profile(*batches[0], rounds=3)
+    assert len(rows) == stats["calls"]
+    assert all(t >= 0 for _, t in rows) and sum(t for _, t in rows) > 0
+    assert any("<- op 'C_a[n, f, y0, y1] += I_a[n, c, k0 + y0, k1 + y1]" in h for h, _ in rows)
