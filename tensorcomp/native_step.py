@@ -3,17 +3,20 @@
 ``step.py`` replays a program with a Python loop over its calls: per call, output arrays made, inputs
 relaid, the kernel's stages run (``runtime.kernel.run``). Once every kernel has run (its parallel
 stages decided, ``runtime.threads``), ``build`` turns the resolved program into one LLVM function,
-``tc_step(slots)``:
+``tc_step_<hash>(slots, table)``:
 
 - **memory planned once**: every value the step makes and does not hand on, every kernel's
   temporaries and every relaid input gets a fixed place in one arena, reused by liveness (first fit,
   64-byte aligned: a value's place is free again after its last reader, or after the last reader of
   any view of it); ``peak_bytes`` is the arena's size. Values handed on (written back to state,
   returned, or viewed by those) are new arrays per call: the caller may keep them.
-- **stages called directly**: a serial stage is a call of its entry with constant buffer addresses
-  (arena values) or ones loaded from ``slots`` (the step's inputs and handed-on values, filled per
-  call); a parallel one is a job on the native worker pool (``runtime.pool``); a relaid input is a
-  copy loop emitted into the same module; a view is its source's address plus an offset.
+- **stages called directly**: a serial stage is a call of its entry on arena addresses or ones read
+  from ``slots`` (the step's inputs and handed-on values, filled per call); a parallel one is a job
+  on the native worker pool (``runtime.pool``) when its first runs decided so; a relaid input goes
+  through a copy loop; a view is its source's address plus an offset.
+- **no address in the code**: entries, the arena, the pool and the parallel decisions are read from
+  a table passed with each call, so one program gives the same IR in every process, and its object
+  code is cached on disk like a kernel's (a new process builds the call in milliseconds).
 
 Python per call: fill the input slots, make the handed-on arrays, check index tensors the step reads
 from its inputs, one ctypes call (which releases the interpreter's lock). What ``build`` cannot run
@@ -83,7 +86,8 @@ class _Shape:
 class NativeStep:
     """One program's replay as one native call (see the module docstring)."""
 
-    fn: Any  # ctypes: void (int64 *slots)
+    fn: Any  # ctypes: void (int64 *slots, int64 *table)
+    table: np.ndarray  # the addresses the step function calls and touches (see ``_Emitter``)
     slots: np.ndarray  # per value: its address (filled per call for inputs and handed-on values)
     inputs: tuple[int, ...]  # values read from the environment each call
     fresh: tuple[tuple[int, tuple, np.dtype, tuple], ...]  # handed-on values: (value, shape, dtype, strides)
@@ -115,7 +119,7 @@ class NativeStep:
             for op, arrays in self.checks:
                 op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
             self.pool.poke()
-            self.fn(slots.ctypes.data)
+            self.fn(slots.ctypes.data, self.table.ctypes.data)
 
 
 def _empty(shape: tuple, dtype: np.dtype, strides: tuple) -> np.ndarray:
@@ -177,9 +181,6 @@ def _copy_ir(name: str, shape: tuple, src: tuple, dst: tuple, itemsize: int) -> 
                 f"  br i1 %c{d}, label %h{d}, label %{after}"]
     out += ["done:", "  ret void", "}"]
     return "\n".join(out)
-
-
-_built = [0]
 
 
 def _nbytes(shape: tuple, dtype: Any) -> int:
@@ -266,71 +267,113 @@ def _checks(p: Program, runs: tuple, lives: _Lives) -> tuple | str:
 
 
 class _Emitter:
-    """The step function's LLVM IR: one straight line of stage calls, jobs, copies and views."""
+    """The step function's LLVM IR: one straight line of stage calls, jobs, copies and views. It holds
+    no address: everything it calls or touches (kernel entries, the arena, the pool) is read from the
+    table passed with each call, so the same program gives the same IR in every process and its object
+    code is cached on disk like a kernel's."""
 
-    def __init__(self, name: str, base: int, workers: Any) -> None:
-        self.name, self.base, self.workers = name, base, workers
+    def __init__(self, arena: int, workers: Any) -> None:
+        self.workers = workers
+        self.table: list[int] = []
+        self.index: dict[int, str] = {}
         self.entry: list[str] = []
         self.body: list[str] = []
-        self.copies = 0
+        self.offsets: dict[int, str] = {}
         self.ptr: dict[int, str] = {}
-        self.stages = self.jobs = 0
+        self.views: dict[int, View] = {}
+        self.copies = self.stages = self.jobs = 0
+        self.arena = self.address(arena)
+
+    def address(self, address: int) -> str:
+        """An SSA value holding ``address``: loaded once from the table."""
+        if address not in self.index:
+            k = len(self.table)
+            self.table.append(address)
+            self.entry.append(f"  %tp{k} = getelementptr i64, ptr %table, i64 {k}\n  %t{k} = load ptr, ptr %tp{k}")
+            self.index[address] = f"%t{k}"
+        return self.index[address]
 
     def at(self, off: int) -> str:
-        return f"inttoptr (i64 {self.base + off} to ptr)"
+        if off not in self.offsets:
+            self.entry.append(f"  %o{off} = getelementptr i8, ptr {self.arena}, i64 {off}")
+            self.offsets[off] = f"%o{off}"
+        return self.offsets[off]
 
     def slot(self, v: int) -> None:
         self.entry.append(f"  %sp{v} = getelementptr i64, ptr %slots, i64 {v}\n  %s{v} = load ptr, ptr %sp{v}")
         self.ptr[v] = f"%s{v}"
 
     def view(self, v: View) -> None:
-        self.body.append(f"  %w{v.output} = getelementptr i8, ptr {self.ptr[v.source]}, i64 {v.offset}")
-        self.ptr[v.output] = f"%w{v.output}"
+        """View ``v``: its address, computed where a call first reads it (the views a program ends
+        with, of the state it writes back, come in no fixed order: emitted unread, they would make
+        the IR differ between processes)."""
+        self.views[v.output] = v
+
+    def value(self, v: int) -> str:
+        """The address of value ``v``."""
+        if v not in self.ptr:
+            view = self.views[v]
+            source = self.value(view.source)
+            self.body.append(f"  %w{v} = getelementptr i8, ptr {source}, i64 {view.offset}")
+            self.ptr[v] = f"%w{v}"
+        return self.ptr[v]
 
     def copy(self, v: int, off: int, phys: tuple, src: tuple, dst: tuple, itemsize: int) -> str:
         """Value ``v`` copied to arena offset ``off`` by a copy loop (its own module, named after what it
         copies: cached on disk like a kernel); returns the copy's address."""
         name = "tc_copy_" + objects.hash_parts((repr((phys, src, dst, itemsize)),))[:24]
-        address = jit.compile_module(_copy_ir(name, phys, src, dst, itemsize), (name,))[name]
+        fn = self.address(jit.compile_module(_copy_ir(name, phys, src, dst, itemsize), (name,))[name])
         self.copies += 1
-        self.body.append(f"  call void inttoptr (i64 {address} to ptr)(ptr {self.at(off)}, ptr {self.ptr[v]})")
+        self.body.append(f"  call void {fn}(ptr {self.at(off)}, ptr {self.value(v)})")
         return self.at(off)
 
-    def stage(self, label: str, fn: Any, args: list[str], lo: int, hi: int, scalars: tuple, count: int) -> bool:
-        """A stage entry over [lo, hi): called, or (``count`` > 1 slices) a job for the workers."""
+    def stage(self, label: str, fn: Any, args: list[str], lo: int, hi: int, scalars: tuple, count: int | None) -> bool:
+        """A stage entry over [lo, hi): called; or, where ``count`` is not None (a stage that may run on
+        the threads), a job of ``count`` slices for the workers when ``count`` > 1. The count is read
+        from the table (it comes from timing, which differs between processes; the IR must not)."""
         found = pool.native(fn)
         if found is None:
             return False
-        address, tramp = found
+        entry, tramp = (self.address(a) for a in found)
         types = type(fn)._argtypes_[len(args) + 2:]  # noqa: SLF001 - the entry's scalar types
         self.stages += 1
-        if count <= 1:
-            vals = [f"ptr {a}" for a in args] + [f"i64 {lo}", f"i64 {hi}"] + \
-                [_word(s, t) for s, t in zip(scalars, types)]
-            self.body.append(f"  call void inttoptr (i64 {address} to ptr)({', '.join(vals)})")
+        vals = [f"ptr {a}" for a in args] + [f"i64 {lo}", f"i64 {hi}"] + [_word(s, t) for s, t in zip(scalars, types)]
+        if count is None:
+            self.body.append(f"  call void {entry}({', '.join(vals)})")
             return True
-        self.jobs += 1
-        b, s = f"%b{label}", f"%c{label}"
+        self.jobs += count > 1
+        k = len(self.table)
+        self.table.append(count)
+        b, s, n = f"%b{label}", f"%c{label}", f"%n{label}"
         self.entry.append(f"  {b} = alloca [{max(len(args), 1)} x ptr], align 8\n"
-                          f"  {s} = alloca [{max(len(types), 1)} x i64], align 8")
+                          f"  {s} = alloca [{max(len(types), 1)} x i64], align 8\n"
+                          f"  %np{label} = getelementptr i64, ptr %table, i64 {k}\n  {n} = load i64, ptr %np{label}")
+        run, at = self.address(self.workers.run_address), self.address(self.workers.address)
+        self.body.append(f"  %par{label} = icmp ugt i64 {n}, 1\n"
+                         f"  br i1 %par{label}, label %job{label}, label %call{label}\ncall{label}:\n"
+                         f"  call void {entry}({', '.join(vals)})\n  br label %next{label}\njob{label}:")
         for i, a in enumerate(args):
             self.body.append(f"  {b}p{i} = getelementptr ptr, ptr {b}, i64 {i}\n  store ptr {a}, ptr {b}p{i}")
         for i, (value, t) in enumerate(zip(scalars, types)):
             self.body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n"
                              f"  store i64 {_bits(value, t)}, ptr {s}p{i}")
-        self.body.append(f"  call void inttoptr (i64 {self.workers.run_address} to ptr)(ptr inttoptr (i64 "
-                         f"{self.workers.address} to ptr), ptr inttoptr (i64 {tramp} to ptr), ptr inttoptr (i64 "
-                         f"{address} to ptr), ptr {b}, i64 {lo}, i64 {hi}, ptr {s}, i64 {count})")
+        self.body.append(f"  call void {run}(ptr {at}, ptr {tramp}, ptr {entry}, ptr {b}, i64 {lo}, i64 {hi}, "
+                         f"ptr {s}, i64 {n})\n  br label %next{label}\nnext{label}:")
         return True
 
     def clock(self, address: int) -> None:
         """Store the monotonic clock (ns) at ``address`` here (a profiling build)."""
         n = len(self.body)
-        self.body.append(f"  %clk{n} = call i64 inttoptr (i64 {pool.clock_address()} to ptr)()\n"
-                         f"  store i64 %clk{n}, ptr inttoptr (i64 {address} to ptr)")
+        now, at = self.address(pool.clock_address()), self.address(address)
+        self.body.append(f"  %clk{n} = call i64 {now}()\n  store i64 %clk{n}, ptr {at}")
 
-    def text(self) -> str:
-        return "\n".join([f"define void @{self.name}(ptr %slots) {{", *self.entry, *self.body, "  ret void", "}"]) + "\n"
+    def compile(self) -> tuple[Any, np.ndarray]:
+        """The step function (``void (int64 *slots, int64 *table)``) and its table."""
+        body = "\n".join([*self.entry, *self.body, "  ret void", "}"]) + "\n"
+        name = "tc_step_" + objects.hash_parts((body,))[:24]
+        text = f"define void @{name}(ptr %slots, ptr %table) {{\n" + body
+        address = jit.compile_module(text, (name,), optimized=False)[name]
+        return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(address), np.array(self.table, np.int64)
 
 
 def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeStep | str:
@@ -351,8 +394,7 @@ def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeSte
     start = -raw.__array_interface__["data"][0] % ALIGN
     memory = raw[start:start + max(size, ALIGN)]
     workers = pool.get(max(num_threads() - 1, 1))
-    code = _Emitter(f"tc_step_{_built[0]}", memory.__array_interface__["data"][0], workers)
-    _built[0] += 1
+    code = _Emitter(memory.__array_interface__["data"][0], workers)
     for v in sorted(lives.sources | lives.handed):
         code.slot(v)
     for v, off in place.items():
@@ -370,20 +412,19 @@ def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeSte
             continue
         ins, temps = calls[k]
         kernel = r.kernel
-        args = [code.ptr[v] if copy is None else code.copy(v, *copy) for v, copy in ins]
-        args += [code.ptr[v] for v in r.outputs] + [code.at(off) for off in temps]
+        args = [code.value(v) if copy is None else code.copy(v, *copy) for v, copy in ins]
+        args += [code.value(v) for v in r.outputs] + [code.at(off) for off in temps]
         for j, (fn, take, lo, hi, slices) in enumerate(kernel.stages):
             n = min(kernel.threads, hi - lo) if slices else 1
             parallel = n > 1 and len(kernel.plan) > j and kernel.plan[j] is True  # (decided by earlier runs)
             if not code.stage(f"{k}_{j}", fn, [args[t] for t in take], lo, hi, r.scalars,
-                              min(hi - lo, n * slices) if parallel else 1):
+                              None if n <= 1 else min(hi - lo, n * slices) if parallel else 1):
                 return "a stage entry is not native code"
         if clock is not None:
             code.clock(clock.ctypes.data + 8 * (k + 1))
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(jit.compile_module(code.text(), (code.name,), cached=False,
-                                                                       optimized=False)[code.name])
+    fn, table = code.compile()
     fresh = tuple((v, tuple(p.specs[v][0]), np.dtype(p.specs[v][1]), strides[v]) for v in sorted(lives.handed))
-    return NativeStep(fn, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
+    return NativeStep(fn, table, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
                       checks, memory, workers, code.stages, code.jobs, code.copies, clock)
 
 

@@ -142,3 +142,15 @@ def test_profile_times_each_call_of_the_program_inside_the_native_call():
     assert len(rows) == stats["calls"]
     assert all(t >= 0 for _, t in rows) and sum(t for _, t in rows) > 0
     assert any("<- op 'C_a[n, f, y0, y1] += I_a[n, c, k0 + y0, k1 + y1]" in h for h, _ in rows)
+
+
+def test_the_step_function_holds_no_address_so_one_program_compiles_once():
+    """Two compiled steps of one model (each its own parameters, arena and kernels' buffers) run the
+    same step function with different address tables: its IR names no address, so the same program
+    gives the same IR in every process and its object code comes from the cache."""
+    batches = [(rng.random((8, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 8))]
+    _, _, f = _run("lenet", batches, True, 4)
+    _, _, g = _run("lenet", batches, True, 4)
+    a, b = (s._entry(batches[0]).native for s in (f, g))
+    assert ctypes.cast(a.fn, ctypes.c_void_p).value == ctypes.cast(b.fn, ctypes.c_void_p).value
+    assert a.table[0] != b.table[0]  # (the arenas)

@@ -160,14 +160,15 @@ def manifest_key(parts) -> str | None:
     return objects.hash_parts((*_environment(), objects.code_fingerprint(), *parts))
 
 
-def _object_code(ir_text: str, key: str) -> bytes:
-    """Object code for ``ir_text``: from the cache, or optimized and emitted (and cached)."""
+def _object_code(ir_text: str, key: str, optimized: bool = True) -> bytes:
+    """Object code for ``ir_text``: from the cache, or optimized (unless told not to) and emitted (and
+    cached)."""
     directory = objects.objects_dir()
     path = directory / f"{key}.o" if directory is not None else None
     obj = objects.read_object(path) if path is not None else None
     if obj is None:
         tm, _ = _init()
-        obj = tm.emit_object(optimize(ir_text))
+        obj = tm.emit_object(optimize(ir_text) if optimized else _parsed(ir_text))
         _state["llvm"] = int(_state.get("llvm", 0)) + 1  # type: ignore[arg-type]
         if path is not None:
             objects.write_object(directory, path, obj)
@@ -262,7 +263,8 @@ def compile_module(ir_text: str, names: tuple[str, ...], cached: bool = True, op
         tm, engine = _init()
         loaded: dict = _state.setdefault("modules", {})
         if names[0] not in loaded:
-            obj = _object_code(ir_text, _object_key(ir_text)) if cached else \
+            key = _object_key(ir_text + ("" if optimized else "\n; not optimized"))
+            obj = _object_code(ir_text, key, optimized) if cached else \
                 tm.emit_object(optimize(ir_text) if optimized else _parsed(ir_text))
             engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             engine.finalize_object()
