@@ -11,6 +11,7 @@ from tensorcomp import nn, optim
 from tensorcomp.native_step import ALIGN, _Arena, _copy_ir
 from tensorcomp.runtime import jit
 from tensorcomp.train import MODELS
+from test_compile import _step_of
 
 rng = np.random.default_rng(11)
 
@@ -21,15 +22,7 @@ def _run(model, batches, native, steps):
         build, loss_cls = MODELS[model]
         nn.manual_seed(1)
         net, lossf = build(), loss_cls()
-        opt = optim.Adam(net.parameters())
-
-        def fn(x, y):
-            opt.zero_grad()
-            loss = lossf(net(tc.Tensor(x)), y)
-            loss.backward()
-            opt.step()
-            return loss
-        f = tc.compile(fn)
+        f = tc.compile(_step_of(net, lossf, optim.Adam(net.parameters())))
         losses = [f(*batches[k % len(batches)]) for k in range(steps)]
         return losses, net, f
     finally:
@@ -111,15 +104,7 @@ def test_a_relayout_copy_loop_writes_what_numpy_transposes(shape, perm, itemsize
 def test_a_native_step_checks_the_index_tensors_it_is_given_before_it_runs():
     nn.manual_seed(0)
     net, lossf = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)), nn.CrossEntropyLoss()
-    opt = optim.SGD(net.parameters(), 0.1)
-
-    def fn(x, y):
-        opt.zero_grad()
-        loss = lossf(net(tc.Tensor(x)), y)
-        loss.backward()
-        opt.step()
-        return loss
-    f = tc.compile(fn)
+    f = tc.compile(_step_of(net, lossf, optim.SGD(net.parameters(), 0.1)))
     x, y = np.ones((3, 4, 4), np.float32), np.array([0, 1, 4])
     for _ in range(4):
         f(x, y)
