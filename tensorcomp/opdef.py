@@ -481,12 +481,19 @@ class Op:
                                       f"{tuple(int(w) for w in where)}, outside {what}, of extent {n}; its values "
                                       f"must lie in [0, {n})")
 
+    @staticmethod
+    def _kernel_key(specs: list[ArraySpec], params: dict[str, Any]) -> tuple:
+        key = tuple([(s.shape, s.strides, s.dtype) for s in specs])
+        return key + tuple([(k, type(v)) for k, v in params.items()]) if params else key
+
+    def built_kernel(self, specs: list[ArraySpec], params: dict[str, Any]):
+        """The CPU kernel ``kernel_for`` would return, if this process has built it already; else None."""
+        return self._cache.get(self._kernel_key(specs, params))
+
     def kernel_for(self, specs: list[ArraySpec], params: dict[str, Any]):
         """The CPU kernel for inputs of these specs and these scalars' kinds (built, or found in the
         caches), as ``__call__`` would use it."""
-        key = tuple([(s.shape, s.strides, s.dtype) for s in specs])
-        if params:
-            key += tuple([(k, type(v)) for k, v in params.items()])
+        key = self._kernel_key(specs, params)
         kernel = self._cache.get(key)
         if kernel is None:
             kinds = self.check_call(tuple(specs), params)

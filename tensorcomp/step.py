@@ -29,10 +29,9 @@ from .assign_layouts import choose_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .native_step import NativeStep, build as build_native, profile as profile_native
+from .settle import compile_kernels, on_device, settle_layouts
 from .tensor import Tensor
 from .runtime import cuda
-from .schedule.records import Layout
-from .strides import contiguous, permuted_strides
 from .trace import Call, Program, View, header, rebuild_result, view_of, is_array, peak_bytes, program_source, spec_of, statements, trace
 
 
@@ -248,67 +247,6 @@ def _resolve(p: Program) -> tuple:
     return tuple(runs)
 
 
-def settle_layouts(p: Program) -> Program:
-    """``p`` with each call's outputs in the layout its kernel writes them in. The trace recorded the
-    layouts the eager kernels wrote; a call the passes gave another op (a forward op returning extra
-    values, a fused or merged op) may write another (its own default schedule picks its outputs'
-    axis orders), and a reader compiled for the recorded strides would read it wrongly. So the
-    calls are planned in order and each output's spec becomes what its kernel writes -- except a
-    value that is viewed, handed on or written back to state, whose memory others see as recorded:
-    its call is pinned to the recorded layout (a ``Layout`` record on that output)."""
-    specs, body = list(p.specs), list(p.body)
-    pinned = p.kept() | {item.source for item in p.body if isinstance(item, View)}
-    device = on_device(p) if p.device == "cuda" else set()
-    for k, item in enumerate(body):
-        if not isinstance(item, Call):
-            continue
-        for _ in range(2):  # (a pinned op is planned once more)
-            written = _written(item, [ArraySpec(*specs[v]) for v in item.inputs], any(v in device for v in item.inputs))
-            wrong = [(j, v) for j, v in enumerate(item.outputs) if written[j] != tuple(specs[v][2])]
-            pins = [(j, v) for j, v in wrong if v in pinned]
-            if not pins:
-                break
-            records = tuple(r for r in item.op.schedule if not (isinstance(r, Layout) and r.tensor in
-                                                                  {item.op.outputs[j] for j, _ in pins}))
-            item = body[k] = replace(item, op=item.op.with_schedule(records + tuple(
-                Layout(item.op.outputs[j], _order(specs[v][2])) for j, v in pins)))
-        for j, v in enumerate(item.outputs):
-            specs[v] = (specs[v][0], specs[v][1], written[j])
-    return replace(p, body=tuple(body), specs=tuple(specs))
-
-
-def _written(item: Call, specs: list[ArraySpec], gpu: bool) -> list[tuple[int, ...]]:
-    """The byte strides of each output of ``item``'s kernel for inputs of these specs."""
-    params = dict(item.params)
-    if gpu:
-        shapes, perms = compiler.output_layouts(item.op, specs, item.op.check_call(tuple(specs), params), params,
-                                                "cuda")
-    else:
-        kernel = item.op.kernel_for(specs, params)
-        perms = kernel.out_perms or (None,) * len(kernel.outputs)
-        shapes = kernel.outputs
-    return [contiguous(shape, dtype.itemsize) if perm is None else permuted_strides(shape, perm, dtype.itemsize)
-            for (shape, dtype), perm in zip(shapes, perms)]
-
-
-def _order(strides: tuple[int, ...]) -> tuple[int, ...]:
-    """The axis order (outermost first) of a dense layout's strides."""
-    return tuple(sorted(range(len(strides)), key=lambda a: -abs(strides[a])))
-
-
-def on_device(p: Program) -> set[int]:
-    """The values a replay holds on the GPU: as traced for the inputs; uploads and views of device
-    values; the outputs of calls that read one (as eager calls run on the GPU when an input is there)."""
-    out = {v for v, _ in p.sources if v in p.on_device}
-    for item in p.body:
-        if isinstance(item, View):
-            if item.upload or item.source in out:
-                out.add(item.output)
-        elif any(v in out for v in item.inputs):
-            out.update(item.outputs)
-    return out
-
-
 def _cuda_kernels(p: Program, device: set[int]) -> list:
     """The CUDA kernel of every call that runs on the GPU, in body order, built as one module
     (``compiler.cuda_step_kernels``). A value is 16-byte aligned (vector loads) unless it is a view
@@ -401,6 +339,7 @@ class CompiledStep:
             if _guards_hold(entry.program):
                 if not entry.runs:  # (after tuning: new kernels may write their outputs in other orders)
                     entry.program = settle_layouts(entry.program)
+                    compile_kernels(entry.program)
                     entry.runs = _resolve(entry.program)
                 self.replays += 1
                 return _replay(entry, arrays)
@@ -424,6 +363,7 @@ class CompiledStep:
             seconds[step_pass.__name__] = time.perf_counter() - t0
         t0 = time.perf_counter()
         after = settle_layouts(after)
+        compile_kernels(after)
         runs = _resolve(after)
         seconds["resolve_kernels"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -139,3 +139,42 @@ def test_the_step_function_holds_no_address_so_one_program_compiles_once():
     a, b = (s._entry(batches[0]).native for s in (f, g))
     assert ctypes.cast(a.fn, ctypes.c_void_p).value == ctypes.cast(b.fn, ctypes.c_void_p).value
     assert a.table[0] != b.table[0]  # (the arenas)
+
+
+def test_the_kernels_the_passes_rebuild_compile_in_workers_and_the_step_loads_them(monkeypatch, tmp_path):
+    """After the whole-program passes, the kernels no traced step has built (a merged optimizer update,
+    ops with fused epilogues) compile in worker processes, one per core, into the cache; the step
+    then finds them there instead of running LLVM for them."""
+    import tensorcomp.step as step
+    from tensorcomp.runtime import jit
+    from tensorcomp.target import num_threads
+    if num_threads() < 2:
+        pytest.skip("one core: nothing to compile in parallel")
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))  # (a cold cache)
+    counts = {}
+    compile_kernels, resolve = step.compile_kernels, step._resolve
+
+    def counted_compile(p):
+        counts["built"] = compile_kernels(p)
+        return counts["built"]
+
+    def counted_resolve(p):
+        before = jit.object_counts()["llvm"]
+        runs = resolve(p)
+        counts.setdefault("llvm", jit.object_counts()["llvm"] - before)
+        return runs
+    monkeypatch.setattr(step, "compile_kernels", counted_compile)
+    monkeypatch.setattr(step, "_resolve", counted_resolve)
+    batches = [(rng.random((5, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 5))]
+    losses, _, f = _run("lenet", batches, True, 3)
+    assert counts["built"] >= 2 and counts["llvm"] == 0
+    eager, _, _ = _run_eager("lenet", batches, 3)
+    np.testing.assert_allclose([float(x.data) for x in losses], eager, rtol=1e-5)
+
+
+def _run_eager(model, batches, steps):
+    build, loss_cls = MODELS[model]
+    nn.manual_seed(1)
+    net, lossf = build(), loss_cls()
+    fn = _step_of(net, lossf, optim.Adam(net.parameters()))
+    return [float(fn(*batches[k % len(batches)]).data) for k in range(steps)], net, fn

@@ -34,6 +34,7 @@ import numpy as np
 from .. import compiler
 from ..autodiff import grad
 from ..compiler import ArraySpec
+from ..errors import TensorcompError
 from ..opdef import Op
 from ..runtime import jit
 from ..schedule.records import Record, from_json, to_json
@@ -175,6 +176,57 @@ class Precompiler:
         return compiler.has_manifest(trial, specs, trial.check_call(tuple(specs), self.params), self.params)
 
 
+def compile_in_workers(items: list[tuple[Op, list, dict[str, Any]]], meanwhile=None) -> int:
+    """Compile the CPU kernel of each ``(op, input specs, params)`` (the ops' own schedules, tuned ones
+    as ``kernel_for`` would find them) in the workers, one per core, into the object cache, while this
+    process compiles those a worker cannot make (no recipe, or one that does not make the op again)
+    through ``meanwhile(op, specs, params)``; returns how many the workers built. With one core or
+    without the cache, ``meanwhile`` compiles them all. A kernel a worker did not build is compiled
+    by whoever looks it up next."""
+    n = num_threads()
+    tasks, here = [], []
+    for op, specs, params in items:
+        recipe = op.recipe()
+        if recipe is None or not _remade(op, recipe):
+            here.append((op, specs, params))
+            continue
+        tasks.append({"recipe": recipe, "schedule": None, "params": {k: _plain(v) for k, v in params.items()},
+                      "specs": [[list(s.shape), np.dtype(s.dtype).str, list(s.strides)] for s in specs],
+                      "env": {k: os.environ.get(k) for k in _ENV}})
+    if n < 2 or len(tasks) < 2 or not jit.manifest_key(()):
+        here, tasks = list(items), []
+    workers, built = _pool(min(n, len(tasks))) if tasks else [], 0
+    for w in workers:
+        if tasks and not w.send(tasks.pop()):
+            break
+    for item in here if meanwhile is not None else ():
+        meanwhile(*item)
+    while any(w.busy for w in workers):
+        busy = {w.proc.stdout: w for w in workers if w.busy}
+        ready, _, _ = select.select(list(busy), [], [])
+        for stream in ready:
+            w = busy[stream]
+            w.busy = False
+            line = stream.readline()
+            if not line:  # (a worker died: what is left compiles in the caller)
+                return built
+            built += line.startswith("ok")
+            if tasks and not w.send(tasks.pop()):
+                return built
+    return built
+
+
+def _remade(op: Op, recipe: list) -> bool:
+    """Whether a worker makes ``op`` again from its recipe (a gradient op a whole-program pass rebuilt
+    is not ``tc.grad`` of its base any more)."""
+    if type(op) is Op:
+        return True
+    try:
+        return from_recipe(recipe).ident == op.ident
+    except TensorcompError:
+        return False
+
+
 def from_recipe(recipe: list) -> Op:
     """The op an ``Op.recipe()`` describes."""
     if recipe[0] == "grad":
@@ -191,10 +243,12 @@ def _compile_task(task: dict) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    op = from_recipe(task["recipe"]).with_schedule(from_json(task["schedule"]), use_tuned=False)
+    op = from_recipe(task["recipe"])
+    if task["schedule"] is not None:  # (a tuning candidate; None: the op as it is, tuned schedules and all)
+        op = op.with_schedule(from_json(task["schedule"]), use_tuned=False)
     arrays = [ArraySpec(tuple(shape), np.dtype(dtype), tuple(strides)) for shape, dtype, strides in task["specs"]]
     params = task["params"]
-    compiler.kernel(op, arrays, op.check_call(tuple(arrays), params), params, ("precompiled",))
+    compiler.kernel(op, arrays, op.check_call(tuple(arrays), params), params, op._kernel_key(arrays, params))
 
 
 def _serve() -> None:
