@@ -423,6 +423,10 @@ def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeSte
         if clock is not None:
             code.clock(clock.ctypes.data + 8 * (k + 1))
     fn, table = code.compile()
+    for r, release in runs:  # the arena holds what the Python replay kept with each kernel: free those
+        if release is None:  # (an eager call of the kernel makes them again if it needs them)
+            r.kernel.spare.clear()
+            r.kernel.spare_relaid.clear()
     fresh = tuple((v, tuple(p.specs[v][0]), np.dtype(p.specs[v][1]), strides[v]) for v in sorted(lives.handed))
     return NativeStep(fn, table, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
                       checks, memory, workers, code.stages, code.jobs, code.copies, clock)
