@@ -52,6 +52,9 @@ def _written(item: Call, specs: list[ArraySpec], gpu: bool) -> list[tuple[int, .
     """The byte strides of each output of ``item``'s kernel for inputs of these specs."""
     params = dict(item.params)
     kernel = None if gpu else item.op.built_kernel(specs, params)
+    if kernel is None and not gpu and compiler.has_manifest(item.op, specs, item.op.check_call(tuple(specs), params),
+                                                            params):
+        kernel = item.op.kernel_for(specs, params)  # (on disk: loading it is cheaper than planning it)
     if kernel is None:  # (planned only: the kernel is compiled later, with the others, on all cores)
         shapes, perms = compiler.output_layouts(item.op, specs, item.op.check_call(tuple(specs), params), params,
                                                 "cuda" if gpu else "cpu")
