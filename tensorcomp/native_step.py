@@ -90,8 +90,10 @@ class NativeStep:
     table: np.ndarray  # the addresses the step function calls and touches (see ``_Emitter``)
     slots: np.ndarray  # per value: its address (filled per call for inputs and handed-on values)
     inputs: tuple[int, ...]  # values read from the environment each call
-    fresh: tuple[tuple[int, tuple, np.dtype, tuple], ...]  # handed-on values: (value, shape, dtype, strides)
-    views: tuple[View, ...]  # views the caller sees (of handed-on or input values), in program order
+    # handed-on values: (value, C-order shape of its array, dtype, axis order viewing it as the value or None)
+    fresh: tuple[tuple[int, tuple, np.dtype, tuple | None], ...]
+    # views the caller sees, in program order: (view, the handed-on value under it or None, byte offset in it)
+    views: tuple[tuple[View, int | None, int], ...]
     checks: tuple  # (op, per input of the call: value to check, or a stand-in with its shape)
     arena: np.ndarray
     pool: Any
@@ -111,21 +113,27 @@ class NativeStep:
         with self.pool.lock:
             for v in self.inputs:
                 slots[v] = env[v].__array_interface__["data"][0]
-            for v, shape, dtype, strides in self.fresh:
-                a = env[v] = _empty(shape, dtype, strides)
+            dense = {}
+            for v, phys, dtype, back in self.fresh:  # (each its own array: the caller may keep any of them)
+                a = dense[v] = np.empty(phys, dtype)
+                env[v] = a if back is None else a.transpose(back)
                 slots[v] = a.__array_interface__["data"][0]
-            for view in self.views:
-                env[view.output] = view_of(env[view.source], view)
+            for view, root, offset in self.views:
+                env[view.output] = view_of(env[view.source], view) if root is None else \
+                    np.ndarray(view.shape, view.dtype, dense[root], offset, view.strides)
             for op, arrays in self.checks:
                 op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
             self.pool.poke()
             self.fn(slots.ctypes.data, self.table.ctypes.data)
 
 
-def _empty(shape: tuple, dtype: np.dtype, strides: tuple) -> np.ndarray:
+def _dense(shape: tuple, strides: tuple) -> tuple[tuple, tuple | None]:
+    """The C-order shape of a dense array of these strides, and the axis order that views it as the
+    logical array (None: it is the logical array)."""
     order = sorted(range(len(shape)), key=lambda a: -strides[a])
-    phys = np.empty(tuple(shape[a] for a in order), dtype)
-    return phys.transpose(np.argsort(order))
+    if order == list(range(len(shape))):
+        return tuple(shape), None
+    return tuple(shape[a] for a in order), tuple(int(a) for a in np.argsort(order))
 
 
 def _value_strides(p: Program, runs: tuple) -> dict[int, tuple]:
@@ -427,8 +435,18 @@ def build(p: Program, runs: tuple, clock: np.ndarray | None = None) -> NativeSte
         if release is None:  # (an eager call of the kernel makes them again if it needs them)
             r.kernel.spare.clear()
             r.kernel.spare_relaid.clear()
-    fresh = tuple((v, tuple(p.specs[v][0]), np.dtype(p.specs[v][1]), strides[v]) for v in sorted(lives.handed))
-    return NativeStep(fn, table, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(shown),
+    fresh = tuple((v, *_dense(tuple(p.specs[v][0]), strides[v])[:1], np.dtype(p.specs[v][1]),
+                   _dense(tuple(p.specs[v][0]), strides[v])[1]) for v in sorted(lives.handed))
+    offsets: dict[int, int] = {}  # a view of a handed-on value -> its offset in that value's array
+    views = []
+    for view in shown:
+        root = lives.root.get(view.output)
+        if root in lives.handed:
+            offsets[view.output] = offsets.get(view.source, 0) + view.offset
+            views.append((view, root, offsets[view.output]))
+        else:
+            views.append((view, None, 0))
+    return NativeStep(fn, table, np.zeros(len(p.specs), np.int64), tuple(sorted(lives.sources)), fresh, tuple(views),
                       checks, memory, workers, code.stages, code.jobs, code.copies, clock)
 
 
