@@ -112,12 +112,12 @@ class NativeStep:
         slots = self.slots
         with self.pool.lock:
             for v in self.inputs:
-                slots[v] = env[v].__array_interface__["data"][0]
+                slots[v] = _address(env[v])
             dense = {}
             for v, phys, dtype, back in self.fresh:  # (each its own array: the caller may keep any of them)
                 a = dense[v] = np.empty(phys, dtype)
                 env[v] = a if back is None else a.transpose(back)
-                slots[v] = a.__array_interface__["data"][0]
+                slots[v] = _address(a)
             for view, root, offset in self.views:
                 env[view.output] = view_of(env[view.source], view) if root is None else \
                     np.ndarray(view.shape, view.dtype, dense[root], offset, view.strides)
@@ -125,6 +125,14 @@ class NativeStep:
                 op.check_lookups([env[a] if isinstance(a, int) else a for a in arrays])
             self.pool.poke()
             self.fn(slots.ctypes.data, self.table.ctypes.data)
+
+
+def _address(a: np.ndarray) -> int:
+    """The data address of a numpy array: read from the array object where ``jit.ARRAY_DATA_OFFSET`` says
+    it is (0.15 us against ~1 us for ``__array_interface__``, ~80 times per LeNet step)."""
+    if jit.ARRAY_DATA_OFFSET is not None and type(a) is np.ndarray:
+        return ctypes.c_void_p.from_address(id(a) + jit.ARRAY_DATA_OFFSET).value or 0
+    return a.__array_interface__["data"][0]
 
 
 def _dense(shape: tuple, strides: tuple) -> tuple[tuple, tuple | None]:
