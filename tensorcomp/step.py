@@ -22,7 +22,7 @@ from . import compiler
 from .autotune.canon import renamed_source
 from .compiler import ArraySpec
 from .opdef import Op, device_relayout
-from .errors import TraceError
+from .errors import ArgumentError, TraceError
 from .runtime import jit, objects
 from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
@@ -407,6 +407,9 @@ class CompiledStep:
         """(call, median milliseconds) for each call of the compiled program for these arguments, in
         program order, timed inside its native call over ``rounds`` calls of the step (which train, as
         calling the step does)."""
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ArgumentError(f"tc.compile({self.name}).profile: rounds must be a positive int (how many calls "
+                                f"of the step to time), got {rounds!r}")
         entry, (arrays, _) = self._entry(args), self._arrays(args)
 
         def run(native: NativeStep) -> None:

@@ -127,6 +127,15 @@ def test_profile_times_each_call_of_the_program_inside_the_native_call():
     assert len(rows) == stats["calls"]
     assert all(t >= 0 for _, t in rows) and sum(t for _, t in rows) > 0
     assert any("<- op 'C_a[n, f, y0, y1] += I_a[n, c, k0 + y0, k1 + y1]" in h for h, _ in rows)
+    for bad in (0, 2.5, True):
+        with pytest.raises(tc.ArgumentError) as e:
+            f.profile(*batches[0], rounds=bad)
+        assert str(e.value) == (f"tc.compile(_step_of.<locals>.step).profile: rounds must be a positive int (how "
+                                f"many calls of the step to time), got {bad!r}")
+    with pytest.raises(tc.TraceError) as e:
+        f.profile(batches[0][0][:3], batches[0][1][:3])
+    assert str(e.value) == ("tc.compile(_step_of.<locals>.step): no compiled program for these arguments yet; a "
+                            "step is compiled on its second call with arguments of one shape")
 
 
 def test_the_step_function_holds_no_address_so_one_program_compiles_once():
