@@ -172,10 +172,6 @@ def _word(value: Any, ctype: type) -> str:
     return f"i64 {int(value)}"
 
 
-def _bits(value: Any, ctype: type) -> int:
-    return int(np.float64(value).view(np.int64)) if ctype is ctypes.c_double else int(value)
-
-
 def _copy_ir(name: str, shape: tuple, src: tuple, dst: tuple, itemsize: int) -> str:
     """A loop nest copying ``shape`` elements from byte strides ``src`` to byte strides ``dst``."""
     ty, depth = f"i{8 * itemsize}", len(shape)
@@ -370,9 +366,8 @@ class _Emitter:
                          f"  call void {entry}({', '.join(vals)})\n  br label %next{label}\njob{label}:")
         for i, a in enumerate(args):
             self.body.append(f"  {b}p{i} = getelementptr ptr, ptr {b}, i64 {i}\n  store ptr {a}, ptr {b}p{i}")
-        for i, (value, t) in enumerate(zip(scalars, types)):
-            self.body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n"
-                             f"  store i64 {_bits(value, t)}, ptr {s}p{i}")
+        for i, bits in enumerate(pool.scalar_words(scalars[:len(types)])):
+            self.body.append(f"  {s}p{i} = getelementptr i64, ptr {s}, i64 {i}\n  store i64 {bits}, ptr {s}p{i}")
         self.body.append(f"  call void {run}(ptr {at}, ptr {tramp}, ptr {entry}, ptr {b}, i64 {lo}, i64 {hi}, "
                          f"ptr {s}, i64 {n})\n  br label %next{label}\nnext{label}:")
         return True

@@ -391,7 +391,7 @@ def get(workers: int) -> Pool:
         return pool
 
 
-def _words(values: Sequence) -> np.ndarray:
+def scalar_words(values: Sequence) -> np.ndarray:
     """Scalars as 64-bit words (floats by their bits, as the trampolines read them)."""
     out = np.empty(len(values), np.int64)
     for k, v in enumerate(values):
@@ -422,7 +422,7 @@ def run_stage(pool: Pool, fn, buffers: list[int], scalars: Sequence, lo: int, hi
     if found is None or not pool.lock.acquire(blocking=False):
         return False
     try:
-        pool.run(found[0], found[1], np.array(buffers, np.int64), lo, hi, _words(scalars), slices)
+        pool.run(found[0], found[1], np.array(buffers, np.int64), lo, hi, scalar_words(scalars), slices)
     finally:
         pool.lock.release()
     return True
