@@ -4,9 +4,10 @@ The first call with a new signature runs ``fn`` eagerly while ``tensorcomp.trace
 second runs and records it again, and the two programs must agree (the same op calls, scalars and
 constants: anything else means ``fn`` computes something in Python that a compiled step could not
 repeat — an error names it). The program then goes through the whole-program passes (``STEP``)
-and later calls replay it: no Python per op beyond one loop over resolved kernels, no tape, no
-Tensor objects; parameters, gradients and optimizer state are read from their tensors at the start
-and their new values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)``.
+and later calls replay it: no tape, no Tensor objects, and from the second replay one native call
+for the whole step (``native_step``; the first loops over the resolved kernels in Python);
+parameters, gradients and optimizer state are read from their tensors at the start and their new
+values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from .native_step import NativeStep, build as build_native, profile as profile_n
 from .settle import compile_kernels, on_device, settle_layouts
 from .tensor import Tensor
 from .runtime import cuda
-from .trace import Call, Program, View, header, rebuild_result, view_of, is_array, peak_bytes, program_source, spec_of, statements, trace
+from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result, spec_of,
+                    statements, trace, view_of)
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------

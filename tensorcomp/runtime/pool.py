@@ -273,8 +273,8 @@ _state: dict = {}
 
 def _functions() -> dict[str, int]:
     if "functions" not in _state:
-        _state["functions"] = jit.compile_module(_ir(), ("tc_pool_work", "tc_pool_run", "tc_pool_nothing", "tc_pool_wake",
-                                                              "tc_now"))
+        names = ("tc_pool_work", "tc_pool_run", "tc_pool_nothing", "tc_pool_wake", "tc_now")
+        _state["functions"] = jit.compile_module(_ir(), names)
     return _state["functions"]
 
 
