@@ -224,6 +224,31 @@ def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out
     np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)
 
 
+def test_a_block_of_the_shared_loop_runs_inside_the_loops_choosing_a_chunk_of_large_weights(monkeypatch):
+    """Weights beyond the caches (20 x 256 x 256 floats, 5.2 MB) that the outermost loop does not
+    index would be read whole at each of its steps; a block of its steps (y_i) runs inside the
+    loops that choose a chunk of them, so each chunk serves the block from cache. Small weights
+    (1 MB) keep the plain order. Either way the convolution is computed. (AVX-512 facts: their
+    16-lane tiles leave the output position outermost here.)"""
+    from tensorcomp import target
+    for name, value in target.AVX512.items():
+        monkeypatch.setattr(target, name, value)
+    conv = tc.op("C[n, y, f] += I[n, y + k, c] * W[k, c, f]")
+    x = rng.standard_normal((8, 83, 256)).astype(np.float32)
+
+    def loops(w, x):
+        return [ln.split()[1] for ln in str(conv.loopnest(x, w)).splitlines() if ln.lstrip().startswith("for ")]
+    for taps, blocked in ((20, True), (4, False)):
+        w = rng.standard_normal((taps, 256, 256)).astype(np.float32)
+        xs = x[:, :64 + taps - 1]
+        order = loops(w, xs)
+        assert ("y_i" in order) == blocked
+        if blocked:  # y_o shared by the cores, then the chunk's loops, then the block
+            assert order[3:9] == ["y_o", "k", "c_o", "n_o", "f_o", "y_i"]
+        windows = np.lib.stride_tricks.sliding_window_view(xs.astype(np.float64), taps, axis=1)
+        np.testing.assert_allclose(conv(xs, w), np.einsum("nyck,kcf->nyf", windows, w), rtol=1e-3, atol=1e-2)
+
+
 def test_weight_gradient_tiles_take_rows_that_share_cache_lines_and_scatters_run_on_all_cores():
     """The derived gradients of a strided 9x9 convolution (channels last). dW: rows over adjacent
     channels of I (one cache line per step), not over window offsets (one line each); its long
