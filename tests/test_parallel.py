@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import tensorcomp as tc
+from tensorcomp import target
 from tensorcomp.target import num_threads
 from tensorcomp.schedule import For
 
@@ -79,7 +80,8 @@ def test_parallel_stage_slices_cover_the_loop_once_and_are_taken_by_every_thread
 
 def test_a_parallel_stage_runs_on_the_threads_only_when_its_serial_runs_outlast_the_hand_offs(monkeypatch):
     """Each parallel stage's first TIMED_RUNS runs are serial and timed; it then goes to the threads only
-    when it took more than GAIN hand-offs to the pool (here the hand-off cost is set, not measured)."""
+    when it took more than GAIN hand-offs to the pool (here the hand-off cost is set, not measured).
+    A stage of more than one slice per thread goes to the threads from its first call."""
     from tensorcomp.runtime import threads
     if num_threads() < 2:
         return
@@ -94,6 +96,12 @@ def test_a_parallel_stage_runs_on_the_threads_only_when_its_serial_runs_outlast_
             assert decided and all(p is want for p in decided) == (call >= threads.TIMED_RUNS - 1)
             # every stage serial: later calls run the whole kernel in one call
             assert k.serial == (not want and call >= threads.TIMED_RUNS - 1)
+    monkeypatch.setattr(threads, "_DISPATCH", [1e9])
+    monkeypatch.setattr(target, "SLICE_POINTS", a.size // 3)  # (a stage of 3 slices per thread, kept small)
+    big = tc.op("O[i, j] = A[i, j] * 3.0")
+    np.testing.assert_allclose(big(a), a * 3.0, rtol=1e-14)
+    k = kernel_of(big)
+    assert [p for p, (*_, slices) in zip(k.plan, k.stages) if slices] == [True]
 
 
 def test_native_workers_run_each_slice_of_each_job_exactly_once():
