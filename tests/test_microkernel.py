@@ -224,10 +224,10 @@ def test_default_tile_blocks_a_long_window_reduction_from_the_innermost_loop_out
     np.testing.assert_allclose(conv(x, w), np.einsum("nyxcab,abcf->nyxf", windows, w), rtol=1e-3, atol=1e-3)
 
 
-def test_a_block_of_the_shared_loop_runs_inside_the_loops_choosing_a_chunk_of_large_weights(monkeypatch):
+def test_a_strip_of_the_shared_loop_runs_inside_the_loops_choosing_a_chunk_of_large_weights(monkeypatch):
     """Weights beyond the caches (20 x 256 x 256 floats, 5.2 MB) that the outermost loop does not
-    index would be read whole at each of its steps; a block of its steps (y_i) runs inside the
-    loops that choose a chunk of them, so each chunk serves the block from cache. Small weights
+    index would be read whole at each of its steps; a strip of its steps (y_i) runs inside the
+    loops that choose a chunk of them, so each chunk serves the strip from cache. Small weights
     (1 MB) keep the plain order. Either way the convolution is computed. (AVX-512 facts: their
     16-lane tiles leave the output position outermost here.)"""
     from tensorcomp import target
@@ -243,7 +243,7 @@ def test_a_block_of_the_shared_loop_runs_inside_the_loops_choosing_a_chunk_of_la
         xs = x[:, :64 + taps - 1]
         order = loops(w, xs)
         assert ("y_i" in order) == blocked
-        if blocked:  # y_o shared by the cores, then the chunk's loops, then the block
+        if blocked:  # y_o shared by the cores, then the chunk's loops, then the strip
             assert order[3:9] == ["y_o", "k", "c_o", "n_o", "f_o", "y_i"]
         windows = np.lib.stride_tricks.sliding_window_view(xs.astype(np.float64), taps, axis=1)
         np.testing.assert_allclose(conv(xs, w), np.einsum("nyck,kcf->nyf", windows, w), rtol=1e-3, atol=1e-2)

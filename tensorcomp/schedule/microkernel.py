@@ -168,10 +168,10 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
                 outside, rest = seq[:1] + red_outer + seq[1:], red_inner + inner + col_loops
             else:
                 outside, rest = seq, reductions + inner + col_loops
-            block = _shared_block(st, outside, rest, reads, extent, {r.index: r.factor for r in records if isinstance(
+            strip = _shared_strip(st, outside, rest, reads, extent, {r.index: r.factor for r in records if isinstance(
                 r, Split) and r.stmt == k}, itemsize, names)
-            if block:  # a block of the outermost loop's steps inside the loops choosing a chunk of an operand
-                at, factor = block
+            if strip:  # a strip of the outermost loop's steps inside the loops choosing a chunk of an operand
+                at, factor = strip
                 records.append(Split(k, outside[0], factor))
                 outside = [f"{outside[0]}_o"] + outside[1:at] + [f"{outside[0]}_i"] + outside[at:]
             loops = outside + rest
@@ -187,17 +187,17 @@ def tile_schedules(bs, k: int, strides: dict[str, tuple[int, ...]], itemsize: di
     return out
 
 
-def _shared_block(st, outside: list[str], rest: list[str], reads, extent: dict[str, int], splits: dict[str, int],
+def _shared_strip(st, outside: list[str], rest: list[str], reads, extent: dict[str, int], splits: dict[str, int],
                   itemsize: dict[str, int], names: set[str]) -> tuple[int, int] | None:
-    """(position in ``outside``, factor) of a block of the outermost loop's steps to run inside the
-    loops around a tile that choose a chunk of a large operand, or None. Each step of the outermost
+    """(position in ``outside``, factor) of a strip of the outermost loop's steps (strip-mining) to run
+    inside the loops around a tile that choose a chunk of a large operand, or None. Each step of the outermost
     loop (``outside[0]``, shared by the cores) sweeps every loop inside it; an operand it does not
     index (a convolution's weights, with the batch outermost) is then read whole once per step,
-    from memory when it is larger than the caches (``SHARED_REUSED_BYTES``). With a block of the
+    from memory when it is larger than the caches (``SHARED_REUSED_BYTES``). With a strip of the
     outermost loop's steps just inside the last outer loop that indexes that operand, each chunk of
-    it serves the whole block from cache: the largest block whose own data for one chunk (its part
+    it serves the whole strip from cache: the longest strip whose own data for one chunk (its part
     of the written tensor and of the operands it indexes, over the loops inside) fits
-    ``SHARED_BLOCK_BYTES``, leaving at least ``MIN_PARALLEL_TRIPS`` blocks for the cores. CapsNet's
+    ``SHARED_STRIP_BYTES``, leaving at least ``MIN_PARALLEL_TRIPS`` strips for the cores. CapsNet's
     primary capsules (9x9, stride 2, 256 -> 256 channels, 21 MB of weights): 78 -> 61 ms."""
     shared = outside[0] if outside else None
     if shared not in names or shared not in st.write_names():
@@ -224,12 +224,12 @@ def _shared_block(st, outside: list[str], rest: list[str], reads, extent: dict[s
     per_step = sum(itemsize.get(t, 4) * math.prod(trips(n) for n in inside if _source(n, names) in used)
                    for t, used in accesses if shared in used)
     fits = [f for f in range(2, extent[shared] // MIN_PARALLEL_TRIPS + 1)
-            if extent[shared] % f == 0 and f * per_step <= SHARED_BLOCK_BYTES]
+            if extent[shared] % f == 0 and f * per_step <= SHARED_STRIP_BYTES]
     return (at, max(fits)) if fits else None
 
 
 SHARED_REUSED_BYTES = 4 << 20  # an operand re-read whole at each step of the shared loop, beyond the caches
-SHARED_BLOCK_BYTES = 512 * 1024  # one block's data for one chunk of the reduction (about a core's L2)
+SHARED_STRIP_BYTES = 512 * 1024  # one strip's data for one chunk of the reduction (about a core's L2)
 
 
 def _rows_inside(k: int, loops: list[str], row_of: dict[str, int], extent: dict[str, int]):
