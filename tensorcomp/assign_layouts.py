@@ -92,12 +92,12 @@ def choose_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program,
             one, _ = assign_layouts(p, wanted, {v})
             ks = touching(p, v)
             if all(runs[k][0].checks is None for k in ks) and \
-                    _seconds(one, resolve(one), ks) < 0.98 * _seconds(p, runs, ks):
+                    seconds(one, resolve(one), ks) < 0.98 * seconds(p, runs, ks):
                 keep.add(v)
         if keep:  # the kernels alone can mislead (other data in cache, a noisy moment): the whole step decides
             moved = assign_layouts(p, wanted, keep)[0]
             moved_runs = resolve(moved)
-            if not _faster(moved, moved_runs, p, runs):
+            if not faster(moved, moved_runs, p, runs):
                 keep = set()
         objects.write_manifest(key, {"moves": sorted(names[v] for v in keep)}, "layouts")
     if not keep:
@@ -106,15 +106,15 @@ def choose_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program,
     return moved, resolve(moved)
 
 
-def _faster(a: Program, a_runs: tuple, b: Program, b_runs: tuple, rounds: int = 7) -> bool:
+def faster(a: Program, a_runs: tuple, b: Program, b_runs: tuple, rounds: int = 7) -> bool:
     """Whether program ``a`` runs at least 3% faster than ``b`` (best of ``rounds`` interleaved runs of
-    each, every call in order on random inputs of the programs' input specs; nothing written back)."""
-    inputs = _random_inputs(b)
+    each, every call in order on random inputs of each program's input specs; nothing written back)."""
+    inputs = {0: _random_inputs(a), 1: _random_inputs(b)}
     best = {0: float("inf"), 1: float("inf")}
     for _ in range(rounds):
         for side, (p, runs) in enumerate(((a, a_runs), (b, b_runs))):
             t0 = time.perf_counter()
-            _run_all(p, runs, inputs)
+            _run_all(p, runs, inputs[side])
             best[side] = min(best[side], time.perf_counter() - t0)
     return best[0] < 0.97 * best[1]
 
@@ -149,7 +149,7 @@ def _describe(p: Program, moved: Program, v: int) -> str:
     return f"{maker.op.source} -> {maker.op.outputs[maker.outputs.index(v)]} {moved.specs[v]}"
 
 
-def _seconds(p: Program, runs: tuple, ks: list[int], repeats: int = 5) -> float:
+def seconds(p: Program, runs: tuple, ks: list[int], repeats: int = 5) -> float:
     """Best-of-``repeats`` seconds of the runs at body indices ``ks`` on random inputs of their specs."""
     rng = np.random.default_rng(0)
     total = 0.0

@@ -81,8 +81,15 @@ def _gradient(optimizer: str, k: int, p: Tensor) -> Any:
 
 
 def _state(p) -> Tensor:
-    """A flat zero buffer beside parameter ``p`` (on its device), kept as state."""
-    return keep_state(Tensor(_zeros_like(reshape_array(p.data, (-1,)))))
+    """A zero buffer of parameter ``p``'s shape (on its device), kept as state. The update kernels
+    read it, the parameter and its gradient as flat arrays, element ``i`` of each the same element
+    of the parameter: in a compiled step all of them may live in another axis order together
+    (``state_layouts``), so the moments have the parameter's shape, not a flat one."""
+    return keep_state(Tensor(_zeros_like(p.data)))
+
+
+def _flat(a: Any) -> Any:
+    return reshape_array(a, (-1,))
 
 
 class _Optimizer:
@@ -166,9 +173,9 @@ class Adam(_Optimizer):
             if p.grad is None:
                 continue
             m, v = self.m[k], self.v[k]
-            m.data, v.data, p2 = op(m.data, _gradient("Adam", k, p), reshape_array(p.data, (-1,)), v.data,
-                                    self.steps.data, b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
-            p.data = reshape_array(p2, p.shape)
+            m2, v2, p2 = op(_flat(m.data), _gradient("Adam", k, p), _flat(p.data), _flat(v.data), self.steps.data,
+                            b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
+            m.data, v.data, p.data = (reshape_array(a, p.shape) for a in (m2, v2, p2))
 
 
 
@@ -200,7 +207,7 @@ class SGD(_Optimizer):
             if p.grad is None:
                 continue
             buf = self.buf[k]
-            buf.data, p2 = op(buf.data, _gradient("SGD", k, p), reshape_array(p.data, (-1,)), momentum=self.momentum,
-                              wd=self.wd, lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
-            p.data = reshape_array(p2, p.shape)
+            b2, p2 = op(_flat(buf.data), _gradient("SGD", k, p), _flat(p.data), momentum=self.momentum, wd=self.wd,
+                        lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
+            buf.data, p.data = reshape_array(b2, p.shape), reshape_array(p2, p.shape)
 

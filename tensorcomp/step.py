@@ -31,6 +31,7 @@ from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .native_step import NativeStep, build as build_native, profile as profile_native
 from .settle import compile_kernels, on_device, settle_layouts
+from .state_layouts import accepts, choose_state_layouts, effective_copies, relay_state
 from .tensor import Tensor
 from .runtime import cuda
 from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result, spec_of,
@@ -269,10 +270,6 @@ def _cuda_kernels(p: Program, device: set[int]) -> list:
     return compiler.cuda_step_kernels(calls) if calls else []
 
 
-def _relayout_count(runs: tuple) -> int:
-    return sum(len(r.kernel.relayout) for r, _ in runs if isinstance(r, _Run))
-
-
 ASSIGN_LAYOUTS = True  # (False: every kernel copies its inputs into its own layouts, for A/B runs)
 NATIVE = True  # (False: replays stay in Python, a loop over the calls; for A/B runs)
 
@@ -285,7 +282,8 @@ def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
     calls = sorted(f"{c.op.ident!r} {c.params!r} {[p.specs[v] for v in (*c.inputs, *c.outputs)]!r}"
                    for c in p.body if isinstance(c, Call))
     key = objects.hash_parts(("layouts", *calls, objects.code_fingerprint(), jit.host_target()))
-    return choose_layouts(p, runs, _resolve, key)
+    p, runs = choose_layouts(p, runs, _resolve, key)
+    return choose_state_layouts(p, runs, _resolve, key)
 
 
 @dataclass
@@ -415,6 +413,7 @@ class CompiledStep:
         entry, (arrays, _) = self._entry(args), self._arrays(args)
 
         def run(native: NativeStep) -> None:
+            relay_state(entry.program)
             env = _environment(entry.program, arrays)
             native(env)
             _finish(entry.program, env)
@@ -427,7 +426,7 @@ class CompiledStep:
         the passes' seconds."""
         entry = self._entry(args)
         before, after = entry.traced, entry.program
-        relayouts = _relayout_count(entry.runs)
+        relayouts = effective_copies(entry.program, entry.runs)
         return {
             "calls_traced": sum(isinstance(x, Call) for x in before.body),
             "calls": sum(isinstance(x, Call) for x in after.body),
@@ -444,7 +443,7 @@ class CompiledStep:
 def _guards_hold(p: Program) -> bool:
     for k, data, grad, read in p.guards:
         t = p.state[k]
-        if not is_array(t.data) or spec_of(t.data) != data:
+        if not accepts(p, k, t.data, data):
             return False
         if read and ((t.grad is None) != (grad is None) or (grad is not None and spec_of(t.grad) != grad)):
             return False
@@ -477,6 +476,7 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     p = entry.program
     if p.device == "cuda":
         return _replay_cuda(entry, arrays)
+    relay_state(p)
     env = _environment(p, arrays)
     entry.replays += 1
     if entry.native is None and entry.replays > 1 and NATIVE:

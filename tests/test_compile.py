@@ -329,8 +329,8 @@ def test_values_are_written_in_the_layouts_their_readers_copy_them_into(monkeypa
     off = _train(*lenet, batches, True)
     monkeypatch.setattr(step_module, "ASSIGN_LAYOUTS", True)
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path / "a"))
-    monkeypatch.setattr(layouts, "_seconds", timed_as(True))
-    monkeypatch.setattr(layouts, "_faster", lambda *programs: True)  # (and the whole step with them)
+    monkeypatch.setattr(layouts, "seconds", timed_as(True))
+    monkeypatch.setattr(layouts, "faster", lambda *programs: True)  # (and the whole step with them)
     on = _train(*lenet, batches, True)
     _assert_same_training(off, on)
     # without the pass the kernels copy pooled, flattened and gradient values into their orders on
@@ -341,17 +341,17 @@ def test_values_are_written_in_the_layouts_their_readers_copy_them_into(monkeypa
             any(isinstance(r, Layout) and r.tensor in c.op.outputs for r in c.op.schedule)]
     assert len(laid) >= 4 and "assign_layouts" in on[2].stats(x, y)["pass_seconds"]
     # the choice is stored with the program: the same program compiled again does not time anything
-    monkeypatch.setattr(layouts, "_seconds", None)
+    monkeypatch.setattr(layouts, "seconds", None)
     assert _train(*lenet, batches, True)[2].stats(x, y)["relayout_copies"] == 0
     # moves that do not pay are not made
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path / "b"))
-    monkeypatch.setattr(layouts, "_seconds", timed_as(False))
+    monkeypatch.setattr(layouts, "seconds", timed_as(False))
     assert _train(*lenet, batches, True)[2].stats(x, y)["relayout_copies"] == off[2].stats(x, y)["relayout_copies"]
     # nor those the kernels alone favour when the whole step does not run faster with them (it ran
     # 1.8 ms against 1.0 with three such moves once: the kernels timed alone, at a noisy moment)
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path / "c"))
-    monkeypatch.setattr(layouts, "_seconds", timed_as(True))
-    monkeypatch.setattr(layouts, "_faster", lambda *programs: False)
+    monkeypatch.setattr(layouts, "seconds", timed_as(True))
+    monkeypatch.setattr(layouts, "faster", lambda *programs: False)
     assert _train(*lenet, batches, True)[2].stats(x, y)["relayout_copies"] == off[2].stats(x, y)["relayout_copies"]
 
 
