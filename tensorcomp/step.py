@@ -13,6 +13,7 @@ values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
+from .output_gradients import gradients_from_outputs
 from .native_step import NativeStep, build as build_native, profile as profile_native
 from .settle import compile_kernels, on_device, settle_layouts
 from .state_layouts import accepts, choose_state_layouts, effective_copies, relay_state
@@ -140,6 +142,7 @@ def merge_calls(p: Program) -> Program:
 STEP = (
     eliminate_dead,  # calls whose results nothing reads
     share_common,  # one op on the same values twice
+    gradients_from_outputs,  # an activation's gradient reads its output, not its input
     keep_forward_values,  # a gradient reads the forward values it would recompute
     fuse_epilogues,  # an elementwise call into the call making its input (an activation into its convolution)
     merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
@@ -206,6 +209,29 @@ def _constant_value(p: Program, k: int) -> int:
 def _count(body) -> str:
     calls = sum(isinstance(x, Call) for x in body)
     return f"{calls} op call{'s' if calls != 1 else ''}"
+
+
+def _trace_key(p: Program) -> str:
+    """A traced program in words a new process repeats: each call's op, scalars and its values' specs
+    in order; the views, sources, writes and guards as sorted specs (state tensors come in no fixed
+    order, and value numbers follow them); the result's shape and the constants' bytes. A
+    program stored under it agreed with the trace of the next call, in some process, with this code:
+    a new process tracing it again compiles its own trace at once instead of tracing a second call,
+    as ``check_agree`` would only find the same program (a Python value that changes between calls
+    changes the first trace too: another key). Its guards still decide each replay."""
+    spec = [repr(x) for x in p.specs]
+    calls = [f"{c.op.ident!r} {c.params!r} {[spec[v] for v in c.inputs]} {[spec[v] for v in c.outputs]}"
+             for c in p.body if isinstance(c, Call)]
+    views = sorted(f"view {spec[c.source]} {c.offset} {spec[c.output]} {c.upload}" for c in p.body
+                   if isinstance(c, View))  # (views of state are recorded where first seen: in state order)
+    constants = sorted(hashlib.sha256(np.ascontiguousarray(cuda.to_host(a) if cuda.is_device_array(a) else a)
+                                      .tobytes()).hexdigest() + repr(spec_of(a)) for a in p.constants)
+    sources = sorted(f"{s.kind} {spec[v]}" for v, s in p.sources)
+    writes = sorted(f"{attr} {None if v is None else spec[v]}" for _, attr, v in p.writes)
+    guards = sorted(repr(g[1:]) for g in p.guards)
+    result = repr(_rename_result(p.result, {v: spec[v] for v in range(len(spec))}))
+    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, *sources, *writes, *guards,
+                               objects.code_fingerprint(), jit.host_target()))
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -346,16 +372,20 @@ class CompiledStep:
         result, program = trace(self.fn, self.name, args, arrays)
         self.traces += 1
         first = self._first.pop(key, None)
-        if first is None or not _same_guards(first, program):
+        if first is None and objects.read_manifest(_trace_key(program), "agreed") is not None:
+            first = program  # (this program agreed with its next trace before: see _trace_key)
+        elif first is None or not _same_guards(first, program):
             self._first[key] = program
             return result
-        try:
-            check_agree(first, program)
-        except TraceError:
-            if _same_guards(first, program, exact=True):
-                raise
-            self._first[key] = program  # the unread gradients' presence made the difference after all
-            return result
+        else:
+            try:
+                check_agree(first, program)
+            except TraceError:
+                if _same_guards(first, program, exact=True):
+                    raise
+                self._first[key] = program  # the unread gradients' presence made the difference after all
+                return result
+            objects.write_manifest(_trace_key(first), {"agreed": True}, "agreed")
         seconds, after = {}, program
         for step_pass in STEP:
             t0 = time.perf_counter()
@@ -381,7 +411,8 @@ class CompiledStep:
         if not entries:
             raise TraceError(f"tc.compile({self.name}): no compiled program for "
                              f"{'these arguments' if args else 'any arguments'} yet; a step is compiled on its "
-                             f"second call with arguments of one shape")
+                             f"second call with arguments of one shape (on its first when the cache saw its two "
+                             f"calls agree before)")
         return entries[-1]
 
     @property

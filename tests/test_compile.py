@@ -1,5 +1,7 @@
 """tc.compile: a traced step against the eager one, the whole-program passes, and what cannot be traced."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -11,14 +13,21 @@ from tensorcomp.train import MODELS
 rng = np.random.default_rng(5)
 
 
-def _step_of(model, lossf, opt):
-    """A training step: forward, loss, backward, update; returns the loss."""
+_RUNS = itertools.count()
+
+
+def _step_of(model, lossf, opt, name=None):
+    """A training step: forward, loss, backward, update; returns the loss. Each gets a name of its own
+    unless ``name`` is given: a program that agreed with its next trace in an earlier test would
+    compile after one trace, and trace counts and which steps ran eagerly would depend on the order
+    the tests ran in."""
     def step(x, y):
         opt.zero_grad()
         loss = lossf(model(tc.Tensor(x)), y)
         loss.backward()
         opt.step()
         return loss
+    step.__qualname__ = name or f"step{next(_RUNS)}"
     return step
 
 
@@ -163,6 +172,31 @@ def test_compiled_step_in_float64_against_central_differences():
     w.data = base
     assert abs(float((g * v).sum()) - (plus - minus) / (2 * eps)) < 1e-7 * max(1.0, abs(plus))
     np.testing.assert_allclose(loss.data, loss_op(act(x, base)), rtol=1e-14)
+
+
+def test_a_program_that_agreed_before_compiles_after_one_trace(monkeypatch, tmp_path):
+    """Two traces that agree are remembered on disk (under the traced program, with this code): the
+    same step compiled again (as in a new process) compiles after its first trace and replays from
+    its second call, training as the eager step does; another program (a new batch size) is traced
+    twice."""
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    build, loss_cls = MODELS["lenet"]
+    batches = _batches(4, 6)
+
+    def run(data, compiled=True):
+        nn.manual_seed(0)
+        model, lossf = build(), loss_cls()
+        opt = optim.Adam(model.parameters())
+        step = _step_of(model, lossf, opt, name="remembered")
+        f = tc.compile(step) if compiled else step
+        return [float(f(x, y).data) for x, y in data], model.state_dict(), f
+    first = run(batches)
+    assert (first[2].traces, first[2].replays) == (2, 2)
+    again = run(batches)
+    assert (again[2].traces, again[2].replays) == (1, 3)
+    _assert_same_training(run(batches, compiled=False), again)
+    other = run(_batches(3, 5))
+    assert (other[2].traces, other[2].replays) == (2, 1)
 
 
 def test_a_new_batch_size_is_traced_again():
@@ -357,8 +391,8 @@ def test_values_are_written_in_the_layouts_their_readers_copy_them_into(monkeypa
 
 def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
     """fuse_epilogues: the ReLU after a convolution becomes statements of the convolution's call; the
-    convolution's output stays an output, since the ReLU's gradient reads it; the step still trains as
-    the eager one does."""
+    value before the ReLU is no output of it, since the ReLU's gradient reads the ReLU's output
+    (gradients_from_outputs); the step still trains as the eager one does."""
     def build():
         nn.manual_seed(3)
         return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
@@ -367,9 +401,45 @@ def test_an_activation_runs_inside_the_convolution_that_makes_its_input():
     step = _same_training(build, lambda m: optim.SGD(m.parameters(), lr=0.1), x, y, 5)
     headers = [line for line in step.source.splitlines() if line.startswith("# ")]
     fused = headers[0]
-    assert fused.startswith("# O_a=v") and ", O_b=v" in fused and "relu" not in "".join(headers[1:3])
+    assert fused.startswith("# O_b=v") and "O_a=v" not in fused and "relu" not in "".join(headers[1:3])
     stats = step.stats(x, y)
     assert stats["calls"] < stats["calls_traced"]
+
+
+@pytest.mark.parametrize("kind, before, derivative", [
+    ("relu", "where(X[i0, i1] > 0, 1, 0)", "where(Y[i0, i1] > 0, 1, 0)"),
+    ("tanh", "(1 - tanh(X[i0, i1]) ** 2)", "(1 - Y[i0, i1] * Y[i0, i1])"),
+    ("sigmoid", "(sigmoid(X[i0, i1]) * (1 - sigmoid(X[i0, i1])))", "Y[i0, i1] * (1 - Y[i0, i1])"),
+    ("gelu", "(0.5 * (1 + erf(X[i0, i1] * 0.7071067811865476)) + 0.5 * X[i0, i1] * (1.1283791670955126 * "
+             "exp(-(X[i0, i1] * 0.7071067811865476) ** 2) * 0.7071067811865476))", None)])
+def test_an_activation_gradient_reads_the_activation_output(kind, before, derivative):
+    """gradients_from_outputs (golden before/after): the gradient of relu, tanh, sigmoid (and exp) is
+    rewritten on the activation's output, ``dX = dO * f'(Y)``, reading the value the activation call
+    made; gelu's derivative needs its input and keeps it. Compiled and eager training agree."""
+    from ops.activation import activation
+    from tensorcomp.output_gradients import gradients_from_outputs
+    act = activation(kind, 2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.b(tc.tensor.apply(act, self.a(x)))
+    x = rng.random((7, 5), dtype=np.float32)
+    y = rng.integers(0, 3, 7)
+    step = _same_training(Net, lambda m: optim.SGD(m.parameters(), lr=0.1), x, y, 4)
+    traced = step._entry(()).traced
+    calls = [c for c in traced.body if isinstance(c, tc.trace.Call)]
+    fwd = next(c for c in calls if c.op is act)
+    grad = next(c for c in calls if getattr(c.op, "base", None) is act)
+    assert grad.op.source == f"dX[i0, i1] += dO[i0, i1] * {before}"  # as derived: it reads X, the input
+    after = next(c for c in gradients_from_outputs(traced).body if c.outputs == grad.outputs)
+    if derivative is None:
+        assert after == grad
+    else:
+        assert after.op.source == f"dX[i0, i1] = dO[i0, i1] * {derivative}" and after.inputs[1] == fwd.outputs[0]
 
 
 def test_a_gradient_reads_the_forward_values_it_would_recompute():

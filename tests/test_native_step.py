@@ -16,13 +16,13 @@ from test_compile import _step_of
 rng = np.random.default_rng(11)
 
 
-def _run(model, batches, native, steps):
+def _run(model, batches, native, steps, name=None):
     step_module.NATIVE = native
     try:
         build, loss_cls = MODELS[model]
         nn.manual_seed(1)
         net, lossf = build(), loss_cls()
-        f = tc.compile(_step_of(net, lossf, optim.Adam(net.parameters())))
+        f = tc.compile(_step_of(net, lossf, optim.Adam(net.parameters()), name))
         losses = [f(*batches[k % len(batches)]) for k in range(steps)]
         return losses, net, f
     finally:
@@ -121,7 +121,7 @@ def test_a_native_step_checks_the_index_tensors_it_is_given_before_it_runs():
 
 def test_profile_times_each_call_of_the_program_inside_the_native_call():
     batches = [(rng.random((8, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 8))]
-    _, net, f = _run("lenet", batches, True, 4)
+    _, net, f = _run("lenet", batches, True, 4, name="train_step")
     stats = f.stats(*batches[0])
     rows = f.profile(*batches[0], rounds=3)
     assert len(rows) == stats["calls"]
@@ -130,12 +130,13 @@ def test_profile_times_each_call_of_the_program_inside_the_native_call():
     for bad in (0, 2.5, True):
         with pytest.raises(tc.ArgumentError) as e:
             f.profile(*batches[0], rounds=bad)
-        assert str(e.value) == (f"tc.compile(_step_of.<locals>.step).profile: rounds must be a positive int (how "
+        assert str(e.value) == (f"tc.compile(train_step).profile: rounds must be a positive int (how "
                                 f"many calls of the step to time), got {bad!r}")
     with pytest.raises(tc.TraceError) as e:
         f.profile(batches[0][0][:3], batches[0][1][:3])
-    assert str(e.value) == ("tc.compile(_step_of.<locals>.step): no compiled program for these arguments yet; a "
-                            "step is compiled on its second call with arguments of one shape")
+    assert str(e.value) == ("tc.compile(train_step): no compiled program for these arguments yet; a step is "
+                            "compiled on its second call with arguments of one shape (on its first when the cache "
+                            "saw its two calls agree before)")
 
 
 def test_the_step_function_holds_no_address_so_one_program_compiles_once():
