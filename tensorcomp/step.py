@@ -230,8 +230,8 @@ def _trace_key(p: Program) -> str:
     writes = sorted(f"{attr} {None if v is None else spec[v]}" for _, attr, v in p.writes)
     guards = sorted(repr(g[1:]) for g in p.guards)
     result = repr(_rename_result(p.result, {v: spec[v] for v in range(len(spec))}))
-    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, *sources, *writes, *guards,
-                               objects.code_fingerprint(), jit.host_target()))
+    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, *sources, *writes,
+                               *guards, objects.code_fingerprint(), jit.host_target()))
 
 
 # -- the runner ------------------------------------------------------------------------------------------
