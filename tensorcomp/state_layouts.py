@@ -15,8 +15,8 @@ same elements as long as every array it reads and writes at ``i`` has one physic
 each moment, their flat views, the new values and their views back) and refuses anything else that
 sees their memory; ``move`` gives them all one axis order: the sources' specs (the caller converts
 the state tensors at the next replay, ``relay_state``), a ``Layout`` record on the call writing the
-gradient, and the strides of the views back. ``state()``, ``.numpy()`` and ``.grad`` still show the
-logical layout: they are numpy arrays with the moved strides.
+gradient, and the strides of the views back. ``state_dict()``, ``.numpy()`` and ``.grad`` still show
+the logical layout: they are numpy arrays with the moved strides.
 """
 
 from __future__ import annotations
