@@ -30,7 +30,7 @@ from .opdef import Op
 from .runtime import objects
 from .schedule.records import Layout
 from .strides import contiguous, permuted_strides
-from .trace import Call, Program, View, is_array, result_values, spec_of
+from .trace import Call, Program, View, result_values, spec_of
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,19 @@ def move(p: Program, g: Group, perm: tuple[int, ...]) -> Program:
     return replace(p, specs=tuple(specs), body=tuple(body))
 
 
-def relay_state(p: Program) -> None:
-    """Put each state tensor the program reads in the layout the program expects of it (a copy, at the
-    first replay after the move; later replays find the layout the step wrote back)."""
-    for v, src in p.sources:
-        if src.kind != "data":
-            continue
-        t = p.state[src.index]
+def moved_specs(p: Program) -> dict[int, tuple]:
+    """State index -> the spec its data has in the program, for the state tensors whose layout the
+    program moved (their traced spec is in ``p.guards``)."""
+    traced = {k: data for k, data, _, _ in p.guards}
+    return {s.index: p.specs[v] for v, s in p.sources if s.kind == "data" and p.specs[v] != traced.get(s.index)}
+
+
+def relay_state(p: Program, moved: dict[int, tuple]) -> None:
+    """Put each moved state tensor (``moved_specs``) in the layout the program expects of it: a copy
+    at the first replay after the move; later replays find the layout the step wrote back."""
+    for k, want in moved.items():
+        t = p.state[k]
         a = t.data
-        want = p.specs[v]
         if not isinstance(a, np.ndarray) or spec_of(a) == want:
             continue
         shape, dtype, strides = want
@@ -186,14 +190,6 @@ def relay_state(p: Program) -> None:
         out = np.empty(tuple(shape[ax] for ax in order), dtype).transpose(np.argsort(order))
         out[...] = a
         t.data = out
-
-
-def accepts(p: Program, k: int, a: object, traced: tuple) -> bool:
-    """Whether state ``k``'s data ``a`` fits the program: as traced, or in the layout it moved to."""
-    if not is_array(a):
-        return False
-    spec = spec_of(a)
-    return spec == traced or any(spec == p.specs[v] for v, s in p.sources if s.kind == "data" and s.index == k)
 
 
 def choose_state_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program, tuple]:

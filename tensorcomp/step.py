@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -33,7 +33,7 @@ from .forward_values import keep_forward_values
 from .output_gradients import gradients_from_outputs
 from .native_step import NativeStep, build as build_native, profile as profile_native
 from .settle import compile_kernels, on_device, settle_layouts
-from .state_layouts import accepts, choose_state_layouts, effective_copies, relay_state
+from .state_layouts import choose_state_layouts, effective_copies, moved_specs, relay_state
 from .tensor import Tensor
 from .runtime import cuda
 from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result, spec_of,
@@ -322,6 +322,10 @@ class _Entry:
     # which parallel stages go to the threads); a string: why it stays on the Python replay
     native: Any = None
     replays: int = 0
+    moved: dict = field(default_factory=dict)  # state index -> its spec, where the program moved it
+
+    def __post_init__(self) -> None:
+        self.moved = moved_specs(self.program)
 
 
 class CompiledStep:
@@ -362,7 +366,7 @@ class CompiledStep:
     def __call__(self, *args: Any) -> Any:
         arrays, key = self._arrays(args)
         for entry in self._entries.get(key, ()):
-            if _guards_hold(entry.program):
+            if _guards_hold(entry.program, entry.moved):
                 if not entry.runs:  # (after tuning: new kernels may write their outputs in other orders)
                     entry.program = settle_layouts(entry.program)
                     compile_kernels(entry.program)
@@ -444,7 +448,7 @@ class CompiledStep:
         entry, (arrays, _) = self._entry(args), self._arrays(args)
 
         def run(native: NativeStep) -> None:
-            relay_state(entry.program)
+            relay_state(entry.program, entry.moved)
             env = _environment(entry.program, arrays)
             native(env)
             _finish(entry.program, env)
@@ -471,10 +475,15 @@ class CompiledStep:
         }
 
 
-def _guards_hold(p: Program) -> bool:
+def _guards_hold(p: Program, moved: dict[int, tuple]) -> bool:
+    """Whether the state tensors fit program ``p``: each one's data as traced or, where the program
+    moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads."""
     for k, data, grad, read in p.guards:
         t = p.state[k]
-        if not accepts(p, k, t.data, data):
+        if not is_array(t.data):
+            return False
+        spec = spec_of(t.data)
+        if spec != data and spec != moved.get(k):
             return False
         if read and ((t.grad is None) != (grad is None) or (grad is not None and spec_of(t.grad) != grad)):
             return False
@@ -507,7 +516,7 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     p = entry.program
     if p.device == "cuda":
         return _replay_cuda(entry, arrays)
-    relay_state(p)
+    relay_state(p, entry.moved)
     env = _environment(p, arrays)
     entry.replays += 1
     if entry.native is None and entry.replays > 1 and NATIVE:
