@@ -343,3 +343,16 @@ def test_large_kept_buffers_are_aligned_to_huge_pages_and_small_ones_are_plain()
     # matmul 1024² relays both inputs into such buffers, kept with the kernel: the result is right
     a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
     np.testing.assert_allclose(tc.op("C[i, j] += A[i, k] * B[k, j]")(a, a), a @ a, rtol=2e-3, atol=2e-3)
+
+
+def test_an_element_read_several_times_counts_once_in_the_loop_order():
+    """The innermost loop walks the most tensors contiguously; ``P[n, j]`` read three times is one
+    load, so the reduction over ``d`` (two contiguous reads) goes innermost, in a vector of partial
+    sums, instead of ``j`` (a routing gradient's squash derivative)."""
+    op = tc.op("Q[n, j] += V[n, j, d] * S[n, j, d] * P[n, j] / (1 + P[n, j]) * sqrt(P[n, j])")
+    v, s = (rng.standard_normal((8, 10, 16)).astype(np.float32) for _ in range(2))
+    p = rng.uniform(0.5, 2, (8, 10)).astype(np.float32)
+    text = str(op.loopnest(v, s, p))
+    assert "vector_sum tile" in text and text.rstrip().splitlines()[-2].strip() == "for d in range(0, 16):"
+    want = np.einsum("njd,njd->nj", v.astype(np.float64), s) * p / (1 + p) * np.sqrt(p)
+    np.testing.assert_allclose(op(v, s, p), want, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from ..lang.ir import Access, Call, Const, Expr, Index, Lin, Param, FloorDiv
 from ..schedule.loopnest import Compute, Fill, For, IConst, IExpr, If, IVar, LoopNest, Node, Tile, to_lin
 from ..schedule.tiles import padded
 from ..strides import BufferStrides
+from .llvm_math import exp_f32
 from .llvm_tiles import F64, FAST, I1, I8, I64, MEM, PTR, REG, TileEmitter, _TileBody, _VectorSumBody, _VectorTileBody
 
 
@@ -247,6 +248,11 @@ class _FunctionBuilder(TileEmitter):
         fn = self.module.declare_intrinsic(f"llvm.{name}", [ty], ir.FunctionType(ty, [ty] * len(args)))
         return self.builder.call(fn, args)
 
+    def exp(self, dtype: str, x: ir.Value) -> ir.Value:
+        """``exp``: inline arithmetic for float32 (``llvm_math``: loops around it vectorize), the
+        intrinsic (the C library's ``exp``) for float64."""
+        return exp_f32(self.builder, x) if dtype == "float32" else self.intrinsic("exp", dtype, [x])
+
     def emit(self, e: Expr, env: dict[str, ir.Value], natural: str) -> ir.Value:
         """Emit ``e`` in its natural type (weak types resolve to their concrete default)."""
         b = self.builder
@@ -279,20 +285,21 @@ class _FunctionBuilder(TileEmitter):
         if fn == "where":
             c = self.value(args[0], env, "bool")
             return b.select(c, self.value(args[1], env, t), self.value(args[2], env, t))
-        if fn in ("exp", "log", "sqrt", "sin", "cos", "tanh"):
+        if fn == "exp":
+            return self.exp(t, self.value(args[0], env, t))
+        if fn in ("log", "sqrt", "sin", "cos", "tanh"):
             return self.intrinsic(fn, t, [self.value(args[0], env, t)])
         if fn == "sigmoid":
             x = self.value(args[0], env, t)
             one = ir.Constant(REG[t], 1.0)
-            ex = self.intrinsic("exp", t, [b.fneg(x)])
-            return b.fdiv(one, b.fadd(one, ex))
+            return b.fdiv(one, b.fadd(one, self.exp(t, b.fneg(x))))
         if fn in ("erf", "erfc", "expm1", "log1p", "atan2"):  # the C library's (no LLVM intrinsic)
             return self.libm(fn, t, [self.value(a, env, t) for a in args])
         if fn == "rsqrt":
             return b.fdiv(ir.Constant(REG[t], 1.0), self.intrinsic("sqrt", t, [self.value(args[0], env, t)]))
         if fn == "softplus":  # max(x, 0) + log1p(exp(-|x|)): no overflow, exact where exp(x) is tiny
             x = self.value(args[0], env, t)
-            tail = self.libm("log1p", t, [self.intrinsic("exp", t, [b.fneg(self.intrinsic("fabs", t, [x]))])])
+            tail = self.libm("log1p", t, [self.exp(t, b.fneg(self.intrinsic("fabs", t, [x])))])
             return b.fadd(self.minmax("max", t, x, ir.Constant(REG[t], 0.0)), tail)
         if fn == "sign":  # -1, 0 or 1; NaN stays NaN (numpy's sign)
             x = self.value(args[0], env, t)

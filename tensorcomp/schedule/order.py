@@ -11,9 +11,11 @@ from ..domain.bind import index_set
 
 
 def _accesses(bs: BoundStatement):
+    """The write and each distinct read (an element read several times in the expression is one load:
+    a routing gradient's ``Q[n, j]`` appears six times beside ``S[n, j, d]`` once)."""
     st = bs.stmt
     yield st.target, st.index, 1
-    for a in st.accesses():
+    for a in dict.fromkeys(st.accesses()):
         yield a.tensor, a.index, 2
 
 
