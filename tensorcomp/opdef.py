@@ -39,6 +39,7 @@ PRECISIONS = ("fp32", "tf32")  # float32 arithmetic; TF32 inputs on the GPU's te
 _PROFILE: dict[tuple, list] | None = None
 # while a step is traced (``tensorcomp.trace``): called with (op, input arrays, params, output arrays)
 _RECORDER: list = []
+_DRY: list = []  # per recorder: whether CPU ops skip running (``record_calls``)
 # while a step is traced: called with (host array, device array) when host data goes to the device
 UPLOADS: list = []
 # how an op runs on ``tc.Tensor`` arguments (set by ``tensorcomp.tensor``, which sits above this module):
@@ -52,13 +53,17 @@ def recording() -> bool:
 
 
 @contextlib.contextmanager
-def record_calls(record) -> Iterator[None]:
-    """Call ``record(op, arrays, params, outputs)`` after every CPU op call inside the block."""
+def record_calls(record, dry: bool = False) -> Iterator[None]:
+    """Call ``record(op, arrays, params, outputs)`` after every CPU op call inside the block. With
+    ``dry``, CPU ops do not run: their outputs are zero-filled arrays of the shapes and axis orders
+    running would give (a dry trace, ``tensorcomp.trace``)."""
     _RECORDER.append(record)
+    _DRY.append(dry)
     try:
         yield
     finally:
         _RECORDER.remove(record)
+        _DRY.pop()
 
 
 @contextlib.contextmanager
@@ -447,7 +452,10 @@ class Op:
         recorder = _RECORDER[-1] if _RECORDER else None
         if recorder is not None:
             given = tuple(arrs)  # (``run`` relays inputs out in ``arrs`` itself)
-        outs = cpu_kernel.run(kernel, arrs, scalars)
+        if recorder is not None and _DRY[-1]:
+            outs = cpu_kernel.blank_outputs(kernel)
+        else:
+            outs = cpu_kernel.run(kernel, arrs, scalars)
         if recorder is not None:
             recorder(self, given, params, outs)
         if prof is not None:

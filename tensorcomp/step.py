@@ -13,7 +13,6 @@ values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -36,8 +35,9 @@ from .settle import compile_kernels, on_device, settle_layouts
 from .state_layouts import choose_state_layouts, effective_copies, moved_specs, relay_state
 from .tensor import Tensor
 from .runtime import cuda
-from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result, spec_of,
-                    statements, trace, view_of)
+from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result,
+                    rename_result, spec_of, statements, trace, view_of)
+from .agreement import agreed, hint_key, remember
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -76,7 +76,7 @@ def share_common(p: Program) -> Program:
         seen[key] = outs
         body.append(item)
     writes = tuple((k, a, alias.get(v, v) if v is not None else None) for k, a, v in p.writes)
-    return replace(p, body=tuple(body), writes=writes, result=_rename_result(p.result, alias))
+    return replace(p, body=tuple(body), writes=writes, result=rename_result(p.result, alias))
 
 
 _MERGED: dict[tuple, Op | None] = {}  # (op identity, calls) -> the op run as one of that many calls
@@ -149,19 +149,6 @@ STEP = (
 )
 
 
-def _rename_result(r: Any, alias: dict[int, int]) -> Any:
-    kind, x = r
-    if kind in ("tensor", "array"):
-        return (kind, alias.get(x, x))
-    if kind in ("tuple", "list"):
-        return (kind, tuple(_rename_result(y, alias) for y in x))
-    if kind == "dict":
-        return (kind, tuple((k, _rename_result(y, alias)) for k, y in x))
-    return r
-
-
-# -- two traces must agree ----------------------------------------------------------------------------
-
 def _same_array(a: Any, b: Any) -> bool:
     if spec_of(a) != spec_of(b):
         return False
@@ -209,29 +196,6 @@ def _constant_value(p: Program, k: int) -> int:
 def _count(body) -> str:
     calls = sum(isinstance(x, Call) for x in body)
     return f"{calls} op call{'s' if calls != 1 else ''}"
-
-
-def _trace_key(p: Program) -> str:
-    """A traced program in words a new process repeats: each call's op, scalars and its values' specs
-    in order; the views, sources, writes and guards as sorted specs (state tensors come in no fixed
-    order, and value numbers follow them); the result's shape and the constants' bytes. A
-    program stored under it agreed with the trace of the next call, in some process, with this code:
-    a new process tracing it again compiles its own trace at once instead of tracing a second call,
-    as ``check_agree`` would only find the same program (a Python value that changes between calls
-    changes the first trace too: another key). Its guards still decide each replay."""
-    spec = [repr(x) for x in p.specs]
-    calls = [f"{c.op.ident!r} {c.params!r} {[spec[v] for v in c.inputs]} {[spec[v] for v in c.outputs]}"
-             for c in p.body if isinstance(c, Call)]
-    views = sorted(f"view {spec[c.source]} {c.offset} {spec[c.output]} {c.upload}" for c in p.body
-                   if isinstance(c, View))  # (views of state are recorded where first seen: in state order)
-    constants = sorted(hashlib.sha256(np.ascontiguousarray(cuda.to_host(a) if cuda.is_device_array(a) else a)
-                                      .tobytes()).hexdigest() + repr(spec_of(a)) for a in p.constants)
-    sources = sorted(f"{s.kind} {spec[v]}" for v, s in p.sources)
-    writes = sorted(f"{attr} {None if v is None else spec[v]}" for _, attr, v in p.writes)
-    guards = sorted(repr(g[1:]) for g in p.guards)
-    result = repr(_rename_result(p.result, {v: spec[v] for v in range(len(spec))}))
-    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, *sources, *writes,
-                               *guards, objects.code_fingerprint(), jit.host_target()))
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -373,11 +337,22 @@ class CompiledStep:
                     entry.runs = _resolve(entry.program)
                 self.replays += 1
                 return _replay(entry, arrays)
+        hint = hint_key(self.fn, self.name, key)
+        if objects.read_manifest(hint, "hint") is not None:  # programs of this function agreed before
+            try:
+                _, program = trace(self.fn, self.name, args, arrays, dry=True)
+            except Exception:  # noqa: BLE001 - (the eager trace below raises it again, or runs)
+                program = None
+            if program is not None and agreed(program):
+                self.traces += 1
+                entry = self._compile(key, program)
+                self.replays += 1
+                return _replay(entry, arrays)
         result, program = trace(self.fn, self.name, args, arrays)
         self.traces += 1
         first = self._first.pop(key, None)
-        if first is None and objects.read_manifest(_trace_key(program), "agreed") is not None:
-            first = program  # (this program agreed with its next trace before: see _trace_key)
+        if first is None and agreed(program):
+            first = program  # (this program agreed with its next trace before: ``agreement``)
         elif first is None or not _same_guards(first, program):
             self._first[key] = program
             return result
@@ -389,7 +364,12 @@ class CompiledStep:
                     raise
                 self._first[key] = program  # the unread gradients' presence made the difference after all
                 return result
-            objects.write_manifest(_trace_key(first), {"agreed": True}, "agreed")
+        remember(first, hint)
+        self._compile(key, program)
+        return result
+
+    def _compile(self, key: tuple, program: Program) -> _Entry:
+        """The whole-program passes over a traced program; the compiled entry replays calls with ``key``."""
         seconds, after = {}, program
         for step_pass in STEP:
             t0 = time.perf_counter()
@@ -403,8 +383,9 @@ class CompiledStep:
         t0 = time.perf_counter()
         after, runs = _assign_layouts(after, runs)
         seconds["assign_layouts"] = time.perf_counter() - t0
-        self._entries.setdefault(key, []).append(_Entry(after, program, runs, seconds))
-        return result
+        entry = _Entry(after, program, runs, seconds)
+        self._entries.setdefault(key, []).append(entry)
+        return entry
 
     # -- introspection --------------------------------------------------------------------------------
     def _entry(self, args: tuple) -> _Entry:

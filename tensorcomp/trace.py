@@ -114,6 +114,19 @@ def result_values(r: Any):
             yield from result_values(y)
 
 
+def rename_result(r: Any, alias: dict[int, int]) -> Any:
+    kind, x = r
+    if kind in ("tensor", "array"):
+        return (kind, alias.get(x, x))
+    if kind in ("tuple", "list"):
+        return (kind, tuple(rename_result(y, alias) for y in x))
+    if kind == "dict":
+        return (kind, tuple((k, rename_result(y, alias)) for k, y in x))
+    return r
+
+
+# -- two traces must agree ----------------------------------------------------------------------------
+
 def _bounds(a: Any) -> tuple[int, int]:
     """The first byte ``a`` covers and the one past its last."""
     lo = hi = _pointer(a)
@@ -283,19 +296,28 @@ class _Recorder:
                          f"of them")
 
 
-def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray]) -> tuple[Any, Program]:
+def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: bool = False) -> tuple[Any, Program]:
     """Run ``fn(*args)`` eagerly, recording it; ``arrays`` are the array arguments (the data of the
-    tensor arguments). Returns fn's result and the program."""
+    tensor arguments). Returns fn's result and the program.
+
+    A ``dry`` trace records the same calls without running the CPU kernels (their outputs are zeros:
+    Python cannot read values the step computes, so they never steer it) and leaves every state
+    tensor's data and gradient as it found them; its result is not the function's. The program
+    then has to be run for the call to take effect (``tensorcomp.step`` replays it)."""
     rec = _Recorder(name, arrays)
     _VALUE_GUARDS.append(rec.guard)
     opdef.UPLOADS.append(rec.upload)
     try:
-        with opdef.record_calls(rec.record):
+        with opdef.record_calls(rec.record, dry):
             result = fn(*args)
+        program = rec.finish(result)
     finally:
         _VALUE_GUARDS.remove(rec.guard)
         opdef.UPLOADS.remove(rec.upload)
-    return result, rec.finish(result)
+        if dry:
+            for t, data, grad in rec.start.values():
+                t.data, t.grad = data, grad
+    return result, program
 
 
 # -- printing and counting -------------------------------------------------------------------------------

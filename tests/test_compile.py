@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tensorcomp as tc
-from tensorcomp import nn, optim
+from tensorcomp import nn, opdef, optim
+from tensorcomp.runtime import kernel as cpu_kernel
 from tensorcomp.tensor import keep_state
 from tensorcomp.train import MODELS
 
@@ -174,29 +175,39 @@ def test_compiled_step_in_float64_against_central_differences():
     np.testing.assert_allclose(loss.data, loss_op(act(x, base)), rtol=1e-14)
 
 
-def test_a_program_that_agreed_before_compiles_after_one_trace(monkeypatch, tmp_path):
-    """Two traces that agree are remembered on disk (under the traced program, with this code): the
-    same step compiled again (as in a new process) compiles after its first trace and replays from
-    its second call, training as the eager step does; another program (a new batch size) is traced
-    twice."""
+def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypatch, tmp_path):
+    """Two traces that agree are remembered on disk (the program, and that its function has one): the
+    same step compiled again (as in a new process) traces its first call dry — no kernel runs under
+    the tracer — and replays it at once, training as the eager step does; another program (a new
+    batch size) is traced twice; a function whose dry program never agreed (another model, the same
+    code) is traced again eagerly and trains as eager."""
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
     build, loss_cls = MODELS["lenet"]
     batches = _batches(4, 6)
 
-    def run(data, compiled=True):
+    def run(data, compiled=True, make=build):
         nn.manual_seed(0)
-        model, lossf = build(), loss_cls()
+        model, lossf = make(), loss_cls()
         opt = optim.Adam(model.parameters())
         step = _step_of(model, lossf, opt, name="remembered")
         f = tc.compile(step) if compiled else step
         return [float(f(x, y).data) for x, y in data], model.state_dict(), f
     first = run(batches)
     assert (first[2].traces, first[2].replays) == (2, 2)
+    eager_runs = []
+    real_run = cpu_kernel.run
+    monkeypatch.setattr(cpu_kernel, "run", lambda *a: eager_runs.append(opdef.recording()) or real_run(*a))
     again = run(batches)
-    assert (again[2].traces, again[2].replays) == (1, 3)
+    assert (again[2].traces, again[2].replays) == (1, 4)
+    assert eager_runs and not any(eager_runs)  # kernels ran (the first replay's), none under the tracer
+    monkeypatch.setattr(cpu_kernel, "run", real_run)
     _assert_same_training(run(batches, compiled=False), again)
     other = run(_batches(3, 5))
     assert (other[2].traces, other[2].replays) == (2, 1)
+    wider = lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.ReLU(), nn.Linear(12, 10))  # noqa: E731
+    unseen = run(batches, make=wider)
+    assert (unseen[2].traces, unseen[2].replays) == (2, 2)
+    _assert_same_training(run(batches, compiled=False, make=wider), unseen)
 
 
 def test_a_new_batch_size_is_traced_again():

@@ -168,6 +168,13 @@ def _blocked(arr: np.ndarray, blocks: tuple) -> np.ndarray:
     return arr.reshape(blocked_shape(arr.shape, blocks))
 
 
+def blank_outputs(kernel: Kernel) -> list[np.ndarray]:
+    """Zero-filled arrays of the shapes, dtypes and axis orders ``run`` returns, without running."""
+    return [np.zeros(shape, dtype) if perm is None else
+            np.zeros(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
+            for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or (None,) * len(kernel.outputs))]
+
+
 def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarray]:
     """Run ``kernel`` on the input arrays (in the op's input order; ``arrs`` is changed in place when
     inputs are relaid) and its scalar parameters (already cast); returns the outputs."""
