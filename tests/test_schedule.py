@@ -356,3 +356,19 @@ def test_an_element_read_several_times_counts_once_in_the_loop_order():
     assert "vector_sum tile" in text and text.rstrip().splitlines()[-2].strip() == "for d in range(0, 16):"
     want = np.einsum("njd,njd->nj", v.astype(np.float64), s) * p / (1 + p) * np.sqrt(p)
     np.testing.assert_allclose(op(v, s, p), want, rtol=1e-5, atol=1e-5)
+
+
+def test_statements_reading_one_large_tensor_along_a_written_index_share_that_loop():
+    """A capsule-vote gradient: ``dX`` and ``dW`` both read the 4.7 MB ``dU`` along ``i``, which both
+    write on: they run in one parallel nest over ``i`` (each slice of ``dU`` read from memory once);
+    with a small ``dU`` each keeps its own order."""
+    op = tc.op("dX[n, i, k] += dU[n, i, j, d] * W[i, j, d, k]\ndW[i, j, d, k] += dU[n, i, j, d] * X[n, i, k]")
+    for n, shared in ((64, True), (2, False)):
+        du = rng.standard_normal((n, 72, 16, 16)).astype(np.float32)
+        w = rng.standard_normal((72, 16, 16, 8)).astype(np.float32)
+        x = rng.standard_normal((n, 72, 8)).astype(np.float32)
+        text = str(op.loopnest(du, w, x))
+        assert (text.count("# parallel") == 1 and text.startswith("for i in range(0, 72):  # parallel")) == shared
+        dx, dw = op(du, w, x)
+        np.testing.assert_allclose(dx, np.einsum("nijd,ijdk->nik", du.astype(np.float64), w), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dw, np.einsum("nijd,nik->ijdk", du.astype(np.float64), x), rtol=1e-4, atol=1e-4)

@@ -11,7 +11,9 @@ tuner (``autotune.space``) starts its search from it. It decides:
 * factored reductions (``rfactor.default_rfactor``): heavy reductions with nothing else to run on
   the cores are cut into pieces, one per thread;
 * vector tiles (``default_tiles``, a pass of its own once the layouts give every tensor its strides):
-  for every statement without loop records of its own, the default tile, spelled out as records.
+  for every statement without loop records of its own, the default tile, spelled out as records;
+  consecutive tiled statements reading one large tensor along an index both write on get it as their
+  outermost loop, so they run fused over it (``_share_outer_loops``).
 
 The rest (the loop order of a statement with no tile) is the rule ``schedule.order`` applies.
 The layout candidates (``layout_candidates``) are also the tuner's layout space.
@@ -47,7 +49,59 @@ def default_tiles(bound, records: tuple[Record, ...], strides: dict[str, tuple[i
         if gather_form(bs, "cpu") or any(isinstance(r, (Split, Reorder, Fuse)) and r.stmt == k for r in records):
             continue
         out += default_tile(bs, k, strides, sizes) or default_dot_tile(bs, k, strides, sizes) or ()
-    return tuple(out)
+    return _share_outer_loops(bound, tuple(out), sizes)
+
+
+SHARED_READ_BYTES = 1 << 20  # a tensor two statements read, larger than this: read it once (see below)
+MIN_SHARED_EXTENT = 16  # the shared loop goes to the threads: enough points for every core
+
+
+def _share_outer_loops(bound, records: tuple[Record, ...], sizes: dict[str, int]) -> tuple[Record, ...]:
+    """Consecutive tiled statements that read one large tensor (more than ``SHARED_READ_BYTES``) along
+    an index both write on (a capsule-vote gradient: ``dX[n, i, k]`` and ``dW[i, j, d, k]`` both read
+    ``dU[n, i, j, d]``) get that index as their outermost loop, so ``schedule.fusion`` runs them in
+    one nest over it: each point's slice of the tensor is read from memory once and again from cache,
+    instead of the whole tensor twice. Only loops outside the tiles, over written indices, move (any
+    order of those computes the same)."""
+    orders = {r.stmt: r for r in records if isinstance(r, Reorder)}
+    moved: dict[int, Reorder] = {}
+    for k in range(len(bound.statements) - 1):
+        a, b = orders.get(k), orders.get(k + 1)
+        if a is None or b is None:
+            continue
+        x = _shared_index(bound, k, a.order, b.order, sizes)
+        if x is not None:
+            for r in (a, b):
+                moved[r.stmt] = Reorder(r.stmt, (x,) + tuple(n for n in moved.get(r.stmt, r).order if n != x))
+    return tuple(moved.get(r.stmt, r) if isinstance(r, Reorder) else r for r in records)
+
+
+def _outer_written(bs, order: tuple[str, ...]) -> list[str]:
+    """The leading loops of a statement's order over its written indices (or splits of them)."""
+    written = set(bs.stmt.write_names())
+    out = []
+    for name in order:
+        if name not in written and name.rsplit("_", 1)[0] not in written:
+            break
+        out.append(name)
+    return out
+
+
+def _shared_index(bound, k: int, order_a: tuple[str, ...], order_b: tuple[str, ...], sizes: dict[str, int]) -> str | None:
+    """The index statements ``k`` and ``k + 1`` should share as their outermost loop, or None."""
+    a, b = bound.statements[k], bound.statements[k + 1]
+    extent_a, extent_b = ({n: hi - lo for n, lo, hi in s.extents} for s in (a, b))
+    common = [x for x in _outer_written(a, order_a) if x in _outer_written(b, order_b) and x in extent_a and
+              extent_a[x] == extent_b.get(x) and extent_a[x] >= MIN_SHARED_EXTENT]
+    reads_b = {(acc.tensor, acc.index) for acc in b.stmt.accesses()}
+    for acc in a.stmt.accesses():
+        if (acc.tensor, acc.index) not in reads_b or \
+                int(np.prod(bound.tensors[acc.tensor].shape)) * sizes[acc.tensor] < SHARED_READ_BYTES:
+            continue
+        for x in common:
+            if any(lin.plain_var == x for lin in acc.index):
+                return x
+    return None
 
 
 def default_schedule(bound, inputs: tuple[str, ...], specs: list, threads: int) -> tuple[Record, ...]:
