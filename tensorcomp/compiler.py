@@ -369,6 +369,8 @@ def kernel(op, specs, kinds: dict[str, str], params: dict[str, Any], key: tuple)
         found = load(u)
         if mkey:
             objects.write_manifest(mkey, cpu_kernel.to_manifest(found, len(buffers(op, u.bound))))
+    if mkey and not found.plan:
+        found.plan_key = mkey  # (its plan, once decided, is stored with it)
     _KERNELS[(op.ident, key)] = found
     return found
 

@@ -4,8 +4,9 @@ The first call with a new signature runs ``fn`` eagerly while ``tensorcomp.trace
 second runs and records it again, and the two programs must agree (the same op calls, scalars and
 constants: anything else means ``fn`` computes something in Python that a compiled step could not
 repeat — an error names it). The program then goes through the whole-program passes (``STEP``)
-and later calls replay it: no tape, no Tensor objects, and from the second replay one native call
-for the whole step (``native_step``; the first loops over the resolved kernels in Python);
+and later calls replay it: no tape, no Tensor objects, and one native call for the whole step
+(``native_step``) from the second replay — from the first when every kernel's thread plan is known,
+stored with its manifest by an earlier process; otherwise the first loops over the kernels in Python;
 parameters, gradients and optimizer state are read from their tensors at the start and their new
 values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)``.
 """
@@ -500,7 +501,8 @@ def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
     relay_state(p, entry.moved)
     env = _environment(p, arrays)
     entry.replays += 1
-    if entry.native is None and entry.replays > 1 and NATIVE:
+    if entry.native is None and NATIVE and (entry.replays > 1 or all(
+            cpu_kernel.decided(r.kernel) for r, release in entry.runs if release is None)):
         entry.native = build_native(p, entry.runs)
     if isinstance(entry.native, NativeStep):
         entry.native(env)

@@ -199,8 +199,11 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
     monkeypatch.setattr(cpu_kernel, "run", lambda *a: eager_runs.append(opdef.recording()) or real_run(*a))
     again = run(batches)
     assert (again[2].traces, again[2].replays) == (1, 4)
-    assert eager_runs and not any(eager_runs)  # kernels ran (the first replay's), none under the tracer
+    assert not any(eager_runs)  # no kernel ran under the tracer (the replays run the native step)
     monkeypatch.setattr(cpu_kernel, "run", real_run)
+    once = run(batches[:1])  # every kernel's thread plan is known by now: the first replay is native
+    assert (once[2].traces, once[2].replays) == (1, 1)
+    assert once[2].stats(*batches[0])["dispatch"] == "one native call"
     _assert_same_training(run(batches, compiled=False), again)
     other = run(_batches(3, 5))
     assert (other[2].traces, other[2].replays) == (2, 1)

@@ -107,3 +107,33 @@ def test_llvm_prefers_shuffled_loads_to_gathers_unless_asked(monkeypatch):
     assert jit._features() in jit._environment()
     monkeypatch.setenv("TENSORCOMP_GATHERS", "1")
     assert "prefer-no-gather" not in jit._features()
+
+
+PLAN = """
+import json
+import numpy as np, tensorcomp as tc
+from tensorcomp.compiler import ArraySpec
+from tensorcomp.runtime import kernel as K
+a = np.ones((2048, 512), np.float32)
+op = tc.op("S[i] += A[i, j] * A[i, j]")
+k = op.kernel_for([ArraySpec(a.shape, a.dtype, a.strides)], {})
+before = [p if isinstance(p, bool) else None for p in k.plan], K.decided(k)
+assert np.allclose(op(a), 512)
+print(json.dumps([k.threads, before, [p if isinstance(p, bool) else None for p in k.plan]]))
+"""
+
+
+def test_a_kernels_thread_plan_is_stored_with_its_manifest(tmp_path):
+    """Which parallel stages go to the threads is decided by timing the first call; the decision is
+    stored with the kernel's manifest, so a new process runs them as decided from its first call."""
+    import json
+
+    def plan_run():
+        out = subprocess.run([sys.executable, "-c", PLAN], capture_output=True, text=True,
+                             env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path), TENSORCOMP_NUM_THREADS="2"))
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    threads, (before, known), after = plan_run()
+    assert threads == 2 and before == [] and not known and any(isinstance(p, bool) for p in after)
+    threads, (before, known), again = plan_run()
+    assert before == after and known and again == after

@@ -20,7 +20,7 @@ from ..schedule.blocking import blocked_shape
 from ..schedule.loopnest import For, IConst, If, LoopNest, Tile
 from ..strides import padded_shape
 from ..target import HUGE_PAGE_BYTES, PARALLEL_MIN_POINTS, slices_per_thread
-from . import jit
+from . import jit, objects
 from .threads import all_serial, new_plan, run_stages
 
 HUGE_MIN_BYTES = 4 << 20  # buffers this large are backed by huge pages where the system allows
@@ -51,6 +51,28 @@ class Kernel:
     # handing a stage to the pool costs tens of microseconds, more than a small stage saves.
     plan: list = field(default_factory=list)
     serial: bool = False  # every stage decided serial: the whole-kernel entry runs them in one call
+    # the manifest to store the plan in once every stage is decided (``store_plan``), or None
+    plan_key: str | None = None
+
+
+def decided(kernel: Kernel) -> bool:
+    """Whether each stage that could go to the threads is decided (by runs in this process, or stored
+    with the kernel's manifest by an earlier one)."""
+    if kernel.threads <= 1:
+        return True
+    return len(kernel.plan) == len(kernel.stages) and all(
+        isinstance(p, bool) or not slices or min(kernel.threads, hi - lo) <= 1
+        for p, (_, _, lo, hi, slices) in zip(kernel.plan, kernel.stages))
+
+
+def store_plan(kernel: Kernel) -> None:
+    """Add the kernel's decided plan to its manifest, once: a new process loading the kernel runs its
+    stages as decided here from the first call (no serial timing run; a compiled step that holds it
+    is one native call from its first replay)."""
+    key, kernel.plan_key = kernel.plan_key, None
+    m = objects.read_manifest(key) if key else None
+    if m is not None and "plan" not in m:
+        objects.write_manifest(key, {**m, "plan": [p if isinstance(p, bool) else None for p in kernel.plan]})
 
 
 def _instances(node) -> float:
@@ -107,7 +129,7 @@ def from_manifest(m: dict | None, param_kinds: list[str]) -> Kernel | None:
         compiled = jit.load_compiled(m["object"], m["buffers"], param_types, tuple(len(t) for t in takes))
         if compiled is None:
             return None
-        return Kernel(None, None, compiled, tuple((fn, take, lo, hi, s) for fn, take, (_, lo, hi, s) in
+        kernel = Kernel(None, None, compiled, tuple((fn, take, lo, hi, s) for fn, take, (_, lo, hi, s) in
                                                   zip(compiled.stages, takes, m["stages"])), m["threads"],
                       tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["outputs"]),
                       tuple((tuple(sh), np.dtype(dt)) for sh, dt in m["temporaries"]),
@@ -115,6 +137,13 @@ def from_manifest(m: dict | None, param_kinds: list[str]) -> Kernel | None:
                       tuple((pos, tuple(perm), pad, tuple(tuple(b) for b in blocks))
                             for pos, perm, pad, blocks in m["relayout"]),
                       tuple(None if p is None else tuple(p) for p in m["out_perms"]))
+        plan = m.get("plan")  # (None: a stage that never goes to the threads)
+        if isinstance(plan, list) and len(plan) == len(kernel.stages) and all(p in (True, False, None) for p in plan):
+            kernel.plan = [p if isinstance(p, bool) else fresh for p, fresh in zip(plan, new_plan(kernel.stages))]
+            kernel.serial = all_serial(kernel.stages, kernel.plan, kernel.threads)
+            if not decided(kernel):
+                kernel.plan, kernel.serial = [], False
+        return kernel
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -201,6 +230,8 @@ def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarra
             kernel.plan = new_plan(kernel.stages)
         run_stages(kernel.stages, ptrs, scalars, kernel.threads, kernel.plan)
         kernel.serial = all_serial(kernel.stages, kernel.plan, kernel.threads)
+        if kernel.plan_key is not None and decided(kernel):
+            store_plan(kernel)
     elif pyfn is not None:
         pyfn(*arrs, *outs, *(temps or ()), *scalars)
     else:
