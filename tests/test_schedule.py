@@ -372,3 +372,10 @@ def test_statements_reading_one_large_tensor_along_a_written_index_share_that_lo
         dx, dw = op(du, w, x)
         np.testing.assert_allclose(dx, np.einsum("nijd,ijdk->nik", du.astype(np.float64), w), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(dw, np.einsum("nijd,nik->ijdk", du.astype(np.float64), x), rtol=1e-4, atol=1e-4)
+    du = rng.standard_normal((64, 72, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((64, 72, 8)).astype(np.float32)
+    fused = op.schedule_for(du, w, x)  # replays to the fused nest; an order of the op's own is kept as given
+    assert str(tc.op(op.source, schedule=fused).loopnest(du, w, x)).count("# parallel") == 1
+    own = tuple(Reorder(0, r.order[1:2] + r.order[:1] + r.order[2:]) if isinstance(r, Reorder) and r.stmt == 0 else r
+                for r in fused)
+    assert str(tc.op(op.source, schedule=own).loopnest(du, w, x)).startswith("for n in range(0, 64):  # parallel")

@@ -49,21 +49,24 @@ def default_tiles(bound, records: tuple[Record, ...], strides: dict[str, tuple[i
         if gather_form(bs, "cpu") or any(isinstance(r, (Split, Reorder, Fuse)) and r.stmt == k for r in records):
             continue
         out += default_tile(bs, k, strides, sizes) or default_dot_tile(bs, k, strides, sizes) or ()
-    return _share_outer_loops(bound, tuple(out), sizes)
+    given = {r.stmt for r in records if isinstance(r, (Split, Reorder, Fuse))}  # (a schedule's own: kept as is)
+    return _share_outer_loops(bound, tuple(out), sizes, given)
 
 
 SHARED_READ_BYTES = 1 << 20  # a tensor two statements read, larger than this: read it once (see below)
 MIN_SHARED_EXTENT = 16  # the shared loop goes to the threads: enough points for every core
 
 
-def _share_outer_loops(bound, records: tuple[Record, ...], sizes: dict[str, int]) -> tuple[Record, ...]:
+def _share_outer_loops(bound, records: tuple[Record, ...], sizes: dict[str, int], given: set[int]
+                       ) -> tuple[Record, ...]:
     """Consecutive tiled statements that read one large tensor (more than ``SHARED_READ_BYTES``) along
     an index both write on (a capsule-vote gradient: ``dX[n, i, k]`` and ``dW[i, j, d, k]`` both read
     ``dU[n, i, j, d]``) get that index as their outermost loop, so ``schedule.fusion`` runs them in
     one nest over it: each point's slice of the tensor is read from memory once and again from cache,
-    instead of the whole tensor twice. Only loops outside the tiles, over written indices, move (any
-    order of those computes the same)."""
-    orders = {r.stmt: r for r in records if isinstance(r, Reorder)}
+    instead of the whole tensor twice. Only loops outside the default tiles, over written indices, move
+    (any order of those computes the same); statements with loop records of the op's own (``given``)
+    keep them."""
+    orders = {r.stmt: r for r in records if isinstance(r, Reorder) and r.stmt not in given}
     moved: dict[int, Reorder] = {}
     for k in range(len(bound.statements) - 1):
         a, b = orders.get(k), orders.get(k + 1)
