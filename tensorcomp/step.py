@@ -150,6 +150,8 @@ STEP = (
 )
 
 
+# -- two traces must agree ----------------------------------------------------------------------------
+
 def _same_array(a: Any, b: Any) -> bool:
     if spec_of(a) != spec_of(b):
         return False
@@ -339,7 +341,7 @@ class CompiledStep:
                 self.replays += 1
                 return _replay(entry, arrays)
         hint = hint_key(self.fn, self.name, key)
-        if objects.read_manifest(hint, "hint") is not None:  # programs of this function agreed before
+        if key not in self._first and objects.read_manifest(hint, "hint") is not None:  # (its programs agreed before)
             try:
                 _, program = trace(self.fn, self.name, args, arrays, dry=True)
             except Exception:  # noqa: BLE001 - (the eager trace below raises it again, or runs)

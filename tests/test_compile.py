@@ -208,8 +208,16 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
     other = run(_batches(3, 5))
     assert (other[2].traces, other[2].replays) == (2, 1)
     wider = lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.ReLU(), nn.Linear(12, 10))  # noqa: E731
-    unseen = run(batches, make=wider)
+    forwards = []
+
+    def counted():
+        model = wider()
+        forward = model.forward
+        model.forward = lambda x: forwards.append(1) or forward(x)
+        return model
+    unseen = run(batches, make=counted)
     assert (unseen[2].traces, unseen[2].replays) == (2, 2)
+    assert len(forwards) == 3  # the first call's dry trace, its eager one, the second call's (no dry trace)
     _assert_same_training(run(batches, compiled=False, make=wider), unseen)
 
 
