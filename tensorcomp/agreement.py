@@ -12,6 +12,7 @@ and no eager step is spent on tracing.
 from __future__ import annotations
 
 import hashlib
+from types import CodeType
 from typing import Any, Callable
 
 import numpy as np
@@ -49,8 +50,15 @@ def hint_key(fn: Callable, name: str, signature: Any) -> str:
     that function dry; if the dry program is not one that agreed, the call is traced again eagerly
     (its Python runs twice on that call: effects outside tensors happen twice)."""
     code = getattr(fn, "__code__", None)
-    body = "" if code is None else code.co_code.hex() + repr(code.co_consts) + repr(code.co_names)
-    return objects.hash_parts(("hint", name, body, repr(signature), objects.code_fingerprint(), jit.host_target()))
+    return objects.hash_parts(("hint", name, "" if code is None else _code_text(code), repr(signature),
+                               objects.code_fingerprint(), jit.host_target()))
+
+
+def _code_text(code: CodeType) -> str:
+    """A function's code in words another process repeats (nested code objects, a comprehension's, by
+    their own text rather than their address)."""
+    consts = [_code_text(c) if isinstance(c, CodeType) else repr(c) for c in code.co_consts]
+    return code.co_code.hex() + repr(consts) + repr(code.co_names)
 
 
 def agreed(p: Program) -> bool:

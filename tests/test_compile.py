@@ -552,3 +552,19 @@ def test_a_layer_that_makes_its_op_on_every_call_compiles():
         results.append([float(step(x, y).numpy()) for _ in range(6)])
     assert step.replays == 4
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5)
+
+
+def test_the_function_hint_does_not_depend_on_where_its_code_lives():
+    """The hint a new process looks its step function up by (``agreement.hint_key``) is made of the
+    code's text: two copies of one function with a comprehension inside (its own code object, at an
+    address of its own) give one hint; another body gives another."""
+    from tensorcomp.agreement import hint_key
+    source = "def step(x):\n    return [v * {} for v in x]\n"
+    made = []
+    for k in (2, 2, 3):
+        scope: dict = {}
+        exec(source.format(k), scope)
+        made.append(scope["step"])
+    assert repr(made[0].__code__.co_consts) != repr(made[1].__code__.co_consts)  # (printed with their addresses)
+    keys = [hint_key(fn, "step", ("signature",)) for fn in made]
+    assert keys[0] == keys[1] != keys[2]
