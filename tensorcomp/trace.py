@@ -115,6 +115,7 @@ def result_values(r: Any):
 
 
 def rename_result(r: Any, alias: dict[int, int]) -> Any:
+    """A ``Program.result`` with each value ``v`` replaced by ``alias.get(v, v)``."""
     kind, x = r
     if kind in ("tensor", "array"):
         return (kind, alias.get(x, x))
@@ -124,8 +125,6 @@ def rename_result(r: Any, alias: dict[int, int]) -> Any:
         return (kind, tuple((k, rename_result(y, alias)) for k, y in x))
     return r
 
-
-# -- two traces must agree ----------------------------------------------------------------------------
 
 def _bounds(a: Any) -> tuple[int, int]:
     """The first byte ``a`` covers and the one past its last."""

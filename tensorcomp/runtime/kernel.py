@@ -197,11 +197,16 @@ def _blocked(arr: np.ndarray, blocks: tuple) -> np.ndarray:
     return arr.reshape(blocked_shape(arr.shape, blocks))
 
 
+def _new_outputs(kernel: Kernel, make) -> list[np.ndarray]:
+    """Arrays from ``make(shape, dtype)`` for the kernel's outputs, each in its physical axis order."""
+    return [make(shape, dtype) if perm is None else
+            make(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
+            for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or (None,) * len(kernel.outputs))]
+
+
 def blank_outputs(kernel: Kernel) -> list[np.ndarray]:
     """Zero-filled arrays of the shapes, dtypes and axis orders ``run`` returns, without running."""
-    return [np.zeros(shape, dtype) if perm is None else
-            np.zeros(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
-            for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or (None,) * len(kernel.outputs))]
+    return _new_outputs(kernel, np.zeros)
 
 
 def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarray]:
@@ -213,9 +218,7 @@ def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarra
             relaid_bufs = kernel.spare_relaid.pop() if kernel.spare_relaid else [None] * len(kernel.relayout)
         for k, (pos, perm, pad, blocks) in enumerate(kernel.relayout):  # copied into the scheduled layout
             arrs[pos] = relaid(arrs[pos], perm, pad, blocks, relaid_bufs, k)
-        outs = [np.empty(shape, dtype) if perm is None else
-                np.empty(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
-                for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms)]
+        outs = _new_outputs(kernel, np.empty)
     else:
         outs = [np.empty(shape, dtype) for shape, dtype in kernel.outputs]
     if kernel.temporaries:

@@ -90,7 +90,8 @@ def _outer_written(bs, order: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _shared_index(bound, k: int, order_a: tuple[str, ...], order_b: tuple[str, ...], sizes: dict[str, int]) -> str | None:
+def _shared_index(bound, k: int, order_a: tuple[str, ...], order_b: tuple[str, ...],
+                  sizes: dict[str, int]) -> str | None:
     """The index statements ``k`` and ``k + 1`` should share as their outermost loop, or None."""
     a, b = bound.statements[k], bound.statements[k + 1]
     extent_a, extent_b = ({n: hi - lo for n, lo, hi in s.extents} for s in (a, b))
