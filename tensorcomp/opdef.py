@@ -286,6 +286,10 @@ class Op:
                                     f"{len(self.program.statements)} (numbered from 0)")
         return schedule
 
+    def __getstate__(self) -> dict:
+        """Pickled without its kernels (they are looked up again where it is unpickled)."""
+        return {**self.__dict__, "_cache": {}}
+
     def recipe(self) -> list | None:
         """JSON-ready data from which ``from_recipe`` makes this op again, in another process (the
         tuner's compile workers); None when it cannot be."""

@@ -25,7 +25,9 @@ _grad_enabled = [True]
 _grad_ops: dict[tuple[int, tuple[str, ...]], Op] = {}
 # tensors whose data lives across steps (parameters, running statistics, optimizer state): a traced
 # step (``tensorcomp.trace``) reads them as inputs and writes their new values back
-_STATE: "weakref.WeakSet[Tensor]" = weakref.WeakSet()
+# state tensors in the order they were marked (a trace lists them so: the same program text in every
+# process, which the disk caches of ``tc.compile`` key on)
+_STATE: "weakref.WeakKeyDictionary[Tensor, None]" = weakref.WeakKeyDictionary()
 # while a step is traced: called with (tensor, what) before Python reads a tensor's value; raises
 # when the value is one the trace computes (it would be a constant in the compiled step)
 _VALUE_GUARDS: list = []
@@ -33,12 +35,12 @@ _VALUE_GUARDS: list = []
 
 def keep_state(t: "Tensor") -> "Tensor":
     """Mark ``t`` as state that lives across steps (a traced step reads and writes it back)."""
-    _STATE.add(t)
+    _STATE.setdefault(t, None)
     return t
 
 
 def state_tensors() -> list["Tensor"]:
-    return list(_STATE)
+    return list(_STATE.keys())
 
 
 @functools.lru_cache(maxsize=None)

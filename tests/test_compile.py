@@ -200,6 +200,9 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
     again = run(batches)
     assert (again[2].traces, again[2].replays) == (1, 4)
     assert not any(eager_runs)  # no kernel ran under the tracer (the replays run the native step)
+    # what the passes made of that program was stored: none of them ran again, the same program replays
+    assert list(again[2].stats(*batches[0])["pass_seconds"]) == ["stored_step"]
+    assert again[2].source == first[2].source
     monkeypatch.setattr(cpu_kernel, "run", real_run)
     once = run(batches[:1])  # every kernel's thread plan is known by now: the first replay is native
     assert (once[2].traces, once[2].replays) == (1, 1)
@@ -219,6 +222,44 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
     assert (unseen[2].traces, unseen[2].replays) == (2, 2)
     assert len(forwards) == 3  # the first call's dry trace, its eager one, the second call's (no dry trace)
     _assert_same_training(run(batches, compiled=False, make=wider), unseen)
+
+
+def test_a_stored_step_is_used_only_where_its_kernels_write_what_it_expects(monkeypatch, tmp_path):
+    """The program the passes made is stored under the traced program; a stored program whose kernels
+    now write an output in another axis order (tuning gave an op another schedule), or a damaged file,
+    is not used: the passes run again and the step trains as eager."""
+    from dataclasses import replace
+    from tensorcomp import step_cache
+    from tensorcomp.runtime import objects
+    from tensorcomp.strides import permuted_strides
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    build, loss_cls = MODELS["lenet"]
+    batches = _batches(3, 6)
+
+    def run(compiled=True):
+        nn.manual_seed(0)
+        model, lossf = build(), loss_cls()
+        opt = optim.Adam(model.parameters())
+        f = tc.compile(_step_of(model, lossf, opt, name="stored"))if compiled else \
+            _step_of(model, lossf, opt, name="stored")
+        return [float(f(x, y).data) for x, y in batches], model.state_dict(), f
+    first = run()
+    entry = first[2]._entry(())
+    p, runs = entry.program, entry.runs
+    assert step_cache.settled(p, runs)
+    call = next(r for r, release in runs if release is None and len(r.kernel.outputs[0][0]) == 4)
+    v = call.outputs[0]
+    shape, dtype, strides = p.specs[v]
+    other = permuted_strides(shape, (1, 2, 3, 0), np.dtype(dtype).itemsize)
+    assert not step_cache.settled(replace(p, specs=p.specs[:v] + ((shape, dtype, other),) + p.specs[v + 1:]), runs)
+    again = run()
+    assert list(again[2].stats(*batches[0])["pass_seconds"]) == ["stored_step"]
+    for path in (objects.objects_dir()).glob("*.step"):
+        path.write_bytes(b"damaged")
+    damaged = run()
+    assert "eliminate_dead" in damaged[2].stats(*batches[0])["pass_seconds"]
+    _assert_same_training(run(compiled=False), damaged)
+    _assert_same_training(run(compiled=False), again)
 
 
 def test_a_new_batch_size_is_traced_again():
@@ -568,3 +609,49 @@ def test_the_function_hint_does_not_depend_on_where_its_code_lives():
     assert repr(made[0].__code__.co_consts) != repr(made[1].__code__.co_consts)  # (printed with their addresses)
     keys = [hint_key(fn, "step", ("signature",)) for fn in made]
     assert keys[0] == keys[1] != keys[2]
+
+
+NEW_PROCESS = """
+import os, sys
+import numpy as np, tensorcomp as tc
+from tensorcomp import nn, optim
+if os.environ.get("FORBID_PLANNING"):  # nothing may be planned: kernels from manifests, the step stored
+    def planned(*args, **kwargs):
+        raise AssertionError("planned")
+    sys.modules["tensorcomp.compiler"].run = planned
+nn.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+lossf, opt = nn.CrossEntropyLoss(), optim.Adam(model.parameters())
+def step(x, y):
+    opt.zero_grad()
+    loss = lossf(model(tc.Tensor(x)), y)
+    loss.backward()
+    opt.step()
+    return loss
+f = tc.compile(step)
+rng = np.random.default_rng(1)
+x, y = rng.standard_normal((5, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 5)
+losses = [float(f(x, y).data) for _ in range(3)]
+print(repr(losses), f.traces, sorted(f.stats(x, y)["pass_seconds"]))
+"""
+
+
+def test_a_new_process_replays_a_stored_step_without_planning(tmp_path):
+    """A process with the cache warm traces the step's first call dry and replays what the passes made
+    of that program in an earlier process (``step_cache``), planning nothing; it trains as that
+    process did."""
+    import os
+    import subprocess
+    import sys
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", NEW_PROCESS], capture_output=True, text=True,
+                             env=dict(os.environ, TENSORCOMP_CACHE_DIR=str(tmp_path), **env))
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+    cold = run()
+    warm = run(FORBID_PLANNING="1")
+    losses = cold.split("]")[0] + "]"
+    assert warm == f"{losses} 1 ['stored_step']"
+    assert cold.endswith(" 2 ['assign_layouts', 'eliminate_dead', 'fuse_epilogues', 'gradients_from_outputs', "
+                         "'keep_forward_values', 'merge_calls', 'resolve_kernels', 'share_common']")

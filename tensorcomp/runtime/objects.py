@@ -143,13 +143,14 @@ def cached_objects() -> list:
 
 
 def clear_objects() -> int:
-    """Remove the object-code cache's files (and the kernel manifests); returns how many objects were
-    removed."""
+    """Remove the object-code cache's files (and the kernel manifests and stored steps, which name
+    kernels); returns how many objects were removed."""
     files = cached_objects()
     for f in files:
         f.unlink(missing_ok=True)
     directory = objects_dir()
     if directory is not None and directory.is_dir():
-        for f in directory.glob("*.kernel.json"):
-            f.unlink(missing_ok=True)
+        for pattern in ("*.kernel.json", "*.step"):
+            for f in directory.glob(pattern):
+                f.unlink(missing_ok=True)
     return len(files)
