@@ -28,6 +28,7 @@ import numpy as np
 from .opdef import Op
 from .runtime import kernel as cpu_kernel, objects
 from .schedule.records import Layout
+from .settle import compile_kernels
 from .strides import permuted_strides
 from .trace import Call, Program, View, view_of
 
@@ -88,8 +89,9 @@ def choose_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program,
         keep = {v for v in candidates if names[v] in stored["moves"]}
     else:
         keep = set()
-        for v in candidates:
-            one, _ = assign_layouts(p, wanted, {v})
+        trials = {v: assign_layouts(p, wanted, {v})[0] for v in candidates}
+        compile_kernels(*trials.values())  # (the kernels each move needs, on all cores at once)
+        for v, one in trials.items():
             ks = touching(p, v)
             if all(runs[k][0].checks is None for k in ks) and \
                     seconds(one, resolve(one), ks) < 0.98 * seconds(p, runs, ks):

@@ -381,6 +381,21 @@ def has_manifest(op, specs, kinds: dict[str, str], params: dict[str, Any]) -> bo
     return mkey is not None and objects.read_manifest(mkey) is not None
 
 
+def written_layouts(op, specs, kinds: dict[str, str], params: dict[str, Any], key: tuple) -> tuple:
+    """Like ``output_layouts``, for the CPU kernel ``kernel`` would return, without compiling it: from
+    the kernel when this process built it, else from its manifest on disk, else planned."""
+    built = _KERNELS.get((op.ident, key))
+    if built is not None:
+        return built.outputs, built.out_perms or (None,) * len(built.outputs)
+    mkey = manifest_key(op, specs, kinds, params)
+    m = objects.read_manifest(mkey) if mkey else None
+    try:
+        return (tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in m["outputs"]),
+                tuple(None if perm is None else tuple(perm) for perm in m["out_perms"]))
+    except (KeyError, TypeError, ValueError):  # (no manifest, or one of another format)
+        return output_layouts(op, specs, kinds, params)
+
+
 def output_layouts(op, specs, kinds: dict[str, str], params: dict[str, Any], target: str = "cpu") -> tuple:
     """((shape, dtype) of each output, its axis order or None for C order) under the schedule the
     compiler picks for inputs of these specs."""

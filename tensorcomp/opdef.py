@@ -55,8 +55,8 @@ def recording() -> bool:
 @contextlib.contextmanager
 def record_calls(record, dry: bool = False) -> Iterator[None]:
     """Call ``record(op, arrays, params, outputs)`` after every CPU op call inside the block. With
-    ``dry``, CPU ops do not run: their outputs are zero-filled arrays of the shapes and axis orders
-    running would give (a dry trace, ``tensorcomp.trace``)."""
+    ``dry``, CPU ops do not run, nor compile: their outputs are zero-filled arrays of the shapes and
+    axis orders running would give (``compiler.written_layouts``; a dry trace, ``tensorcomp.trace``)."""
     _RECORDER.append(record)
     _DRY.append(dry)
     try:
@@ -448,18 +448,22 @@ class Op:
         if params:
             key += tuple([(k, type(v)) for k, v in params.items()])
         kernel = self._cache.get(key)
+        recorder = _RECORDER[-1] if _RECORDER else None
+        if recorder is not None and _DRY[-1]:  # (zeros where the kernel would write; nothing compiled)
+            layouts = (kernel.outputs, kernel.out_perms) if kernel is not None else compiler.written_layouts(
+                self, [ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], self.check_call(arrays, params), params,
+                key)
+            outs = cpu_kernel.new_arrays(*layouts, np.zeros)
+            recorder(self, tuple(arrs), params, outs)
+            return outs[0] if len(outs) == 1 else tuple(outs)
         if kernel is None:
             self.check_call(arrays, params)
             kernel = self.kernel_for([ArraySpec(a.shape, a.dtype, a.strides) for a in arrs], params)
         scalars = [cast(params[p][()] if isinstance(params[p], np.ndarray) else params[p])
                    for p, cast in zip(self.params, kernel.param_casts)] if params else []
-        recorder = _RECORDER[-1] if _RECORDER else None
         if recorder is not None:
             given = tuple(arrs)  # (``run`` relays inputs out in ``arrs`` itself)
-        if recorder is not None and _DRY[-1]:
-            outs = cpu_kernel.blank_outputs(kernel)
-        else:
-            outs = cpu_kernel.run(kernel, arrs, scalars)
+        outs = cpu_kernel.run(kernel, arrs, scalars)
         if recorder is not None:
             recorder(self, given, params, outs)
         if prof is not None:

@@ -51,16 +51,12 @@ def settle_layouts(p: Program) -> Program:
 def _written(item: Call, specs: list[ArraySpec], gpu: bool) -> list[tuple[int, ...]]:
     """The byte strides of each output of ``item``'s kernel for inputs of these specs."""
     params = dict(item.params)
-    kernel = None if gpu else item.op.built_kernel(specs, params)
-    if kernel is None and not gpu and compiler.has_manifest(item.op, specs, item.op.check_call(tuple(specs), params),
-                                                            params):
-        kernel = item.op.kernel_for(specs, params)  # (on disk: loading it is cheaper than planning it)
-    if kernel is None:  # (planned only: the kernel is compiled later, with the others, on all cores)
-        shapes, perms = compiler.output_layouts(item.op, specs, item.op.check_call(tuple(specs), params), params,
-                                                "cuda" if gpu else "cpu")
-    else:
-        perms = kernel.out_perms or (None,) * len(kernel.outputs)
-        shapes = kernel.outputs
+    kinds = item.op.check_call(tuple(specs), params)
+    if gpu:
+        shapes, perms = compiler.output_layouts(item.op, specs, kinds, params, "cuda")
+    else:  # (a kernel not built yet is only planned: it compiles later, with the others, on all cores)
+        shapes, perms = compiler.written_layouts(item.op, specs, kinds, params, item.op._kernel_key(specs, params))
+    perms = perms or (None,) * len(shapes)
     return [contiguous(shape, dtype.itemsize) if perm is None else permuted_strides(shape, perm, dtype.itemsize)
             for (shape, dtype), perm in zip(shapes, perms)]
 
@@ -83,14 +79,14 @@ def on_device(p: Program) -> set[int]:
     return out
 
 
-def compile_kernels(p: Program) -> int:
-    """Compile the CPU kernels of ``p``'s calls that are neither built in this process nor on disk, on
-    all cores at once (worker processes write them to the cache, this one compiles those they cannot
-    make meanwhile); returns how many the workers built. A kernel they could not build is compiled
-    when the step resolves it."""
-    device = on_device(p) if p.device == "cuda" else set()
+def compile_kernels(*programs: Program) -> int:
+    """Compile the CPU kernels of the programs' calls that are neither built in this process nor on
+    disk, on all cores at once (worker processes write them to the cache, this one compiles those they
+    cannot make meanwhile); returns how many the workers built. A kernel they could not build is
+    compiled when the step resolves it."""
     todo, seen = [], set()
-    for item in p.body:
+    devices = [on_device(p) if p.device == "cuda" else set() for p in programs]
+    for p, device, item in ((p, device, item) for p, device in zip(programs, devices) for item in p.body):
         if not isinstance(item, Call) or any(v in device for v in item.inputs):
             continue
         specs = [ArraySpec(*p.specs[v]) for v in item.inputs]

@@ -28,6 +28,7 @@ import numpy as np
 from .assign_layouts import faster, seconds, touching
 from .opdef import Op
 from .runtime import objects
+from .settle import compile_kernels
 from .schedule.records import Layout
 from .strides import contiguous, permuted_strides
 from .trace import Call, Program, View, result_values, spec_of
@@ -213,6 +214,7 @@ def choose_state_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Pr
     if stored is not None and isinstance(stored.get("moves"), list):
         keep = [m for m in moves if m[2] in stored["moves"]]
     else:
+        compile_kernels(*(move(p, g, perm) for g, perm, _ in moves))  # (all moves' kernels on all cores at once)
         keep = [m for m in moves if _pays(p, runs, resolve, *m[:2])]
         objects.write_manifest(key, {"moves": sorted(m[2] for m in keep)}, "state-layouts")
     if not keep:

@@ -351,6 +351,8 @@ class CompiledStep:
                 entry = self._compile(key, program)
                 self.replays += 1
                 return _replay(entry, arrays)
+            if program is not None:  # (the eager trace below then finds its kernels built, on all cores at once)
+                compile_kernels(program)
         result, program = trace(self.fn, self.name, args, arrays)
         self.traces += 1
         first = self._first.pop(key, None)

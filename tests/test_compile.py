@@ -655,3 +655,30 @@ def test_a_new_process_replays_a_stored_step_without_planning(tmp_path):
     assert warm == f"{losses} 1 ['stored_step']"
     assert cold.endswith(" 2 ['assign_layouts', 'eliminate_dead', 'fuse_epilogues', 'gradients_from_outputs', "
                          "'keep_forward_values', 'merge_calls', 'resolve_kernels', 'share_common']")
+
+
+def test_a_dry_trace_compiles_nothing_and_its_outputs_are_laid_out_as_the_kernels_write(monkeypatch, tmp_path):
+    """A dry trace records each call with zero-filled outputs in the axis orders its kernel writes
+    (planned where the kernel is neither built nor on disk), without compiling a kernel."""
+    from tensorcomp.runtime import jit
+    from tensorcomp.schedule.records import Layout
+    from tensorcomp.trace import Call, trace
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 3 * 3, 5))
+    transposed = tc.op("Y[n, k] = X[n, k] * 2", schedule=(Layout("Y", (1, 0)),))  # (writes Y column by column)
+
+    def fn(x):
+        loss = transposed(model(tc.Tensor(x))).sum()
+        loss.backward()
+        return loss
+    x = np.random.default_rng(0).standard_normal((8, 2, 12, 12)).astype(np.float32)
+    before = jit.object_counts()["llvm"]
+    _, dry = trace(fn, "fn", (x,), [x], dry=True)
+    assert jit.object_counts()["llvm"] == before
+    _, wet = trace(fn, "fn", (x,), [x])
+    assert jit.object_counts()["llvm"] > before
+    assert [c.op.source for c in dry.body if isinstance(c, Call)] == [c.op.source for c in wet.body if isinstance(c, Call)]
+    assert dry.specs == wet.specs  # (every value's shape, dtype and strides, as the kernels wrote them)
+    assert ((8, 5), np.dtype(np.float32), (4, 32)) in dry.specs

@@ -199,14 +199,15 @@ def _blocked(arr: np.ndarray, blocks: tuple) -> np.ndarray:
 
 def _new_outputs(kernel: Kernel, make) -> list[np.ndarray]:
     """Arrays from ``make(shape, dtype)`` for the kernel's outputs, each in its physical axis order."""
+    return new_arrays(kernel.outputs, kernel.out_perms, make)
+
+
+def new_arrays(outputs: tuple, perms: tuple | None, make) -> list[np.ndarray]:
+    """Arrays from ``make(shape, dtype)`` for each ``(shape, dtype)`` of ``outputs``, each in its axis
+    order (``perms``: one per output, None for C order)."""
     return [make(shape, dtype) if perm is None else
             make(tuple(shape[a] for a in perm), dtype).transpose(np.argsort(perm))
-            for (shape, dtype), perm in zip(kernel.outputs, kernel.out_perms or (None,) * len(kernel.outputs))]
-
-
-def blank_outputs(kernel: Kernel) -> list[np.ndarray]:
-    """Zero-filled arrays of the shapes, dtypes and axis orders ``run`` returns, without running."""
-    return _new_outputs(kernel, np.zeros)
+            for (shape, dtype), perm in zip(outputs, perms or (None,) * len(outputs))]
 
 
 def run(kernel: Kernel, arrs: list[np.ndarray], scalars: list) -> list[np.ndarray]:
