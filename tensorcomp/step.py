@@ -28,6 +28,7 @@ from .errors import ArgumentError, TraceError
 from .runtime import jit, objects
 from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
+from .reader_layouts import choose_reader_layouts
 from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .output_gradients import gradients_from_outputs
@@ -276,7 +277,8 @@ def _assign_layouts(p: Program, runs: tuple) -> tuple[Program, tuple]:
                    for c in p.body if isinstance(c, Call))
     key = objects.hash_parts(("layouts", *calls, objects.code_fingerprint(), jit.host_target()))
     p, runs = choose_layouts(p, runs, _resolve, key)
-    return choose_state_layouts(p, runs, _resolve, key)
+    p, runs = choose_state_layouts(p, runs, _resolve, key)
+    return choose_reader_layouts(p, runs, _resolve, key)
 
 
 @dataclass

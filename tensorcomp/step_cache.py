@@ -59,7 +59,8 @@ def _path(key: str):
 
 
 def store(traced: Program, compiled: Program) -> bool:
-    """Store ``compiled`` (what the passes made of ``traced``); whether it was stored (a CPU program whose state and constants are the traced ones, and whose ops pickle)."""
+    """Store ``compiled`` (what the passes made of ``traced``); whether it was stored (a CPU program
+    whose state and constants are the traced ones, and whose ops pickle)."""
     where = _path(step_key(traced))
     if where is None or compiled.device != "cpu" or compiled.state != traced.state or \
             len(compiled.constants) != len(traced.constants) or \

@@ -108,10 +108,12 @@ def _shared_index(bound, k: int, order_a: tuple[str, ...], order_b: tuple[str, .
     return None
 
 
-def default_schedule(bound, inputs: tuple[str, ...], specs: list, threads: int) -> tuple[Record, ...]:
+def default_schedule(bound, inputs: tuple[str, ...], specs: list, threads: int, as_given: frozenset = frozenset()
+                     ) -> tuple[Record, ...]:
     """The default CPU schedule's records for ``bound`` (the op bound to these input ``specs``, after
-    elementwise folding), for ``threads`` cores."""
-    return default_rfactor(bound, threads, default_layouts(inputs, bound, specs))
+    elementwise folding), for ``threads`` cores; the inputs named in ``as_given`` are read as they are
+    given (no layout of the schedule's own: no copy per call)."""
+    return default_rfactor(bound, threads, default_layouts(inputs, bound, specs, as_given))
 
 
 def work(bs) -> int:
@@ -200,7 +202,8 @@ LAYOUT_SHARE = 0.25  # ... for the statements doing at least this share of the o
 MIN_REDUCTION_RUN = 32  # a contiguous innermost reduction this long vectorizes well without a tile
 
 
-def default_layouts(inputs: tuple[str, ...], bound, arrays: list) -> tuple[Record, ...]:
+def default_layouts(inputs: tuple[str, ...], bound, arrays: list, as_given: frozenset = frozenset()
+                    ) -> tuple[Record, ...]:
     """The default CPU schedule's layout choice. The statements doing at least ``LAYOUT_SHARE`` of the
     op's work, heaviest first, each keep the layouts chosen so far when they give it a vector tile
     (``microkernel.default_tile``); otherwise it may fix the layouts of tensors not fixed
@@ -214,7 +217,8 @@ def default_layouts(inputs: tuple[str, ...], bound, arrays: list) -> tuple[Recor
 
     and only when the inputs it relays out are small next to its work (a copy per call of at most
     one byte per ``RELAYOUT_FLOPS`` flops). Layouts only: under them each statement gets its
-    default tile when lowered. The capsule kernel: 128 ms -> 16.6 ms."""
+    default tile when lowered. The capsule kernel: 128 ms -> 16.6 ms. The inputs in ``as_given`` keep
+    the caller's layouts (neither permuted nor padded)."""
     itemsize = itemsizes(bound)
     sizes = {name: a.nbytes for name, a in zip(inputs, arrays)}
     total = sum(work(b) for b in bound.statements)
@@ -224,7 +228,7 @@ def default_layouts(inputs: tuple[str, ...], bound, arrays: list) -> tuple[Recor
     caller = strides_under(inputs, bound, arrays, ())
     # statements that already tile under the caller's layouts keep their tensors as they are
     kept = {t for j in heavy if default_tile(bound.statements[j], j, caller, itemsize) is not None
-            for t in tensors_of(bound.statements[j])}
+            for t in tensors_of(bound.statements[j])} | set(as_given)
     for k in heavy:
         bs = bound.statements[k]
         strides = strides_under(inputs, bound, arrays, chosen)
@@ -239,7 +243,7 @@ def default_layouts(inputs: tuple[str, ...], bound, arrays: list) -> tuple[Recor
         if pick is None and _inner_run(bs, strides, itemsize, reduction=False) < MIN_REDUCTION_RUN:
             pick = _reduction_run_layouts(inputs, bound, arrays, k, chosen, bases, itemsize)
         chosen += pick or ()
-    return _pack_tiles(inputs, bound, arrays, pad_rows(inputs, bound, arrays, chosen, total), heavy)
+    return _pack_tiles(inputs, bound, arrays, pad_rows(inputs, bound, arrays, chosen, total, as_given), heavy)
 
 
 def _pack_tiles(inputs: tuple[str, ...], bound, arrays: list, chosen: tuple, heavy: list[int]) -> tuple[Record, ...]:
@@ -267,7 +271,8 @@ def _pack_tiles(inputs: tuple[str, ...], bound, arrays: list, chosen: tuple, hea
 MIN_PADDED_BYTES = 1 << 16  # smaller inputs stay in L1/L2 whatever their sets
 
 
-def pad_rows(inputs: tuple[str, ...], bound, arrays: list, chosen: tuple, total: float) -> tuple[Record, ...]:
+def pad_rows(inputs: tuple[str, ...], bound, arrays: list, chosen: tuple, total: float,
+             as_given: frozenset = frozenset()) -> tuple[Record, ...]:
     """``chosen`` with a cache line of padding after each row of every large input whose rows (the
     second-innermost physical axis) lie a multiple of ``ALIASED_ROW_BYTES`` bytes apart: a tile reading a
     column panel down such rows (a 1024-wide float32 matrix: 4 KB apart) finds them all in one
@@ -278,8 +283,8 @@ def pad_rows(inputs: tuple[str, ...], bound, arrays: list, chosen: tuple, total:
     used = set().union(*(tensors_of(bs) for bs in bound.statements))
     padded = {}
     for pos, name in enumerate(inputs):
-        if name not in used or name in given and given[name].blocks:  # an unused input (a gradient op's):
-            continue  # never copied; a blocked one: packed
+        if name not in used or name in as_given or name in given and given[name].blocks:  # an unused input (a
+            continue  # gradient op's): never copied; a blocked one: packed; one to read as given: as given
         info, size = bound.tensors[name], ITEMSIZE[bound.tensors[name].dtype]
         perm = given[name].perm if name in given else tuple(range(len(info.shape)))
         dense = len(perm) >= 2 and strides[name] == permuted_strides(info.shape, perm, size)
