@@ -48,17 +48,26 @@ def _init() -> tuple[llvm.TargetMachine, llvm.ExecutionEngine]:
 def _features() -> str:
     """The host CPU's features for LLVM, plus the preference for shuffled loads over gathers (see
     the module docstring) unless ``TENSORCOMP_GATHERS`` is set to 1."""
-    feats = llvm.get_host_cpu_features().flatten()
+    feats = _host_features().flatten()
     if os.environ.get("TENSORCOMP_GATHERS", "0").strip() in ("1", "true", "yes", "on"):
         return feats
     return ",".join(f for f in (feats, "+prefer-no-gather", "+prefer-no-scatter") if f)
 
 
+def _host_features():
+    """LLVM's feature map of the host CPU (asked once per process: every kernel and cache key reads it)."""
+    if "features" not in _state:
+        llvm.initialize_native_target()
+        _state["features"] = llvm.get_host_cpu_features()
+    return _state["features"]
+
+
 def host_target() -> str:
     """The CPU the kernels are compiled for, e.g. 'x86_64 znver4 +avx2,+avx512f,...'."""
-    llvm.initialize_native_target()
-    feats = sorted(k for k, v in llvm.get_host_cpu_features().items() if v and k.startswith(("avx", "fma", "sse")))
-    return f"{llvm.get_default_triple()} {llvm.get_host_cpu_name()} {','.join(feats)}"
+    if "host" not in _state:
+        feats = sorted(k for k, v in _host_features().items() if v and k.startswith(("avx", "fma", "sse")))
+        _state["host"] = f"{llvm.get_default_triple()} {llvm.get_host_cpu_name()} {','.join(feats)}"
+    return _state["host"]
 
 
 def _veclib() -> dict[str, str]:
@@ -74,7 +83,7 @@ def _veclib() -> dict[str, str]:
     except RuntimeError:
         _state["veclib"] = names
         return names
-    feats = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    feats = {k for k, v in _host_features().items() if v}
     isa = {128: "b", 256: "d" if "avx2" in feats else "c" if "avx" in feats else None,
            512: "e" if "avx512f" in feats else None}
     for fn in ("exp", "log", "sin", "cos"):
