@@ -358,6 +358,22 @@ def test_an_element_read_several_times_counts_once_in_the_loop_order():
     np.testing.assert_allclose(op(v, s, p), want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_large_read_stays_in_cache_across_the_innermost_written_loop():
+    """Capsule votes with a short reduction (no default tile of their own): ``W`` does not depend on
+    ``n``, so ``n`` goes inside ``i`` and each capsule's slice of ``W`` is read once for the whole batch
+    (``W``, 1.5 MB, would not stay in cache across a sample); with a small ``W`` the written tensor's
+    order stays."""
+    op = tc.op("U[n, i, j, d] += X[n, i, k] * W[i, j, d, k]")
+    for caps, moved in ((288, True), (8, False)):
+        x = rng.standard_normal((64, caps, 8)).astype(np.float32)
+        w = rng.standard_normal((caps, 8, 10, 16)).astype(np.float32).transpose(0, 2, 3, 1)  # (stored [i, k, j, d])
+        lines = str(op.loopnest(x, w)).splitlines()
+        assert [line.split(" in ")[0].strip() for line in lines[:2]] == (["for i", "for n"] if moved else
+                                                                         ["for n", "for i"])
+        np.testing.assert_allclose(op(x, w), np.einsum("nik,ijdk->nijd", x.astype(np.float64), w), rtol=1e-4,
+                                   atol=1e-4)
+
+
 def test_statements_reading_one_large_tensor_along_a_written_index_share_that_loop():
     """A capsule-vote gradient: ``dX`` and ``dW`` both read the 4.7 MB ``dU`` along ``i``, which both
     write on: they run in one parallel nest over ``i`` (each slice of ``dU`` read from memory once);

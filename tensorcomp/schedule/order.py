@@ -81,8 +81,48 @@ def default_order(bs: BoundStatement, strides: dict[str, tuple[int, ...]], items
         if nxt is None:
             break
         group.insert(0, nxt)
-    outer = [n for n in written if n not in group] + [n for n in bs.names if n not in written and n not in group]
-    return tuple(outer + group), (group if len(group) > 1 else [])
+    reductions = [n for n in bs.names if n not in written and n not in group]
+    outer = [n for n in written if n not in group]
+    if gathers:
+        outer = _reuse_outer(bs, outer, reductions + group, extent, itemsize)
+    return tuple(outer + reductions + group), (group if len(group) > 1 else [])
+
+
+LARGE_READ_BYTES = 1 << 19  # a read this large does not stay in the caches of a core across a sweep
+MIN_OUTER_EXTENT = 16  # a loop moved outermost must still give every core work
+
+
+def _reuse_outer(bs: BoundStatement, outer: list[str], inner: list[str], extent: dict[str, int],
+                 itemsize: dict[str, int]) -> list[str]:
+    """The written loops outside a statement's reductions (``outer``, in the written tensor's order)
+    with, innermost, the one whose step brings the fewest new bytes -- each read that depends on a
+    loop brings its slice over the ``inner`` loops at each step of it --, where a read that does not
+    depend on that loop would otherwise not stay in cache between its steps (the loops inside it
+    touch ``LARGE_READ_BYTES`` or more): the capsule votes ``U[n, i, j, d] += X[n, i, k] *
+    W[i, j, d, k]`` with ``n`` innermost read each capsule's 5 KB of ``W`` once for the whole batch,
+    not the whole 1.5 MB of ``W`` once per sample (0.64 -> 0.32 ms). Otherwise the order is kept."""
+    if len(outer) < 2:
+        return outer
+    st = bs.stmt
+    reads = [(a.tensor, {n for lin in a.index for n in lin.names()}) for a in dict.fromkeys(st.accesses())]
+
+    def span(tensor: str, names: set[str], loops) -> int:
+        size = itemsize.get(tensor, 4)
+        for n in loops:
+            if n in names:
+                size *= extent[n]
+        return size
+    fresh = {n: sum(span(t, names, inner) for t, names in reads if n in names) for n in outer}
+    last = min(reversed(outer), key=lambda n: fresh[n])  # (ties: the current innermost stays)
+    if last == outer[-1] or 2 * fresh[last] > fresh[outer[-1]] or all(last in names for _, names in reads):
+        return outer
+    between = outer[outer.index(last) + 1:] + inner  # what runs between two steps of ``last``
+    touched = sum(span(t, names, between) for t, names in
+                  reads + [(st.target, {n for lin in st.index for n in lin.names()})])
+    if touched < LARGE_READ_BYTES:
+        return outer
+    moved = [n for n in outer if n != last] + [last]
+    return moved if moved[0] == outer[0] or extent[moved[0]] >= MIN_OUTER_EXTENT else outer
 
 
 def _group_extent(group: list[str], extent: dict[str, int]) -> int:
