@@ -377,11 +377,11 @@ def test_a_large_read_stays_in_cache_across_the_innermost_written_loop():
 def test_statements_reading_one_large_tensor_along_a_written_index_share_that_loop():
     """A capsule-vote gradient: ``dX`` and ``dW`` both read the 4.7 MB ``dU`` along ``i``, which both
     write on: they run in one parallel nest over ``i`` (each slice of ``dU`` read from memory once);
-    with a small ``dU`` each keeps its own order."""
+    with small ``dU`` and ``W`` each keeps its own order."""
     op = tc.op("dX[n, i, k] += dU[n, i, j, d] * W[i, j, d, k]\ndW[i, j, d, k] += dU[n, i, j, d] * X[n, i, k]")
-    for n, shared in ((64, True), (2, False)):
-        du = rng.standard_normal((n, 72, 16, 16)).astype(np.float32)
-        w = rng.standard_normal((72, 16, 16, 8)).astype(np.float32)
+    for n, j, shared in ((64, 16, True), (2, 4, False)):
+        du = rng.standard_normal((n, 72, j, 16)).astype(np.float32)
+        w = rng.standard_normal((72, j, 16, 8)).astype(np.float32)
         x = rng.standard_normal((n, 72, 8)).astype(np.float32)
         text = str(op.loopnest(du, w, x))
         assert (text.count("# parallel") == 1 and text.startswith("for i in range(0, 72):  # parallel")) == shared
@@ -389,6 +389,7 @@ def test_statements_reading_one_large_tensor_along_a_written_index_share_that_lo
         np.testing.assert_allclose(dx, np.einsum("nijd,ijdk->nik", du.astype(np.float64), w), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(dw, np.einsum("nijd,nik->ijdk", du.astype(np.float64), x), rtol=1e-4, atol=1e-4)
     du = rng.standard_normal((64, 72, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((72, 16, 16, 8)).astype(np.float32)
     x = rng.standard_normal((64, 72, 8)).astype(np.float32)
     fused = op.schedule_for(du, w, x)  # replays to the fused nest; an order of the op's own is kept as given
     assert str(tc.op(op.source, schedule=fused).loopnest(du, w, x)).count("# parallel") == 1
