@@ -108,6 +108,13 @@ def choose_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program,
     return moved, resolve(moved)
 
 
+def refuted(before: Program, before_runs: tuple, after: Program, after_runs: tuple) -> bool:
+    """Whether a change the kernels timed alone favour makes the whole step slower: ``before`` runs at
+    least 3% faster than ``after`` twice in a row (one loaded moment on a shared machine does not
+    refuse it)."""
+    return faster(before, before_runs, after, after_runs) and faster(before, before_runs, after, after_runs)
+
+
 def faster(a: Program, a_runs: tuple, b: Program, b_runs: tuple, rounds: int = 7) -> bool:
     """Whether program ``a`` runs at least 3% faster than ``b`` (best of ``rounds`` interleaved runs of
     each, every call in order on random inputs of each program's input specs; nothing written back)."""

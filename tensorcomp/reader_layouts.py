@@ -9,7 +9,7 @@ value's layout as stored (``schedule.default.default_schedule(..., as_given=...)
 layout choice with that input left alone, and a ``Layout`` record naming its stored order, so no
 copy is made). Its outputs keep the orders the copying kernel wrote them in (the readers after it
 are compiled for those). The variant is kept where the reading kernel, copy included, then runs no
-slower, timed alone on inputs of its specs, and the whole step is not slower (``faster``); the
+slower, timed alone on inputs of its specs, and the whole step is not slower (``refuted``); the
 choice is stored on disk with the program's other layout choices.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import compiler
-from .assign_layouts import faster, seconds
+from .assign_layouts import refuted, seconds
 from .compiler import ArraySpec
 from .opdef import Op
 from .runtime import objects
@@ -118,7 +118,7 @@ def choose_reader_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[P
                 keep.append(k)
         if keep:  # (the kernels alone can mislead: the whole step decides)
             moved = with_readers(keep)
-            if faster(p, runs, moved, resolve(moved)):
+            if refuted(p, runs, moved, resolve(moved)):
                 keep = []
         objects.write_manifest(key, {"reads": sorted(variants[k][1] for k in keep)}, "reader-layouts")
     if not keep:

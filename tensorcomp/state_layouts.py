@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .assign_layouts import faster, seconds, touching
+from .assign_layouts import refuted, seconds, touching
 from .opdef import Op
 from .runtime import objects
 from .settle import compile_kernels
@@ -195,9 +195,9 @@ def relay_state(p: Program, moved: dict[int, tuple]) -> None:
 
 def choose_state_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Program, tuple]:
     """Each parameter a kernel copies into another axis order on every call (``runs``: the resolved
-    body, one per item) moved to that order with its whole update group, when the step then runs
-    faster (``assign_layouts.faster``: the whole step, timed); the program and its runs. The choice
-    is stored on disk under ``key``, so a new process does not time it again."""
+    body, one per item) moved to that order with its whole update group, when that pays (``_pays``);
+    the program and its runs. The choice is stored on disk under ``key``, so a new process does not
+    time it again."""
     sources = {v for v, s in p.sources if s.kind == "data"}
     wanted: dict[int, tuple[int, ...]] = {}
     for k, (r, release) in enumerate(runs):
@@ -226,7 +226,7 @@ def choose_state_layouts(p: Program, runs: tuple, resolve, key: str) -> tuple[Pr
 
 def _pays(p: Program, runs: tuple, resolve, g: Group, perm: tuple[int, ...]) -> bool:
     """Whether moving group ``g`` pays: the calls that read or make its values run at least 5% faster
-    (timed alone, on inputs of their specs) and the whole step is not 3% slower (``faster``). (Moving
+    (timed alone, on inputs of their specs) and the whole step is not slower (``refuted``). (Moving
     CapsNet-small's primary-capsule weights saved its gradient's copy but made the forward
     convolution, compiled for the new strides, 2.3x slower; its digit capsules' weights gained 0.2
     ms of the 19 ms step: too little for the whole-step check alone to tell from noise.)"""
@@ -234,7 +234,7 @@ def _pays(p: Program, runs: tuple, resolve, g: Group, perm: tuple[int, ...]) -> 
     moved_runs = resolve(moved)
     values = set(g.sources) | set(g.made) | {p.body[k].output for k in g.views_back}
     ks = sorted({k for v in values for k in touching(p, v)})
-    return seconds(moved, moved_runs, ks) < 0.95 * seconds(p, runs, ks) and not faster(p, runs, moved, moved_runs)
+    return seconds(moved, moved_runs, ks) < 0.95 * seconds(p, runs, ks) and not refuted(p, runs, moved, moved_runs)
 
 
 def _describe(p: Program, v: int, perm: tuple[int, ...]) -> str:

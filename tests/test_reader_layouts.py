@@ -37,14 +37,14 @@ def test_a_kernel_reads_a_value_as_stored_where_that_is_no_slower(monkeypatch, t
     eager = _train(False, batches)
 
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path / "slower"))
-    monkeypatch.setattr(reader_layouts, "faster", lambda *args: True)  # (the copying step is faster)
+    monkeypatch.setattr(reader_layouts, "refuted", lambda *args: True)  # (the copying step is faster)
     kept = _train(True, batches)
     copies = kept[2].stats(*batches[0])["relayout_copies"]
     assert copies > 0
 
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path / "no-slower"))
     monkeypatch.setattr(reader_layouts, "seconds", lambda *args: 0.0)
-    monkeypatch.setattr(reader_layouts, "faster", lambda *args: False)
+    monkeypatch.setattr(reader_layouts, "refuted", lambda *args: False)
     read = _train(True, batches)
     assert read[2].stats(*batches[0])["relayout_copies"] == 0
     entry = read[2]._entry(())
