@@ -5,6 +5,7 @@ import numpy as np
 import tensorcomp as tc
 import tensorcomp.step as step_module
 from tensorcomp import nn, optim, reader_layouts
+from tensorcomp.schedule.records import Layout
 
 rng = np.random.default_rng(5)
 
@@ -50,6 +51,12 @@ def test_a_kernel_reads_a_value_as_stored_where_that_is_no_slower(monkeypatch, t
     entry = read[2]._entry(())
     for r, release in entry.runs:
         assert release is not None or not reader_layouts.copied_inputs(entry.program, r)
+    # before and after: the same statements on the same values; the readers' schedules name the stored
+    # order of what they used to copy (the activations, row-major: no copy) and keep their outputs'
+    assert read[2].source == kept[2].source
+    given = [r for item in entry.program.body if isinstance(item, tc.trace.Call) for r in item.op.schedule
+             if isinstance(r, Layout) and r.tensor in item.op.inputs]
+    assert given and all(r.perm == tuple(range(len(r.perm))) and not r.pad for r in given)
     for losses, state, _ in (kept, read):
         np.testing.assert_allclose(losses, eager[0], rtol=1e-5)
         for k in state:
