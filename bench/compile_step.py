@@ -4,7 +4,7 @@
 
 Each model (batch 64, Adam 1e-3, seed 0, one fixed batch of the bundled MNIST subset) runs in a fresh
 process with an empty cache directory (cold) and again with that cache (warm): the seconds until the
-compiled step first replays (its calls 1-2 run eagerly under the tracer), then the step's ms in
+compiled step first replays (its calls 1-2 are traced; the second already runs compiled), then the step's ms in
 interleaved rounds of the eager step, the compiled one (one native call per step) and the same
 program replayed by a Python loop over its calls (best and median), and the program's
 counts: op calls and statements before and after the whole-program passes, stages per step, peak

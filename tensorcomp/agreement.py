@@ -2,19 +2,14 @@
 
 ``tensorcomp.step`` compiles a program once two traces of it agree (the same calls, scalars and
 constants on two calls: the step computes nothing in Python that a replay could not repeat). The
-agreement is stored on disk under the program's :func:`trace_key`, and the function that made it under
-its :func:`hint_key`. A new process calling that function with arguments of those specs traces its
-first call dry (``tensorcomp.trace``: the calls are recorded, no kernel runs); when the dry program is
-one that agreed before, it is compiled and replayed at once, so the first call already runs compiled
-and no eager step is spent on tracing.
+agreement is stored on disk under the program's :func:`trace_key`: a new process whose first (dry)
+trace of a step is a program that agreed before compiles it at once, so its first call already runs
+compiled.
 """
 
 from __future__ import annotations
 
 import hashlib
-from types import CodeType
-from typing import Any, Callable
-
 import numpy as np
 
 from .runtime import cuda, jit, objects
@@ -44,30 +39,11 @@ def trace_key(p: Program) -> str:
                                *guards, objects.code_fingerprint(), jit.host_target()))
 
 
-def hint_key(fn: Callable, name: str, signature: Any) -> str:
-    """What a process knows of a step before tracing it: the function's name and code and the
-    arguments' specs (``signature``). Stored once a program of it agreed, it has the next process trace
-    that function dry; if the dry program is not one that agreed, the call is traced again eagerly
-    (its Python runs twice on that call: effects outside tensors happen twice)."""
-    code = getattr(fn, "__code__", None)
-    return objects.hash_parts(("hint", name, "" if code is None else _code_text(code), repr(signature),
-                               objects.code_fingerprint(), jit.host_target()))
-
-
-def _code_text(code: CodeType) -> str:
-    """A function's code in words another process repeats (nested code objects, a comprehension's, by
-    their own text rather than their address)."""
-    consts = [_code_text(c) if isinstance(c, CodeType) else repr(c) for c in code.co_consts]
-    return code.co_code.hex() + repr(consts) + repr(code.co_names)
-
-
 def agreed(p: Program) -> bool:
     """Whether program ``p`` agreed with its next trace before (in any process, with this code)."""
     return objects.read_manifest(trace_key(p), "agreed") is not None
 
 
-def remember(p: Program, hint: str) -> None:
-    """Store that program ``p`` agreed with its next trace, and that the function under ``hint`` has a
-    program that did."""
+def remember(p: Program) -> None:
+    """Store that program ``p`` agreed with its next trace."""
     objects.write_manifest(trace_key(p), {"agreed": True}, "agreed")
-    objects.write_manifest(hint, {"hint": True}, "hint")

@@ -1,10 +1,11 @@
 """``tc.compile(fn)``: a training step traced once per input signature into one program and replayed.
 
-The first call with a new signature runs ``fn`` eagerly while ``tensorcomp.trace`` records it; the
-second runs and records it again, and the two programs must agree (the same op calls, scalars and
+The first call with a new signature traces ``fn`` dry (``tensorcomp.trace``: its op calls recorded,
+no kernel run), compiles the recorded kernels on all cores at once and runs the program as traced;
+the second traces it again, and the two programs must agree (the same op calls, scalars and
 constants: anything else means ``fn`` computes something in Python that a compiled step could not
-repeat — an error names it). The program then goes through the whole-program passes (``STEP``)
-and later calls replay it: no tape, no Tensor objects, and one native call for the whole step
+repeat — an error names it). The program then goes through the whole-program passes (``STEP``) and
+runs compiled, on that call and later ones: no tape, no Tensor objects, and one native call for the whole step
 (``native_step``) from the second replay — from the first when every kernel's thread plan is known,
 stored with its manifest by an earlier process; otherwise the first loops over the kernels in Python;
 parameters, gradients and optimizer state are read from their tensors at the start and their new
@@ -39,7 +40,7 @@ from .tensor import Tensor
 from .runtime import cuda
 from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result,
                     rename_result, spec_of, statements, trace, view_of)
-from .agreement import agreed, hint_key, remember
+from .agreement import agreed, remember
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -297,6 +298,17 @@ class _Entry:
         self.moved = moved_specs(self.program)
 
 
+def _as_traced(p: Program) -> _Entry | None:
+    """An entry running a traced program as recorded, no pass applied, its kernels compiled first on all
+    cores at once: how a dry-traced call takes effect before its program is compiled. None where a
+    kernel writes an output elsewhere than the trace planned."""
+    compile_kernels(p)
+    runs = _resolve(p)
+    if not step_cache.settled(p, runs):
+        return None
+    return _Entry(p, p, runs, {}, native="runs once, as traced")
+
+
 class CompiledStep:
     """The callable ``tc.compile`` returns (see the module docstring)."""
 
@@ -305,7 +317,8 @@ class CompiledStep:
         self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         self._first: dict[tuple, Program] = {}  # signature -> the first trace (waiting for a second)
         self._entries: dict[tuple, list[_Entry]] = {}
-        self.traces = 0  # how many calls ran eagerly under the tracer
+        self.traces = 0  # how many calls were traced
+        # how many ran the compiled program (a traced call whose program agreed counts in both)
         self.replays = 0
         functools.update_wrapper(self, fn, updated=())
 
@@ -342,38 +355,51 @@ class CompiledStep:
                     entry.runs = _resolve(entry.program)
                 self.replays += 1
                 return _replay(entry, arrays)
-        hint = hint_key(self.fn, self.name, key)
-        if key not in self._first and objects.read_manifest(hint, "hint") is not None:  # (its programs agreed before)
-            try:
-                _, program = trace(self.fn, self.name, args, arrays, dry=True)
-            except Exception:  # noqa: BLE001 - (the eager trace below raises it again, or runs)
-                program = None
-            if program is not None and agreed(program):
-                self.traces += 1
-                entry = self._compile(key, program)
+        program = self._dry_trace(args, arrays)
+        if program is not None:
+            self.traces += 1
+            entry = self._agreed_entry(key, program)
+            if entry is not None:
                 self.replays += 1
                 return _replay(entry, arrays)
-            if program is not None:  # (the eager trace below then finds its kernels built, on all cores at once)
-                compile_kernels(program)
+            as_traced = _as_traced(program)
+            if as_traced is not None:
+                return _replay(as_traced, arrays)
+            self.traces -= 1  # (a kernel writes elsewhere than planned: traced eagerly instead)
+            self._first.pop(key, None)
         result, program = trace(self.fn, self.name, args, arrays)
         self.traces += 1
+        self._agreed_entry(key, program)
+        return result
+
+    def _dry_trace(self, args: tuple, arrays: list) -> Program | None:
+        """``fn`` traced dry (its calls recorded, no kernel run nor compiled), or None where that raised
+        (the eager trace then raises it again, or runs) or the step reads device values (traced eagerly)."""
+        try:
+            _, program = trace(self.fn, self.name, args, arrays, dry=True)
+        except Exception:  # noqa: BLE001 - (see above)
+            return None
+        return program if program.device == "cpu" else None
+
+    def _agreed_entry(self, key: tuple, program: Program) -> _Entry | None:
+        """The compiled entry for a traced ``program`` once two traces of ``key`` agree (or this program
+        agreed with its next trace before, in any process: ``agreement``); else None, ``program`` kept
+        as the first trace to compare the next one with."""
         first = self._first.pop(key, None)
-        if first is None and agreed(program):
-            first = program  # (this program agreed with its next trace before: ``agreement``)
-        elif first is None or not _same_guards(first, program):
-            self._first[key] = program
-            return result
-        else:
+        if not agreed(program):
+            if first is None or not _same_guards(first, program):
+                self._first[key] = program
+                return None
             try:
                 check_agree(first, program)
             except TraceError:
                 if _same_guards(first, program, exact=True):
                     raise
                 self._first[key] = program  # the unread gradients' presence made the difference after all
-                return result
-        remember(first, hint)
-        self._compile(key, program)
-        return result
+                return None
+        for p in {id(x): x for x in (first, program) if x is not None}.values():
+            remember(p)  # (both: a first trace without gradients agrees with its next one with them)
+        return self._compile(key, program)
 
     def _compile(self, key: tuple, program: Program) -> _Entry:
         """The whole-program passes over a traced program (or what they made of it before, stored on

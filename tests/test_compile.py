@@ -9,6 +9,7 @@ import tensorcomp as tc
 from tensorcomp import nn, opdef, optim
 from tensorcomp.runtime import kernel as cpu_kernel
 from tensorcomp.tensor import keep_state
+from tensorcomp.trace import Call
 from tensorcomp.train import MODELS
 
 rng = np.random.default_rng(5)
@@ -32,13 +33,19 @@ def _step_of(model, lossf, opt, name=None):
     return step
 
 
-def _train(build, loss_cls, batches, compiled, make_opt=None):
+def _train(build, loss_cls, batches, compiled, make_opt=None, nudge=None):
+    """Train from ``nn.manual_seed(0)``: losses, final state, the step. ``nudge``: a generator whose
+    rounding-level noise (relative 1e-7) multiplies every parameter after each eager step."""
     nn.manual_seed(0)
     model, lossf = build(), loss_cls()
     opt = (make_opt or (lambda ps: optim.Adam(ps)))(model.parameters())
     step = _step_of(model, lossf, opt)
     f = tc.compile(step) if compiled else step
-    losses = [float(f(x, y).data) for x, y in batches]
+    losses = []
+    for x, y in batches:
+        losses.append(float(f(x, y).data))
+        for p in model.parameters() if nudge is not None else ():
+            p.data[...] = p.data * (1 + 1e-7 * nudge.standard_normal(p.data.shape)).astype(p.data.dtype)
     return losses, model.state_dict(), f
 
 
@@ -46,8 +53,22 @@ def _batches(n, batch, shape=(1, 28, 28), classes=10):
     return [(rng.random((batch, *shape), dtype=np.float32), rng.integers(0, classes, batch)) for _ in range(n)]
 
 
-def _assert_same_training(a, b, rtol=1e-4):
+def _deviation(a, b):
+    """The largest difference of two trainings' parameters, relative to each tensor's largest value."""
+    return max(float(np.max(np.abs(a[1][k] - b[1][k])) / (np.max(np.abs(a[1][k])) + 1e-12)) for k in a[1])
+
+
+def _assert_same_training(a, b, rtol=1e-4, again=None):
+    """Losses and parameters of ``b`` within ``rtol`` of ``a``'s. Where they are not and ``again``
+    retrains ``a`` with rounding-level noise added (``_train``'s ``nudge``), a deviation no larger than
+    four times that noise grows to is accepted instead: Adam's normalised steps take gradients near
+    zero at full size whatever their sign, so in some trainings float32 rounding alone moves
+    parameters by more than ``rtol`` within 20 steps."""
     (la, sa, _), (lb, sb, _) = a, b
+    if again is not None and _deviation(a, b) > rtol:
+        noise = _deviation(a, again())
+        assert _deviation(a, b) <= 4 * noise, (_deviation(a, b), noise)
+        return
     np.testing.assert_allclose(lb, la, rtol=rtol, atol=1e-6)
     for k in sa:
         scale = np.max(np.abs(sa[k])) + 1e-12
@@ -63,11 +84,13 @@ def test_twenty_compiled_steps_match_eager(model, batch):
     batches = _batches(20, batch)
     eager = _train(build, loss_cls, batches, False)
     compiled = _train(build, loss_cls, batches, True)
-    _assert_same_training(eager, compiled)
+    # (full CapsNet at batch 2: eager training nudged at rounding level drifts by ~1e-4 or more)
+    _assert_same_training(eager, compiled, again=lambda: _train(build, loss_cls, batches, False,
+                                                                nudge=np.random.default_rng(1)))
     step = compiled[2]
     # the first call's gradients were None and the later ones' not, but the step sets them to None before
-    # backward without reading them: two traces agree and the third call replays
-    assert step.traces == 2 and step.replays == 18
+    # backward without reading them: two traces agree, and the second call already runs the compiled program
+    assert step.traces == 2 and step.replays == 19
 
 
 def test_a_rewritten_call_writes_where_its_readers_read(tmp_path, monkeypatch):
@@ -163,7 +186,7 @@ def test_compiled_step_in_float64_against_central_differences():
     step = tc.compile(loss_and_grad)
     for _ in range(4):  # (the gradient is set to None before backward, never read: two traces)
         loss, g = step(x)
-    assert step.replays == 2
+    assert step.replays == 3  # (the second call's trace agrees with the first: it runs compiled)
     v = rng.standard_normal(w.shape)
     base, eps = w.data.copy(), 1e-6
     w.data = base + eps * v
@@ -176,11 +199,11 @@ def test_compiled_step_in_float64_against_central_differences():
 
 
 def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypatch, tmp_path):
-    """Two traces that agree are remembered on disk (the program, and that its function has one): the
-    same step compiled again (as in a new process) traces its first call dry — no kernel runs under
-    the tracer — and replays it at once, training as the eager step does; another program (a new
-    batch size) is traced twice; a function whose dry program never agreed (another model, the same
-    code) is traced again eagerly and trains as eager."""
+    """Two traces that agree are remembered on disk: the same step compiled again (as in a new process)
+    traces its first call dry — no kernel runs under the tracer — and replays it at once, training as
+    the eager step does; another program (a new batch size) is traced twice; a program never seen
+    (another model, the same code) is traced dry on each of its first two calls, its Python run once
+    per call, and trains as eager."""
     monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
     build, loss_cls = MODELS["lenet"]
     batches = _batches(4, 6)
@@ -193,7 +216,7 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
         f = tc.compile(step) if compiled else step
         return [float(f(x, y).data) for x, y in data], model.state_dict(), f
     first = run(batches)
-    assert (first[2].traces, first[2].replays) == (2, 2)
+    assert (first[2].traces, first[2].replays) == (2, 3)
     eager_runs = []
     real_run = cpu_kernel.run
     monkeypatch.setattr(cpu_kernel, "run", lambda *a: eager_runs.append(opdef.recording()) or real_run(*a))
@@ -209,7 +232,7 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
     assert once[2].stats(*batches[0])["dispatch"] == "one native call"
     _assert_same_training(run(batches, compiled=False), again)
     other = run(_batches(3, 5))
-    assert (other[2].traces, other[2].replays) == (2, 1)
+    assert (other[2].traces, other[2].replays) == (2, 2)
     wider = lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.ReLU(), nn.Linear(12, 10))  # noqa: E731
     forwards = []
 
@@ -219,9 +242,34 @@ def test_a_program_that_agreed_before_runs_compiled_from_the_first_call(monkeypa
         model.forward = lambda x: forwards.append(1) or forward(x)
         return model
     unseen = run(batches, make=counted)
-    assert (unseen[2].traces, unseen[2].replays) == (2, 2)
-    assert len(forwards) == 3  # the first call's dry trace, its eager one, the second call's (no dry trace)
+    assert (unseen[2].traces, unseen[2].replays) == (2, 3)
+    assert len(forwards) == 2  # each of the first two calls traced dry, once (the first ran as traced)
     _assert_same_training(run(batches, compiled=False, make=wider), unseen)
+
+
+def test_the_first_call_compiles_its_kernels_on_all_cores_then_runs_as_traced(monkeypatch, tmp_path):
+    """A new step's first call is traced dry: no kernel runs nor compiles under the tracer; then every
+    kernel the program calls is handed to the compiling workers at once, before the first one runs,
+    and the program runs as traced: the call trains as the eager step."""
+    from tensorcomp import settle
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+
+    def build():  # (widths no other test uses: none of its kernels is built in this process yet)
+        return nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 12 * 12, 19),
+                             nn.ReLU(), nn.Linear(19, 10))
+    batches = _batches(1, 3)
+    events = []
+    real_workers, real_run = settle.compile_in_workers, cpu_kernel.run
+    monkeypatch.setattr(settle, "compile_in_workers",
+                        lambda todo, make: events.append(("compile", len(todo))) or real_workers(todo, make))
+    monkeypatch.setattr(cpu_kernel, "run",
+                        lambda *a: events.append(("run", opdef.recording())) or real_run(*a))
+    compiled = _train(build, nn.CrossEntropyLoss, batches, True)
+    assert events[0][0] == "compile" and events[0][1] >= 6  # (the forward, gradient and update kernels)
+    assert [e for e in events if e[0] == "compile"] == events[:1]
+    assert ("run", True) not in events and ("run", False) in events
+    monkeypatch.setattr(cpu_kernel, "run", real_run)
+    _assert_same_training(_train(build, nn.CrossEntropyLoss, batches, False), compiled, rtol=0)
 
 
 def test_a_stored_step_is_used_only_where_its_kernels_write_what_it_expects(monkeypatch, tmp_path):
@@ -270,7 +318,7 @@ def test_a_new_batch_size_is_traced_again():
     compiled = _train(build, loss_cls, batches, True)
     _assert_same_training(eager, compiled)
     step = compiled[2]
-    assert step.traces == 4 and step.replays == 4
+    assert step.traces == 4 and step.replays == 6  # (a signature's second call runs compiled)
 
 
 def test_dead_calls_are_dropped_and_common_calls_shared():
@@ -309,7 +357,7 @@ def test_state_written_back_and_read_again():
     for k in range(5):
         step(np.full(3, float(k)))
     np.testing.assert_allclose(w.data, np.full(3, 10.0))
-    assert step.replays == 3
+    assert step.replays == 4
 
 
 def test_reading_a_value_inside_a_traced_step_is_an_error():
@@ -593,24 +641,8 @@ def test_a_layer_that_makes_its_op_on_every_call_compiles():
         fn = _step_of(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), 1e-2))
         step = tc.compile(fn) if compiled else fn
         results.append([float(step(x, y).numpy()) for _ in range(6)])
-    assert step.replays == 4
+    assert step.replays == 5
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5)
-
-
-def test_the_function_hint_does_not_depend_on_where_its_code_lives():
-    """The hint a new process looks its step function up by (``agreement.hint_key``) is made of the
-    code's text: two copies of one function with a comprehension inside (its own code object, at an
-    address of its own) give one hint; another body gives another."""
-    from tensorcomp.agreement import hint_key
-    source = "def step(x):\n    return [v * {} for v in x]\n"
-    made = []
-    for k in (2, 2, 3):
-        scope: dict = {}
-        exec(source.format(k), scope)
-        made.append(scope["step"])
-    assert repr(made[0].__code__.co_consts) != repr(made[1].__code__.co_consts)  # (printed with their addresses)
-    keys = [hint_key(fn, "step", ("signature",)) for fn in made]
-    assert keys[0] == keys[1] != keys[2]
 
 
 NEW_PROCESS = """
