@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 
 from .runtime import cuda, jit, objects
-from .trace import Call, Program, View, rename_result, spec_of
+from .trace import Call, Program, View, recipes, rename_result, spec_of
 
 
 def trace_key(p: Program) -> str:
@@ -35,8 +35,8 @@ def trace_key(p: Program) -> str:
     writes = sorted(f"{attr} {None if v is None else spec[v]}" for _, attr, v in p.writes)
     guards = sorted(repr(g[1:]) for g in p.guards)
     result = repr(rename_result(p.result, {v: spec[v] for v in range(len(spec))}))
-    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, *sources, *writes,
-                               *guards, objects.code_fingerprint(), jit.host_target()))
+    return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, recipes(p), *sources,
+                               *writes, *guards, objects.code_fingerprint(), jit.host_target()))
 
 
 def agreed(p: Program) -> bool:

@@ -181,6 +181,9 @@ def check_agree(a: Program, b: Program) -> None:
             raise TraceError(f"{head}: {what} became "
                              f"{y.op.label if isinstance(y, Call) else 'a view'}; a compiled step must run the "
                              f"same ops each call")
+    if a.draws != b.draws:
+        raise TraceError(f"{head}: they drew other random numbers (tensor.drawn: another recipe, shape or "
+                         f"order)")
     if [s for _, s in a.sources] != [s for _, s in b.sources] or a.state != b.state or a.writes != b.writes:
         raise TraceError(f"{head}: they read or wrote other tensors (arguments, parameters or optimizer state)")
     for k, (x, y) in enumerate(zip(a.constants, b.constants)):
@@ -189,7 +192,8 @@ def check_agree(a: Program, b: Program) -> None:
                          any(v == _constant_value(a, k) for v in c.inputs)), "an op")
             raise TraceError(f"{head}: an array of shape {x.shape} that {user} reads was not computed by an op "
                              f"and changed between the calls (numpy on a tensor's data, random numbers, a "
-                             f"copy?); compute it with ops, or pass it as an argument")
+                             f"copy?); compute it with ops, pass it as an argument, or make random numbers with "
+                             f"tc.tensor.drawn (drawn anew each call)")
     if a.result != b.result:
         raise TraceError(f"{head}: the function returned something else the second time")
 
@@ -361,10 +365,10 @@ class CompiledStep:
             entry = self._agreed_entry(key, program)
             if entry is not None:
                 self.replays += 1
-                return _replay(entry, arrays)
+                return _replay(entry, arrays, program.drawn)
             as_traced = _as_traced(program)
             if as_traced is not None:
-                return _replay(as_traced, arrays)
+                return _replay(as_traced, arrays, program.drawn)
             self.traces -= 1  # (a kernel writes elsewhere than planned: traced eagerly instead)
             self._first.pop(key, None)
         result, program = trace(self.fn, self.name, args, arrays)
@@ -523,26 +527,34 @@ def _same_guards(a: Program, b: Program, exact: bool = False) -> bool:
     return key(a) == key(b)
 
 
-def _environment(p: Program, arrays: list, prepare: Callable[[Any], Any] | None = None) -> list:
-    """Every value's array slot, the program's inputs filled in (arguments, state, constants; each
-    argument and state array passed through ``prepare``, when given)."""
+def _environment(p: Program, arrays: list, prepare: Callable[[Any], Any] | None = None,
+                 drawn: tuple | None = None) -> list:
+    """Every value's array slot, the program's inputs filled in (arguments, state, constants, random
+    numbers drawn anew, or ``drawn``: those a trace of this call drew; each argument and state array
+    passed through ``prepare``, when given)."""
     env: list[Any] = [None] * len(p.specs)
     for v, src in p.sources:
         kind = src.kind
         if kind == "constant":
             env[v] = p.constants[src.index]
             continue
+        if kind == "drawn":
+            make, args = p.draws[src.index]
+            env[v] = make(*args) if drawn is None else drawn[src.index]
+            continue
         a = arrays[src.index] if kind == "argument" else getattr(p.state[src.index], kind)
         env[v] = a if prepare is None else prepare(a)
     return env
 
 
-def _replay(entry: _Entry, arrays: list[np.ndarray]) -> Any:
+def _replay(entry: _Entry, arrays: list[np.ndarray], drawn: tuple | None = None) -> Any:
+    """Run ``entry``'s program on ``arrays`` (``drawn``: the random numbers of this call's trace, when
+    it was traced)."""
     p = entry.program
     if p.device == "cuda":
-        return _replay_cuda(entry, arrays)
+        return _replay_cuda(entry, arrays, drawn)
     relay_state(p, entry.moved)
-    env = _environment(p, arrays)
+    env = _environment(p, arrays, drawn=drawn)
     entry.replays += 1
     if entry.native is None and NATIVE and (entry.replays > 1 or all(
             cpu_kernel.decided(r.kernel) for r, release in entry.runs if release is None)):
@@ -581,11 +593,11 @@ def _aligned(a: Any) -> Any:
     return cuda.as_device(cuda.to_host(cuda.as_device(a)))
 
 
-def _replay_cuda(entry: _Entry, arrays: list) -> Any:
+def _replay_cuda(entry: _Entry, arrays: list, drawn: tuple | None = None) -> Any:
     """``_replay`` on the GPU: launches from one module, in order; host data is uploaded where the
     trace uploaded it."""
     p = entry.program
-    env = _environment(p, arrays, _aligned)
+    env = _environment(p, arrays, _aligned, drawn)
     for r, release in entry.runs:
         if release is None:
             devs = [env[v] for v in r.inputs]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .runtime import cuda, jit, objects
 from .strides import contiguous, permuted_strides
-from .trace import Call, Program
+from .trace import Call, Program, recipes
 
 FORMAT = 1  # part of every key: bump when what a stored step holds changes
 
@@ -42,7 +42,7 @@ def step_key(p: Program) -> str:
     constants = [hashlib.sha256(np.ascontiguousarray(cuda.to_host(a) if cuda.is_device_array(a) else a)
                                 .tobytes()).hexdigest() + repr((a.shape, a.dtype.str)) for a in p.constants]
     return objects.hash_parts(("step", str(FORMAT), p.name, p.device, repr(p.specs), repr(p.sources), *body,
-                               *constants, repr(p.writes), repr(p.result), repr(_guards(p)),
+                               *constants, recipes(p), repr(p.writes), repr(p.result), repr(_guards(p)),
                                objects.code_fingerprint(), jit.host_target()))
 
 
@@ -67,7 +67,7 @@ def store(traced: Program, compiled: Program) -> bool:
             any(a is not b for a, b in zip(compiled.constants, traced.constants)):
         return False
     try:
-        data = pickle.dumps(replace(compiled, state=(), constants=()), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(replace(compiled, state=(), constants=(), drawn=()), protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError):
         return False  # (an op holding something that does not pickle: the passes run in each process)
     objects.write_object(*where, data)
@@ -86,7 +86,8 @@ def load(traced: Program) -> Program | None:
         return None
     if not isinstance(program, Program) or program.name != traced.name or _guards(program) != _guards(traced):
         return None
-    return replace(program, state=traced.state, constants=traced.constants, guards=traced.guards)
+    return replace(program, state=traced.state, constants=traced.constants, guards=traced.guards,
+                   draws=traced.draws, drawn=traced.drawn)
 
 
 def settled(p: Program, runs: tuple) -> bool:

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -31,6 +31,19 @@ _STATE: "weakref.WeakKeyDictionary[Tensor, None]" = weakref.WeakKeyDictionary()
 # while a step is traced: called with (tensor, what) before Python reads a tensor's value; raises
 # when the value is one the trace computes (it would be a constant in the compiled step)
 _VALUE_GUARDS: list = []
+# while a step is traced: called with (array, make, args) when ``drawn`` makes random numbers
+_DRAW_HOOKS: list = []
+
+
+def drawn(make: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+    """``make(*args)``: random numbers an op will read (a dropout mask). A traced step records how the
+    array was made, not its values: each replay calls ``make(*args)`` again, drawing from the same
+    generator in the same order as the eager step would. ``make`` is a module-level function (a
+    compiled step stored on disk names it)."""
+    a = make(*args)
+    for hook in _DRAW_HOOKS:
+        hook(a, make, args)
+    return a
 
 
 def keep_state(t: "Tensor") -> "Tensor":

@@ -24,7 +24,7 @@ from .autotune.canon import renamed_source
 from .errors import TraceError
 from .runtime import cuda
 from .opdef import Op
-from .tensor import Tensor, _VALUE_GUARDS, state_tensors
+from .tensor import Tensor, _DRAW_HOOKS, _VALUE_GUARDS, state_tensors
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class View:
 @dataclass(frozen=True)
 class Source:
     """Where an input value comes from on each call: ``kind`` "argument" (``index``: the position among
-    the array arguments), "data" or "grad" (of state tensor ``index``), or "constant" (``index`` into
-    ``Program.constants``)."""
+    the array arguments), "data" or "grad" (of state tensor ``index``), "constant" (``index`` into
+    ``Program.constants``) or "drawn" (random numbers made anew each call: ``Program.draws[index]``)."""
     kind: str
     index: int
 
@@ -95,6 +95,8 @@ class Program:
     guards: tuple[tuple[int, Spec, Spec | None, bool], ...]
     device: str = "cpu"  # "cuda": some values are device arrays (``on_device``)
     on_device: frozenset = frozenset()  # the values that were device arrays in the traced run
+    draws: tuple = ()  # (make, args) per "drawn" source: ``tensor.drawn``'s recipe, called each replay
+    drawn: tuple = ()  # the arrays the traced run drew (what the traced call itself reads)
 
     def kept(self) -> set[int]:
         """The values the step hands on: written back to state or returned."""
@@ -163,6 +165,9 @@ class _Recorder:
         self.sources: list[tuple[int, Source]] = []
         self.constants: list[np.ndarray] = []
         self.constant_values: set[int] = set()
+        self.recipes: dict[int, tuple] = {}  # id(array) -> (array, make, args): ``tensor.drawn``'s arrays
+        self.draws: list[tuple] = []
+        self.drawn: list[np.ndarray] = []
         self.body: list[Call | View] = []
         self.state: list[Tensor] = []
         self.state_index: dict[int, int] = {}
@@ -220,12 +225,23 @@ class _Recorder:
                     self.body.append(View(source, _pointer(a) - _pointer(self.arrays[source]), a.shape,
                                           a.strides, a.dtype, v))
                     return v
+        if id(a) in self.recipes:  # random numbers: drawn anew by each replay
+            _, make, args = self.recipes.pop(id(a))
+            self.draws.append((make, args))
+            self.drawn.append(a)
+            v = self._new(a, Source("drawn", len(self.draws) - 1))
+            self.constant_values.add(v)  # (Python may read them: they are not computed by the step)
+            return v
         self.constants.append(a)
         v = self._new(a, Source("constant", len(self.constants) - 1))
         self.constant_values.add(v)
         return v
 
     # -- the hooks ----------------------------------------------------------------------------------
+    def draw(self, a: np.ndarray, make: Callable, args: tuple) -> None:
+        """``tensor.drawn`` made ``a`` with ``make(*args)``: a "drawn" source if an op reads it."""
+        self.recipes[id(a)] = (a, make, args)
+
     def upload(self, host: np.ndarray, dev: Any) -> None:
         """Host array ``host`` went to the device as ``dev``: a copy each replay."""
         source = self.value(host)
@@ -274,7 +290,8 @@ class _Recorder:
         on_device = frozenset(v for v, a in enumerate(self.arrays) if cuda.is_device_array(a))
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
-                       self._result(result), tuple(guards), "cuda" if on_device else "cpu", on_device)
+                       self._result(result), tuple(guards), "cuda" if on_device else "cpu", on_device,
+                       tuple(self.draws), tuple(self.drawn))
 
     def _is_view(self, a: Any) -> bool:
         return is_array(a) and id(owner(a)) in self.by_owner
@@ -305,6 +322,7 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
     then has to be run for the call to take effect (``tensorcomp.step`` replays it)."""
     rec = _Recorder(name, arrays)
     _VALUE_GUARDS.append(rec.guard)
+    _DRAW_HOOKS.append(rec.draw)
     opdef.UPLOADS.append(rec.upload)
     try:
         with opdef.record_calls(rec.record, dry):
@@ -312,6 +330,7 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
         program = rec.finish(result)
     finally:
         _VALUE_GUARDS.remove(rec.guard)
+        _DRAW_HOOKS.remove(rec.draw)
         opdef.UPLOADS.remove(rec.upload)
         if dry:
             for t, data, grad in rec.start.values():
@@ -345,6 +364,11 @@ def program_source(p: Program) -> str:
         lines.append(f"# {header(item)}")
         lines.append(renamed_source(item.op.program, names))
     return "\n".join(lines)
+
+
+def recipes(p: Program) -> str:
+    """How the program's random numbers are drawn (``tensor.drawn``), in words another process repeats."""
+    return repr([(f"{make.__module__}.{make.__qualname__}", args) for make, args in p.draws])
 
 
 def statements(p: Program) -> int:

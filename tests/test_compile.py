@@ -9,7 +9,6 @@ import tensorcomp as tc
 from tensorcomp import nn, opdef, optim
 from tensorcomp.runtime import kernel as cpu_kernel
 from tensorcomp.tensor import keep_state
-from tensorcomp.trace import Call
 from tensorcomp.train import MODELS
 
 rng = np.random.default_rng(5)
@@ -413,6 +412,58 @@ def test_values_python_computes_are_refused_when_they_change():
     with pytest.raises(tc.TraceError, match=r"an array of shape \(2,\) that op 'Y\[i\] = X\[i\] \+ N\[i\]' reads "
                                             r"was not computed by an op and changed between the calls"):
         step(np.ones(2))
+
+
+def test_dropout_draws_new_masks_on_each_compiled_call_as_eager_does(monkeypatch, tmp_path):
+    """Random numbers made with ``tensor.drawn`` (Dropout's masks) are a recipe in the program, not a
+    constant: each compiled call draws anew from the same generator in the same order as the eager
+    step, so the compiled training is the eager one exactly -- traced, and replayed from the stored
+    step by a step compiled again."""
+    monkeypatch.setenv("TENSORCOMP_CACHE_DIR", str(tmp_path))
+
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Dropout(0.25), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(4 * 12 * 12, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    x, y = _batches(1, 6)[0]
+    batches = [(x, y)] * 6  # (one batch: the losses differ only by the masks and the updates)
+
+    def run(compiled):
+        nn.manual_seed(0)
+        model, lossf = build(), nn.CrossEntropyLoss()
+        opt = optim.Adam(model.parameters(), 1e-2)
+        f = _step_of(model, lossf, opt, name="dropout")
+        f = tc.compile(f) if compiled else f
+        return [float(f(x, y).data) for x, y in batches], model.state_dict(), f
+    eager, first, again = run(False), run(True), run(True)
+    assert (first[2].traces, again[2].traces) == (2, 1)
+    assert list(again[2].stats(x, y)["pass_seconds"]) == ["stored_step"]
+    assert len(set(eager[0])) == len(batches)
+    for compiled in (first, again):
+        _assert_same_training(eager, compiled, rtol=0)
+    program = first[2]._entry(()).program
+    assert [s.kind for _, s in program.sources].count("drawn") == 2
+    assert [args for _, args in program.draws] == [((6, 4, 24, 24), 0.25), ((6, 16), 0.5)]
+
+
+def test_a_changed_random_recipe_is_an_error():
+    from tensorcomp.tensor import drawn
+    keep = tc.op("Y[i] = X[i] * M[i]")
+    p = [0.5]
+
+    def masked(x):
+        return keep(tc.Tensor(x), drawn(_half_mask, x.shape, p[0]))
+    step = tc.compile(masked)
+    step(np.ones(4))
+    p[0] = 0.25
+    with pytest.raises(tc.TraceError) as e:
+        step(np.ones(4))
+    assert str(e.value) == (
+        "tc.compile(test_a_changed_random_recipe_is_an_error.<locals>.masked): two calls with the same argument "
+        "shapes ran differently: they drew other random numbers (tensor.drawn: another recipe, shape or order)")
+
+
+def _half_mask(shape, p):
+    return (rng.random(shape) >= p).astype(np.float64)
 
 
 def test_bad_arguments_and_introspection_before_compiling():

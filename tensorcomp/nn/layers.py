@@ -12,7 +12,7 @@ from .. import ops
 from ..errors import ArgumentError, IndexRangeError, ShapeError
 from ..opdef import Op
 from ..recurrence import op as recurrence_op
-from ..tensor import Tensor, apply, no_grad
+from ..tensor import Tensor, apply, drawn, no_grad
 from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform, positive_int
 
 
@@ -403,6 +403,11 @@ def _dropout_op(rank: int) -> Op:
     return Op(f"Y[{i}] = X[{i}] * M[{i}] * scale")
 
 
+def _dropout_mask(shape: tuple[int, ...], p: float) -> np.ndarray:
+    """1 where an element is kept (probability 1 - p), from the generator ``nn.manual_seed`` seeds."""
+    return (_rng[0].random(shape) >= p).astype(np.float32)
+
+
 class Dropout(Module):
     """Zeroes each element with probability ``p`` in training (scaling the rest by 1/(1-p)); identity in
     eval. The mask comes from the generator that ``nn.manual_seed`` seeds."""
@@ -416,7 +421,7 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        mask = Tensor((_rng[0].random(x.shape) >= self.p).astype(np.float32), device=x.device)
+        mask = Tensor(drawn(_dropout_mask, x.shape, self.p), device=x.device)  # (a compiled step draws anew)
         return apply(_dropout_op(x.ndim), x, mask, scale=1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
