@@ -1,7 +1,8 @@
 """Remembered agreement: what the cache keeps of traced programs so a new process compiles sooner.
 
-``tensorcomp.step`` compiles a program once two traces of it agree (the same calls, scalars and
-constants on two calls: the step computes nothing in Python that a replay could not repeat). The
+``tensorcomp.step`` compiles a program once two traces of it agree (``check_agree``: the same calls,
+scalars and constants on two calls: the step computes nothing in Python that a replay could not
+repeat). The
 agreement is stored on disk under the program's :func:`trace_key`: a new process whose first (dry)
 trace of a step is a program that agreed before compiles it at once, so its first call already runs
 compiled.
@@ -10,8 +11,11 @@ compiled.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+
 import numpy as np
 
+from .errors import TraceError
 from .runtime import cuda, jit, objects
 from .trace import Call, Program, View, recipes, rename_result, spec_of
 
@@ -47,3 +51,56 @@ def agreed(p: Program) -> bool:
 def remember(p: Program) -> None:
     """Store that program ``p`` agreed with its next trace."""
     objects.write_manifest(trace_key(p), {"agreed": True}, "agreed")
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    if spec_of(a) != spec_of(b):
+        return False
+    a, b = (cuda.to_host(x) if cuda.is_device_array(x) else x for x in (a, b))
+    return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+
+def check_agree(a: Program, b: Program) -> None:
+    """Raise a TraceError naming the first difference between two traces of one signature."""
+    head = f"tc.compile({a.name}): two calls with the same argument shapes ran differently"
+    if len(a.body) != len(b.body):
+        raise TraceError(f"{head}: {_count(a.body)} then {_count(b.body)}; a compiled step must run the same "
+                         f"ops each call (Python control flow that depends on values or on a counter?)")
+    for x, y in zip(a.body, b.body):
+        if isinstance(x, Call) and isinstance(y, Call) and x.op.ident == y.op.ident:  # (equal ops: one made per call)
+            if x.inputs != y.inputs or x.outputs != y.outputs:
+                raise TraceError(f"{head}: {x.op.label} read other values the second time")
+            for (n, u), (_, w) in zip(x.params, y.params):
+                if u != w and not (u != u and w != w):
+                    raise TraceError(f"{head}: scalar parameter '{n}' of {x.op.label} was {u!r} then {w!r}; it is "
+                                     f"computed in Python from something the trace cannot see. Keep such a "
+                                     f"value in a tensor (tc.tensor.keep_state) and compute it with an op")
+        elif x != y:
+            what = x.op.label if isinstance(x, Call) else "a view"
+            raise TraceError(f"{head}: {what} became "
+                             f"{y.op.label if isinstance(y, Call) else 'a view'}; a compiled step must run the "
+                             f"same ops each call")
+    if a.draws != b.draws:
+        raise TraceError(f"{head}: they drew other random numbers (tensor.drawn: another recipe, shape or "
+                         f"order)")
+    if [s for _, s in a.sources] != [s for _, s in b.sources] or a.state != b.state or a.writes != b.writes:
+        raise TraceError(f"{head}: they read or wrote other tensors (arguments, parameters or optimizer state)")
+    for k, (x, y) in enumerate(zip(a.constants, b.constants)):
+        if not _same_array(x, y):
+            user = next((c.op.label for c in a.body if isinstance(c, Call) and
+                         any(v == _constant_value(a, k) for v in c.inputs)), "an op")
+            raise TraceError(f"{head}: an array of shape {x.shape} that {user} reads was not computed by an op "
+                             f"and changed between the calls (numpy on a tensor's data, random numbers, a "
+                             f"copy?); compute it with ops, pass it as an argument, or make random numbers with "
+                             f"tc.tensor.drawn (drawn anew each call)")
+    if a.result != b.result:
+        raise TraceError(f"{head}: the function returned something else the second time")
+
+
+def _constant_value(p: Program, k: int) -> int:
+    return next(v for v, s in p.sources if s.kind == "constant" and s.index == k)
+
+
+def _count(body) -> str:
+    calls = sum(isinstance(x, Call) for x in body)
+    return f"{calls} op call{'s' if calls != 1 else ''}"

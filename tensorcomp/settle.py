@@ -16,6 +16,7 @@ from .compiler import ArraySpec
 from .runtime import objects
 from .schedule.records import Layout
 from .strides import contiguous, permuted_strides
+from .lang.ir import Access
 from .trace import Call, Program, View
 
 
@@ -100,3 +101,38 @@ def compile_kernels(*programs: Program) -> int:
         seen.add(key)
         todo.append((item.op, specs, params))
     return compile_in_workers(todo, lambda op, specs, params: op.kernel_for(specs, params))
+
+
+def _copies(item: Call | View) -> bool:
+    """A call of an op that copies its one input: ``O[i0, ...] = A[i0, ...]``."""
+    if not isinstance(item, Call) or len(item.inputs) != 1 or len(item.outputs) != 1 or item.op.lookup_checks:
+        return False
+    statements = item.op.program.statements
+    if len(statements) != 1 or statements[0].reduce is not None:
+        return False
+    st = statements[0]
+    return isinstance(st.expr, Access) and st.expr.index == st.index and len({lin.plain_var for lin in st.index}) == \
+        len(st.index) and None not in {lin.plain_var for lin in st.index}
+
+
+def drop_same_layout_copies(p: Program) -> Program:
+    """``p`` without the calls that copy a value into an array of its own layout, their readers reading
+    the value itself. A traced step copies a gradient numpy cannot flatten in place (an optimizer reads
+    it flat); once the layout passes store the copy as its source is stored, the copy changes nothing.
+    A copy the step hands on (writes to state, returns) keeps its own memory."""
+    kept, alias, body = p.kept(), {}, []
+    for item in p.body:
+        if isinstance(item, View):
+            body.append(replace(item, source=alias.get(item.source, item.source)))
+            continue
+        item = replace(item, inputs=tuple(alias.get(v, v) for v in item.inputs))
+        if _copies(item) and item.outputs[0] not in kept and p.specs[item.inputs[0]] == p.specs[item.outputs[0]]:
+            alias[item.outputs[0]] = item.inputs[0]
+            continue
+        body.append(item)
+    return replace(p, body=tuple(body)) if alias else p
+
+
+def copy_calls(p: Program) -> int:
+    """The calls that copy a value into another layout (counted with the kernels' relayout copies)."""
+    return sum(_copies(item) and p.specs[item.inputs[0]][2] != p.specs[item.outputs[0]][2] for item in p.body)

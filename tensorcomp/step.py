@@ -34,13 +34,13 @@ from .epilogues import fuse_epilogues
 from .forward_values import keep_forward_values
 from .output_gradients import gradients_from_outputs
 from .native_step import NativeStep, build as build_native, profile as profile_native
-from .settle import compile_kernels, on_device, settle_layouts
+from .settle import compile_kernels, copy_calls, drop_same_layout_copies, on_device, settle_layouts
 from .state_layouts import choose_state_layouts, effective_copies, moved_specs, relay_state
 from .tensor import Tensor
 from .runtime import cuda
 from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result,
                     rename_result, spec_of, statements, trace, view_of)
-from .agreement import agreed, remember
+from .agreement import agreed, check_agree, remember
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -150,61 +150,6 @@ STEP = (
     fuse_epilogues,  # an elementwise call into the call making its input (an activation into its convolution)
     merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
 )
-
-
-# -- two traces must agree ----------------------------------------------------------------------------
-
-def _same_array(a: Any, b: Any) -> bool:
-    if spec_of(a) != spec_of(b):
-        return False
-    a, b = (cuda.to_host(x) if cuda.is_device_array(x) else x for x in (a, b))
-    return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-
-
-def check_agree(a: Program, b: Program) -> None:
-    """Raise a TraceError naming the first difference between two traces of one signature."""
-    head = f"tc.compile({a.name}): two calls with the same argument shapes ran differently"
-    if len(a.body) != len(b.body):
-        raise TraceError(f"{head}: {_count(a.body)} then {_count(b.body)}; a compiled step must run the same "
-                         f"ops each call (Python control flow that depends on values or on a counter?)")
-    for x, y in zip(a.body, b.body):
-        if isinstance(x, Call) and isinstance(y, Call) and x.op.ident == y.op.ident:  # (equal ops: one made per call)
-            if x.inputs != y.inputs or x.outputs != y.outputs:
-                raise TraceError(f"{head}: {x.op.label} read other values the second time")
-            for (n, u), (_, w) in zip(x.params, y.params):
-                if u != w and not (u != u and w != w):
-                    raise TraceError(f"{head}: scalar parameter '{n}' of {x.op.label} was {u!r} then {w!r}; it is "
-                                     f"computed in Python from something the trace cannot see. Keep such a "
-                                     f"value in a tensor (tc.tensor.keep_state) and compute it with an op")
-        elif x != y:
-            what = x.op.label if isinstance(x, Call) else "a view"
-            raise TraceError(f"{head}: {what} became "
-                             f"{y.op.label if isinstance(y, Call) else 'a view'}; a compiled step must run the "
-                             f"same ops each call")
-    if a.draws != b.draws:
-        raise TraceError(f"{head}: they drew other random numbers (tensor.drawn: another recipe, shape or "
-                         f"order)")
-    if [s for _, s in a.sources] != [s for _, s in b.sources] or a.state != b.state or a.writes != b.writes:
-        raise TraceError(f"{head}: they read or wrote other tensors (arguments, parameters or optimizer state)")
-    for k, (x, y) in enumerate(zip(a.constants, b.constants)):
-        if not _same_array(x, y):
-            user = next((c.op.label for c in a.body if isinstance(c, Call) and
-                         any(v == _constant_value(a, k) for v in c.inputs)), "an op")
-            raise TraceError(f"{head}: an array of shape {x.shape} that {user} reads was not computed by an op "
-                             f"and changed between the calls (numpy on a tensor's data, random numbers, a "
-                             f"copy?); compute it with ops, pass it as an argument, or make random numbers with "
-                             f"tc.tensor.drawn (drawn anew each call)")
-    if a.result != b.result:
-        raise TraceError(f"{head}: the function returned something else the second time")
-
-
-def _constant_value(p: Program, k: int) -> int:
-    return next(v for v, s in p.sources if s.kind == "constant" and s.index == k)
-
-
-def _count(body) -> str:
-    calls = sum(isinstance(x, Call) for x in body)
-    return f"{calls} op call{'s' if calls != 1 else ''}"
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -428,6 +373,8 @@ class CompiledStep:
         seconds["resolve_kernels"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         after, runs = _assign_layouts(after, runs)
+        if after.device == "cpu" and (dropped := drop_same_layout_copies(after)) is not after:
+            after, runs = dropped, _resolve(dropped)
         seconds["assign_layouts"] = time.perf_counter() - t0
         if step_cache.settled(after, runs):
             step_cache.store(program, after)
@@ -490,7 +437,7 @@ class CompiledStep:
         the passes' seconds."""
         entry = self._entry(args)
         before, after = entry.traced, entry.program
-        relayouts = effective_copies(entry.program, entry.runs)
+        relayouts = effective_copies(entry.program, entry.runs) + copy_calls(entry.program)
         return {
             "calls_traced": sum(isinstance(x, Call) for x in before.body),
             "calls": sum(isinstance(x, Call) for x in after.body),

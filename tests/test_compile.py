@@ -345,6 +345,44 @@ def test_dead_calls_are_dropped_and_common_calls_shared():
         "v6[i0_b, i1_b] = v6_C_a[i0_b, i1_b] + v6_C_a[i0_b, i1_b]")
 
 
+def test_copies_into_the_same_layout_are_dropped():
+    """A call that copies a value into an array of the same layout (a traced step copies a gradient
+    numpy cannot flatten in place) is dropped, its readers reading the value; a copy the step returns
+    keeps its memory, and one into another layout is counted with the relayout copies."""
+    from dataclasses import replace
+
+    from tensorcomp.settle import copy_calls, drop_same_layout_copies
+    from tensorcomp.tensor import _copy_op
+    from tensorcomp.trace import program_source, trace
+    mm, double = tc.op("C[i, j] += A[i, k] * B[k, j]"), tc.op("D[i, j] = A[i, j] * 2")
+    w = np.ones((3, 4), np.float32)
+
+    def fn(x):
+        c = _copy_op(2)(mm(x, w))
+        return double(c), _copy_op(2)(c)
+    x = np.ones((2, 3), np.float32)
+    _, p = trace(fn, "fn", (x,), [x], dry=True)
+    assert program_source(p) == (
+        "# C=v2 <- op 'C[i, j] += A[i, k] * B[k, j]' (A=v0, B=v1)\n"
+        "v2[i, j] += v0[i, k] * v1[k, j]\n"
+        "# O=v3 <- op 'O[i0, i1] = A[i0, i1]' (A=v2)\n"
+        "v3[i0, i1] = v2[i0, i1]\n"
+        "# D=v4 <- op 'D[i, j] = A[i, j] * 2' (A=v3)\n"
+        "v4[i, j] = v3[i, j] * 2\n"
+        "# O=v5 <- op 'O[i0, i1] = A[i0, i1]' (A=v3)\n"
+        "v5[i0, i1] = v3[i0, i1]")
+    assert program_source(drop_same_layout_copies(p)) == (
+        "# C=v2 <- op 'C[i, j] += A[i, k] * B[k, j]' (A=v0, B=v1)\n"
+        "v2[i, j] += v0[i, k] * v1[k, j]\n"
+        "# D=v4 <- op 'D[i, j] = A[i, j] * 2' (A=v2)\n"
+        "v4[i, j] = v2[i, j] * 2\n"
+        "# O=v5 <- op 'O[i0, i1] = A[i0, i1]' (A=v2)\n"
+        "v5[i0, i1] = v2[i0, i1]")
+    assert copy_calls(p) == 0
+    transposed = (p.specs[5][0], p.specs[5][1], (4, 8))
+    assert copy_calls(replace(p, specs=p.specs[:5] + (transposed,))) == 1
+
+
 def test_state_written_back_and_read_again():
     w = keep_state(tc.Tensor(np.zeros(3)))
     inc = tc.op("W2[i] = W[i] + X[i]")
