@@ -4,6 +4,8 @@ on all cores (``tc.compile``, between the whole-program passes and the replay).
 ``settle_layouts`` plans the calls in order; a kernel not built yet is only planned (its schedule
 says where it writes), so that ``compile_kernels`` can then compile all of them at once in worker
 processes, one per core (``autotune.precompile``), before ``step`` resolves them from the cache.
+After the layout passes, ``drop_same_layout_copies`` removes the calls that copy a value into its
+own layout.
 """
 
 from __future__ import annotations
