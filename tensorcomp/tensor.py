@@ -182,6 +182,18 @@ class Tensor:
     def device(self) -> str:
         return "cuda" if _on_device(self.data) else "cpu"
 
+    def __getstate__(self) -> dict:
+        """(copy, deepcopy, pickle) The tensor's attributes and whether it is state: a copy of a
+        parameter (``copy.deepcopy(model)``) is state too, which a compiled step reads and writes back."""
+        return {**self.__dict__, "_kept": self in _STATE}
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        kept = state.pop("_kept", False)
+        self.__dict__.update(state)
+        if kept:
+            keep_state(self)
+
     def to(self, device: str) -> "Tensor":
         """A copy on ``device`` ('cpu' or 'cuda'), or self when it is there already."""
         if device == self.device:

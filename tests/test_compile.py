@@ -483,6 +483,27 @@ def test_dropout_draws_new_masks_on_each_compiled_call_as_eager_does(monkeypatch
     assert [args for _, args in program.draws] == [((6, 4, 24, 24), 0.25), ((6, 16), 0.5)]
 
 
+def test_a_deep_copy_of_a_model_trains_compiled_as_eager():
+    """``copy.deepcopy(model)`` (and pickling) keeps parameters state: two copies of one initialisation,
+    one trained eagerly and one through ``tc.compile``, end equal."""
+    import copy
+    import pickle
+    nn.manual_seed(3)
+    base = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 12 * 12, 10))
+    batches = _batches(5, 4)
+    trained = []
+    for model, compiled in ((copy.deepcopy(base), False), (copy.deepcopy(base), True),
+                            (pickle.loads(pickle.dumps(base)), True)):
+        opt = optim.Adam(model.parameters(), 1e-2)
+        step = _step_of(model, nn.CrossEntropyLoss(), opt)
+        step = tc.compile(step) if compiled else step
+        trained.append(([float(step(x, y).data) for x, y in batches], model.state_dict(), step))
+    for compiled in trained[1:]:
+        _assert_same_training(trained[0], compiled, rtol=1e-6)
+        assert compiled[2].replays == 4
+    assert np.abs(trained[0][1]["layers.4.weight"] - base.state_dict()["layers.4.weight"]).max() > 1e-3  # (trained)
+
+
 def test_a_changed_random_recipe_is_an_error():
     from tensorcomp.tensor import drawn
     keep = tc.op("Y[i] = X[i] * M[i]")
