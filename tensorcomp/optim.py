@@ -64,6 +64,8 @@ def _parameters(optimizer: str, params: Any) -> list:
         if first != k:
             raise ArgumentError(f"{optimizer}: parameter {k} is parameter {first} again; each parameter is listed "
                                 f"once (it would be updated twice per step)")
+    for p in out:
+        keep_state(p)  # (a tensor an optimizer updates lives across steps: a compiled step writes it back)
     return out
 
 

@@ -323,9 +323,12 @@ class CompiledStep:
 
     def _dry_trace(self, args: tuple, arrays: list) -> Program | None:
         """``fn`` traced dry (its calls recorded, no kernel run nor compiled), or None where that raised
-        (the eager trace then raises it again, or runs) or the step reads device values (traced eagerly)."""
+        (the eager trace then raises it again, or runs) or the step reads device values (traced eagerly).
+        A ``TraceError`` (what a compiled step cannot do) is raised at once."""
         try:
             _, program = trace(self.fn, self.name, args, arrays, dry=True)
+        except TraceError:
+            raise
         except Exception:  # noqa: BLE001 - (see above)
             return None
         return program if program.device == "cpu" else None

@@ -33,6 +33,8 @@ _STATE: "weakref.WeakKeyDictionary[Tensor, None]" = weakref.WeakKeyDictionary()
 _VALUE_GUARDS: list = []
 # while a step is traced: called with (array, make, args) when ``drawn`` makes random numbers
 _DRAW_HOOKS: list = []
+# while a step is traced: called with a tensor whose ``data`` is about to be replaced
+_DATA_HOOKS: list = []
 
 
 def drawn(make: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
@@ -177,6 +179,11 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad: Any = None
         self._node: _Node | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "data" and _DATA_HOOKS:
+            _DATA_HOOKS[-1](self)
+        object.__setattr__(self, name, value)
 
     @property
     def device(self) -> str:

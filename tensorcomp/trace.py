@@ -24,7 +24,7 @@ from .autotune.canon import renamed_source
 from .errors import TraceError
 from .runtime import cuda
 from .opdef import Op
-from .tensor import Tensor, _DRAW_HOOKS, _VALUE_GUARDS, state_tensors
+from .tensor import Tensor, _DATA_HOOKS, _DRAW_HOOKS, _VALUE_GUARDS, state_tensors
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,9 @@ class _Recorder:
         self.constants: list[np.ndarray] = []
         self.constant_values: set[int] = set()
         self.recipes: dict[int, tuple] = {}  # id(array) -> (array, make, args): ``tensor.drawn``'s arrays
+        # tensors that are not state whose data the run replaced: id -> (tensor, data before; None for
+        # one the run made)
+        self.loose: dict[int, tuple[Tensor, Any]] = {}
         self.draws: list[tuple] = []
         self.drawn: list[np.ndarray] = []
         self.body: list[Call | View] = []
@@ -238,6 +241,11 @@ class _Recorder:
         return v
 
     # -- the hooks ----------------------------------------------------------------------------------
+    def assign(self, t: Tensor) -> None:
+        """Tensor ``t``'s data is about to be replaced (a state tensor's replacement is a write)."""
+        if id(t) not in self.start and id(t) not in self.loose:
+            self.loose[id(t)] = (t, t.__dict__.get("data"))
+
     def draw(self, a: np.ndarray, make: Callable, args: tuple) -> None:
         """``tensor.drawn`` made ``a`` with ``make(*args)``: a "drawn" source if an op reads it."""
         self.recipes[id(a)] = (a, make, args)
@@ -265,6 +273,13 @@ class _Recorder:
 
     # -- the end ------------------------------------------------------------------------------------
     def finish(self, result: Any) -> Program:
+        for t, before in self.loose.values():
+            now = t.__dict__.get("data")
+            if before is not None and now is not before and self._computed(now):
+                raise TraceError(f"tc.compile({self.name}): the step assigns the data of a tensor of shape "
+                                 f"{tuple(before.shape)} that is not state a value ops computed; a compiled step "
+                                 f"writes back only state. Make it state: an nn.Parameter, a tensor an optimizer "
+                                 f"updates, or tc.tensor.keep_state(tensor) before compiling")
         writes = []
         for t in state_tensors():
             start = self.start.get(id(t))
@@ -292,6 +307,16 @@ class _Recorder:
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
                        self._result(result), tuple(guards), "cuda" if on_device else "cpu", on_device,
                        tuple(self.draws), tuple(self.drawn))
+
+    def _computed(self, a: Any) -> bool:
+        """Whether array ``a`` is (a view of) a value an op call of the run wrote."""
+        if not is_array(a):
+            return False
+        given = {v for v, _ in self.sources}
+        v = self.by_id.get(id(a))
+        if v is not None:
+            return v not in given
+        return any(v not in given for v in self.by_owner.get(id(owner(a)), ()))
 
     def _is_view(self, a: Any) -> bool:
         return is_array(a) and id(owner(a)) in self.by_owner
@@ -323,6 +348,7 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
     rec = _Recorder(name, arrays)
     _VALUE_GUARDS.append(rec.guard)
     _DRAW_HOOKS.append(rec.draw)
+    _DATA_HOOKS.append(rec.assign)
     opdef.UPLOADS.append(rec.upload)
     try:
         with opdef.record_calls(rec.record, dry):
@@ -331,10 +357,14 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
     finally:
         _VALUE_GUARDS.remove(rec.guard)
         _DRAW_HOOKS.remove(rec.draw)
+        _DATA_HOOKS.remove(rec.assign)
         opdef.UPLOADS.remove(rec.upload)
         if dry:
             for t, data, grad in rec.start.values():
                 t.data, t.grad = data, grad
+            for t, before in rec.loose.values():
+                if before is not None:
+                    t.data = before
     return result, program
 
 

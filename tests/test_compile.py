@@ -504,6 +504,47 @@ def test_a_deep_copy_of_a_model_trains_compiled_as_eager():
     assert np.abs(trained[0][1]["layers.4.weight"] - base.state_dict()["layers.4.weight"]).max() > 1e-3  # (trained)
 
 
+def test_plain_tensors_an_optimizer_updates_are_state_and_others_may_not_be_assigned():
+    """A ``tc.Tensor(..., requires_grad=True)`` handed to an optimizer is state (its compiled training is
+    the eager one); a tensor that is not state, assigned a value ops computed inside the step, is an
+    error naming it (a replay would not write it back), and the call leaves its data as it was."""
+    votes, head = tc.op("U[n, j, d] += X[n, k] * W[j, d, k]"), tc.op("L += U[n, j, d] * U[n, j, d]")
+    x = rng.random((3, 4), dtype=np.float32)
+    w0 = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    runs = []
+    for compiled in (False, True):
+        w = tc.Tensor(w0.copy(), requires_grad=True)
+        opt = optim.SGD([w], 0.01)
+
+        def step(x):
+            opt.zero_grad()
+            loss = head(votes(tc.Tensor(x), w))
+            loss.backward()
+            opt.step()
+            return loss
+        f = tc.compile(step) if compiled else step
+        runs.append(([float(f(x).data) for _ in range(4)], np.array(w.data)))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-6)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-6)
+    assert not np.allclose(runs[0][1], w0)
+
+    cache = tc.Tensor(np.zeros((3, 2, 3), np.float32))
+
+    def remembers(x):
+        u = votes(tc.Tensor(x), tc.Tensor(w0))
+        cache.data = u.data
+        return head(u)
+    before = cache.data
+    with pytest.raises(tc.TraceError) as e:
+        tc.compile(remembers)(x)
+    assert str(e.value) == (
+        "tc.compile(test_plain_tensors_an_optimizer_updates_are_state_and_others_may_not_be_assigned.<locals>."
+        "remembers): the step assigns the data of a tensor of shape (3, 2, 3) that is not state a value ops "
+        "computed; a compiled step writes back only state. Make it state: an nn.Parameter, a tensor an optimizer "
+        "updates, or tc.tensor.keep_state(tensor) before compiling")
+    assert cache.data is before
+
+
 def test_a_changed_random_recipe_is_an_error():
     from tensorcomp.tensor import drawn
     keep = tc.op("Y[i] = X[i] * M[i]")
