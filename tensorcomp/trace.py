@@ -302,10 +302,11 @@ class _Recorder:
         for k, t in enumerate(self.state):
             _, data, grad = self.start[id(t)]
             guards.append((k, spec_of(data), None if grad is None else spec_of(grad), k in read))
+        returned = self._result(result)  # (first: a view returned is a value of its own)
         on_device = frozenset(v for v, a in enumerate(self.arrays) if cuda.is_device_array(a))
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
-                       self._result(result), tuple(guards), "cuda" if on_device else "cpu", on_device,
+                       returned, tuple(guards), "cuda" if on_device else "cpu", on_device,
                        tuple(self.draws), tuple(self.drawn))
 
     def _computed(self, a: Any) -> bool:

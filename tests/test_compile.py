@@ -545,6 +545,24 @@ def test_plain_tensors_an_optimizer_updates_are_state_and_others_may_not_be_assi
     assert cache.data is before
 
 
+def test_a_step_returns_views_of_values_it_computes():
+    """A transposed or reshaped view of a computed value returned by the step is a value of the
+    program (registered before the program's values are listed): every call returns what eager does."""
+    mm = tc.op("C[i, j] += A[i, k] * B[k, j]")
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def fn(x):
+        c = mm(tc.Tensor(x), tc.Tensor(w))
+        return c.transpose(1, 0), c.reshape(2, 4), c
+    step = tc.compile(fn)
+    for k in range(4):
+        x = rng.standard_normal((2, 3)).astype(np.float32)
+        got, want = step(x), fn(x)
+        for g, e in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-6)
+    assert step.replays == 3
+
+
 def test_a_changed_random_recipe_is_an_error():
     from tensorcomp.tensor import drawn
     keep = tc.op("Y[i] = X[i] * M[i]")
