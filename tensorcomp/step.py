@@ -15,6 +15,7 @@ values written back at the end, so ``step(*args)`` has the effect of ``fn(*args)
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -287,6 +288,18 @@ class CompiledStep:
                                  f"non-empty numpy or device arrays, tc.Tensors and Python scalars")
         return arrays, tuple(key)
 
+    def _positional(self, args: tuple, kwargs: dict) -> tuple:
+        """Keyword arguments bound to ``fn``'s parameters, as positional ones (a step is traced and
+        keyed by its arguments in order)."""
+        try:
+            bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise TraceError(f"tc.compile({self.name}): {e}") from None
+        if bound.kwargs:
+            raise TraceError(f"tc.compile({self.name}): keyword-only arguments {sorted(bound.kwargs)}; a compiled "
+                             f"step takes arguments it can pass by position")
+        return bound.args
+
     def forget_kernels(self) -> None:
         """Look every call's kernel up again on the next call (after tuning stored new schedules and
         ``Op.forget_kernels`` dropped the old kernels)."""
@@ -294,7 +307,9 @@ class CompiledStep:
             for entry in entries:
                 entry.runs, entry.native, entry.replays = (), None, 0
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            args = self._positional(args, kwargs)
         arrays, key = self._arrays(args)
         for entry in self._entries.get(key, ()):
             if _guards_hold(entry.program, entry.moved):

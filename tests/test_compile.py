@@ -563,6 +563,31 @@ def test_a_step_returns_views_of_values_it_computes():
     assert step.replays == 3
 
 
+def test_keyword_arguments_are_bound_to_the_function_s_parameters():
+    """``step(x=..., y=...)`` runs as ``step(x, y)`` (one compiled program for both spellings); a
+    keyword the function does not take is an error naming it."""
+    lin, lossf = nn.Linear(4, 2), nn.MSELoss()
+    opt = optim.SGD(lin.parameters(), 0.1)
+
+    def fit(x, y, scale=1.0):
+        opt.zero_grad()
+        loss = lossf(lin(tc.Tensor(x)), tc.Tensor(y))
+        loss.backward()
+        opt.step()
+        return loss
+    step = tc.compile(fit)
+    x, y = rng.random((3, 4), dtype=np.float32), rng.random((3, 2), dtype=np.float32)
+    step(x, y=y)
+    step(y=y, x=x)
+    step(x, y)
+    assert (step.traces, step.replays) == (2, 2)
+    with pytest.raises(tc.TraceError) as e:
+        step(x, z=y)
+    assert str(e.value) == (
+        "tc.compile(test_keyword_arguments_are_bound_to_the_function_s_parameters.<locals>.fit): missing a "
+        "required argument: 'y'")
+
+
 def test_a_changed_random_recipe_is_an_error():
     from tensorcomp.tensor import drawn
     keep = tc.op("Y[i] = X[i] * M[i]")
