@@ -1,12 +1,13 @@
 """Tracing a step: the op calls one run of a Python function makes, recorded as one program.
 
 A traced run records every op call — which values it read, which it wrote and its scalar parameters —
-either running the ops (eager: its results are real) or not (dry: ``tensorcomp.step``'s default).
-Values are numbered in order of first appearance; each input value says where it comes from on the
-next call — an argument, the data or gradient of a state tensor (``tensor.keep_state``: parameters,
-running statistics, optimizer state), a constant, or random numbers (``tensor.drawn``) — and each numpy view of a value (reshape, transpose, ``p.data.reshape(-1)``) is
-recorded as a view, so it can be remade from the new value. At the end, the state tensors whose data
-or gradient the run replaced give the program's writes, and the function's result its outputs.
+either running the ops (eager: its results are real) or not (dry: ``tensorcomp.step``'s default). Values
+are numbered in order of first appearance; each input value says where it comes from on the next call —
+an argument, the data or gradient of a state tensor (``tensor.keep_state``: parameters, running
+statistics, optimizer state), a constant, or random numbers (``tensor.drawn``) — and each numpy view of
+a value (reshape, transpose, ``p.data.reshape(-1)``) is recorded as a view, so it can be remade from the
+new value. At the end, the state tensors whose data or gradient the run replaced give the program's
+writes, and the function's result its outputs.
 
 ``Program`` is frozen; ``tensorcomp.step`` checks two traces against each other, runs the whole-
 program passes over it and replays it.
