@@ -42,7 +42,13 @@ def drawn(make: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
     array was made, not its values: each replay calls ``make(*args)`` again, drawing from the same
     generator in the same order as the eager step would. ``make`` is a module-level function (a
     compiled step stored on disk names it)."""
+    if not callable(make):
+        raise ArgumentError(f"tc.tensor.drawn: make must be a function returning an array, got "
+                            f"{type(make).__name__}")
     a = make(*args)
+    if not isinstance(a, np.ndarray):
+        raise ArgumentError(f"tc.tensor.drawn: {getattr(make, '__qualname__', make)!s} returned a "
+                            f"{type(a).__name__}; it must return a numpy array")
     for hook in _DRAW_HOOKS:
         hook(a, make, args)
     return a

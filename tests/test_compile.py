@@ -605,6 +605,20 @@ def test_a_changed_random_recipe_is_an_error():
         "shapes ran differently: they drew other random numbers (tensor.drawn: another recipe, shape or order)")
 
 
+def test_drawn_refuses_what_is_not_a_recipe_for_an_array():
+    from tensorcomp.tensor import drawn
+    with pytest.raises(tc.ArgumentError) as e:
+        drawn(3, (2,))
+    assert str(e.value) == "tc.tensor.drawn: make must be a function returning an array, got int"
+    with pytest.raises(tc.ArgumentError) as e:
+        drawn(_listed, 2)
+    assert str(e.value) == "tc.tensor.drawn: _listed returned a list; it must return a numpy array"
+
+
+def _listed(n):
+    return [0.5] * n
+
+
 def _half_mask(shape, p):
     return (rng.random(shape) >= p).astype(np.float64)
 
