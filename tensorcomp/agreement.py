@@ -37,7 +37,7 @@ def trace_key(p: Program) -> str:
                                       .tobytes()).hexdigest() + repr(spec_of(a)) for a in p.constants)
     sources = sorted(f"{s.kind} {spec[v]}" for v, s in p.sources)
     writes = sorted(f"{attr} {None if v is None else spec[v]}" for _, attr, v in p.writes)
-    guards = sorted(repr(g[1:]) for g in p.guards)
+    guards = sorted(repr(g[1:]) for g in p.guards) + sorted(f"{type(o).__name__}.{n}={v!r}" for o, n, v in p.flags)
     result = repr(rename_result(p.result, {v: spec[v] for v in range(len(spec))}))
     return objects.hash_parts(("trace", p.name, p.device, result, *calls, *views, *constants, recipes(p), *sources,
                                *writes, *guards, objects.code_fingerprint(), jit.host_target()))

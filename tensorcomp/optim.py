@@ -17,20 +17,23 @@ from .tensor import Tensor, _zeros_like, count_up, keep_state, reshape_array
 def _adam_op() -> Op:
     # one pass over each parameter: new moments and the updated value. The gradient is G + gwd * P
     # (L2 weight decay; AdamW decays P by wd instead); T is the step count (this step included), from
-    # which the bias corrections are computed, so the step count lives in a tensor like the moments
+    # which the bias corrections are computed, so the step count lives in a tensor like the moments.
+    # So do the hyperparameters, H = (b1, b2, lr, eps, wd, gwd): a compiled step reads them anew on
+    # each call, and a new learning rate set between steps takes effect (see ``_Hyper``)
     return Op("""
-        M2[i] = b1 * M[i] + (1 - b1) * (G[i] + gwd * P[i])
-        V2[i] = b2 * V[i] + (1 - b2) * (G[i] + gwd * P[i]) * (G[i] + gwd * P[i])
-        P2[i] = P[i] * (1 - wd) - lr * sqrt(1 - b2 ** T[0]) / (1 - b1 ** T[0]) * (b1 * M[i] + (1 - b1) * (G[i] + gwd * P[i])) / (sqrt(b2 * V[i] + (1 - b2) * (G[i] + gwd * P[i]) * (G[i] + gwd * P[i])) + eps * sqrt(1 - b2 ** T[0]))
+        M2[i] = H[0] * M[i] + (1 - H[0]) * (G[i] + H[5] * P[i])
+        V2[i] = H[1] * V[i] + (1 - H[1]) * (G[i] + H[5] * P[i]) * (G[i] + H[5] * P[i])
+        P2[i] = P[i] * (1 - H[4]) - H[2] * sqrt(1 - H[1] ** T[0]) / (1 - H[0] ** T[0]) * (H[0] * M[i] + (1 - H[0]) * (G[i] + H[5] * P[i])) / (sqrt(H[1] * V[i] + (1 - H[1]) * (G[i] + H[5] * P[i]) * (G[i] + H[5] * P[i])) + H[3] * sqrt(1 - H[1] ** T[0]))
     """)
 
 
 @lru_cache(maxsize=None)
 def _sgd_op() -> Op:
-    # buf <- momentum*buf + g' with g' = g + wd*p; step along buf, or along g' + momentum*buf (Nesterov)
+    # buf <- momentum*buf + g' with g' = g + wd*p; step along buf, or along g' + momentum*buf (Nesterov);
+    # H = (momentum, wd, lr, nesterov) in a tensor, as Adam's
     return Op("""
-        B2[i] = momentum * B[i] + G[i] + wd * P[i]
-        P2[i] = P[i] - lr * where(nesterov > 0, G[i] + wd * P[i] + momentum * (momentum * B[i] + G[i] + wd * P[i]), momentum * B[i] + G[i] + wd * P[i])
+        B2[i] = H[0] * B[i] + G[i] + H[1] * P[i]
+        P2[i] = P[i] - H[2] * where(H[3] > 0, G[i] + H[1] * P[i] + H[0] * (H[0] * B[i] + G[i] + H[1] * P[i]), H[0] * B[i] + G[i] + H[1] * P[i])
     """)
 
 
@@ -94,13 +97,73 @@ def _flat(a: Any) -> Any:
     return reshape_array(a, (-1,))
 
 
+class _Hyper:
+    """A hyperparameter (``lr``, ``momentum``, ...): checked when set, and kept, with the optimizer's
+    others, in a small tensor its update kernel reads (``_Optimizer.hyper``). A compiled step reads
+    that tensor anew on each call, so a value set between steps (a learning-rate schedule) takes
+    effect at the next step, compiled or not; a plain scalar would be a constant of the program."""
+
+    def __init__(self, label: str, lo: float, hi: float | None = None, open_lo: bool = False) -> None:
+        self.label, self.lo, self.hi, self.open_lo = label, lo, hi, open_lo
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else obj._values[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj._values[self.name] = _check(f"{obj._name}: {self.label}", value, self.lo, self.hi, self.open_lo)
+        obj._refresh()
+
+
+class _Flag(_Hyper):
+    """A yes/no hyperparameter (AdamW's decoupled decay, Nesterov momentum), kept as ``_Hyper``."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+            raise ArgumentError(f"{obj._name}: {self.name} must be True or False, got {value!r}")
+        obj._values[self.name] = bool(value)
+        obj._refresh()
+
+
 class _Optimizer:
     """What every optimizer shares: clearing gradients and its state as a dict of arrays."""
 
     params: list
+    _name = "optimizer"
 
     def _named_state(self) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def _vector(self) -> list[float]:
+        """The hyperparameters in the order the update op reads them (``H[k]``)."""
+        raise NotImplementedError
+
+    def _setup(self, params: Any) -> None:
+        self.params = _parameters(self._name, params)
+        self._values: dict[str, Any] = {}
+        self._hyper: dict[np.dtype, Tensor] = {}
+
+    def _refresh(self) -> None:
+        """Write the hyperparameters into the tensors the updates read (one per parameter dtype), once
+        every one is set."""
+        try:
+            values = self._vector()
+        except KeyError:  # (still being set up)
+            return
+        for p in self.params:
+            t = self._hyper.get(p.dtype)
+            if t is None:
+                t = self._hyper[p.dtype] = keep_state(Tensor(np.zeros(len(values), p.dtype), device=p.device))
+            t.data = Tensor(np.asarray(values, p.dtype), device=t.device).data
+
+    def hyper(self, p: Tensor) -> Any:
+        """The hyperparameter tensor's data for parameter ``p``'s dtype."""
+        return self._hyper[p.dtype].data
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every parameter's gradient (or, with ``set_to_none=False``, set it to zeros)."""
@@ -141,20 +204,32 @@ class _Optimizer:
 class Adam(_Optimizer):
     """Adam (and AdamW with ``decoupled=True``); one fused kernel per parameter and step."""
 
+    _name = "Adam"
+    lr = _Hyper("lr", 0.0, open_lo=True)
+    b1 = _Hyper("betas[0]", 0.0, 1.0)
+    b2 = _Hyper("betas[1]", 0.0, 1.0)
+    eps = _Hyper("eps", 0.0)
+    wd = _Hyper("weight_decay", 0.0)
+    decoupled = _Flag()
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = False) -> None:
-        self.params = _parameters("Adam", params)
-        self.lr = _check("Adam: lr", lr, 0.0, open_lo=True)
+        self._setup(params)
+        self.decoupled = decoupled
+        self.lr = lr
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ArgumentError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.b1 = _check("Adam: betas[0]", betas[0], 0.0, 1.0)
-        self.b2 = _check("Adam: betas[1]", betas[1], 0.0, 1.0)
-        self.eps = _check("Adam: eps", eps, 0.0)
-        self.wd = _check("Adam: weight_decay", weight_decay, 0.0)
-        self.decoupled = decoupled
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.wd = weight_decay
         self.steps = keep_state(Tensor(np.zeros(1, np.float32)))  # steps taken (a tensor: see _adam_op)
         self.m = [_state(p) for p in self.params]
         self.v = [_state(p) for p in self.params]
+
+    def _vector(self) -> list[float]:
+        v = self._values
+        wd = v["lr"] * v["wd"] if v["decoupled"] else 0.0  # (AdamW: the parameter decays by lr * wd)
+        return [v["b1"], v["b2"], v["lr"], v["eps"], wd, 0.0 if v["decoupled"] else v["wd"]]
 
     @property
     def t(self) -> int:
@@ -169,14 +244,12 @@ class Adam(_Optimizer):
     def step(self) -> None:
         count_up(self.steps)
         op = _adam_op()
-        gwd = 0.0 if self.decoupled else self.wd
-        wd = self.lr * self.wd if self.decoupled else 0.0
         for k, p in enumerate(self.params):
             if p.grad is None:
                 continue
             m, v = self.m[k], self.v[k]
-            m2, v2, p2 = op(_flat(m.data), _gradient("Adam", k, p), _flat(p.data), _flat(v.data), self.steps.data,
-                            b1=self.b1, b2=self.b2, lr=self.lr, eps=self.eps, wd=wd, gwd=gwd)
+            m2, v2, p2 = op(self.hyper(p), _flat(m.data), _gradient("Adam", k, p), _flat(p.data), _flat(v.data),
+                            self.steps.data)
             m.data, v.data, p.data = (reshape_array(a, p.shape) for a in (m2, v2, p2))
 
 
@@ -189,16 +262,24 @@ def AdamW(params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weigh
 class SGD(_Optimizer):
     """SGD with momentum, Nesterov momentum and weight decay (PyTorch's formulation)."""
 
+    _name = "SGD"
+    lr = _Hyper("lr", 0.0, open_lo=True)
+    momentum = _Hyper("momentum", 0.0)
+    wd = _Hyper("weight_decay", 0.0)
+    nesterov = _Flag()
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
-        self.params = _parameters("SGD", params)
-        self.lr = _check("SGD: lr", lr, 0.0, open_lo=True)
-        self.momentum = _check("SGD: momentum", momentum, 0.0)
-        self.wd = _check("SGD: weight_decay", weight_decay, 0.0)
+        self._setup(params)
+        self.lr, self.momentum, self.wd = lr, momentum, weight_decay
         if nesterov and self.momentum == 0:
             raise ArgumentError("SGD: nesterov=True needs a momentum > 0")
         self.nesterov = nesterov
         self.buf = [_state(p) for p in self.params]
+
+    def _vector(self) -> list[float]:
+        v = self._values
+        return [v["momentum"], v["wd"], v["lr"], 1.0 if v["nesterov"] else 0.0]
 
     def _named_state(self) -> dict[str, Tensor]:
         return {f"momentum_buffer.{k}": b for k, b in enumerate(self.buf)}
@@ -209,7 +290,6 @@ class SGD(_Optimizer):
             if p.grad is None:
                 continue
             buf = self.buf[k]
-            b2, p2 = op(_flat(buf.data), _gradient("SGD", k, p), _flat(p.data), momentum=self.momentum, wd=self.wd,
-                        lr=self.lr, nesterov=1.0 if self.nesterov else 0.0)
+            b2, p2 = op(self.hyper(p), _flat(buf.data), _gradient("SGD", k, p), _flat(p.data))
             buf.data, p.data = reshape_array(b2, p.shape), reshape_array(p2, p.shape)
 

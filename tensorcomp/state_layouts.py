@@ -58,8 +58,8 @@ def _elementwise_partners(op: Op, tensor: str, size: int, shapes: dict[str, tupl
                 return None
             var = st.index[0].plain_var
             for t, index in flat:
-                if shapes.get(t) == (1,) and len(index) == 1 and not list(index[0].names()):
-                    continue  # a scalar held in a tensor (Adam's step count)
+                if len(index) == 1 and not list(index[0].names()):
+                    continue  # a scalar held in a tensor (Adam's step count, a hyperparameter)
                 if shapes.get(t) != (size,) or len(index) != 1 or index[0].plain_var != var:
                     return None
                 if t not in partners:

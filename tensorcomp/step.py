@@ -471,7 +471,10 @@ class CompiledStep:
 
 def _guards_hold(p: Program, moved: dict[int, tuple]) -> bool:
     """Whether the state tensors fit program ``p``: each one's data as traced or, where the program
-    moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads."""
+    moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads; each
+    flag the step read (a module's training mode) as it was."""
+    if any(getattr(owner, name) != value for owner, name, value in p.flags):
+        return False
     for k, data, grad, read in p.guards:
         t = p.state[k]
         if not is_array(t.data):
@@ -489,7 +492,7 @@ def _same_guards(a: Program, b: Program, exact: bool = False) -> bool:
     ``exact``: a step that sets them to None before backward runs alike with and without them)."""
     def key(p: Program) -> list:
         return [(p.state[k], d, g if read or exact else None, read) for k, d, g, read in p.guards]
-    return key(a) == key(b)
+    return key(a) == key(b) and [(id(o), n, v) for o, n, v in a.flags] == [(id(o), n, v) for o, n, v in b.flags]
 
 
 def _environment(p: Program, arrays: list, prepare: Callable[[Any], Any] | None = None,

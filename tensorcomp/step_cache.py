@@ -43,6 +43,7 @@ def step_key(p: Program) -> str:
                                 .tobytes()).hexdigest() + repr((a.shape, a.dtype.str)) for a in p.constants]
     return objects.hash_parts(("step", str(FORMAT), p.name, p.device, repr(p.specs), repr(p.sources), *body,
                                *constants, recipes(p), repr(p.writes), repr(p.result), repr(_guards(p)),
+                               repr([f"{type(o).__name__}.{n}={v!r}" for o, n, v in p.flags]),
                                objects.code_fingerprint(), jit.host_target()))
 
 
@@ -67,7 +68,8 @@ def store(traced: Program, compiled: Program) -> bool:
             any(a is not b for a, b in zip(compiled.constants, traced.constants)):
         return False
     try:
-        data = pickle.dumps(replace(compiled, state=(), constants=(), drawn=()), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(replace(compiled, state=(), constants=(), drawn=(), flags=()),
+                            protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError):
         return False  # (an op holding something that does not pickle: the passes run in each process)
     objects.write_object(*where, data)
@@ -87,7 +89,7 @@ def load(traced: Program) -> Program | None:
     if not isinstance(program, Program) or program.name != traced.name or _guards(program) != _guards(traced):
         return None
     return replace(program, state=traced.state, constants=traced.constants, guards=traced.guards,
-                   draws=traced.draws, drawn=traced.drawn)
+                   draws=traced.draws, drawn=traced.drawn, flags=traced.flags)
 
 
 def settled(p: Program, runs: tuple) -> bool:

@@ -25,7 +25,7 @@ from .autotune.canon import renamed_source
 from .errors import TraceError
 from .runtime import cuda
 from .opdef import Op
-from .tensor import Tensor, _DATA_HOOKS, _DRAW_HOOKS, _VALUE_GUARDS, state_tensors
+from .tensor import Tensor, _DATA_HOOKS, _DRAW_HOOKS, _FLAG_HOOKS, _VALUE_GUARDS, state_tensors
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class Program:
     on_device: frozenset = frozenset()  # the values that were device arrays in the traced run
     draws: tuple = ()  # (make, args) per "drawn" source: ``tensor.drawn``'s recipe, called each replay
     drawn: tuple = ()  # the arrays the traced run drew (what the traced call itself reads)
+    flags: tuple = ()  # (owner, name, value) per flag the step read (``tensor.read_flag``): guards too
 
     def kept(self) -> set[int]:
         """The values the step hands on: written back to state or returned."""
@@ -170,6 +171,7 @@ class _Recorder:
         # tensors that are not state whose data the run replaced: id -> (tensor, data before; None for
         # one the run made)
         self.loose: dict[int, tuple[Tensor, Any]] = {}
+        self.flags: dict[tuple[int, str], tuple] = {}  # (id(owner), name) -> (owner, name, value first read)
         self.draws: list[tuple] = []
         self.drawn: list[np.ndarray] = []
         self.body: list[Call | View] = []
@@ -247,6 +249,10 @@ class _Recorder:
         if id(t) not in self.start and id(t) not in self.loose:
             self.loose[id(t)] = (t, t.__dict__.get("data"))
 
+    def flag(self, owner: Any, name: str, value: Any) -> None:
+        """Python read flag ``name`` of ``owner`` (a module's training mode): the program is for that value."""
+        self.flags.setdefault((id(owner), name), (owner, name, value))
+
     def draw(self, a: np.ndarray, make: Callable, args: tuple) -> None:
         """``tensor.drawn`` made ``a`` with ``make(*args)``: a "drawn" source if an op reads it."""
         self.recipes[id(a)] = (a, make, args)
@@ -308,7 +314,7 @@ class _Recorder:
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),
                        returned, tuple(guards), "cuda" if on_device else "cpu", on_device,
-                       tuple(self.draws), tuple(self.drawn))
+                       tuple(self.draws), tuple(self.drawn), tuple(self.flags.values()))
 
     def _computed(self, a: Any) -> bool:
         """Whether array ``a`` is (a view of) a value an op call of the run wrote."""
@@ -351,6 +357,7 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
     _VALUE_GUARDS.append(rec.guard)
     _DRAW_HOOKS.append(rec.draw)
     _DATA_HOOKS.append(rec.assign)
+    _FLAG_HOOKS.append(rec.flag)
     opdef.UPLOADS.append(rec.upload)
     try:
         with opdef.record_calls(rec.record, dry):
@@ -360,6 +367,7 @@ def trace(fn: Callable, name: str, args: tuple, arrays: list[np.ndarray], dry: b
         _VALUE_GUARDS.remove(rec.guard)
         _DRAW_HOOKS.remove(rec.draw)
         _DATA_HOOKS.remove(rec.assign)
+        _FLAG_HOOKS.remove(rec.flag)
         opdef.UPLOADS.remove(rec.upload)
         if dry:
             for t, data, grad in rec.start.values():

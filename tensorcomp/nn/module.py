@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ArgumentError, ShapeError, TensorcompError
-from ..tensor import Tensor, keep_state
+from ..tensor import Tensor, keep_state, read_flag
 
 
 class Parameter(Tensor):
@@ -36,6 +36,17 @@ class Module:
 
     def __init__(self) -> None:
         self.training = True
+
+    @property
+    def training(self) -> bool:
+        """Whether the module is in training mode (dropout drops, batch norm uses batch statistics). A
+        compiled step that read it replays only in the mode it was traced in (another mode: traced
+        again)."""
+        return read_flag(self, "training", self.__dict__.get("_training", True))
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["_training"] = bool(mode)
 
     def forward(self, *args: Any) -> Tensor:
         raise NotImplementedError
