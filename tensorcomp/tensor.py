@@ -35,13 +35,14 @@ _VALUE_GUARDS: list = []
 _DRAW_HOOKS: list = []
 # while a step is traced: called with a tensor whose ``data`` is about to be replaced
 _DATA_HOOKS: list = []
-# while a step is traced: called with (owner, name, value) when Python reads a flag that selects the
-# ops a step runs (``Module.training``): the compiled program replays only while the flag has that value
+# while a step is traced: called with (owner, name, value) when Python reads a setting that selects the
+# ops a step runs or their scalars (``Module.training``, Dropout's p, BatchNorm's eps and momentum): the
+# compiled program replays only while the setting has that value
 _FLAG_HOOKS: list = []
 
 
 def read_flag(owner: Any, name: str, value: Any) -> Any:
-    """``value``, the flag ``name`` of ``owner`` that Python is reading (a traced step guards on it)."""
+    """``value``, the setting ``name`` of ``owner`` that Python is reading (a traced step guards on it)."""
     for hook in _FLAG_HOOKS:
         hook(owner, name, value)
     return value

@@ -99,3 +99,19 @@ def test_a_compiled_forward_follows_the_training_mode():
     trained = forward(X).numpy()
     assert forward.replays == replays + 1  # (the training-mode program, replayed: no new trace)
     assert not np.allclose(trained, expect)
+
+
+def test_module_settings_set_later_are_traced_again():
+    nn.manual_seed(0)
+    norm, drop = nn.BatchNorm1d(16), nn.Dropout(0.5)
+    model = nn.Sequential(nn.Linear(10, 16), norm, drop, nn.Linear(16, 3))
+    forward = tc.compile(lambda x: model(tc.Tensor(x)))
+    for _ in range(3):
+        forward(X)
+    drop.p = 0.0  # (no dropout: the output is the eager one, whatever the random numbers)
+    norm.eps = 0.5
+    expect = model(tc.Tensor(X)).numpy()
+    traces = forward.traces
+    for _ in range(3):
+        np.testing.assert_allclose(forward(X).numpy(), expect, rtol=1e-5)
+    assert forward.traces > traces

@@ -12,7 +12,7 @@ from .. import ops
 from ..errors import ArgumentError, IndexRangeError, ShapeError
 from ..opdef import Op
 from ..recurrence import op as recurrence_op
-from ..tensor import Tensor, apply, drawn, no_grad
+from ..tensor import Tensor, apply, drawn, no_grad, read_flag
 from .module import Buffer, Module, Parameter, _check_input, _rng, _uniform, positive_int
 
 
@@ -419,10 +419,11 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
+        p = read_flag(self, "p", self.p)  # (a compiled step guards on it: p set later is traced again)
+        if not self.training or p == 0:
             return x
-        mask = Tensor(drawn(_dropout_mask, x.shape, self.p), device=x.device)  # (a compiled step draws anew)
-        return apply(_dropout_op(x.ndim), x, mask, scale=1.0 / (1.0 - self.p))
+        mask = Tensor(drawn(_dropout_mask, x.shape, p), device=x.device)  # (a compiled step draws anew)
+        return apply(_dropout_op(x.ndim), x, mask, scale=1.0 / (1.0 - p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -475,9 +476,10 @@ class BatchNorm(Module):
             raise ShapeError(f"BatchNorm({self.num_features}): expected {self.num_features} channels on axis {axis}, "
                              f"got shape {x.shape}")
         train, evaluate, update = _batchnorm_ops(x.ndim, self.channels_last)
+        eps, momentum = read_flag(self, "eps", self.eps), read_flag(self, "momentum", self.momentum)
         if not self.training:
             rm, rv = self.running_mean.to(x.device), self.running_var.to(x.device)
-            return apply(evaluate, x, rm, rv, self.weight, self.bias, eps=self.eps)
+            return apply(evaluate, x, rm, rv, self.weight, self.bias, eps=eps)
         m = int(np.prod(x.shape)) // self.num_features
         if m == 0:
             raise ShapeError(f"BatchNorm({self.num_features}): cannot take batch statistics of an empty batch "
@@ -485,10 +487,10 @@ class BatchNorm(Module):
         if m == 1:
             raise ShapeError(f"BatchNorm({self.num_features}): expected more than 1 value per channel in training, "
                              f"got input shape {x.shape} (every output would be 0); use a larger batch or eval()")
-        y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=self.eps)
+        y, mean, var = apply(train, x, self.weight, self.bias, inv_m=1.0 / m, eps=eps)
         with no_grad():
             rm, rv = apply(update, self.running_mean.to(x.device), mean.detach(), self.running_var.to(x.device),
-                           var.detach(), momentum=self.momentum, unbias=m / max(m - 1, 1))
+                           var.detach(), momentum=momentum, unbias=m / max(m - 1, 1))
         self.running_mean.data, self.running_var.data = rm.data, rv.data  # (the same state tensors)
         return y
 
