@@ -472,7 +472,7 @@ class CompiledStep:
 def _guards_hold(p: Program, moved: dict[int, tuple]) -> bool:
     """Whether the state tensors fit program ``p``: each one's data as traced or, where the program
     moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads; each
-    flag the step read (a module's training mode) as it was."""
+    module setting the step read (training mode, Dropout's p: ``tensor.read_flag``) as it was."""
     if any(getattr(owner, name) != value for owner, name, value in p.flags):
         return False
     for k, data, grad, read in p.guards:

@@ -98,7 +98,7 @@ class Program:
     on_device: frozenset = frozenset()  # the values that were device arrays in the traced run
     draws: tuple = ()  # (make, args) per "drawn" source: ``tensor.drawn``'s recipe, called each replay
     drawn: tuple = ()  # the arrays the traced run drew (what the traced call itself reads)
-    flags: tuple = ()  # (owner, name, value) per flag the step read (``tensor.read_flag``): guards too
+    flags: tuple = ()  # (owner, name, value) per module setting the step read (``tensor.read_flag``): guards too
 
     def kept(self) -> set[int]:
         """The values the step hands on: written back to state or returned."""
@@ -250,7 +250,7 @@ class _Recorder:
             self.loose[id(t)] = (t, t.__dict__.get("data"))
 
     def flag(self, owner: Any, name: str, value: Any) -> None:
-        """Python read flag ``name`` of ``owner`` (a module's training mode): the program is for that value."""
+        """Python read setting ``name`` of ``owner`` (a module's training mode): the program is for that value."""
         self.flags.setdefault((id(owner), name), (owner, name, value))
 
     def draw(self, a: np.ndarray, make: Callable, args: tuple) -> None:
