@@ -184,11 +184,12 @@ def test_train_tunes_the_kernels_of_its_second_step(cache):
     result = train("lenet", epochs=1, max_steps=6, progress=False, tune_s=6)
     assert result["tuned_ops"] >= 1 and result["tune_s"] > 0
     assert len(database.entries()) >= result["tuned_ops"]
-    # the first step compiles kernels; the second (which, with the step compiled, traces it again and
-    # compiles the program) is the profiled one, neither compiling nor timed; tuning compiles the tuned
-    # schedules itself; the fourth (the second replay) builds the step's native call, which counts as
-    # compiling too
-    assert result["compiling_steps"] == 2 and result["steps"] == 6
+    # the first step traces and compiles kernels; the second is the profiled one (run op by op),
+    # neither compiling nor timed; tuning compiles the tuned schedules itself; the third traces again
+    # and compiles the program. Its native call is built there too where every kernel's parallel
+    # stages are known, else at the next step, which then counts as compiling: a tuned kernel no step
+    # ran yet decides its stages at its first run, and which kernels the tuner keeps depends on timings
+    assert result["compiling_steps"] in (2, 3) and result["steps"] == 6
 
 
 def test_background_tuning_starts_only_when_enough_training_is_left(cache, monkeypatch):
