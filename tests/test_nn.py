@@ -150,3 +150,13 @@ def test_a_few_training_steps_reduce_the_loss():
     assert result["steps"] == 30
     assert result["final_loss"] < result["initial_loss"] - 0.3, result
     assert result["test_accuracy"] > 0.3, result
+
+
+def test_sequential_layers_by_index_slice_and_iteration():
+    relu, tanh, lin = nn.ReLU(), nn.Tanh(), nn.Linear(3, 2)
+    model = nn.Sequential(lin, relu, tanh)
+    assert len(model) == 3 and model[0] is lin and model[-1] is tanh and list(model) == [lin, relu, tanh]
+    head = model[:2]
+    assert isinstance(head, nn.Sequential) and list(head) == [lin, relu]
+    x = tc.Tensor(np.ones((2, 3), np.float32))
+    np.testing.assert_allclose(head(x).numpy(), relu(lin(x)).numpy())

@@ -198,6 +198,22 @@ class Sequential(Module):
             x = layer(x)
         return x
 
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def __getitem__(self, k: Any) -> Module:
+        """Layer ``k`` (negative counts from the end), or a Sequential of the layers a slice selects."""
+        if isinstance(k, slice):
+            return Sequential(*self.layers[k])
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ArgumentError(f"Sequential: a layer index must be an int or a slice, got {k!r}")
+        if not -len(self.layers) <= k < len(self.layers):
+            raise ArgumentError(f"Sequential: layer {k} does not exist; it has {len(self.layers)} layers")
+        return self.layers[k]
+
 
 def _uniform(rng: np.random.Generator, bound: float, shape: tuple[int, ...]) -> np.ndarray:
     return rng.uniform(-bound, bound, shape).astype(np.float32)
