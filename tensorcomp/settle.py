@@ -105,7 +105,7 @@ def compile_kernels(*programs: Program) -> int:
     return compile_in_workers(todo, lambda op, specs, params: op.kernel_for(specs, params))
 
 
-def _copies(item: Call | View) -> bool:
+def copies(item: Call | View) -> bool:
     """A call of an op that copies its one input: ``O[i0, ...] = A[i0, ...]``."""
     if not isinstance(item, Call) or len(item.inputs) != 1 or len(item.outputs) != 1 or item.op.lookup_checks:
         return False
@@ -128,7 +128,7 @@ def drop_same_layout_copies(p: Program) -> Program:
             body.append(replace(item, source=alias.get(item.source, item.source)))
             continue
         item = replace(item, inputs=tuple(alias.get(v, v) for v in item.inputs))
-        if _copies(item) and item.outputs[0] not in kept and p.specs[item.inputs[0]] == p.specs[item.outputs[0]]:
+        if copies(item) and item.outputs[0] not in kept and p.specs[item.inputs[0]] == p.specs[item.outputs[0]]:
             alias[item.outputs[0]] = item.inputs[0]
             continue
         body.append(item)
@@ -137,4 +137,4 @@ def drop_same_layout_copies(p: Program) -> Program:
 
 def copy_calls(p: Program) -> int:
     """The calls that copy a value into another layout (counted with the kernels' relayout copies)."""
-    return sum(_copies(item) and p.specs[item.inputs[0]][2] != p.specs[item.outputs[0]][2] for item in p.body)
+    return sum(copies(item) and p.specs[item.inputs[0]][2] != p.specs[item.outputs[0]][2] for item in p.body)

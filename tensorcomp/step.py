@@ -32,6 +32,7 @@ from .runtime import kernel as cpu_kernel, launch
 from .assign_layouts import choose_layouts
 from .reader_layouts import choose_reader_layouts
 from .epilogues import fuse_epilogues
+from .updates import fuse_updates
 from .forward_values import keep_forward_values
 from .output_gradients import gradients_from_outputs
 from .native_step import NativeStep, build as build_native, profile as profile_native
@@ -149,6 +150,7 @@ STEP = (
     gradients_from_outputs,  # an activation's gradient reads its output, not its input
     keep_forward_values,  # a gradient reads the forward values it would recompute
     fuse_epilogues,  # an elementwise call into the call making its input (an activation into its convolution)
+    fuse_updates,  # a parameter's optimizer update into the call writing its gradient
     merge_calls,  # independent calls of one op as one call (each parameter's optimizer update: one kernel)
 )
 

@@ -642,10 +642,12 @@ def test_independent_calls_of_one_op_merge_into_one_call():
     for _ in range(4):
         compiled(x, y)
     stats = compiled.stats(x, y)
-    # (the ReLU also runs inside the first Linear, and its gradient inside the second Linear's gradient)
+    # (the ReLU also runs inside the first Linear, and its gradient inside the second Linear's gradient;
+    # the weights' updates inside their gradients' calls: fuse_updates)
     assert stats["calls"] == stats["calls_traced"] - 3 - 2
-    updates = [line for line in compiled.source.splitlines() if line.startswith("# ") and "M2_3" in line]
-    assert len(updates) == 1  # one call writes all four parameters' moments and values
+    headers = [line for line in compiled.source.splitlines() if line.startswith("# ") and "<- op" in line]
+    assert len([h for h in headers if "M2_1=" in h and "M2_2" not in h]) == 1  # one call updates both biases
+    assert len([h for h in headers if "M2_u=" in h]) == 2
 
 
 def _same_training(build, make_opt, x, y, steps):
@@ -795,6 +797,40 @@ def test_a_gradient_reads_the_forward_values_it_would_recompute():
     assert "max(" not in block  # ... not recomputed
 
 
+def test_an_optimizer_update_runs_inside_the_call_writing_its_gradient():
+    """fuse_updates (golden before/after): a Linear's weight update (SGD with momentum) reads its flat
+    gradient in a kernel of its own; after the pass the gradient call runs the update's statements
+    over the weight's indices, writing the new weight and buffer in their shape (the views back), and
+    the flat views go. The bias (1-d) keeps the merged update kernel. Compiled and eager agree."""
+    from tensorcomp.step import STEP, merge_calls
+    from tensorcomp.trace import program_source
+    from tensorcomp.updates import fuse_updates
+    x = rng.random((7, 5), dtype=np.float32)
+    y = rng.integers(0, 3, 7)
+    step = _same_training(lambda: nn.Linear(5, 3), lambda m: optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+                          x, y, 5)
+    p = step._entry(()).traced
+    for step_pass in STEP[:STEP.index(fuse_updates)]:
+        p = step_pass(p)
+    assert STEP.index(fuse_updates) + 1 == STEP.index(merge_calls)
+    before, after = program_source(p).splitlines(), program_source(fuse_updates(p)).splitlines()
+    assert "# v15 = view of v10 (shape (15,), byte offset 0, strides (4,))" in before
+    assert "v18[i] = v16[i] - v12[2] * where(v12[3] > 0, v15[i] + v12[1] * v16[i] + v12[0] * (v12[0] * v14[i] + " \
+           "v15[i] + v12[1] * v16[i]), v12[0] * v14[i] + v15[i] + v12[1] * v16[i])" in before
+    k = next(k for k, line in enumerate(after) if line.startswith("# dW_a=v10, dB_a=v11, B2_u=v27, P2_u=v25 <- op"))
+    assert after[k + 1:k + 6] == [
+        "v10_dY_a[n, o] += v9[n, o]",
+        "v11[o] += v9[n, o]",
+        "v10[o, i] += v10_dY_a[n, o] * v0[n, i]",
+        "v27[u0, u1] = v12[0] * v13[u0, u1] + v10[u0, u1] + v12[1] * v2[u0, u1]",
+        "v25[u0, u1] = v2[u0, u1] - v12[2] * where(v12[3] > 0, v10[u0, u1] + v12[1] * v2[u0, u1] + v12[0] * "
+        "(v12[0] * v13[u0, u1] + v10[u0, u1] + v12[1] * v2[u0, u1]), v12[0] * v13[u0, u1] + v10[u0, u1] + "
+        "v12[1] * v2[u0, u1])"]
+    assert not [line for line in after if "= view of v10 " in line or "= view of v18 " in line]
+    assert "v24[i] = v22[i] - v12[2] * where(v12[3] > 0, v21[i] + v12[1] * v22[i] + v12[0] * (v12[0] * v20[i] + " \
+           "v21[i] + v12[1] * v22[i]), v12[0] * v20[i] + v21[i] + v12[1] * v22[i])" in after  # (the bias's)
+
+
 def test_gradient_calls_equal_to_plain_ops_take_their_epilogues():
     """gradient_calls.as_plain: a gradient op whose statements a plain op computes over the same
     domains becomes that op's call (inputs it never reads dropped), so fuse_epilogues runs the
@@ -895,7 +931,8 @@ def test_a_new_process_replays_a_stored_step_without_planning(tmp_path):
     warm = run(FORBID_PLANNING="1")
     losses = cold.split("]")[0] + "]"
     assert warm == f"{losses} 1 ['stored_step']"
-    assert cold.endswith(" 2 ['assign_layouts', 'eliminate_dead', 'fuse_epilogues', 'gradients_from_outputs', "
+    assert cold.endswith(" 2 ['assign_layouts', 'eliminate_dead', 'fuse_epilogues', 'fuse_updates', "
+                         "'gradients_from_outputs', "
                          "'keep_forward_values', 'merge_calls', 'resolve_kernels', 'share_common']")
 
 
