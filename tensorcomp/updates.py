@@ -62,13 +62,16 @@ def _flat_update(op: Op) -> bool:
 
 
 def _flat_view(v: View | None, size: int, itemsize: int) -> bool:
+    """Whether ``v`` views its source's first ``size`` elements as one dense axis."""
     return v is not None and (v.offset, v.shape, v.strides, v.upload) == (0, (size,), (itemsize,), False)
 
 
-def _fused(p: Program, c: Call, u: Call, bases: dict[str, int], backs: dict[str, int], grad: int,
+def _fused(c: Call, u: Call, bases: dict[int, int], backs: dict[int, int], grad: int,
            shape: tuple[int, ...], needed: set[int]) -> Call | None:
-    """Call ``c`` with update ``u`` after its statements, over ``shape``; None where the language
-    refuses the merged source."""
+    """Call ``c`` with update ``u`` after its statements, over ``shape`` (``bases``: each flat input of
+    ``u`` -> the value it views; ``backs``: each output of ``u`` -> its view back, which the call now
+    writes; ``needed``: the outputs of ``c`` something else reads); None where the language refuses
+    the merged source."""
     pc, pu = c.op.program, u.op.program
     mc = {t: f"{t}_a" for t in (*c.op.inputs, *pc.outputs, *pc.temporaries, *c.op.params)}
     made = dict(zip(c.outputs, pc.outputs))
@@ -190,7 +193,7 @@ def fuse_updates(p: Program) -> Program:
         if not backs:
             continue
         needed = {v for v in c.outputs if v in kept or readers[v] > (v == grad)}
-        fused = _fused(p, c, u, bases, backs, grad, shape, needed)
+        fused = _fused(c, u, bases, backs, grad, shape, needed)
         if fused is None:
             continue
         gone = set(backs.values())
