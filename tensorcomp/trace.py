@@ -310,6 +310,8 @@ class _Recorder:
             _, data, grad = self.start[id(t)]
             guards.append((k, spec_of(data), None if grad is None else spec_of(grad), k in read))
         returned = self._result(result)  # (first: a view returned is a value of its own)
+        for t in self.state:  # (a parameter frozen later, requires_grad=False: its step computes no gradient)
+            self.flag(t, "requires_grad", t.requires_grad)
         on_device = frozenset(v for v, a in enumerate(self.arrays) if cuda.is_device_array(a))
         return Program(self.name, tuple(spec_of(a) for a in self.arrays), tuple(self.sources),
                        tuple(self.constants), tuple(self.state), tuple(self.body), tuple(writes),

@@ -115,3 +115,34 @@ def test_module_settings_set_later_are_traced_again():
     for _ in range(3):
         np.testing.assert_allclose(forward(X).numpy(), expect, rtol=1e-5)
     assert forward.traces > traces
+
+
+def test_a_parameter_frozen_between_compiled_steps_stays_frozen():
+    """requires_grad=False set later (fine-tuning a head over a frozen layer): the compiled step is
+    traced again, computes no gradient for the frozen layer and leaves it as it was; unfrozen, the
+    first program replays."""
+    def train(compiled):
+        model, lossf = _net(), nn.CrossEntropyLoss()
+        first = model[0]
+        opt = optim.SGD(model.parameters(), 0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = lossf(model(tc.Tensor(x)), y)
+            loss.backward()
+            opt.step()
+            return loss
+        step.__qualname__ = f"freezing{next(_NAMES)}"
+        f = tc.compile(step) if compiled else step
+        frozen = []
+        for k in range(8):
+            first.weight.requires_grad = first.bias.requires_grad = not 3 <= k < 6
+            f(X, Y)
+            frozen.append(first.weight.numpy().copy())
+        return frozen, model.parameters()[-1].numpy().copy()
+    eager, eager_head = train(False)
+    compiled, head = train(True)
+    assert np.array_equal(compiled[2], compiled[5])  # (not updated while frozen: the momentum too)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(head, eager_head, rtol=1e-5, atol=1e-7)
