@@ -5,7 +5,10 @@ scalars and constants on two calls: the step computes nothing in Python that a r
 repeat). The
 agreement is stored on disk under the program's :func:`trace_key`: a new process whose first (dry)
 trace of a step is a program that agreed before compiles it at once, so its first call already runs
-compiled.
+compiled. Two traces are compared only when they ran under the same guards (``same_guards``); where
+one ran with a gradient None and the other with it set, and neither read it, the step is known to
+ignore it (``ignored_grads``, stored with the agreement): otherwise a program that did not read a
+gradient because it was None replays only while it is None (a step accumulating gradients reads it).
 """
 
 from __future__ import annotations
@@ -43,14 +46,38 @@ def trace_key(p: Program) -> str:
                                *writes, *guards, objects.code_fingerprint(), jit.host_target()))
 
 
-def agreed(p: Program) -> bool:
-    """Whether program ``p`` agreed with its next trace before (in any process, with this code)."""
-    return objects.read_manifest(trace_key(p), "agreed") is not None
+def agreed(p: Program) -> frozenset | None:
+    """None unless program ``p`` agreed with its next trace before (in any process, with this code);
+    then the state tensors whose gradients the step was seen to ignore, present or not (indices into
+    ``p.state``: see ``remember``)."""
+    stored = objects.read_manifest(trace_key(p), "agreed")
+    if stored is None:
+        return None
+    ignored = stored.get("ignores_grads", [])
+    return frozenset(k for k in ignored if isinstance(k, int)) if isinstance(ignored, list) else frozenset()
 
 
-def remember(p: Program) -> None:
-    """Store that program ``p`` agreed with its next trace."""
-    objects.write_manifest(trace_key(p), {"agreed": True}, "agreed")
+def remember(p: Program, ignored: frozenset = frozenset()) -> None:
+    """Store that program ``p`` agreed with its next trace, and the state tensors whose gradients the
+    two traces showed the step ignores (unread both when None and when set: a step that calls
+    ``zero_grad()`` before ``backward()``)."""
+    objects.write_manifest(trace_key(p), {"agreed": True, "ignores_grads": sorted(ignored)}, "agreed")
+
+
+def same_guards(a: Program, b: Program, exact: bool = False) -> bool:
+    """Whether two traces ran under the same guards (gradients neither reads not compared, unless
+    ``exact``: a step that sets them to None before backward runs alike with and without them)."""
+    def key(p: Program) -> list:
+        return [(p.state[k], d, g if read or exact else None, read) for k, d, g, read in p.guards]
+    return key(a) == key(b) and [(id(o), n, v) for o, n, v in a.flags] == [(id(o), n, v) for o, n, v in b.flags]
+
+
+def ignored_grads(a: Program | None, b: Program) -> frozenset:
+    """The state indices whose gradient neither trace read though it was None in one and set in the other."""
+    if a is None:
+        return frozenset()
+    return frozenset(k for (k, _, ga, ra), (_, _, gb, rb) in zip(a.guards, b.guards)
+                     if not ra and not rb and (ga is None) != (gb is None))
 
 
 def _same_array(a: Any, b: Any) -> bool:

@@ -42,7 +42,7 @@ from .tensor import Tensor
 from .runtime import cuda
 from .trace import (Call, Program, View, header, is_array, peak_bytes, program_source, rebuild_result,
                     rename_result, spec_of, statements, trace, view_of)
-from .agreement import agreed, check_agree, remember
+from .agreement import agreed, check_agree, ignored_grads, remember, same_guards
 
 
 # -- whole-program passes (each Program -> Program; run in this order) -----------------------------------
@@ -245,6 +245,8 @@ class _Entry:
     native: Any = None
     replays: int = 0
     moved: dict = field(default_factory=dict)  # state index -> its spec, where the program moved it
+    # state indices whose gradient the step was seen to ignore both when None and when set
+    ignored_grads: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         self.moved = moved_specs(self.program)
@@ -267,7 +269,9 @@ class CompiledStep:
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-        self._first: dict[tuple, Program] = {}  # signature -> the first trace (waiting for a second)
+        # signature -> first traces waiting for a second, one per set of guards (a step that accumulates
+        # gradients over two calls alternates between two programs: each compiles at its second trace)
+        self._first: dict[tuple, list[Program]] = {}
         self._entries: dict[tuple, list[_Entry]] = {}
         self.traces = 0  # how many calls were traced
         # how many ran the compiled program (a traced call whose program agreed counts in both)
@@ -314,7 +318,7 @@ class CompiledStep:
             args = self._positional(args, kwargs)
         arrays, key = self._arrays(args)
         for entry in self._entries.get(key, ()):
-            if _guards_hold(entry.program, entry.moved):
+            if _guards_hold(entry.program, entry.moved, entry.ignored_grads):
                 if not entry.runs:  # (after tuning: new kernels may write their outputs in other orders)
                     entry.program = settle_layouts(entry.program)
                     compile_kernels(entry.program)
@@ -354,21 +358,28 @@ class CompiledStep:
         """The compiled entry for a traced ``program`` once two traces of ``key`` agree (or this program
         agreed with its next trace before, in any process: ``agreement``); else None, ``program`` kept
         as the first trace to compare the next one with."""
-        first = self._first.pop(key, None)
-        if not agreed(program):
-            if first is None or not _same_guards(first, program):
-                self._first[key] = program
+        waiting = self._first.setdefault(key, [])
+        first = next((w for w in waiting if same_guards(w, program)), None)
+        if first is not None:
+            waiting.remove(first)
+        known = agreed(program)
+        if known is None:
+            if first is None:
+                waiting[:] = [*waiting[-3:], program]  # (a few variants wait; the oldest goes)
                 return None
             try:
                 check_agree(first, program)
             except TraceError:
-                if _same_guards(first, program, exact=True):
+                if same_guards(first, program, exact=True):
                     raise
-                self._first[key] = program  # the unread gradients' presence made the difference after all
+                waiting.append(program)  # the unread gradients' presence made the difference after all
                 return None
+        ignored = (known or frozenset()) | ignored_grads(first, program)
         for p in {id(x): x for x in (first, program) if x is not None}.values():
-            remember(p)  # (both: a first trace without gradients agrees with its next one with them)
-        return self._compile(key, program)
+            remember(p, ignored)  # (both: a first trace without gradients agrees with its next one with them)
+        entry = self._compile(key, program)
+        entry.ignored_grads = ignored
+        return entry
 
     def _compile(self, key: tuple, program: Program) -> _Entry:
         """The whole-program passes over a traced program (or what they made of it before, stored on
@@ -471,9 +482,10 @@ class CompiledStep:
         }
 
 
-def _guards_hold(p: Program, moved: dict[int, tuple]) -> bool:
+def _guards_hold(p: Program, moved: dict[int, tuple], ignored: frozenset = frozenset()) -> bool:
     """Whether the state tensors fit program ``p``: each one's data as traced or, where the program
-    moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads; each
+    moved it (``moved``: ``state_layouts.moved_specs``), as moved; each gradient the step reads, and
+    each it did not read because it was None still None (unless ``ignored``: seen ignored when set); each
     module setting the step read (training mode, Dropout's p: ``tensor.read_flag``) as it was."""
     if any(getattr(owner, name) != value for owner, name, value in p.flags):
         return False
@@ -486,15 +498,9 @@ def _guards_hold(p: Program, moved: dict[int, tuple]) -> bool:
             return False
         if read and ((t.grad is None) != (grad is None) or (grad is not None and spec_of(t.grad) != grad)):
             return False
+        if not read and grad is None and t.grad is not None and k not in ignored:
+            return False  # (unread because it was None: a step that accumulates would read it now)
     return True
-
-
-def _same_guards(a: Program, b: Program, exact: bool = False) -> bool:
-    """Whether two traces ran under the same guards (gradients neither reads not compared, unless
-    ``exact``: a step that sets them to None before backward runs alike with and without them)."""
-    def key(p: Program) -> list:
-        return [(p.state[k], d, g if read or exact else None, read) for k, d, g, read in p.guards]
-    return key(a) == key(b) and [(id(o), n, v) for o, n, v in a.flags] == [(id(o), n, v) for o, n, v in b.flags]
 
 
 def _environment(p: Program, arrays: list, prepare: Callable[[Any], Any] | None = None,

@@ -146,3 +146,34 @@ def test_a_parameter_frozen_between_compiled_steps_stays_frozen():
     for a, b in zip(compiled, eager):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(head, eager_head, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_accumulated_over_two_calls_compile_both_programs():
+    """Forward and backward compiled, the update outside every second call (accumulating gradients
+    over two batches): the calls alternate between a program run with the gradients None and one
+    that adds to them. Both compile (a trace waits per set of guards), and the first, which never
+    read the gradients because they were None, does not replay over gradients that are set."""
+    batches = [(rng.standard_normal((8, 10)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(4)]
+
+    def train(compiled):
+        model, lossf = _net(), nn.CrossEntropyLoss()
+        opt = optim.Adam(model.parameters(), 0.01)
+
+        def forward_backward(x, y):
+            loss = lossf(model(tc.Tensor(x)), y)
+            loss.backward()
+            return loss
+        forward_backward.__qualname__ = f"accumulating{next(_NAMES)}"
+        f = tc.compile(forward_backward) if compiled else forward_backward
+        losses = []
+        for k in range(12):
+            losses.append(float(f(*batches[k % 4]).numpy()))
+            if k % 2:
+                opt.step()
+                opt.zero_grad()
+        return losses, model.parameters()[0].numpy().copy(), f
+    eager, eager_w, _ = train(False)
+    losses, w, f = train(True)
+    np.testing.assert_allclose(losses, eager, rtol=1e-5)
+    np.testing.assert_allclose(w, eager_w, rtol=1e-5, atol=1e-7)
+    assert f.traces == 4 and f.replays == 10  # (each program: traced twice, compiled at its second trace)
