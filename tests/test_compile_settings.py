@@ -21,11 +21,10 @@ def _net():
     return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
-def _schedule(make_opt, compiled: bool, steps: int = 6):
-    """Losses and final parameters of training with the learning rate (and weight decay) changed
-    before every step, as a schedule would."""
-    model, lossf = _net(), nn.CrossEntropyLoss()
-    opt = make_opt(model.parameters())
+def _training_step(model, opt, compiled: bool, name: str):
+    """A step (zero_grad, forward, cross-entropy, backward, update), compiled or not, under a name of
+    its own (a program that agreed in an earlier test would compile at once)."""
+    lossf = nn.CrossEntropyLoss()
 
     def step(x, y):
         opt.zero_grad()
@@ -33,8 +32,16 @@ def _schedule(make_opt, compiled: bool, steps: int = 6):
         loss.backward()
         opt.step()
         return loss
-    step.__qualname__ = f"scheduled{next(_NAMES)}"
-    f = tc.compile(step) if compiled else step
+    step.__qualname__ = f"{name}{next(_NAMES)}"
+    return tc.compile(step) if compiled else step
+
+
+def _schedule(make_opt, compiled: bool, steps: int = 6):
+    """Losses and final parameters of training with the learning rate (and weight decay) changed
+    before every step, as a schedule would."""
+    model = _net()
+    opt = make_opt(model.parameters())
+    f = _training_step(model, opt, compiled, "scheduled")
     losses = []
     for k in range(steps):
         opt.lr = 0.2 * 0.5 ** k
@@ -122,18 +129,9 @@ def test_a_parameter_frozen_between_compiled_steps_stays_frozen():
     traced again, computes no gradient for the frozen layer and leaves it as it was; unfrozen, the
     first program replays."""
     def train(compiled):
-        model, lossf = _net(), nn.CrossEntropyLoss()
+        model = _net()
         first = model[0]
-        opt = optim.SGD(model.parameters(), 0.1, momentum=0.9)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = lossf(model(tc.Tensor(x)), y)
-            loss.backward()
-            opt.step()
-            return loss
-        step.__qualname__ = f"freezing{next(_NAMES)}"
-        f = tc.compile(step) if compiled else step
+        f = _training_step(model, optim.SGD(model.parameters(), 0.1, momentum=0.9), compiled, "freezing")
         frozen = []
         for k in range(8):
             first.weight.requires_grad = first.bias.requires_grad = not 3 <= k < 6
