@@ -45,11 +45,12 @@ def rewritable(op: Op) -> bool:
     return type(op) is Op and not op.lookup_checks and not op.schedule
 
 
-def _indices(op: Op) -> set[str]:
+def index_names(op: Op) -> set[str]:
+    """Every index name of the op's statements."""
     return {n for st in op.program.statements for n in st.index_names()}
 
 
-def _precision(a: Op, b: Op) -> str:
+def merged_precision(a: Op, b: Op) -> str:
     """The merged op's precision: TF32 where one is and the other computes no sums (its precision
     changes nothing), else float32."""
     if a.precision == b.precision:
@@ -58,25 +59,34 @@ def _precision(a: Op, b: Op) -> str:
     return "tf32" if all(st.reduce is None for st in fp32.program.statements) else "fp32"
 
 
+def producer_then(a: Op, ma: dict[str, str], text: str, keep: tuple[str, ...], b: Op) -> Op | None:
+    """Op ``a``'s statements renamed by ``ma`` (its ranges and padding with them), then the statements
+    ``text`` of op ``b``, writing outputs ``keep``; None where the language refuses the merged source
+    (the calls then stay apart)."""
+    try:
+        return Op(renamed_source(a.program, ma) + "\n" + text, ranges=a.given_ranges or None,
+                  pad={ma[k]: w for k, w in a.pad_widths.items()} or None,
+                  pad_value={ma[k]: x for k, x in a.pad_values.items()} or None, outputs=keep,
+                  precision=merged_precision(a, b))
+    except TensorcompError:
+        return None
+
+
 def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
     """``a`` then ``b`` as one call, or None when the merged source does not come out as planned."""
     pa, pb = a.op.program, b.op.program
     ma = {t: f"{t}_a" for t in (*a.op.inputs, *pa.outputs, *pa.temporaries, *a.op.params)}
     made = dict(zip(a.outputs, pa.outputs))  # value -> the producer's tensor holding it
-    mb = {i: f"{i}_b" for i in _indices(b.op)}
+    mb = {i: f"{i}_b" for i in index_names(b.op)}
     mb.update({t: f"{t}_b" for t in (*pb.outputs, *pb.temporaries, *b.op.params)})
     for name, v in zip(b.op.inputs, b.inputs):
         mb[name] = ma[made[v]] if v in made else f"{name}_b"
     if set(ma.values()) & {mb[t] for t in (*pb.outputs, *pb.temporaries, *b.op.params)} or \
-            _indices(a.op) & set(mb.values()):
+            index_names(a.op) & set(mb.values()):
         return None
     keep = [ma[t] for t, v in zip(pa.outputs, a.outputs) if v in needed] + [mb[t] for t in pb.outputs]
-    try:
-        merged = Op(renamed_source(pa, ma) + "\n" + renamed_source(pb, mb), ranges=a.op.given_ranges or None,
-                    pad={ma[k]: w for k, w in a.op.pad_widths.items()} or None,
-                    pad_value={ma[k]: x for k, x in a.op.pad_values.items()} or None, outputs=tuple(keep),
-                    precision=_precision(a.op, b.op))
-    except TensorcompError:  # a merge the language refuses: the calls stay apart
+    merged = producer_then(a.op, ma, renamed_source(pb, mb), tuple(keep), b.op)
+    if merged is None:
         return None
     value = {ma[t]: v for t, v in zip(a.op.inputs, a.inputs)}
     value.update({mb[t]: v for t, v in zip(b.op.inputs, b.inputs) if v not in made})
@@ -88,7 +98,7 @@ def _merge(a: Call, b: Call, needed: set[int]) -> Call | None:
     return Call(merged, params, tuple(value[t] for t in merged.inputs), tuple(value[t] for t in merged.outputs))
 
 
-def _plain_call(item, p: Program):
+def plain_call(item, p: Program):
     """A gradient op's call as the call of an equal plain op where there is one (``gradient_calls``)."""
     if isinstance(item, Call) and type(item.op) is not Op:
         return as_plain(item, p.specs) or item
@@ -104,8 +114,8 @@ def fuse_epilogues(p: Program) -> Program:
         a, b = body[k], body[k + 1]
         if isinstance(a, Call) and isinstance(b, Call) and set(a.outputs) & set(b.inputs) and \
                 len(b.op.program.statements) == 1:  # (checked first: gradient calls are bound to compare)
-            b = _plain_call(b, p)
-            a = _plain_call(a, p) if _elementwise(b.op) else a
+            b = plain_call(b, p)
+            a = plain_call(a, p) if _elementwise(b.op) else a
         if isinstance(a, Call) and isinstance(b, Call) and rewritable(a.op) and _elementwise(b.op) and \
                 set(a.outputs) & set(b.inputs):
             reads = Counter(v for item in body for v in (item.inputs if isinstance(item, Call) else (item.source,)))

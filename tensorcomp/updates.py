@@ -14,7 +14,7 @@ a kernel of its own (``fuse_epilogues`` does the same for activations; this pass
 which read a view of their input and write several outputs).
 
 Not fused: an update whose gradient a gradient op writes that is not a plain op (see
-``epilogues._plain_call``), or a call copying it into C order (the gradient is written in another
+``epilogues.plain_call``), or a call copying it into C order (the gradient is written in another
 order, so the optimizer could not view it flat: ``state_layouts`` may rather keep the parameter in
 that order, which needs the update unfused), whose arrays are not all C-order views of the
 parameter's shape, or whose outputs something other than its views back reads, or whose parameter
@@ -32,8 +32,7 @@ from dataclasses import replace
 import numpy as np
 
 from .autotune.canon import renamed_source
-from .epilogues import _indices, _plain_call, _precision, rewritable
-from .errors import TensorcompError
+from .epilogues import index_names, plain_call, producer_then, rewritable
 from .opdef import Op
 from .schedule.records import Layout
 from .settle import copies
@@ -75,7 +74,7 @@ def _fused(c: Call, u: Call, bases: dict[int, int], backs: dict[int, int], grad:
     pc, pu = c.op.program, u.op.program
     mc = {t: f"{t}_a" for t in (*c.op.inputs, *pc.outputs, *pc.temporaries, *c.op.params)}
     made = dict(zip(c.outputs, pc.outputs))
-    taken = _indices(c.op) | set(mc.values())
+    taken = index_names(c.op) | set(mc.values())
     names = [f"u{k}" for k in range(len(shape))]
     while taken & set(names):
         names = [n + "_" for n in names]
@@ -91,12 +90,8 @@ def _fused(c: Call, u: Call, bases: dict[int, int], backs: dict[int, int], grad:
     if flat in text:
         return None
     keep = [mc[t] for t, v in zip(pc.outputs, c.outputs) if v in needed] + [mu[t] for t in pu.outputs]
-    try:
-        merged = Op(renamed_source(pc, mc) + "\n" + text, ranges=c.op.given_ranges or None,
-                    pad={mc[k]: w for k, w in c.op.pad_widths.items()} or None,
-                    pad_value={mc[k]: x for k, x in c.op.pad_values.items()} or None, outputs=tuple(keep),
-                    precision=_precision(c.op, u.op))
-    except TensorcompError:
+    merged = producer_then(c.op, mc, text, tuple(keep), u.op)
+    if merged is None:
         return None
     value = {mc[t]: v for t, v in zip(c.op.inputs, c.inputs)}
     value.update({mc[t]: v for t, v in zip(pc.outputs, c.outputs)})
@@ -175,7 +170,7 @@ def fuse_updates(p: Program) -> Program:
         if any(_laid_out_by_a_reader(p, b) for b in bases.values()):
             continue
         j = maker[grad]
-        c = _plain_call(body[j], p)
+        c = plain_call(body[j], p)
         if not isinstance(c, Call) or not rewritable(c.op) or _flat_update(c.op) or copies(c):
             continue  # (a copy of the gradient into C order: ``state_layouts`` may move the parameter instead)
         later = _hoistable(body, [w for w in u.inputs if w not in bases] + [b for b in bases.values() if b != grad], j)
